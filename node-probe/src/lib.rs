@@ -1,0 +1,15 @@
+//! node-probe: the inferscope per-node agent.
+//!
+//! See ARCHITECTURE.md at the repository root for the data flow. Modules:
+//! * [`kernel`]: privilege checks, BTF offsets and tracepoint formats read at start;
+//! * [`probe`]: loading/attaching the eBPF programs and their maps;
+//! * [`targets`]: which processes are traced;
+//! * [`event`]: decoding ring-buffer records into typed events;
+//! * [`run`]: the event loop tying them together;
+//! * [`clock`]: kernel monotonic time to wall time.
+pub mod clock;
+pub mod event;
+pub mod kernel;
+pub mod probe;
+pub mod run;
+pub mod targets;

@@ -1,0 +1,123 @@
+//! `node-probe` binary: command-line parsing and wiring only; the work is in the library.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use inferscope_common::{DEFAULT_PAYLOAD_CAP, MAX_PAYLOAD};
+use node_probe::kernel::btf::VMLINUX_BTF;
+use node_probe::probe::ProbeOptions;
+use node_probe::run::{run, PrintFormat, RunConfig};
+use node_probe::targets::Selector;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// inferscope node probe: traces the socket traffic of inference processes with eBPF, without
+/// touching them.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Trace this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Trace processes whose command line matches this regular expression (repeatable), including
+    /// ones started later.
+    #[arg(long = "cmdline", value_name = "REGEX")]
+    patterns: Vec<String>,
+    /// Do not trace descendants of targets.
+    #[arg(long)]
+    no_children: bool,
+    /// Print every event to stdout.
+    #[arg(long)]
+    print_events: bool,
+    /// Output format of --print-events.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Include captured payload bytes in --print-events (they may contain prompt text).
+    #[arg(long)]
+    print_payload: bool,
+    /// Bytes of payload captured per socket syscall.
+    #[arg(long, default_value_t = DEFAULT_PAYLOAD_CAP, value_parser = clap::value_parser!(u32).range(0..=MAX_PAYLOAD as i64))]
+    payload_cap: u32,
+    /// Ring buffer size in MiB (power of two).
+    #[arg(long, default_value_t = 8)]
+    ring_mib: u32,
+    /// Ring buffer poll interval in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    poll_ms: u64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Kernel BTF file.
+    #[arg(long, default_value = VMLINUX_BTF)]
+    btf: PathBuf,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("node-probe: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let selector = Selector::new(
+        std::path::Path::new("/proc"),
+        &cli.pids,
+        &cli.patterns,
+        !cli.no_children,
+    )?;
+    let ring_bytes = cli
+        .ring_mib
+        .checked_mul(1 << 20)
+        .filter(|b| b.is_power_of_two())
+        .ok_or_else(|| anyhow::anyhow!("--ring-mib {} must be a power of two up to 2048", cli.ring_mib))?;
+    let duration = match cli.duration_s {
+        Some(s) if !(s.is_finite() && s > 0.0) => anyhow::bail!("--duration-s must be positive"),
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let cfg = RunConfig {
+        selector,
+        probe: ProbeOptions {
+            payload_cap: cli.payload_cap,
+            ring_bytes,
+            exec_events: false,
+            exit_group_dead_off: 0,
+        },
+        btf_path: cli.btf,
+        print: cli.print_events.then_some(match cli.format {
+            Format::Text => PrintFormat::Text,
+            Format::Json => PrintFormat::Json,
+        }),
+        print_payload: cli.print_payload,
+        poll_interval: Duration::from_millis(cli.poll_ms.max(1)),
+        rescan_interval: Duration::from_secs(2),
+        duration,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    let stats = run(cfg, stop)?;
+    tracing::info!(
+        events = ?stats.events,
+        decode_errors = ?stats.decode_errors,
+        kernel_lost = ?stats.kernel_lost,
+        "node-probe stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Loading and attaching the kernel programs, and access to their maps.
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use inferscope_common::{
+    EventKind, KernelOffsets, ProbeConfig, TargetInfo, TargetReason, LOSS_SLOTS, MAP_CONFIG,
+    MAP_EVENTS, MAP_LOSS, MAP_TARGETS, MAX_PAYLOAD,
+};
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
+
+/// Syscalls traced with an enter/exit pair of tracepoints (`close` has only an enter program).
+pub const SOCKET_SYSCALLS: [&str; 11] = [
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept",
+    "accept4", "connect",
+];
+
+/// Failure to load or attach.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// aya could not load the object (verifier, map creation).
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("program {name}: {source}")]
+    Program {
+        /// Program name.
+        name: String,
+        /// Cause.
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        source: aya::maps::MapError,
+    },
+    /// A map or program is missing from the object (build mismatch).
+    #[error("the eBPF object has no {0}")]
+    Missing(String),
+    /// A bad option value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Options for [`Probe::load`].
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// Payload bytes to capture per syscall.
+    pub payload_cap: u32,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Report every exec (needed for command-line patterns).
+    pub exec_events: bool,
+    /// Offset of `group_dead` in `sched_process_exit`, 0 if absent.
+    pub exit_group_dead_off: u32,
+}
+
+/// Loaded programs and their maps.
+pub struct Probe {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, TargetInfo>,
+    loss: PerCpuArray<MapData, u64>,
+    /// Names of programs attached, as `category:name`.
+    pub attached: Vec<String>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+impl Probe {
+    /// Loads the object, writes the configuration; attaches nothing yet.
+    pub fn load(
+        opts: &ProbeOptions,
+        offsets: KernelOffsets,
+    ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        if opts.payload_cap as usize > MAX_PAYLOAD {
+            return Err(ProbeError::Invalid(format!(
+                "payload cap {} exceeds the maximum {MAX_PAYLOAD}",
+                opts.payload_cap
+            )));
+        }
+        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
+            return Err(ProbeError::Invalid(format!(
+                "ring size {} must be a power of two of at least 4096",
+                opts.ring_bytes
+            )));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_EVENTS, opts.ring_bytes)
+            .load(OBJECT)?;
+        let mut config: Array<_, ProbeConfig> = Array::try_from(
+            ebpf.map_mut(MAP_CONFIG)
+                .ok_or_else(|| ProbeError::Missing(MAP_CONFIG.into()))?,
+        )
+        .map_err(map_err(MAP_CONFIG))?;
+        config
+            .set(
+                0,
+                ProbeConfig {
+                    payload_cap: opts.payload_cap,
+                    ready: 1,
+                    exec_events: u32::from(opts.exec_events),
+                    exit_group_dead_off: opts.exit_group_dead_off,
+                    offsets,
+                },
+                0,
+            )
+            .map_err(map_err(MAP_CONFIG))?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| ProbeError::Missing(name.into()))
+        };
+        let targets = HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?).map_err(map_err(MAP_TARGETS))?;
+        let loss = PerCpuArray::try_from(take(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
+        let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
+        Ok((
+            Self {
+                ebpf,
+                targets,
+                loss,
+                attached: Vec::new(),
+            },
+            ring,
+        ))
+    }
+
+    fn attach_tp(&mut self, prog: &str, category: &str, name: &str) -> Result<(), ProbeError> {
+        let perr = |source| ProbeError::Program {
+            name: prog.to_string(),
+            source,
+        };
+        let p: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| ProbeError::Missing(prog.into()))?
+            .try_into()
+            .map_err(perr)?;
+        p.load().map_err(perr)?;
+        p.attach(category, name).map_err(perr)?;
+        self.attached.push(format!("{category}:{name}"));
+        Ok(())
+    }
+
+    fn attach_raw(&mut self, prog: &str, name: &str) -> Result<(), ProbeError> {
+        let perr = |source| ProbeError::Program {
+            name: prog.to_string(),
+            source,
+        };
+        let p: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| ProbeError::Missing(prog.into()))?
+            .try_into()
+            .map_err(perr)?;
+        p.load().map_err(perr)?;
+        p.attach(name).map_err(perr)?;
+        self.attached.push(format!("raw:{name}"));
+        Ok(())
+    }
+
+    /// Attaches the process-lifecycle programs (fork, exec, exit).
+    pub fn attach_lifecycle(&mut self) -> Result<(), ProbeError> {
+        self.attach_raw("sched_process_fork", "sched_process_fork")?;
+        self.attach_raw("sched_process_exec", "sched_process_exec")?;
+        self.attach_tp("sched_process_exit", "sched", "sched_process_exit")
+    }
+
+    /// Attaches the socket syscall programs.
+    pub fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
+        for sc in SOCKET_SYSCALLS {
+            let enter = format!("sys_enter_{sc}");
+            let exit = format!("sys_exit_{sc}");
+            // Exit first, so an entry recorded is always consumed.
+            self.attach_tp(&exit, "syscalls", &exit)?;
+            self.attach_tp(&enter, "syscalls", &enter)?;
+        }
+        self.attach_tp("sys_enter_close", "syscalls", "sys_enter_close")
+    }
+
+    /// Adds a process to the in-kernel target set.
+    pub fn add_target(
+        &mut self,
+        tgid: u32,
+        reason: TargetReason,
+        follow_children: bool,
+    ) -> Result<(), ProbeError> {
+        let v = TargetInfo {
+            reason: reason as u32,
+            follow_children: u32::from(follow_children),
+        };
+        self.targets.insert(tgid, v, 0).map_err(map_err(MAP_TARGETS))
+    }
+
+    /// Removes a process from the target set (absent is fine).
+    pub fn remove_target(&mut self, tgid: u32) {
+        let _ = self.targets.remove(&tgid);
+    }
+
+    /// The in-kernel target set.
+    pub fn targets(&self) -> BTreeMap<u32, u32> {
+        self.targets
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.reason))
+            .collect()
+    }
+
+    /// Events lost in the kernel because the ring was full, per kind (summed over CPUs).
+    pub fn kernel_losses(&self) -> Vec<(EventKind, u64)> {
+        (0..LOSS_SLOTS)
+            .filter_map(|i| {
+                let kind = EventKind::from_u32(i)?;
+                let n: u64 = self.loss.get(&i, 0).ok()?.iter().sum();
+                Some((kind, n))
+            })
+            .collect()
+    }
+}

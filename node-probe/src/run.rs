@@ -1,0 +1,246 @@
+//! The event loop: load, attach, keep the target set current, drain the ring, print.
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use inferscope_common::{EventKind, TargetReason};
+use tracing::{debug, info, warn};
+
+use crate::clock::WallClock;
+use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
+use crate::kernel::{btf::KernelBtf, preflight, tracefs};
+use crate::probe::{Probe, ProbeOptions};
+use crate::targets::{read_proc, scan, Selector};
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrintFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line ([`EventJson`]).
+    Json,
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Which processes.
+    pub selector: Selector,
+    /// Kernel-side options.
+    pub probe: ProbeOptions,
+    /// BTF file.
+    pub btf_path: PathBuf,
+    /// Print events to stdout.
+    pub print: Option<PrintFormat>,
+    /// Include payload bytes in printed events (off by default: payloads hold prompt text).
+    pub print_payload: bool,
+    /// How often the ring is drained.
+    pub poll_interval: Duration,
+    /// How often /proc is rescanned to repair the target set.
+    pub rescan_interval: Duration,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+}
+
+/// Counters kept by the loop, reported at exit.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Events decoded, per kind name.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Records that did not decode, per raw kind value.
+    pub decode_errors: BTreeMap<u32, u64>,
+    /// Events lost in the kernel (ring full), per kind name.
+    pub kernel_lost: BTreeMap<&'static str, u64>,
+}
+
+/// Runs until `stop` is set or the configured duration passes.
+pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
+    preflight::check_privileges()?;
+    let btf = KernelBtf::open(&cfg.btf_path)?;
+    let offsets = btf.kernel_offsets()?;
+    drop(btf);
+    let tracefs = tracefs::tracefs_root().context(
+        "tracefs is not mounted: run `mount -t tracefs tracefs /sys/kernel/tracing` as root",
+    )?;
+    let mut opts = cfg.probe.clone();
+    opts.exec_events = cfg.selector.has_patterns();
+    opts.exit_group_dead_off =
+        tracefs::field_offset(&tracefs, "sched", "sched_process_exit", "group_dead").unwrap_or(0);
+
+    let (mut probe, mut ring) = Probe::load(&opts, offsets)?;
+    let proc_root = Path::new("/proc");
+    // Lifecycle first, so children forked by targets during the scan are caught in-kernel.
+    let initial = cfg.selector.initial(&scan(proc_root));
+    for (&pid, &reason) in &initial {
+        probe.add_target(pid, reason, cfg.selector.follow_children)?;
+    }
+    probe.attach_lifecycle()?;
+    // A second scan picks up what forked between the first scan and the attach.
+    sync_targets(&mut probe, &cfg.selector, proc_root);
+    probe.attach_syscalls()?;
+    let clock = WallClock::new();
+    let targets = probe.targets();
+    info!(
+        targets = ?targets.keys().collect::<Vec<_>>(),
+        attached = probe.attached.len(),
+        payload_cap = opts.payload_cap,
+        "node-probe attached"
+    );
+    debug!(programs = ?probe.attached, "attached programs");
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if cfg.print == Some(PrintFormat::Json) {
+        let ready = serde_json::json!({
+            "kind": "ready",
+            "targets": targets.keys().collect::<Vec<_>>(),
+            "attached": probe.attached,
+        });
+        writeln!(out, "{ready}")?;
+        out.flush()?;
+    }
+
+    let mut stats = Stats::default();
+    let started = Instant::now();
+    let mut last_rescan = Instant::now();
+    let mut pending: Vec<Event> = Vec::with_capacity(1024);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => pending.push(ev),
+                Err(e) => {
+                    let k = peek_kind(&item).unwrap_or(u32::MAX);
+                    *stats.decode_errors.entry(k).or_default() += 1;
+                    debug!(error = %e, "undecodable record");
+                }
+            }
+            if pending.len() >= 4096 {
+                break;
+            }
+        }
+        let drained = pending.len();
+        for ev in pending.drain(..) {
+            *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
+            if let Event::Proc(p) = &ev {
+                on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
+            }
+            if let Some(fmt) = cfg.print {
+                print_event(&mut out, fmt, &ev, &clock, cfg.print_payload)?;
+            }
+        }
+        if drained > 0 {
+            out.flush()?;
+        }
+        if last_rescan.elapsed() >= cfg.rescan_interval {
+            sync_targets(&mut probe, &cfg.selector, proc_root);
+            last_rescan = Instant::now();
+        }
+        if drained < 4096 {
+            std::thread::sleep(cfg.poll_interval);
+        }
+    }
+    out.flush()?;
+    for (kind, n) in probe.kernel_losses() {
+        if n > 0 {
+            stats.kernel_lost.insert(kind_name(kind), n);
+        }
+    }
+    Ok(stats)
+}
+
+fn on_proc_event(probe: &mut Probe, sel: &Selector, kind: EventKind, tgid: u32, proc_root: &Path) {
+    match kind {
+        EventKind::ProcExec if sel.has_patterns() && tgid != sel.exclude => {
+            if probe.targets().contains_key(&tgid) {
+                return;
+            }
+            if let Some(p) = read_proc(proc_root, tgid) {
+                if sel.matches(&p.cmdline) {
+                    info!(pid = tgid, cmdline = %p.cmdline, "new target (pattern)");
+                    if let Err(e) = probe.add_target(tgid, TargetReason::Pattern, sel.follow_children) {
+                        warn!(pid = tgid, error = %e, "could not add target");
+                    }
+                }
+            }
+        }
+        EventKind::ProcFork => debug!(pid = tgid, "new target (child)"),
+        EventKind::ProcExit => debug!(pid = tgid, "target exited"),
+        _ => {}
+    }
+}
+
+/// Repairs the in-kernel target set against /proc: adds what should be traced and is not
+/// (missed execs, lost fork events), removes processes that are gone (lost exit events).
+fn sync_targets(probe: &mut Probe, sel: &Selector, proc_root: &Path) {
+    let procs = scan(proc_root);
+    let want = sel.initial(&procs);
+    let have = probe.targets();
+    for (&pid, &reason) in &want {
+        if !have.contains_key(&pid) {
+            if let Err(e) = probe.add_target(pid, reason, sel.follow_children) {
+                warn!(pid, error = %e, "could not add target");
+            }
+        }
+    }
+    for &pid in have.keys() {
+        if !proc_root.join(pid.to_string()).exists() {
+            probe.remove_target(pid);
+        }
+    }
+}
+
+fn print_event(
+    out: &mut impl Write,
+    fmt: PrintFormat,
+    ev: &Event,
+    clock: &WallClock,
+    with_payload: bool,
+) -> std::io::Result<()> {
+    let j = EventJson::new(ev, |t| clock.to_wall(t), with_payload);
+    match fmt {
+        PrintFormat::Json => {
+            serde_json::to_writer(&mut *out, &j)?;
+            writeln!(out)
+        }
+        PrintFormat::Text => {
+            write!(out, "{:>20} {:<7} pid={} tid={}", j.ts_unix_ns, j.kind, j.pid, j.tid)?;
+            if let Some(sc) = j.syscall {
+                write!(out, " {sc} fd={} ret={}", j.fd.unwrap_or(-1), j.ret.unwrap_or(0))?;
+            }
+            if let Some(p) = &j.proto {
+                write!(out, " {p}")?;
+            }
+            if let (Some(l), Some(r)) = (&j.local, &j.remote) {
+                write!(out, " {l}->{r}")?;
+            }
+            if let Some(i) = j.inode {
+                write!(out, " ino={i}")?;
+            }
+            if let Some(p) = j.peer_inode {
+                write!(out, " peer={p}")?;
+            }
+            if let Some(c) = j.comm {
+                write!(out, " comm={c}")?;
+            }
+            if let Some(pp) = j.ppid {
+                write!(out, " ppid={pp}")?;
+            }
+            if with_payload {
+                if let Event::Sock(s) = ev {
+                    write!(out, " data={:?}", String::from_utf8_lossy(&s.payload))?;
+                }
+            }
+            writeln!(out)
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Which processes are traced.
+//!
+//! A [`Selector`] names targets by pid and by command-line pattern; descendants of targets are
+//! targets too (vLLM's EngineCore and Worker are children of the API server). At start a /proc
+//! scan computes the initial set; afterwards the kernel adds children at fork and removes
+//! processes at exit, and userspace matches every exec against the patterns.
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use inferscope_common::TargetReason;
+use regex::Regex;
+
+/// Bad target selection on the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    /// A `--pid` that does not exist.
+    #[error("no such process: pid {0}")]
+    NoSuchPid(u32),
+    /// A pattern that is not a valid regular expression.
+    #[error("invalid --cmdline pattern {pattern:?}: {reason}")]
+    BadPattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing to trace.
+    #[error("no targets: give at least one --pid or --cmdline")]
+    Empty,
+}
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Command line, arguments joined by spaces.
+    pub cmdline: String,
+}
+
+/// Reads one process from `proc_root` (normally `/proc`); `None` if it is gone or a kernel
+/// thread.
+pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcInfo> {
+    let dir = proc_root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // "pid (comm) S ppid ...": comm may contain spaces and parentheses; skip to the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    let raw = std::fs::read(dir.join("cmdline")).ok()?;
+    let cmdline = raw
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(ProcInfo { pid, ppid, cmdline })
+}
+
+/// All processes under `proc_root`.
+pub fn scan(proc_root: &Path) -> Vec<ProcInfo> {
+    let Ok(rd) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| read_proc(proc_root, pid))
+        .collect()
+}
+
+/// How targets are chosen.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    pids: Vec<u32>,
+    patterns: Vec<Regex>,
+    /// Whether descendants of targets are traced.
+    pub follow_children: bool,
+    /// A pid never to trace (node-probe itself).
+    pub exclude: u32,
+}
+
+impl Selector {
+    /// Validates the selection: pids must exist under `proc_root`, patterns must compile.
+    pub fn new(
+        proc_root: &Path,
+        pids: &[u32],
+        patterns: &[String],
+        follow_children: bool,
+    ) -> Result<Self, SelectorError> {
+        if pids.is_empty() && patterns.is_empty() {
+            return Err(SelectorError::Empty);
+        }
+        for &p in pids {
+            if p == 0 || !proc_root.join(p.to_string()).is_dir() {
+                return Err(SelectorError::NoSuchPid(p));
+            }
+        }
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                Regex::new(p).map_err(|e| SelectorError::BadPattern {
+                    pattern: p.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            pids: pids.to_vec(),
+            patterns,
+            follow_children,
+            exclude: std::process::id(),
+        })
+    }
+
+    /// True when patterns are in use (so every exec must be checked).
+    pub fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
+    }
+
+    /// Whether a command line matches any pattern.
+    pub fn matches(&self, cmdline: &str) -> bool {
+        self.patterns.iter().any(|r| r.is_match(cmdline))
+    }
+
+    /// The target set for a snapshot of processes: named pids, pattern matches, and (when
+    /// following children) all their descendants.
+    pub fn initial(&self, procs: &[ProcInfo]) -> BTreeMap<u32, TargetReason> {
+        let mut out = BTreeMap::new();
+        for p in procs {
+            if p.pid == self.exclude {
+                continue;
+            }
+            if self.pids.contains(&p.pid) {
+                out.insert(p.pid, TargetReason::Pid);
+            } else if self.matches(&p.cmdline) {
+                out.insert(p.pid, TargetReason::Pattern);
+            }
+        }
+        if self.follow_children {
+            let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+            for p in procs {
+                children.entry(p.ppid).or_default().push(p.pid);
+            }
+            let mut stack: Vec<u32> = out.keys().copied().collect();
+            while let Some(pid) = stack.pop() {
+                for &c in children.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+                    if c != self.exclude && !out.contains_key(&c) {
+                        out.insert(c, TargetReason::Child);
+                        stack.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: u32, ppid: u32, cmd: &str) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            cmdline: cmd.into(),
+        }
+    }
+
+    fn sel(pids: &[u32], pats: &[&str], children: bool) -> Selector {
+        Selector {
+            pids: pids.to_vec(),
+            patterns: pats.iter().map(|s| Regex::new(s).unwrap()).collect(),
+            follow_children: children,
+            exclude: 999,
+        }
+    }
+
+    #[test]
+    fn pids_patterns_and_descendants() {
+        let procs = vec![
+            p(1, 0, "/sbin/init"),
+            p(10, 1, "vllm serve model --port 8000"),
+            p(11, 10, "VLLM::EngineCore"),
+            p(12, 11, "VLLM::Worker"),
+            p(20, 1, "python3 other.py"),
+            p(21, 20, "child"),
+            p(999, 1, "node-probe --cmdline vllm serve"),
+        ];
+        let t = sel(&[], &["vllm serve"], true).initial(&procs);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![10, 11, 12]);
+        assert_eq!(t[&10], TargetReason::Pattern);
+        assert_eq!(t[&12], TargetReason::Child);
+
+        let t = sel(&[20], &[], false).initial(&procs);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![20]);
+        let t = sel(&[20], &[], true).initial(&procs);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![20, 21]);
+    }
+
+    #[test]
+    fn validation() {
+        let root = Path::new("/proc");
+        assert!(matches!(
+            Selector::new(root, &[], &[], true),
+            Err(SelectorError::Empty)
+        ));
+        let e = Selector::new(root, &[u32::MAX - 1], &[], true).unwrap_err();
+        assert_eq!(e.to_string(), format!("no such process: pid {}", u32::MAX - 1));
+        let e = Selector::new(root, &[], &["(".into()], true).unwrap_err();
+        assert!(e.to_string().contains("invalid --cmdline pattern"), "{e}");
+        let me = std::process::id();
+        let s = Selector::new(root, &[me], &[], true).unwrap();
+        assert_eq!(s.exclude, me);
+    }
+
+    #[test]
+    fn reads_own_proc_entry() {
+        let me = read_proc(Path::new("/proc"), std::process::id()).expect("self in /proc");
+        assert!(me.ppid > 0);
+        assert!(!me.cmdline.is_empty());
+        assert!(scan(Path::new("/proc")).iter().any(|p| p.pid == me.pid));
+        assert!(read_proc(Path::new("/proc"), u32::MAX - 1).is_none());
+    }
+}

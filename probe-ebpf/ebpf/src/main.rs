@@ -1,0 +1,517 @@
+//! inferscope kernel programs.
+//!
+//! * `sys_enter_*` / `sys_exit_*` tracepoints for the socket syscalls: filter by the target set
+//!   at entry, save the arguments, and at exit resolve the fd to its socket, copy the first bytes
+//!   of the payload and emit one [`SockEvent`] per syscall that moved data (or accepted,
+//!   connected, closed).
+//! * `sched_process_fork` / `sched_process_exec` raw tracepoints and the `sched_process_exit`
+//!   tracepoint keep the target set current: children of targets are added synchronously at
+//!   fork, exited processes removed, and execs reported for pattern matching in userspace.
+//!
+//! Kernel layouts come from [`ProbeConfig::offsets`], filled by userspace from BTF; nothing here
+//! hard-codes a struct offset. Events are written without a wakeup (`BPF_RB_NO_WAKEUP`): the
+//! reader polls. A full ring increments the per-kind counter in `LOSS`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use inferscope_common::{
+    BufferShape, EventHeader, EventKind, InFlight, KernelOffsets, ProbeConfig, ProcEvent,
+    SockEvent, SockInfo, SyscallId, TargetInfo, TargetReason, AF_INET, AF_INET6, AF_UNIX,
+    LOSS_SLOTS, MAX_INFLIGHT, MAX_IOV, MAX_PAYLOAD, MAX_TARGETS,
+};
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+#[map]
+static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TARGETS, 0);
+#[map]
+static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
+#[map]
+static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
+#[map]
+static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A [`SockEvent`] followed by slack, so that a bounded copy at a masked offset inside `payload`
+/// provably stays inside the map value.
+#[repr(C)]
+struct Scratch {
+    ev: SockEvent,
+    _slack: [u8; MAX_PAYLOAD],
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const EAGAIN: i64 = 11;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u16 = 1;
+/// Offset of the first syscall argument in a `sys_enter_*` record (and of `ret` in `sys_exit_*`).
+const TP_ARG0: usize = 16;
+
+#[inline(always)]
+fn config() -> Option<&'static ProbeConfig> {
+    let c = CONFIG.get(0)?;
+    if c.ready == 0 {
+        return None;
+    }
+    Some(c)
+}
+
+#[inline(always)]
+fn count_loss(kind: EventKind) {
+    if let Some(p) = LOSS.get_ptr_mut(kind as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn header(kind: EventKind, pid_tgid: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        // SAFETY: helper without arguments.
+        cpu: unsafe { generated::bpf_get_smp_processor_id() },
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Reads a kernel value at `addr`; `None` on fault.
+#[inline(always)]
+fn rk<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a fault returns an error.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// Reads a user value at `addr`; `None` on fault.
+#[inline(always)]
+fn ru<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user checks the address; a fault returns an error.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr as *const T).ok() }
+}
+
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    // SAFETY: the value is only read.
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket syscalls
+// ---------------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, sc: SyscallId) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: offsets inside the sys_enter record (checked by the tracepoint's format).
+    let (fd, a1, a2) = unsafe {
+        (
+            ctx.read_at::<u64>(TP_ARG0).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(TP_ARG0 + 8).unwrap_or(0),
+            ctx.read_at::<u64>(TP_ARG0 + 16).unwrap_or(0),
+        )
+    };
+    let f = InFlight {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        buf: a1,
+        len: a2,
+        syscall: sc as u32,
+        fd: fd as i32,
+    };
+    let _ = INFLIGHT.insert(&pid_tgid, &f, 0);
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let f = match unsafe { INFLIGHT.get(&pid_tgid) } {
+        Some(f) => *f,
+        None => return 0,
+    };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    // SAFETY: `ret` of the sys_exit record.
+    let ret = unsafe { ctx.read_at::<i64>(TP_ARG0).unwrap_or(0) };
+    if ret == -EAGAIN {
+        return 0;
+    }
+    let Some(sc) = SyscallId::from_u32(f.syscall) else {
+        return 0;
+    };
+    let (kind, fd, aux_fd) = match sc {
+        SyscallId::Accept | SyscallId::Accept4 => {
+            if ret < 0 {
+                return 0;
+            }
+            (EventKind::SockAccept, ret as i32, f.fd)
+        }
+        SyscallId::Connect => (EventKind::SockConnect, f.fd, -1),
+        SyscallId::Read | SyscallId::Readv | SyscallId::Recvfrom | SyscallId::Recvmsg => {
+            (EventKind::SockRecv, f.fd, -1)
+        }
+        SyscallId::Write | SyscallId::Writev | SyscallId::Sendto | SyscallId::Sendmsg => {
+            (EventKind::SockSend, f.fd, -1)
+        }
+        SyscallId::Close => return 0,
+    };
+    emit_sock(kind, sc, pid_tgid, f.start_ns, fd, aux_fd, ret, f.buf, f.len);
+    0
+}
+
+/// Builds the event in the per-CPU scratch and copies its used part to the ring.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit_sock(
+    kind: EventKind,
+    sc: SyscallId,
+    pid_tgid: u64,
+    start_ns: u64,
+    fd: i32,
+    aux_fd: i32,
+    ret: i64,
+    buf: u64,
+    len: u64,
+) {
+    let Some(cfg) = config() else { return };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours for the duration of this program.
+    let ev = unsafe { &mut (*scratch).ev };
+    let Some(sk) = resolve_sock(&cfg.offsets, fd, &mut ev.sock) else {
+        return;
+    };
+    if sk != 0 && ev.sock.sock_type == SOCK_STREAM && (ev.sock.family == AF_INET || ev.sock.family == AF_INET6) {
+        // Sequence number after the syscall: send -> write_seq, receive -> copied_seq.
+        let off = match kind {
+            EventKind::SockSend => cfg.offsets.tcp_write_seq,
+            _ => cfg.offsets.tcp_copied_seq,
+        };
+        ev.sock.tcp_seq = rk::<u32>(sk + off as u64).unwrap_or(0);
+    }
+    ev.header = header(kind, pid_tgid);
+    ev.start_ns = start_ns;
+    ev.ret = ret;
+    ev.syscall = sc as u32;
+    ev.fd = fd;
+    ev.aux_fd = aux_fd;
+    ev.payload_len = 0;
+    if ret > 0 {
+        let cap = if cfg.payload_cap as usize > MAX_PAYLOAD {
+            MAX_PAYLOAD as u64
+        } else {
+            cfg.payload_cap as u64
+        };
+        let want = if (ret as u64) < cap { ret as u64 } else { cap };
+        ev.payload_len = copy_payload(scratch, sc.buffer_shape(), buf, len, want);
+    }
+    let mut size = SockEvent::FIXED_SIZE + ev.payload_len as usize;
+    if size > core::mem::size_of::<SockEvent>() {
+        size = core::mem::size_of::<SockEvent>();
+    }
+    // SAFETY: `size` is bounded by the size of the event, which lives in the map value.
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, size) };
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        count_loss(kind);
+    }
+}
+
+/// Copies up to `want` bytes of user data into `scratch.ev.payload`; returns the count copied.
+#[inline(always)]
+fn copy_payload(scratch: *mut Scratch, shape: BufferShape, buf: u64, len: u64, want: u64) -> u32 {
+    // SAFETY: the payload array followed by the slack is inside the map value.
+    let base = unsafe { (*scratch).ev.payload.as_mut_ptr() };
+    match shape {
+        BufferShape::Flat => {
+            let n = bound(want);
+            // SAFETY: n <= MAX_PAYLOAD, destination is the payload array.
+            let r = unsafe { generated::bpf_probe_read_user(base.cast(), n as u32, buf as *const _) };
+            if r == 0 {
+                n as u32
+            } else {
+                0
+            }
+        }
+        BufferShape::Iovec => copy_iov(base, buf, len, want),
+        BufferShape::Msghdr => {
+            // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
+            //                      size_t msg_iovlen; ... }: a stable user ABI.
+            let iov = ru::<u64>(buf + 16).unwrap_or(0);
+            let cnt = ru::<u64>(buf + 24).unwrap_or(0);
+            copy_iov(base, iov, cnt, want)
+        }
+        BufferShape::None => 0,
+    }
+}
+
+#[inline(always)]
+fn bound(n: u64) -> u64 {
+    if n > MAX_PAYLOAD as u64 {
+        MAX_PAYLOAD as u64
+    } else {
+        n
+    }
+}
+
+#[inline(always)]
+fn copy_iov(base: *mut u8, iov: u64, cnt: u64, want: u64) -> u32 {
+    let mut off: u64 = 0;
+    for i in 0..MAX_IOV as u64 {
+        if i >= cnt || off >= want {
+            break;
+        }
+        let Some(ibase) = ru::<u64>(iov + i * 16) else {
+            break;
+        };
+        let Some(ilen) = ru::<u64>(iov + i * 16 + 8) else {
+            break;
+        };
+        let rest = want - off;
+        let n = bound(if ilen < rest { ilen } else { rest });
+        let o = off & (MAX_PAYLOAD as u64 - 1);
+        // SAFETY: o < MAX_PAYLOAD and n <= MAX_PAYLOAD; the slack after the payload array
+        // covers o + n <= 2 * MAX_PAYLOAD.
+        let r = unsafe {
+            generated::bpf_probe_read_user(base.add(o as usize).cast(), n as u32, ibase as *const _)
+        };
+        if r != 0 {
+            break;
+        }
+        off += n;
+    }
+    bound(off) as u32
+}
+
+/// Resolves `fd` of the current task to its socket and fills `out`; returns the `struct sock`
+/// address (0 when the socket has none), or `None` when `fd` is not a socket.
+#[inline(always)]
+fn resolve_sock(o: &KernelOffsets, fd: i32, out: &mut SockInfo) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let Some(files) = rk::<u64>(task + o.task_files as u64) else {
+        return None;
+    };
+    let Some(fdt) = rk::<u64>(files + o.files_fdt as u64) else {
+        return None;
+    };
+    let max_fds = rk::<u32>(fdt + o.fdtable_max_fds as u64).unwrap_or(0);
+    if fd as u32 >= max_fds {
+        return None;
+    }
+    let Some(fd_array) = rk::<u64>(fdt + o.fdtable_fd as u64) else {
+        return None;
+    };
+    let Some(file) = rk::<u64>(fd_array + (fd as u64) * 8) else {
+        return None;
+    };
+    if file == 0 {
+        return None;
+    }
+    let inode = rk::<u64>(file + o.file_inode as u64).unwrap_or(0);
+    let mode = rk::<u16>(inode + o.inode_mode as u64).unwrap_or(0);
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let Some(socket) = rk::<u64>(file + o.file_private_data as u64) else {
+        return None;
+    };
+    let sk = rk::<u64>(socket + o.socket_sk as u64).unwrap_or(0);
+    out.inode = rk::<u64>(inode + o.inode_ino as u64).unwrap_or(0);
+    out.sock_type = rk::<u16>(socket + o.socket_type as u64).unwrap_or(0);
+    out.family = 0;
+    out.lport = 0;
+    out.rport = 0;
+    out.laddr = [0; 16];
+    out.raddr = [0; 16];
+    out.peer_inode = 0;
+    out.tcp_seq = 0;
+    out._pad = 0;
+    if sk == 0 {
+        return Some(0);
+    }
+    out.family = rk::<u16>(sk + o.skc_family as u64).unwrap_or(0);
+    match out.family {
+        AF_INET | AF_INET6 => {
+            out.lport = rk::<u16>(sk + o.skc_num as u64).unwrap_or(0);
+            out.rport = u16::from_be(rk::<u16>(sk + o.skc_dport as u64).unwrap_or(0));
+            if out.family == AF_INET {
+                let l = rk::<[u8; 4]>(sk + o.skc_rcv_saddr as u64).unwrap_or([0; 4]);
+                let r = rk::<[u8; 4]>(sk + o.skc_daddr as u64).unwrap_or([0; 4]);
+                out.laddr[..4].copy_from_slice(&l);
+                out.raddr[..4].copy_from_slice(&r);
+            } else {
+                out.laddr = rk::<[u8; 16]>(sk + o.skc_v6_rcv_saddr as u64).unwrap_or([0; 16]);
+                out.raddr = rk::<[u8; 16]>(sk + o.skc_v6_daddr as u64).unwrap_or([0; 16]);
+            }
+        }
+        AF_UNIX => {
+            let peer = rk::<u64>(sk + o.unix_peer as u64).unwrap_or(0);
+            if peer != 0 {
+                let psock = rk::<u64>(peer + o.sock_socket as u64).unwrap_or(0);
+                if psock != 0 {
+                    out.peer_inode = rk::<u64>(
+                        psock + o.socket_alloc_inode as u64 + o.inode_ino as u64,
+                    )
+                    .unwrap_or(0);
+                }
+            }
+        }
+        _ => {}
+    }
+    Some(sk)
+}
+
+macro_rules! enter_exit {
+    ($enter:ident, $exit:ident, $sc:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $sc)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx)
+        }
+    };
+}
+
+enter_exit!(sys_enter_read, sys_exit_read, SyscallId::Read);
+enter_exit!(sys_enter_write, sys_exit_write, SyscallId::Write);
+enter_exit!(sys_enter_readv, sys_exit_readv, SyscallId::Readv);
+enter_exit!(sys_enter_writev, sys_exit_writev, SyscallId::Writev);
+enter_exit!(sys_enter_recvfrom, sys_exit_recvfrom, SyscallId::Recvfrom);
+enter_exit!(sys_enter_sendto, sys_exit_sendto, SyscallId::Sendto);
+enter_exit!(sys_enter_recvmsg, sys_exit_recvmsg, SyscallId::Recvmsg);
+enter_exit!(sys_enter_sendmsg, sys_exit_sendmsg, SyscallId::Sendmsg);
+enter_exit!(sys_enter_accept, sys_exit_accept, SyscallId::Accept);
+enter_exit!(sys_enter_accept4, sys_exit_accept4, SyscallId::Accept4);
+enter_exit!(sys_enter_connect, sys_exit_connect, SyscallId::Connect);
+
+/// `close` is reported at entry, while the fd still names the socket.
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: first argument of the sys_enter record.
+    let fd = unsafe { ctx.read_at::<u64>(TP_ARG0).unwrap_or(u64::MAX) } as i32;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit_sock(EventKind::SockClose, SyscallId::Close, pid_tgid, now, fd, -1, 0, 0, 0);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process lifecycle
+// ---------------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn emit_proc(kind: EventKind, pid_tgid: u64, tgid: u32, parent_tgid: u32, comm: [u8; 16]) {
+    let mut h = header(kind, pid_tgid);
+    h.tgid = tgid;
+    let ev = ProcEvent {
+        header: h,
+        parent_tgid,
+        exit_code: 0,
+        comm,
+    };
+    if EVENTS.output::<ProcEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
+        count_loss(kind);
+    }
+}
+
+/// `sched_process_fork(parent, child)`: a new process (not a thread) forked by a target that
+/// follows children joins the target set before it can run.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let parent = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is copied.
+    let Some(info) = (unsafe { TARGETS.get(&parent) }).copied() else {
+        return 0;
+    };
+    if info.follow_children == 0 {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let child: u64 = ctx.arg(1);
+    let tgid = rk::<u32>(child + cfg.offsets.task_tgid as u64).unwrap_or(0);
+    let pid = rk::<u32>(child + cfg.offsets.task_pid as u64).unwrap_or(0);
+    if tgid == 0 || tgid != pid {
+        return 0;
+    }
+    let v = TargetInfo {
+        reason: TargetReason::Child as u32,
+        follow_children: 1,
+    };
+    let _ = TARGETS.insert(&tgid, &v, 0);
+    let comm = rk::<[u8; 16]>(child + cfg.offsets.task_comm as u64).unwrap_or([0; 16]);
+    emit_proc(EventKind::ProcFork, pid_tgid, tgid, parent, comm);
+    0
+}
+
+/// `sched_process_exec`: reported for targets always, for every process when userspace matches
+/// command-line patterns.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(cfg) = config() else { return 0 };
+    if cfg.exec_events == 0 && !is_target(tgid) {
+        return 0;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit_proc(EventKind::ProcExec, pid_tgid, tgid, 0, comm);
+    0
+}
+
+/// `sched_process_exit`: a target whose thread group is dead leaves the target set.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let dead = if cfg.exit_group_dead_off != 0 {
+        // SAFETY: offset read from this kernel's tracepoint format.
+        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize).unwrap_or(0) != 0 }
+    } else {
+        tgid == pid_tgid as u32
+    };
+    if !dead {
+        return 0;
+    }
+    let _ = TARGETS.remove(&tgid);
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit_proc(EventKind::ProcExit, pid_tgid, tgid, 0, comm);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
