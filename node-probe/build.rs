@@ -28,5 +28,7 @@ fn main() -> anyhow::Result<()> {
         }],
         toolchain,
     )
-    .context("building the eBPF programs failed: is bpf-linker installed? run scripts/setup.sh base")
+    .context(
+        "building the eBPF programs failed: is bpf-linker installed? run scripts/setup.sh base",
+    )
 }

@@ -57,7 +57,9 @@ setup_base() {
   if [ ! -d /sys/kernel/tracing/events ]; then
     $SUDO mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "could not mount tracefs"
   fi
-  apt_install tcpdump curl ca-certificates
+  # python3 runs the test fixtures; tcpdump/tshark give the wire truth; setpriv (util-linux)
+  # drops privileges in the non-root test.
+  apt_install python3 tcpdump curl ca-certificates util-linux
 }
 
 setup_clickhouse() {

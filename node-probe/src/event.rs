@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use inferscope_common::{
-    EventHeader, EventKind, ProcEvent, SockEvent, SockInfo, SyscallId, AF_INET, AF_INET6,
-    AF_UNIX, MAX_PAYLOAD,
+    EventHeader, EventKind, ProcEvent, SockEvent, SockInfo, SyscallId, AF_INET, AF_INET6, AF_UNIX,
+    MAX_PAYLOAD,
 };
 use serde::Serialize;
 
@@ -204,8 +204,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             if len > avail || len > MAX_PAYLOAD {
                 return Err(DecodeError::PayloadOverrun { len, avail });
             }
-            let payload =
-                bytes[SockEvent::FIXED_SIZE..SockEvent::FIXED_SIZE + len].to_vec();
+            let payload = bytes[SockEvent::FIXED_SIZE..SockEvent::FIXED_SIZE + len].to_vec();
             Ok(Event::Sock(SockRecord {
                 kind,
                 syscall,
@@ -491,7 +490,10 @@ mod tests {
         let mut b = sock_event(EventKind::SockRecv, b"abc");
         let off = std::mem::offset_of!(SockEvent, payload_len);
         b[off..off + 4].copy_from_slice(&100u32.to_le_bytes());
-        assert!(matches!(decode(&b), Err(DecodeError::PayloadOverrun { len: 100, .. })));
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::PayloadOverrun { len: 100, .. })
+        ));
         // unknown syscall
         let mut b = sock_event(EventKind::SockRecv, b"");
         let off = std::mem::offset_of!(SockEvent, syscall);
@@ -531,7 +533,13 @@ mod tests {
         let Event::Sock(s) = decode(&b).unwrap() else {
             panic!()
         };
-        assert_eq!(s.socket, SocketId::Unix { inode: 1000, peer: 1001 });
+        assert_eq!(
+            s.socket,
+            SocketId::Unix {
+                inode: 1000,
+                peer: 1001
+            }
+        );
     }
 
     #[test]

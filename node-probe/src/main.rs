@@ -84,7 +84,12 @@ fn real_main() -> anyhow::Result<()> {
         .ring_mib
         .checked_mul(1 << 20)
         .filter(|b| b.is_power_of_two())
-        .ok_or_else(|| anyhow::anyhow!("--ring-mib {} must be a power of two up to 2048", cli.ring_mib))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--ring-mib {} must be a power of two up to 2048",
+                cli.ring_mib
+            )
+        })?;
     let duration = match cli.duration_s {
         Some(s) if !(s.is_finite() && s > 0.0) => anyhow::bail!("--duration-s must be positive"),
         Some(s) => Some(Duration::from_secs_f64(s)),

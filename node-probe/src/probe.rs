@@ -119,7 +119,8 @@ impl Probe {
             ebpf.take_map(name)
                 .ok_or_else(|| ProbeError::Missing(name.into()))
         };
-        let targets = HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?).map_err(map_err(MAP_TARGETS))?;
+        let targets =
+            HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?).map_err(map_err(MAP_TARGETS))?;
         let loss = PerCpuArray::try_from(take(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
         Ok((
@@ -197,12 +198,19 @@ impl Probe {
             reason: reason as u32,
             follow_children: u32::from(follow_children),
         };
-        self.targets.insert(tgid, v, 0).map_err(map_err(MAP_TARGETS))
+        self.targets
+            .insert(tgid, v, 0)
+            .map_err(map_err(MAP_TARGETS))
     }
 
     /// Removes a process from the target set (absent is fine).
     pub fn remove_target(&mut self, tgid: u32) {
         let _ = self.targets.remove(&tgid);
+    }
+
+    /// Whether `tgid` is in the in-kernel target set.
+    pub fn is_target(&self, tgid: u32) -> bool {
+        self.targets.get(&tgid, 0).is_ok()
     }
 
     /// The in-kernel target set.

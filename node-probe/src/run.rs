@@ -132,7 +132,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         for ev in pending.drain(..) {
             *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
             if let Event::Proc(p) = &ev {
-                on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
+                let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
+                // Execs of every process arrive when patterns are in use; print only targets'.
+                if !is_target {
+                    continue;
+                }
             }
             if let Some(fmt) = cfg.print {
                 print_event(&mut out, fmt, &ev, &clock, cfg.print_payload)?;
@@ -158,24 +162,46 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
-fn on_proc_event(probe: &mut Probe, sel: &Selector, kind: EventKind, tgid: u32, proc_root: &Path) {
+/// Applies a lifecycle event to the target set; returns whether the process is (now) a target.
+fn on_proc_event(
+    probe: &mut Probe,
+    sel: &Selector,
+    kind: EventKind,
+    tgid: u32,
+    proc_root: &Path,
+) -> bool {
     match kind {
-        EventKind::ProcExec if sel.has_patterns() && tgid != sel.exclude => {
-            if probe.targets().contains_key(&tgid) {
-                return;
+        EventKind::ProcExec => {
+            if probe.is_target(tgid) {
+                return true;
             }
-            if let Some(p) = read_proc(proc_root, tgid) {
-                if sel.matches(&p.cmdline) {
-                    info!(pid = tgid, cmdline = %p.cmdline, "new target (pattern)");
-                    if let Err(e) = probe.add_target(tgid, TargetReason::Pattern, sel.follow_children) {
-                        warn!(pid = tgid, error = %e, "could not add target");
-                    }
+            if !sel.has_patterns() || tgid == sel.exclude {
+                return false;
+            }
+            let Some(p) = read_proc(proc_root, tgid) else {
+                return false;
+            };
+            if !sel.matches(&p.cmdline) {
+                return false;
+            }
+            info!(pid = tgid, cmdline = %p.cmdline, "new target (pattern)");
+            match probe.add_target(tgid, TargetReason::Pattern, sel.follow_children) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(pid = tgid, error = %e, "could not add target");
+                    false
                 }
             }
         }
-        EventKind::ProcFork => debug!(pid = tgid, "new target (child)"),
-        EventKind::ProcExit => debug!(pid = tgid, "target exited"),
-        _ => {}
+        EventKind::ProcFork => {
+            debug!(pid = tgid, "new target (child)");
+            true
+        }
+        EventKind::ProcExit => {
+            debug!(pid = tgid, "target exited");
+            true
+        }
+        _ => true,
     }
 }
 
@@ -213,9 +239,18 @@ fn print_event(
             writeln!(out)
         }
         PrintFormat::Text => {
-            write!(out, "{:>20} {:<7} pid={} tid={}", j.ts_unix_ns, j.kind, j.pid, j.tid)?;
+            write!(
+                out,
+                "{:>20} {:<7} pid={} tid={}",
+                j.ts_unix_ns, j.kind, j.pid, j.tid
+            )?;
             if let Some(sc) = j.syscall {
-                write!(out, " {sc} fd={} ret={}", j.fd.unwrap_or(-1), j.ret.unwrap_or(0))?;
+                write!(
+                    out,
+                    " {sc} fd={} ret={}",
+                    j.fd.unwrap_or(-1),
+                    j.ret.unwrap_or(0)
+                )?;
             }
             if let Some(p) = &j.proto {
                 write!(out, " {p}")?;

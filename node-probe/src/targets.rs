@@ -206,7 +206,10 @@ mod tests {
             Err(SelectorError::Empty)
         ));
         let e = Selector::new(root, &[u32::MAX - 1], &[], true).unwrap_err();
-        assert_eq!(e.to_string(), format!("no such process: pid {}", u32::MAX - 1));
+        assert_eq!(
+            e.to_string(),
+            format!("no such process: pid {}", u32::MAX - 1)
+        );
         let e = Selector::new(root, &[], &["(".into()], true).unwrap_err();
         assert!(e.to_string().contains("invalid --cmdline pattern"), "{e}");
         let me = std::process::id();

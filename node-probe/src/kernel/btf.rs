@@ -120,7 +120,7 @@ impl KernelBtf {
                 cur = self.as_composite(t).ok_or_else(missing)?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(missing());
         }
         Ok(bits / 8)
@@ -195,7 +195,11 @@ mod tests {
         let o = btf.kernel_offsets().expect("all offsets");
         // sock_common starts the struct sock; its fields sit in the first 128 bytes.
         assert!(o.skc_family < 128 && o.skc_num < 128 && o.skc_dport < 128);
-        assert_eq!(o.skc_dport + 2, o.skc_num, "skc_dport and skc_num are adjacent");
+        assert_eq!(
+            o.skc_dport + 2,
+            o.skc_num,
+            "skc_dport and skc_num are adjacent"
+        );
         assert_eq!(o.skc_daddr + 4, o.skc_rcv_saddr);
         assert!(o.tcp_write_seq > 0 && o.tcp_copied_seq > 0);
         assert!(o.socket_alloc_inode > 0);

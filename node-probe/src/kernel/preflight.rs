@@ -54,7 +54,10 @@ mod tests {
         assert!(caps_sufficient((1 << CAP_BPF) | (1 << CAP_PERFMON)));
         assert!(!caps_sufficient(1 << CAP_BPF));
         assert!(!caps_sufficient(0));
-        assert_eq!(effective_caps("Name:\tx\nCapEff:\t000001ffffffffff\n"), 0x1ff_ffff_ffff);
+        assert_eq!(
+            effective_caps("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            0x1ff_ffff_ffff
+        );
         assert_eq!(effective_caps("nothing"), 0);
     }
 

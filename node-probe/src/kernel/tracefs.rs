@@ -14,7 +14,9 @@ pub fn tracefs_root() -> Option<PathBuf> {
 
 /// Byte offset of `field` in the record of tracepoint `category/name`, if the kernel has it.
 pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(root.join("events").join(category).join(name).join("format")).ok()?;
+    let text =
+        std::fs::read_to_string(root.join("events").join(category).join(name).join("format"))
+            .ok()?;
     parse_field_offset(&text, field)
 }
 
@@ -22,7 +24,9 @@ pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Opt
 pub fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     for line in format.lines() {
         let line = line.trim();
-        let Some(decl) = line.strip_prefix("field:") else { continue };
+        let Some(decl) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = decl.split(';');
         let decl = parts.next()?.trim();
         let name = decl.rsplit([' ', '*']).next()?.split('[').next()?;

@@ -247,7 +247,7 @@ impl SockEvent {
     pub const FIXED_SIZE: usize = core::mem::size_of::<SockEvent>() - MAX_PAYLOAD;
 }
 const _: () = assert!(SockEvent::FIXED_SIZE == 24 + 8 + 8 + 4 + 4 + 4 + 4 + 64);
-const _: () = assert!(SockEvent::FIXED_SIZE % 8 == 0);
+const _: () = assert!(SockEvent::FIXED_SIZE.is_multiple_of(8));
 
 /// A process lifecycle event.
 #[repr(C)]

@@ -168,7 +168,9 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
         }
         SyscallId::Close => return 0,
     };
-    emit_sock(kind, sc, pid_tgid, f.start_ns, fd, aux_fd, ret, f.buf, f.len);
+    emit_sock(
+        kind, sc, pid_tgid, f.start_ns, fd, aux_fd, ret, f.buf, f.len,
+    );
     0
 }
 
@@ -195,7 +197,10 @@ fn emit_sock(
     let Some(sk) = resolve_sock(&cfg.offsets, fd, &mut ev.sock) else {
         return;
     };
-    if sk != 0 && ev.sock.sock_type == SOCK_STREAM && (ev.sock.family == AF_INET || ev.sock.family == AF_INET6) {
+    if sk != 0
+        && ev.sock.sock_type == SOCK_STREAM
+        && (ev.sock.family == AF_INET || ev.sock.family == AF_INET6)
+    {
         // Sequence number after the syscall: send -> write_seq, receive -> copied_seq.
         let off = match kind {
             EventKind::SockSend => cfg.offsets.tcp_write_seq,
@@ -239,7 +244,8 @@ fn copy_payload(scratch: *mut Scratch, shape: BufferShape, buf: u64, len: u64, w
         BufferShape::Flat => {
             let n = bound(want);
             // SAFETY: n <= MAX_PAYLOAD, destination is the payload array.
-            let r = unsafe { generated::bpf_probe_read_user(base.cast(), n as u32, buf as *const _) };
+            let r =
+                unsafe { generated::bpf_probe_read_user(base.cast(), n as u32, buf as *const _) };
             if r == 0 {
                 n as u32
             } else {
@@ -366,10 +372,9 @@ fn resolve_sock(o: &KernelOffsets, fd: i32, out: &mut SockInfo) -> Option<u64> {
             if peer != 0 {
                 let psock = rk::<u64>(peer + o.sock_socket as u64).unwrap_or(0);
                 if psock != 0 {
-                    out.peer_inode = rk::<u64>(
-                        psock + o.socket_alloc_inode as u64 + o.inode_ino as u64,
-                    )
-                    .unwrap_or(0);
+                    out.peer_inode =
+                        rk::<u64>(psock + o.socket_alloc_inode as u64 + o.inode_ino as u64)
+                            .unwrap_or(0);
                 }
             }
         }
@@ -414,7 +419,17 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let fd = unsafe { ctx.read_at::<u64>(TP_ARG0).unwrap_or(u64::MAX) } as i32;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    emit_sock(EventKind::SockClose, SyscallId::Close, pid_tgid, now, fd, -1, 0, 0, 0);
+    emit_sock(
+        EventKind::SockClose,
+        SyscallId::Close,
+        pid_tgid,
+        now,
+        fd,
+        -1,
+        0,
+        0,
+        0,
+    );
     0
 }
 
@@ -493,7 +508,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let dead = if cfg.exit_group_dead_off != 0 {
         // SAFETY: offset read from this kernel's tracepoint format.
-        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize).unwrap_or(0) != 0 }
+        unsafe {
+            ctx.read_at::<u8>(cfg.exit_group_dead_off as usize)
+                .unwrap_or(0)
+                != 0
+        }
     } else {
         tgid == pid_tgid as u32
     };

@@ -1,0 +1,185 @@
+//! Helpers for node-probe's integration tests: BPF gating, running the probe and fixtures.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Set by `.ci/run`: eBPF tests must run, and a missing capability fails them.
+pub const REQUIRE_ENV: &str = "INFERSCOPE_REQUIRE_BPF";
+
+/// Whether this process can run eBPF tests; with [`REQUIRE_ENV`]=1 a "no" panics instead.
+pub fn bpf_or_skip(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let ok = root && btf;
+    if !ok {
+        let why = if !root {
+            "not running as root"
+        } else {
+            "no kernel BTF"
+        };
+        if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+            panic!("{test}: eBPF test required ({REQUIRE_ENV}=1) but {why}");
+        }
+        eprintln!("SKIPPED {test}: eBPF test needs root and kernel BTF ({why}); set {REQUIRE_ENV}=1 to make this fail");
+    }
+    ok
+}
+
+/// Path of a file under tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A child process whose stdout is read line by line as JSON.
+pub struct JsonChild {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    lines: Receiver<Value>,
+    pub seen: Vec<Value>,
+}
+
+impl JsonChild {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("non-JSON line: {line}"),
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line matching `pred`, keeping every line read in `seen`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {timeout:?} waiting for {what}; seen {} lines",
+                    self.seen.len()
+                ),
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `d`.
+    pub fn drain_for(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Ok(v) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v);
+        }
+    }
+
+    pub fn send_line(&mut self, s: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{s}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for JsonChild {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts node-probe printing JSON events with `args`, and waits until it has attached.
+pub fn start_probe(args: &[&str]) -> JsonChild {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-probe"));
+    cmd.args([
+        "--print-events",
+        "--format",
+        "json",
+        "--print-payload",
+        "--poll-ms",
+        "5",
+    ])
+    .args(args)
+    .env("RUST_LOG", "info");
+    let mut p = JsonChild::spawn(cmd);
+    p.wait_for("probe ready", Duration::from_secs(60), |v| {
+        v["kind"] == "ready"
+    });
+    p
+}
+
+/// Starts a Python fixture.
+pub fn start_fixture(name: &str, args: &[&str]) -> JsonChild {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg(fixture(name)).args(args);
+    JsonChild::spawn(cmd)
+}
+
+/// Events of `kind` from process `pid` on fd `fd` among those seen.
+pub fn events<'a>(seen: &'a [Value], kind: &str, pid: u32, fd: i64) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|v| v["kind"] == kind && v["pid"] == pid && v["fd"] == fd)
+        .collect()
+}
+
+/// Decodes `payload_hex`.
+pub fn payload(v: &Value) -> Vec<u8> {
+    let h = v["payload_hex"].as_str().unwrap_or("");
+    (0..h.len() / 2)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
