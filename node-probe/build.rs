@@ -11,6 +11,8 @@ fn main() -> anyhow::Result<()> {
         Some(t) if !t.is_empty() => aya_build::Toolchain::Custom(t),
         _ => aya_build::Toolchain::Nightly,
     };
+    // aya-build echoes the inner cargo's stderr as cargo warnings; keep only real diagnostics.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir)
         .parent()
