@@ -16,8 +16,7 @@ target/release/node-probe --cmdline "vllm serve .* --port $PORT" --print-events 
   > "$OUT/events.jsonl" 2> "$OUT/probe.log" &
 PROBE=$!
 trap 'kill -TERM $PROBE 2>/dev/null || true' EXIT
-: > "$OUT/probe.log"
-until grep -q "node-probe attached" "$OUT/probe.log"; do
+until grep -qs "node-probe attached" "$OUT/probe.log"; do
   kill -0 $PROBE 2>/dev/null || { cat "$OUT/probe.log" >&2; exit 1; }; sleep 0.2
 done
 target/release/loadgen --url "http://127.0.0.1:$PORT" --requests "$REQUESTS" --concurrency "$CONCURRENCY"
