@@ -50,8 +50,15 @@ struct Outcome {
 }
 
 fn trace_id(i: u64) -> String {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    format!("{:016x}{:016x}", t ^ 0x5eed_1f5c_0be0_0000, i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    format!(
+        "{:016x}{:016x}",
+        t ^ 0x5eed_1f5c_0be0_0000,
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+    )
 }
 
 fn one(agent: &ureq::Agent, a: &Args, i: u64) -> Outcome {
@@ -75,7 +82,10 @@ fn one(agent: &ureq::Agent, a: &Args, i: u64) -> Outcome {
             )),
         )
     };
-    let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let start_unix_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     let t0 = Instant::now();
     let mut out = Outcome {
         trace_id: tid.clone(),
@@ -147,7 +157,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    anyhow::ensure!(a.concurrency > 0 && a.requests > 0, "--requests and --concurrency must be positive");
+    anyhow::ensure!(
+        a.concurrency > 0 && a.requests > 0,
+        "--requests and --concurrency must be positive"
+    );
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(a.timeout_s))
         .max_idle_connections_per_host(a.concurrency as usize)
@@ -157,7 +170,8 @@ fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..a.concurrency.min(a.requests))
         .map(|_| {
-            let (agent, a, next, results) = (agent.clone(), a.clone(), next.clone(), results.clone());
+            let (agent, a, next, results) =
+                (agent.clone(), a.clone(), next.clone(), results.clone());
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= a.requests {
@@ -179,12 +193,23 @@ fn main() -> anyhow::Result<()> {
             writeln!(
                 f,
                 r#"{{"trace_id":"{}","kind":"{}","stream":{},"status":{},"start_unix_ns":{},"ttft_ns":{},"e2e_ns":{},"chunks":{}}}"#,
-                o.trace_id, o.kind, o.stream, o.status, o.start_unix_ns, o.ttft_ns, o.e2e_ns, o.chunks
+                o.trace_id,
+                o.kind,
+                o.stream,
+                o.status,
+                o.start_unix_ns,
+                o.ttft_ns,
+                o.e2e_ns,
+                o.chunks
             )?;
         }
     }
     let ok: Vec<&Outcome> = results.iter().filter(|o| o.status == 200).collect();
-    let mut ttft: Vec<f64> = ok.iter().filter(|o| o.stream).map(|o| o.ttft_ns as f64 / 1e6).collect();
+    let mut ttft: Vec<f64> = ok
+        .iter()
+        .filter(|o| o.stream)
+        .map(|o| o.ttft_ns as f64 / 1e6)
+        .collect();
     let mut e2e: Vec<f64> = ok.iter().map(|o| o.e2e_ns as f64 / 1e6).collect();
     println!(
         "loadgen: {} requests ({} ok, {} failed) at concurrency {} in {:.1} s = {:.1} req/s",
@@ -203,6 +228,10 @@ fn main() -> anyhow::Result<()> {
         pct(&mut e2e, 99.0),
         median(&e2e)
     );
-    anyhow::ensure!(ok.len() == results.len(), "{} requests failed", results.len() - ok.len());
+    anyhow::ensure!(
+        ok.len() == results.len(),
+        "{} requests failed",
+        results.len() - ok.len()
+    );
     Ok(())
 }

@@ -75,7 +75,11 @@ impl Worker {
             .spawn()?;
         let stdin = child.stdin.take().context("stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        Ok(Self { child, stdin, stdout })
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
     }
 
     /// Runs one measurement; returns ns per syscall.
@@ -131,7 +135,8 @@ fn main() -> anyhow::Result<()> {
     // Warm-up.
     wa.measure(a.iters)?;
     wb.measure(a.iters)?;
-    let (mut base, mut traced, mut filtered, mut probe_cpu_per_event) = (vec![], vec![], vec![], vec![]);
+    let (mut base, mut traced, mut filtered, mut probe_cpu_per_event) =
+        (vec![], vec![], vec![], vec![]);
     for r in 0..a.rounds {
         let b1 = wa.measure(a.iters)?;
         let b2 = wb.measure(a.iters)?;
@@ -147,14 +152,31 @@ fn main() -> anyhow::Result<()> {
         traced.push(t);
         filtered.push(f);
         probe_cpu_per_event.push((cpu1.saturating_sub(cpu0)) as f64 / (2 * a.iters) as f64);
-        eprintln!("round {r}: baseline {:.0} ns, traced {t:.0} ns, non-target {f:.0} ns per syscall", base[r as usize]);
+        eprintln!(
+            "round {r}: baseline {:.0} ns, traced {t:.0} ns, non-target {f:.0} ns per syscall",
+            base[r as usize]
+        );
     }
     let (mb, mt, mf) = (median(&base), median(&traced), median(&filtered));
-    println!("syscall-cost: {} rounds x {} send+recv pairs (64 B, unix stream socket pair)", a.rounds, a.iters);
+    println!(
+        "syscall-cost: {} rounds x {} send+recv pairs (64 B, unix stream socket pair)",
+        a.rounds, a.iters
+    );
     println!("  baseline (no probe)          {mb:8.0} ns/syscall");
-    println!("  target, captured             {mt:8.0} ns/syscall  ratio {:.2}x  (+{:.0} ns)", mt / mb, mt - mb);
-    println!("  non-target, filtered in-kernel {mf:6.0} ns/syscall  ratio {:.2}x  (+{:.0} ns)", mf / mb, mf - mb);
-    println!("  node-probe CPU per captured event {:.0} ns (median)", median(&probe_cpu_per_event));
+    println!(
+        "  target, captured             {mt:8.0} ns/syscall  ratio {:.2}x  (+{:.0} ns)",
+        mt / mb,
+        mt - mb
+    );
+    println!(
+        "  non-target, filtered in-kernel {mf:6.0} ns/syscall  ratio {:.2}x  (+{:.0} ns)",
+        mf / mb,
+        mf - mb
+    );
+    println!(
+        "  node-probe CPU per captured event {:.0} ns (median)",
+        median(&probe_cpu_per_event)
+    );
     drop(wa.stdin);
     drop(wb.stdin);
     let _ = wa.child.wait();
