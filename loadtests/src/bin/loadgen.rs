@@ -63,7 +63,7 @@ fn trace_id(i: u64) -> String {
 
 fn one(agent: &ureq::Agent, a: &Args, i: u64) -> Outcome {
     let chat = i % 2 == 1;
-    let stream = (i / 2) % 2 == 0;
+    let stream = (i / 2).is_multiple_of(2);
     let tid = trace_id(i);
     let (path, body) = if chat {
         (
