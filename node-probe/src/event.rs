@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use inferscope_common::{
-    EventHeader, EventKind, ProcEvent, SockEvent, SockInfo, SyscallId, AF_INET, AF_INET6, AF_UNIX,
-    MAX_PAYLOAD,
+    ArrivalEvent, EventHeader, EventKind, ProcEvent, SockEvent, SockInfo, SyscallId, AF_INET,
+    AF_INET6, AF_UNIX, MAX_PAYLOAD,
 };
 use serde::Serialize;
 
@@ -134,6 +134,19 @@ pub struct ProcRecord {
     pub comm: String,
 }
 
+/// Data arrived on a watched TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrivalRecord {
+    /// Monotonic ns.
+    pub ts_ns: u64,
+    /// Local address and port.
+    pub local: (IpAddr, u16),
+    /// Remote address and port.
+    pub remote: (IpAddr, u16),
+    /// `rcv_nxt` after the arrival.
+    pub rcv_nxt: u32,
+}
+
 /// A decoded record.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -141,6 +154,8 @@ pub enum Event {
     Sock(SockRecord),
     /// Process lifecycle.
     Proc(ProcRecord),
+    /// Wire-side data arrival.
+    Arrival(ArrivalRecord),
 }
 
 impl Event {
@@ -149,6 +164,7 @@ impl Event {
         match self {
             Event::Sock(s) => s.kind,
             Event::Proc(p) => p.kind,
+            Event::Arrival(_) => EventKind::SockArrival,
         }
     }
 }
@@ -221,6 +237,23 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 payload,
             }))
         }
+        EventKind::SockArrival => {
+            let ev = read::<ArrivalEvent>(bytes)?;
+            let (local, remote) = if ev.family == AF_INET6 {
+                (
+                    IpAddr::V6(Ipv6Addr::from(ev.laddr)),
+                    IpAddr::V6(Ipv6Addr::from(ev.raddr)),
+                )
+            } else {
+                (IpAddr::V4(v4(&ev.laddr)), IpAddr::V4(v4(&ev.raddr)))
+            };
+            Ok(Event::Arrival(ArrivalRecord {
+                ts_ns: h.ts_ns,
+                local: (local, ev.lport),
+                remote: (remote, ev.rport),
+                rcv_nxt: ev.rcv_nxt,
+            }))
+        }
         EventKind::ProcExec | EventKind::ProcFork | EventKind::ProcExit => {
             let ev = read::<ProcEvent>(bytes)?;
             Ok(Event::Proc(ProcRecord {
@@ -243,6 +276,7 @@ pub fn kind_name(k: EventKind) -> &'static str {
         EventKind::SockRecv => "recv",
         EventKind::SockSend => "send",
         EventKind::SockClose => "close",
+        EventKind::SockArrival => "arrival",
         EventKind::ProcExec => "exec",
         EventKind::ProcFork => "fork",
         EventKind::ProcExit => "exit",
@@ -374,6 +408,27 @@ impl<'a> EventJson<'a> {
                     comm: None,
                 }
             }
+            Event::Arrival(a) => EventJson {
+                kind: "arrival",
+                ts_unix_ns: to_wall(a.ts_ns),
+                dur_ns: None,
+                pid: 0,
+                tid: 0,
+                syscall: None,
+                fd: None,
+                listen_fd: None,
+                ret: None,
+                proto: Some("tcp".into()),
+                local: Some(fmt_addr(a.local)),
+                remote: Some(fmt_addr(a.remote)),
+                inode: None,
+                peer_inode: None,
+                tcp_seq: Some(a.rcv_nxt),
+                captured: None,
+                payload_hex: None,
+                ppid: None,
+                comm: None,
+            },
             Event::Proc(p) => EventJson {
                 kind: kind_name(p.kind),
                 ts_unix_ns: to_wall(p.ts_ns),

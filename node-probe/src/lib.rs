@@ -9,6 +9,7 @@
 //! * [`clock`]: kernel monotonic time to wall time.
 pub mod clock;
 pub mod event;
+pub mod http;
 pub mod kernel;
 pub mod probe;
 pub mod run;

@@ -8,7 +8,7 @@ use aya::{
 };
 use inferscope_common::{
     EventKind, KernelOffsets, ProbeConfig, TargetInfo, TargetReason, LOSS_SLOTS, MAP_CONFIG,
-    MAP_EVENTS, MAP_LOSS, MAP_TARGETS, MAX_PAYLOAD,
+    MAP_EVENTS, MAP_LOSS, MAP_TARGETS, MAP_WATCH_PORTS, MAX_PAYLOAD,
 };
 
 /// The eBPF object built by build.rs.
@@ -67,6 +67,7 @@ pub struct ProbeOptions {
 pub struct Probe {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, TargetInfo>,
+    watch_ports: HashMap<MapData, u32, u32>,
     loss: PerCpuArray<MapData, u64>,
     /// Names of programs attached, as `category:name`.
     pub attached: Vec<String>,
@@ -121,12 +122,15 @@ impl Probe {
         };
         let targets =
             HashMap::try_from(take(&mut ebpf, MAP_TARGETS)?).map_err(map_err(MAP_TARGETS))?;
+        let watch_ports = HashMap::try_from(take(&mut ebpf, MAP_WATCH_PORTS)?)
+            .map_err(map_err(MAP_WATCH_PORTS))?;
         let loss = PerCpuArray::try_from(take(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
         Ok((
             Self {
                 ebpf,
                 targets,
+                watch_ports,
                 loss,
                 attached: Vec::new(),
             },
@@ -173,6 +177,23 @@ impl Probe {
         self.attach_raw("sched_process_fork", "sched_process_fork")?;
         self.attach_raw("sched_process_exec", "sched_process_exec")?;
         self.attach_tp("sched_process_exit", "sched", "sched_process_exit")
+    }
+
+    /// Attaches the wire-side arrival program (`sk_data_ready`).
+    pub fn attach_arrivals(&mut self) -> Result<(), ProbeError> {
+        self.attach_raw("sk_data_ready", "sk_data_ready")
+    }
+
+    /// Timestamps data arrivals on TCP sockets with this local port.
+    pub fn watch_port(&mut self, port: u16) -> Result<(), ProbeError> {
+        self.watch_ports
+            .insert(u32::from(port), 1, 0)
+            .map_err(map_err(MAP_WATCH_PORTS))
+    }
+
+    /// Whether arrivals on `port` are timestamped.
+    pub fn is_watched(&self, port: u16) -> bool {
+        self.watch_ports.get(&u32::from(port), 0).is_ok()
     }
 
     /// Attaches the socket syscall programs.

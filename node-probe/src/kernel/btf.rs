@@ -155,6 +155,8 @@ impl KernelBtf {
             unix_peer: o("unix_sock", "peer")?,
             tcp_write_seq: o("tcp_sock", "write_seq")?,
             tcp_copied_seq: o("tcp_sock", "copied_seq")?,
+            tcp_rcv_nxt: o("tcp_sock", "rcv_nxt")?,
+            sock_protocol: o("sock", "sk_protocol")?,
             _pad: 0,
         })
     }

@@ -20,12 +20,17 @@ pub const MAP_INFLIGHT: &str = "INFLIGHT";
 /// Per-CPU scratch space where a [`SockEvent`] is assembled before it is copied to the ring.
 pub const MAP_SCRATCH: &str = "SCRATCH";
 
+/// `local port -> 1`: TCP ports on which data arrivals are timestamped ([`EventKind::SockArrival`]).
+pub const MAP_WATCH_PORTS: &str = "WATCH_PORTS";
+/// Capacity of [`MAP_WATCH_PORTS`].
+pub const MAX_WATCH_PORTS: u32 = 256;
+
 /// Slots in [`MAP_LOSS`]; every [`EventKind`] value is below this.
 pub const LOSS_SLOTS: u32 = 32;
 /// Largest payload prefix a [`SockEvent`] can carry. A power of two.
 pub const MAX_PAYLOAD: usize = 4096;
 /// Default payload prefix captured per socket syscall.
-pub const DEFAULT_PAYLOAD_CAP: u32 = 512;
+pub const DEFAULT_PAYLOAD_CAP: u32 = 4096;
 /// Maximum number of iovec entries whose bytes are copied for readv/writev/sendmsg/recvmsg.
 pub const MAX_IOV: usize = 4;
 /// Capacity of [`MAP_TARGETS`].
@@ -49,6 +54,8 @@ pub enum EventKind {
     SockSend = 4,
     /// `close` of a socket fd.
     SockClose = 5,
+    /// Data arrived on a TCP socket whose local port is watched (softirq context; no process).
+    SockArrival = 6,
     /// A process called `execve` (any process; userspace matches it against the target patterns).
     ProcExec = 16,
     /// A target process forked a new process, which the kernel added to the target set.
@@ -66,6 +73,7 @@ impl EventKind {
             3 => Self::SockRecv,
             4 => Self::SockSend,
             5 => Self::SockClose,
+            6 => Self::SockArrival,
             16 => Self::ProcExec,
             17 => Self::ProcFork,
             18 => Self::ProcExit,
@@ -249,6 +257,34 @@ impl SockEvent {
 const _: () = assert!(SockEvent::FIXED_SIZE == 24 + 8 + 8 + 4 + 4 + 4 + 4 + 64);
 const _: () = assert!(SockEvent::FIXED_SIZE.is_multiple_of(8));
 
+/// Data arrived on a watched TCP socket (`sock:sk_data_ready`): the wire-side time of a request's
+/// bytes, before the server gets round to reading them. `rcv_nxt` tells which bytes: everything
+/// before it has arrived, so a read whose first byte has sequence `s` was served by the first
+/// arrival with `rcv_nxt > s`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArrivalEvent {
+    /// Common header; `tgid`/`tid` are 0 (no process context).
+    pub header: EventHeader,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Reserved, zero.
+    pub _pad: u16,
+    /// Local port, host order.
+    pub lport: u16,
+    /// Remote port, host order.
+    pub rport: u16,
+    /// Local address (as [`SockInfo::laddr`]).
+    pub laddr: [u8; 16],
+    /// Remote address.
+    pub raddr: [u8; 16],
+    /// `tcp_sock.rcv_nxt` after the arrival.
+    pub rcv_nxt: u32,
+    /// Reserved, zero.
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<ArrivalEvent>() == 72);
+
 /// A process lifecycle event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -359,10 +395,14 @@ pub struct KernelOffsets {
     pub tcp_write_seq: u32,
     /// `tcp_sock.copied_seq`
     pub tcp_copied_seq: u32,
+    /// `tcp_sock.rcv_nxt`
+    pub tcp_rcv_nxt: u32,
+    /// `sock.sk_protocol`
+    pub sock_protocol: u32,
     /// Reserved, zero.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
 
 /// Value of the single [`MAP_CONFIG`] entry.
 #[repr(C)]
@@ -381,7 +421,7 @@ pub struct ProbeConfig {
     /// Kernel layouts.
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16 + 26 * 4);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16 + 28 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

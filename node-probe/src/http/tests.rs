@@ -1,0 +1,286 @@
+use super::*;
+
+fn rd(c: &mut HttpConn, ts: u64, data: &[u8]) {
+    c.on_read(Bytes {
+        ts_ns: ts,
+        total: data.len(),
+        captured: data,
+        seq: Some(1000),
+    });
+}
+
+fn wr(c: &mut HttpConn, ts: u64, data: &[u8]) -> Vec<Exchange> {
+    let mut out = Vec::new();
+    c.on_write(
+        Bytes {
+            ts_ns: ts,
+            total: data.len(),
+            captured: data,
+            seq: None,
+        },
+        &mut out,
+    );
+    out
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nX-Request-Id: abc\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
+
+fn chunk(s: &str) -> Vec<u8> {
+    format!("{:x}\r\n{s}\r\n", s.len()).into_bytes()
+}
+
+#[test]
+fn streamed_completion() {
+    let mut c = HttpConn::new();
+    let req = post(
+        "/v1/completions",
+        r#"{"model":"tiny-llm","prompt":"hi","stream":true}"#,
+    );
+    rd(&mut c, 10, &req[..20]);
+    rd(&mut c, 11, &req[20..]);
+    assert!(wr(&mut c, 20, SSE_HEAD).is_empty());
+    for (i, t) in [30u64, 40, 55].iter().enumerate() {
+        let ev = format!("data: {{\"id\":\"cmpl-abc\",\"choices\":[{{\"text\":\"t{i}\"}}]}}\n\n");
+        assert!(wr(&mut c, *t, &chunk(&ev)).is_empty());
+    }
+    assert!(wr(&mut c, 60, &chunk("data: [DONE]\n\n")).is_empty());
+    let out = wr(&mut c, 61, b"0\r\n\r\n");
+    assert_eq!(out.len(), 1);
+    let e = &out[0];
+    assert_eq!(
+        (e.method.as_str(), e.path.as_str(), e.status),
+        ("POST", "/v1/completions", Some(200))
+    );
+    assert_eq!(e.model.as_deref(), Some("tiny-llm"));
+    assert_eq!(e.stream_requested, Some(true));
+    assert_eq!(e.response_id.as_deref(), Some("cmpl-abc"));
+    assert_eq!(e.x_request_id.as_deref(), Some("abc"));
+    assert!(e.traceparent.as_deref().unwrap().starts_with("00-0af7"));
+    assert_eq!(
+        (e.req_first_read_ns, e.req_done_ns, e.req_first_seq),
+        (10, 11, Some(1000))
+    );
+    assert_eq!(e.req_bytes, req.len() as u64);
+    assert_eq!(e.chunks, 3);
+    assert_eq!(e.chunk_ns, [30, 40, 55]);
+    assert_eq!((e.done_marker, e.done_ns), (true, Some(60)));
+    assert_eq!((e.resp_first_ns, e.resp_last_ns), (Some(20), Some(61)));
+    assert_eq!(e.outcome, Some(Outcome::Complete));
+    assert!(c.idle());
+}
+
+#[test]
+fn keep_alive_and_pipelining_with_content_length() {
+    let mut c = HttpConn::new();
+    let a = post("/v1/embeddings", r#"{"model":"e","input":"x"}"#);
+    let b = post("/v1/completions", r#"{"model":"m2","prompt":"y"}"#);
+    let mut both = a.clone();
+    both.extend_from_slice(&b);
+    rd(&mut c, 5, &both);
+    let r1 = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"id\":\"e1\"}";
+    let r2 = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}";
+    let mut w = r1.to_vec();
+    w.extend_from_slice(r2);
+    let out = wr(&mut c, 9, &w);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (
+            out[0].path.as_str(),
+            out[0].status,
+            out[0].response_id.as_deref()
+        ),
+        ("/v1/embeddings", Some(200), Some("e1"))
+    );
+    assert_eq!(
+        (out[1].model.as_deref(), out[1].status),
+        (Some("m2"), Some(500))
+    );
+    assert_eq!(out[0].req_bytes, a.len() as u64);
+    assert_eq!(out[1].req_bytes, b.len() as u64);
+    assert_eq!(out[1].req_first_seq, Some(1000 + a.len() as u32));
+    assert!(c.idle());
+    // the connection keeps working
+    rd(&mut c, 20, b"GET /health HTTP/1.1\r\n\r\n");
+    let out = wr(&mut c, 21, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    assert_eq!(out[0].path, "/health");
+}
+
+#[test]
+fn client_abort_mid_stream() {
+    let mut c = HttpConn::new();
+    rd(
+        &mut c,
+        1,
+        &post("/v1/chat/completions", r#"{"model":"m","stream":true}"#),
+    );
+    wr(&mut c, 2, SSE_HEAD);
+    wr(&mut c, 3, &chunk("data: {\"id\":\"chatcmpl-1\"}\n\n"));
+    c.on_client_eof(4);
+    let mut out = Vec::new();
+    c.on_close(5, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].outcome, Some(Outcome::ClientAbort));
+    assert_eq!(out[0].chunks, 1);
+    assert_eq!(out[0].response_id.as_deref(), Some("chatcmpl-1"));
+}
+
+#[test]
+fn truncated_capture_counts_bytes_and_resyncs_at_chunk_boundaries() {
+    let mut c = HttpConn::new();
+    rd(&mut c, 1, &post("/v1/completions", r#"{"model":"m"}"#));
+    wr(&mut c, 2, SSE_HEAD);
+    // a long SSE event of which only 10 bytes were captured; framing of the next chunk is seen
+    let big = chunk(&format!("data: {}\n\n", "x".repeat(5000)));
+    let mut out = Vec::new();
+    c.on_write(
+        Bytes {
+            ts_ns: 3,
+            total: big.len(),
+            captured: &big[..12],
+            seq: None,
+        },
+        &mut out,
+    );
+    wr(&mut c, 4, &chunk("data: {\"a\":1}\n\n"));
+    wr(&mut c, 5, &chunk("data: [DONE]\n\n"));
+    let out = wr(&mut c, 6, b"0\r\n\r\n");
+    assert_eq!(out.len(), 1);
+    let e = &out[0];
+    assert_eq!(e.chunks, 2, "both content events counted");
+    assert_eq!(e.chunk_ns, [3, 4]);
+    assert!(e.done_marker);
+    assert_eq!(
+        e.resp_bytes,
+        (SSE_HEAD.len()
+            + big.len()
+            + chunk("data: {\"a\":1}\n\n").len()
+            + chunk("data: [DONE]\n\n").len()
+            + 5) as u64
+    );
+    assert_eq!(e.gave_up, None);
+}
+
+#[test]
+fn head_not_captured_gives_up_with_reason() {
+    let mut c = HttpConn::new();
+    let req = post("/v1/completions", "{}");
+    c.on_read(Bytes {
+        ts_ns: 1,
+        total: req.len(),
+        captured: &req[..10],
+        seq: None,
+    });
+    assert_eq!(c.gave_up, Some("request head not captured"));
+    let mut out = Vec::new();
+    c.on_close(2, &mut out);
+    assert!(out.is_empty(), "no method parsed: nothing to report");
+}
+
+#[test]
+fn garbage_and_malformed_input_never_panics() {
+    let inputs: [&[u8]; 6] = [
+        b"\x00\x01\x02\xff\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\nxx",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        b"\r\n\r\n\r\n",
+    ];
+    for inp in inputs {
+        let mut c = HttpConn::new();
+        rd(&mut c, 1, inp);
+        wr(&mut c, 2, inp);
+        wr(
+            &mut c,
+            3,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nqq\r\n",
+        );
+        let mut out = Vec::new();
+        c.on_close(4, &mut out);
+    }
+    // random bytes
+    let mut x: u64 = 42;
+    for _ in 0..300 {
+        let mut c = HttpConn::new();
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let mut buf = [0u8; 64];
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = (x % 7) as u8 + b'\n';
+            }
+            let total = (x % 200) as usize;
+            let cap = total.min(64);
+            if x % 2 == 0 {
+                c.on_read(Bytes {
+                    ts_ns: 1,
+                    total,
+                    captured: &buf[..cap],
+                    seq: None,
+                });
+            } else {
+                c.on_write(
+                    Bytes {
+                        ts_ns: 1,
+                        total,
+                        captured: &buf[..cap],
+                        seq: None,
+                    },
+                    &mut out,
+                );
+            }
+        }
+        c.on_close(9, &mut out);
+    }
+}
+
+#[test]
+fn request_split_byte_by_byte_and_chunked_request_body() {
+    let mut c = HttpConn::new();
+    let req = b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{\"model\r\n8\r\n\":\"abc\"}\r\n0\r\n\r\n";
+    for (i, b) in req.iter().enumerate() {
+        rd(&mut c, i as u64, std::slice::from_ref(b));
+    }
+    let out = wr(
+        &mut c,
+        500,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].model.as_deref(), Some("abc"));
+    assert_eq!(out[0].req_bytes, req.len() as u64);
+    assert_eq!(out[0].req_first_read_ns, 0);
+}
+
+#[test]
+fn response_until_close_and_100_continue() {
+    let mut c = HttpConn::new();
+    rd(&mut c, 1, b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    wr(&mut c, 2, b"HTTP/1.1 100 Continue\r\n\r\n");
+    wr(&mut c, 3, b"HTTP/1.0 200 OK\r\n\r\n{\"id\":\"z\"}");
+    let mut out = Vec::new();
+    c.on_close(4, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].status, out[0].outcome),
+        (Some(200), Some(Outcome::Complete))
+    );
+    assert_eq!(out[0].response_id.as_deref(), Some("z"));
+}
+
+#[test]
+fn unsolicited_bytes_are_counted() {
+    let mut c = HttpConn::new();
+    wr(&mut c, 1, b"HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!(c.unsolicited_bytes, 19);
+}
