@@ -8,9 +8,12 @@
 //! * [`run`]: the event loop tying them together;
 //! * [`clock`]: kernel monotonic time to wall time.
 pub mod clock;
+pub mod engine;
 pub mod event;
 pub mod http;
 pub mod kernel;
+pub mod listen;
 pub mod probe;
+pub mod requests;
 pub mod run;
 pub mod targets;

@@ -35,6 +35,18 @@ struct Cli {
     /// Print every event to stdout.
     #[arg(long)]
     print_events: bool,
+    /// Print every finished request as one JSON object per line (see docs/request-format.md).
+    #[arg(long)]
+    requests: bool,
+    /// A server port of the targets (repeatable); listening ports are also discovered.
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    /// Close requests not finished after this many seconds (marked as timeouts).
+    #[arg(long, default_value_t = 300)]
+    request_timeout_s: u64,
+    /// Connections followed at once (idle ones are evicted first beyond it).
+    #[arg(long, default_value_t = 32768)]
+    max_connections: usize,
     /// Output format of --print-events.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
@@ -112,6 +124,12 @@ fn real_main() -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(cli.poll_ms.max(1)),
         rescan_interval: Duration::from_secs(2),
         duration,
+        print_requests: cli.requests,
+        ports: cli.ports,
+        tracker: node_probe::requests::TrackerConfig {
+            timeout_ns: cli.request_timeout_s.max(1).saturating_mul(1_000_000_000),
+            max_conns: cli.max_connections.max(16),
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -122,6 +140,8 @@ fn real_main() -> anyhow::Result<()> {
         events = ?stats.events,
         decode_errors = ?stats.decode_errors,
         kernel_lost = ?stats.kernel_lost,
+        requests = stats.tracker.requests,
+        tracker = ?stats.tracker,
         "node-probe stopped"
     );
     Ok(())

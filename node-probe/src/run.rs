@@ -13,7 +13,9 @@ use tracing::{debug, info, warn};
 use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
+use crate::listen::listening_ports;
 use crate::probe::{Probe, ProbeOptions};
+use crate::requests::{RequestRecord, Tracker, TrackerConfig};
 use crate::targets::{read_proc, scan, Selector};
 
 /// How events are printed.
@@ -44,6 +46,12 @@ pub struct RunConfig {
     pub rescan_interval: Duration,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Print finished requests ([`RequestRecord`]) to stdout as JSON lines.
+    pub print_requests: bool,
+    /// Server ports declared on the command line (others are discovered).
+    pub ports: Vec<u16>,
+    /// Request tracking limits.
+    pub tracker: TrackerConfig,
 }
 
 /// Counters kept by the loop, reported at exit.
@@ -55,6 +63,8 @@ pub struct Stats {
     pub decode_errors: BTreeMap<u32, u64>,
     /// Events lost in the kernel (ring full), per kind name.
     pub kernel_lost: BTreeMap<&'static str, u64>,
+    /// Request tracking counters.
+    pub tracker: crate::requests::TrackerStats,
 }
 
 /// Runs until `stop` is set or the configured duration passes.
@@ -81,8 +91,15 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     probe.attach_lifecycle()?;
     // A second scan picks up what forked between the first scan and the attach.
     sync_targets(&mut probe, &cfg.selector, proc_root);
+    probe.attach_arrivals()?;
     probe.attach_syscalls()?;
     let clock = WallClock::new();
+    let mut tracker = Tracker::new(cfg.tracker.clone(), clock, proc_root);
+    for &p in &cfg.ports {
+        tracker.add_server_port(p);
+    }
+    discover_ports(&probe, &mut tracker, proc_root);
+    watch_new_ports(&mut probe, &mut tracker);
     let targets = probe.targets();
     info!(
         targets = ?targets.keys().collect::<Vec<_>>(),
@@ -108,6 +125,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let started = Instant::now();
     let mut last_rescan = Instant::now();
     let mut pending: Vec<Event> = Vec::with_capacity(1024);
+    let mut finished: Vec<RequestRecord> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -130,6 +148,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         }
         let drained = pending.len();
         for ev in pending.drain(..) {
+            tracker.on_event(&ev, &mut finished);
             *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
             if let Event::Proc(p) = &ev {
                 let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
@@ -142,18 +161,25 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 print_event(&mut out, fmt, &ev, &clock, cfg.print_payload)?;
             }
         }
-        if drained > 0 {
-            out.flush()?;
-        }
+        watch_new_ports(&mut probe, &mut tracker);
         if last_rescan.elapsed() >= cfg.rescan_interval {
             sync_targets(&mut probe, &cfg.selector, proc_root);
+            discover_ports(&probe, &mut tracker, proc_root);
+            tracker.tick(crate::clock::monotonic_ns(), &mut finished);
             last_rescan = Instant::now();
+        }
+        let wrote = print_requests(&mut out, cfg.print_requests, &mut finished)?;
+        if drained > 0 || wrote {
+            out.flush()?;
         }
         if drained < 4096 {
             std::thread::sleep(cfg.poll_interval);
         }
     }
+    tracker.flush_all(&mut finished);
+    print_requests(&mut out, cfg.print_requests, &mut finished)?;
     out.flush()?;
+    stats.tracker = tracker.stats.clone();
     for (kind, n) in probe.kernel_losses() {
         if n > 0 {
             stats.kernel_lost.insert(kind_name(kind), n);
@@ -202,6 +228,40 @@ fn on_proc_event(
             true
         }
         _ => true,
+    }
+}
+
+fn print_requests(
+    out: &mut impl Write,
+    enabled: bool,
+    finished: &mut Vec<RequestRecord>,
+) -> std::io::Result<bool> {
+    let any = !finished.is_empty();
+    for r in finished.drain(..) {
+        if enabled {
+            serde_json::to_writer(&mut *out, &r)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(any && enabled)
+}
+
+/// Learns the listening ports of targets from /proc.
+fn discover_ports(probe: &Probe, tracker: &mut Tracker, proc_root: &Path) {
+    for pid in probe.targets().keys() {
+        for port in listening_ports(proc_root, *pid) {
+            tracker.add_server_port(port);
+        }
+    }
+}
+
+/// Tells the kernel to timestamp arrivals on server ports learned since the last call.
+fn watch_new_ports(probe: &mut Probe, tracker: &mut Tracker) {
+    for port in tracker.take_new_ports() {
+        match probe.watch_port(port) {
+            Ok(()) => info!(port, "timestamping arrivals on server port"),
+            Err(e) => warn!(port, error = %e, "cannot watch port"),
+        }
     }
 }
 

@@ -221,7 +221,7 @@ fn garbage_and_malformed_input_never_panics() {
             }
             let total = (x % 200) as usize;
             let cap = total.min(64);
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 c.on_read(Bytes {
                     ts_ns: 1,
                     total,

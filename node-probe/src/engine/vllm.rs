@@ -1,0 +1,537 @@
+//! Following requests inside vLLM (v1 engine) from its IPC traffic alone.
+//!
+//! vLLM's processes: the API server (HTTP), `VLLM::EngineCore` (scheduler) and `VLLM::Worker`
+//! (model execution). What crosses their unix sockets, and what this module reads from it:
+//!
+//! * API server → EngineCore, ZMQ over `ipc://`: a request-type frame (`0x00` ADD, `0x01` ABORT)
+//!   then a msgpack body whose first string is the engine request id (`cmpl-…-0-…`). The send by
+//!   the API server's ZMQ IO thread is when the request is *handed to the engine*; EngineCore's
+//!   receive of the same bytes is when it *arrives at the scheduler*.
+//! * EngineCore → Worker: a 3-byte doorbell per forward step (step start); Worker → EngineCore:
+//!   one per step (step end). Roles come from the processes' `comm`.
+//! * EngineCore → API server: one message per step carrying the outputs of the requests that
+//!   advanced; their ids appear as msgpack strings. The API server's receive is when the
+//!   frontend *has* the tokens.
+//!
+//! The bytes are moved by ZMQ IO threads, not the thread that served HTTP, so requests are linked
+//! by content (ids) and process, never by thread.
+use std::collections::{HashMap, VecDeque};
+
+use crate::event::SockRecord;
+use inferscope_common::EventKind;
+
+/// Requests followed at once; beyond it the oldest are dropped (counted).
+pub const MAX_INFLIGHT: usize = 65_536;
+/// Engine steps remembered (for attributing outputs and building spans).
+pub const MAX_STEPS: usize = 65_536;
+/// Steps recorded per request.
+pub const MAX_STEPS_PER_REQUEST: usize = 8192;
+
+/// Process role in a vLLM deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API server / frontend.
+    Frontend,
+    /// EngineCore (scheduler).
+    EngineCore,
+    /// Model-executing worker.
+    Worker,
+}
+
+/// Role from a process's `comm`.
+pub fn role_from_comm(comm: &str) -> Role {
+    if comm.starts_with("VLLM::EngineCor") || comm.starts_with("EngineCore") {
+        Role::EngineCore
+    } else if comm.contains("Worker") {
+        Role::Worker
+    } else {
+        Role::Frontend
+    }
+}
+
+/// One engine forward step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Sequence number (per node-probe run).
+    pub id: u64,
+    /// Doorbell to the worker.
+    pub start_ns: u64,
+    /// Doorbell back from the worker (0 while running).
+    pub end_ns: u64,
+    /// Requests whose outputs followed this step.
+    pub batch: u32,
+}
+
+/// What the engine did for one request.
+#[derive(Debug, Clone, Default)]
+pub struct EngineRequest {
+    /// Engine request id.
+    pub id: String,
+    /// API server pid.
+    pub frontend_pid: u32,
+    /// API server handed it to the engine (ZMQ send).
+    pub handed_ns: u64,
+    /// EngineCore received it.
+    pub core_recv_ns: Option<u64>,
+    /// First output received by the API server.
+    pub first_output_ns: Option<u64>,
+    /// Last output received by the API server.
+    pub last_output_ns: Option<u64>,
+    /// Output messages that carried this request.
+    pub outputs: u32,
+    /// Steps this request took part in (ids).
+    pub steps: Vec<u64>,
+    /// An ABORT for it was sent.
+    pub aborted: bool,
+}
+
+/// Counters of the follower, exported as metrics.
+#[derive(Debug, Default, Clone)]
+pub struct VllmStats {
+    /// ADD messages parsed.
+    pub adds: u64,
+    /// Output messages that carried at least one known request.
+    pub outputs: u64,
+    /// Steps seen.
+    pub steps: u64,
+    /// Requests dropped because too many were in flight.
+    pub dropped_inflight: u64,
+    /// Requests that expired unjoined.
+    pub expired: u64,
+}
+
+/// Follows vLLM requests through the engine.
+#[derive(Debug, Default)]
+pub struct VllmFollower {
+    roles: HashMap<u32, Role>,
+    inflight: HashMap<Box<[u8]>, EngineRequest>,
+    order: VecDeque<(u64, Box<[u8]>)>,
+    steps: VecDeque<Step>,
+    open_step: Option<Step>,
+    next_step: u64,
+    /// Counters.
+    pub stats: VllmStats,
+}
+
+/// Parses the request-type frame and the ids of an API-server → EngineCore message.
+/// Returns `(type, ids)`; for ADD the first id is the request id.
+pub fn parse_request_message(p: &[u8]) -> Option<(u8, Vec<&[u8]>)> {
+    // Frame 1: flags (MORE, short), size 1, the type byte.
+    if p.len() < 5 || p[0] & 0x01 == 0 || p[1] != 1 {
+        return None;
+    }
+    let ty = p[2];
+    if ty > 0x03 {
+        return None;
+    }
+    // Frame 2 header.
+    let flags = p[3];
+    let body = if flags & 0x02 != 0 {
+        p.get(12..)?
+    } else {
+        p.get(5..)?
+    };
+    let rest = skip_array_header(body)?;
+    let mut ids = Vec::new();
+    let mut s = rest;
+    // ADD: the id is the first element. ABORT: an array of ids.
+    while let Some((id, next)) = read_str(s) {
+        ids.push(id);
+        if ty == 0x00 {
+            break;
+        }
+        s = next;
+    }
+    (!ids.is_empty()).then_some((ty, ids))
+}
+
+fn skip_array_header(b: &[u8]) -> Option<&[u8]> {
+    match *b.first()? {
+        0x90..=0x9f => b.get(1..),
+        0xdc => b.get(3..),
+        0xdd => b.get(5..),
+        _ => None,
+    }
+}
+
+fn read_str(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, off) = match *b.first()? {
+        x @ 0xa0..=0xbf => ((x & 0x1f) as usize, 1),
+        0xd9 => (*b.get(1)? as usize, 2),
+        0xda => (u16::from_be_bytes([*b.get(1)?, *b.get(2)?]) as usize, 3),
+        _ => return None,
+    };
+    let s = b.get(off..off + len)?;
+    Some((s, &b[off + len..]))
+}
+
+/// Calls `f` for every msgpack string in `p` (a scan, not a parse: robust to truncation).
+fn for_each_str(p: &[u8], mut f: impl FnMut(&[u8])) {
+    let mut i = 0;
+    while i < p.len() {
+        let (len, off) = match p[i] {
+            x @ 0xa0..=0xbf => ((x & 0x1f) as usize, 1),
+            0xd9 if i + 1 < p.len() => (p[i + 1] as usize, 2),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if len >= 8 {
+            if let Some(s) = p.get(i + off..i + off + len) {
+                f(s);
+            }
+        }
+        i += 1;
+    }
+}
+
+/// The HTTP-visible id of an engine request id: `cmpl-abc-0-1f2e` → `cmpl-abc`.
+pub fn response_id_of(engine_id: &str) -> &str {
+    let mut it = engine_id.rmatch_indices('-');
+    match (it.next(), it.next()) {
+        (Some(_), Some((second, _))) => &engine_id[..second],
+        _ => engine_id,
+    }
+}
+
+impl VllmFollower {
+    /// A follower with nothing seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a process's role (from its `comm`).
+    pub fn set_role(&mut self, pid: u32, role: Role) {
+        self.roles.insert(pid, role);
+    }
+
+    /// Forgets a process.
+    pub fn forget(&mut self, pid: u32) {
+        self.roles.remove(&pid);
+    }
+
+    fn role(&self, pid: u32) -> Role {
+        self.roles.get(&pid).copied().unwrap_or(Role::Frontend)
+    }
+
+    /// Whether a process's role is known.
+    pub fn knows(&self, pid: u32) -> bool {
+        self.roles.contains_key(&pid)
+    }
+
+    /// Feeds a unix-socket send or receive by a target process.
+    pub fn on_unix(&mut self, ev: &SockRecord) {
+        if ev.ret <= 0 {
+            return;
+        }
+        let role = self.role(ev.tgid);
+        let send = ev.kind == EventKind::SockSend;
+        if ev.ret == 3 {
+            if send {
+                self.on_doorbell(role, ev.end_ns);
+            }
+            return;
+        }
+        match (role, send) {
+            (Role::Frontend, true) => self.on_frontend_send(ev),
+            (Role::EngineCore, false) => {
+                if let Some((0x00, ids)) = parse_request_message(&ev.payload) {
+                    if let Some(r) = self.inflight.get_mut(ids[0]) {
+                        r.core_recv_ns.get_or_insert(ev.end_ns);
+                    }
+                }
+            }
+            (Role::Frontend, false) => self.on_outputs(ev.end_ns, &ev.payload),
+            _ => {}
+        }
+    }
+
+    fn on_frontend_send(&mut self, ev: &SockRecord) {
+        let Some((ty, ids)) = parse_request_message(&ev.payload) else {
+            return;
+        };
+        match ty {
+            0x00 => {
+                let id: Box<[u8]> = ids[0].into();
+                if self.inflight.contains_key(&id) {
+                    return;
+                }
+                while self.inflight.len() >= MAX_INFLIGHT {
+                    if let Some((_, old)) = self.order.pop_front() {
+                        if self.inflight.remove(&old).is_some() {
+                            self.stats.dropped_inflight += 1;
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                self.stats.adds += 1;
+                self.order.push_back((ev.end_ns, id.clone()));
+                self.inflight.insert(
+                    id.clone(),
+                    EngineRequest {
+                        id: String::from_utf8_lossy(&id).into_owned(),
+                        frontend_pid: ev.tgid,
+                        handed_ns: ev.end_ns,
+                        ..Default::default()
+                    },
+                );
+            }
+            0x01 => {
+                for id in ids {
+                    if let Some(r) = self.inflight.get_mut(id) {
+                        r.aborted = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_doorbell(&mut self, role: Role, ts: u64) {
+        match role {
+            Role::EngineCore => {
+                if self.open_step.is_none() {
+                    self.next_step += 1;
+                    self.open_step = Some(Step {
+                        id: self.next_step,
+                        start_ns: ts,
+                        end_ns: 0,
+                        batch: 0,
+                    });
+                }
+            }
+            Role::Worker => {
+                if let Some(mut s) = self.open_step.take() {
+                    s.end_ns = ts;
+                    self.stats.steps += 1;
+                    if self.steps.len() >= MAX_STEPS {
+                        self.steps.pop_front();
+                    }
+                    self.steps.push_back(s);
+                } else if let Some(last) = self.steps.back_mut() {
+                    // Another worker (tensor parallel) finishing the same step.
+                    last.end_ns = last.end_ns.max(ts);
+                }
+            }
+            Role::Frontend => {}
+        }
+    }
+
+    fn on_outputs(&mut self, ts: u64, payload: &[u8]) {
+        let step = self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id);
+        let mut found = 0u32;
+        let inflight = &mut self.inflight;
+        for_each_str(payload, |s| {
+            if let Some(r) = inflight.get_mut(s) {
+                if r.last_output_ns == Some(ts) {
+                    return;
+                }
+                found += 1;
+                r.first_output_ns.get_or_insert(ts);
+                r.last_output_ns = Some(ts);
+                r.outputs += 1;
+                if let Some(step) = step {
+                    if r.steps.last() != Some(&step) && r.steps.len() < MAX_STEPS_PER_REQUEST {
+                        r.steps.push(step);
+                    }
+                }
+            }
+        });
+        if found > 0 {
+            self.stats.outputs += 1;
+            if let (Some(id), Some(last)) = (step, self.steps.back_mut()) {
+                if last.id == id {
+                    last.batch += found;
+                }
+            }
+        }
+    }
+
+    /// Removes and returns the engine requests behind an HTTP response id (several when the
+    /// request asked for `n > 1` choices), with the steps they took part in.
+    pub fn take_for_response(&mut self, response_id: &str) -> Option<(EngineRequest, Vec<Step>)> {
+        let keys: Vec<Box<[u8]>> = self
+            .inflight
+            .keys()
+            .filter(|k| {
+                std::str::from_utf8(k)
+                    .is_ok_and(|k| k == response_id || response_id_of(k) == response_id)
+            })
+            .cloned()
+            .collect();
+        let mut merged: Option<EngineRequest> = None;
+        for k in keys {
+            let Some(r) = self.inflight.remove(&k) else {
+                continue;
+            };
+            merged = Some(match merged {
+                None => r,
+                Some(mut m) => {
+                    m.handed_ns = m.handed_ns.min(r.handed_ns);
+                    m.core_recv_ns = min_opt(m.core_recv_ns, r.core_recv_ns);
+                    m.first_output_ns = min_opt(m.first_output_ns, r.first_output_ns);
+                    m.last_output_ns = m.last_output_ns.max(r.last_output_ns);
+                    m.outputs += r.outputs;
+                    m.aborted |= r.aborted;
+                    for s in r.steps {
+                        if !m.steps.contains(&s) && m.steps.len() < MAX_STEPS_PER_REQUEST {
+                            m.steps.push(s);
+                        }
+                    }
+                    m.steps.sort_unstable();
+                    m
+                }
+            });
+        }
+        let r = merged?;
+        let steps = r.steps.iter().filter_map(|&id| self.step(id)).collect();
+        Some((r, steps))
+    }
+
+    /// A remembered step by id.
+    pub fn step(&self, id: u64) -> Option<Step> {
+        let first = self.steps.front()?.id;
+        let s = *self.steps.get(id.checked_sub(first)? as usize)?;
+        (s.id == id).then_some(s)
+    }
+
+    /// Drops requests handed to the engine before `cutoff_ns` that no response claimed.
+    pub fn expire(&mut self, cutoff_ns: u64) {
+        while let Some((ts, _)) = self.order.front() {
+            if *ts >= cutoff_ns {
+                break;
+            }
+            let (_, id) = self.order.pop_front().expect("front exists");
+            if self.inflight.remove(&id).is_some() {
+                self.stats.expired += 1;
+            }
+        }
+    }
+
+    /// Requests currently followed.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::SocketId;
+    use inferscope_common::{SockInfo, SyscallId};
+
+    /// The ADD message vLLM 0.32 sent for one request (start of it, as captured on the wire).
+    const ADD: &[u8] = b"\x01\x01\x00\x02\x00\x00\x00\x00\x00\x00\x01{\xdc\x00\x16\xd9 cmpl-9f0db1b837668a6b-0-8c2050b7\x95\x01\xcd\x01\x1dQ";
+    const OUT: &[u8] = b"\x02\x00\x00\x00\x00\x00\x00\x03!\x99\x00\x91\xdc\x00\x12\xd9 cmpl-9f0db1b837668a6b-0-8c2050b7\x91\xcd\x03\x1d\xc0";
+
+    fn ev(pid: u32, kind: EventKind, ts: u64, payload: &[u8]) -> SockRecord {
+        SockRecord {
+            kind,
+            syscall: SyscallId::Sendto,
+            tgid: pid,
+            tid: pid,
+            cpu: 0,
+            start_ns: ts,
+            end_ns: ts,
+            fd: 3,
+            aux_fd: -1,
+            ret: payload.len() as i64,
+            sock: SockInfo::default(),
+            socket: SocketId::Unix { inode: 1, peer: 2 },
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn parses_add_and_abort() {
+        let (ty, ids) = parse_request_message(ADD).unwrap();
+        assert_eq!(ty, 0);
+        assert_eq!(ids, [&b"cmpl-9f0db1b837668a6b-0-8c2050b7"[..]]);
+        let abort = b"\x01\x01\x01\x00\x10\x92\xa8cmpl-a-1\xa8cmpl-b-2";
+        let (ty, ids) = parse_request_message(abort).unwrap();
+        assert_eq!((ty, ids.len()), (1, 2));
+        assert!(parse_request_message(b"\x00\x01\x00").is_none());
+        assert!(parse_request_message(&ADD[..14]).is_none());
+        assert!(parse_request_message(OUT).is_none());
+        assert_eq!(
+            response_id_of("cmpl-9f0db1b837668a6b-0-8c2050b7"),
+            "cmpl-9f0db1b837668a6b"
+        );
+        assert_eq!(response_id_of("cmpl-loadgen-3-0-ab"), "cmpl-loadgen-3");
+        assert_eq!(response_id_of("plain"), "plain");
+    }
+
+    #[test]
+    fn follows_one_request_through_steps() {
+        let mut f = VllmFollower::new();
+        let (api, core, worker) = (10, 11, 12);
+        f.set_role(core, Role::EngineCore);
+        f.set_role(worker, Role::Worker);
+        f.on_unix(&ev(api, EventKind::SockSend, 100, ADD));
+        f.on_unix(&ev(core, EventKind::SockRecv, 110, ADD));
+        let bell = b"\x00\x01\x00";
+        for (start, end, out) in [(120, 150, 160), (170, 180, 190), (200, 210, 220)] {
+            f.on_unix(&ev(core, EventKind::SockSend, start, bell));
+            f.on_unix(&ev(worker, EventKind::SockRecv, start + 1, bell));
+            f.on_unix(&ev(worker, EventKind::SockSend, end, bell));
+            f.on_unix(&ev(core, EventKind::SockRecv, end + 1, bell));
+            f.on_unix(&ev(api, EventKind::SockRecv, out, OUT));
+        }
+        // a step without this request
+        f.on_unix(&ev(core, EventKind::SockSend, 230, bell));
+        f.on_unix(&ev(worker, EventKind::SockSend, 240, bell));
+        assert_eq!(f.inflight(), 1);
+        let (r, steps) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+        assert_eq!((r.handed_ns, r.core_recv_ns), (100, Some(110)));
+        assert_eq!(
+            (r.first_output_ns, r.last_output_ns, r.outputs),
+            (Some(160), Some(220), 3)
+        );
+        assert_eq!(steps.len(), 3);
+        assert_eq!(
+            (steps[0].start_ns, steps[0].end_ns, steps[0].batch),
+            (120, 150, 1)
+        );
+        assert_eq!(f.inflight(), 0);
+        assert!(f.take_for_response("cmpl-9f0db1b837668a6b").is_none());
+        assert_eq!(f.stats.steps, 4);
+    }
+
+    #[test]
+    fn bounded_and_expiring() {
+        let mut f = VllmFollower::new();
+        for i in 0..(MAX_INFLIGHT + 10) {
+            let id = format!("cmpl-{i:016x}-0-00000000");
+            let mut m = vec![0x01, 0x01, 0x00, 0x00, 0x40, 0x91, 0xd9, id.len() as u8];
+            m.extend_from_slice(id.as_bytes());
+            f.on_unix(&ev(1, EventKind::SockSend, i as u64, &m));
+        }
+        assert_eq!(f.inflight(), MAX_INFLIGHT);
+        assert_eq!(f.stats.dropped_inflight, 10);
+        f.expire(u64::MAX);
+        assert_eq!(f.inflight(), 0);
+        // garbage never panics
+        let mut x = 7u64;
+        for _ in 0..2000 {
+            let mut b = [0u8; 48];
+            for v in b.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *v = x as u8;
+            }
+            f.on_unix(&ev(1, EventKind::SockSend, 1, &b));
+            f.on_unix(&ev(1, EventKind::SockRecv, 1, &b));
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! Per-request span trees from socket events.
+//!
+//! The [`Tracker`] owns one [`HttpConn`] per server-side TCP connection of a target process, the
+//! wire-side arrival times of watched connections, and the engine follower. When an exchange
+//! completes it is joined with what the engine did for it (by response id) and becomes a
+//! [`RequestRecord`]: one trace, a root `http.server` span, phase spans and the engine steps.
+//!
+//! Everything is bounded: connections ([`TrackerConfig::max_conns`], idle ones evicted first),
+//! arrivals per connection, exchanges per connection (see [`crate::http`]), engine requests (see
+//! [`crate::engine::vllm`]); exchanges not finished within the timeout are closed and marked so.
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+
+use inferscope_common::{EventKind, AF_INET, AF_INET6};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock::WallClock;
+use crate::engine::vllm::{role_from_comm, VllmFollower};
+use crate::event::{ArrivalRecord, Event, SockRecord, SocketId};
+use crate::http::{Bytes, Exchange, HttpConn, Outcome};
+
+const ECONNRESET: i64 = 104;
+const EPIPE: i64 = 32;
+/// Arrivals remembered per connection.
+const MAX_ARRIVALS: usize = 64;
+
+/// Tracker limits.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// An exchange not complete after this long is closed as a timeout.
+    pub timeout_ns: u64,
+    /// Connections followed at once.
+    pub max_conns: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ns: 300_000_000_000,
+            max_conns: 32_768,
+        }
+    }
+}
+
+/// Counters, exported as metrics.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TrackerStats {
+    /// Requests emitted.
+    pub requests: u64,
+    /// Idle connections evicted to stay within `max_conns`.
+    pub conns_evicted: u64,
+    /// Busy connections evicted (their exchanges closed as timeouts).
+    pub conns_evicted_busy: u64,
+    /// Exchanges closed by the timeout.
+    pub timeouts: u64,
+    /// Connections that stopped being followed, per reason.
+    pub gave_up: BTreeMap<&'static str, u64>,
+    /// Arrival records dropped (per-connection cap).
+    pub arrivals_dropped: u64,
+    /// Responses whose engine request was not found.
+    pub engine_unjoined: u64,
+}
+
+type Tuple = ((IpAddr, u16), (IpAddr, u16));
+
+#[derive(Debug)]
+struct Conn {
+    http: HttpConn,
+    pid: u32,
+    fd: i32,
+    tuple: Option<Tuple>,
+    last_ns: u64,
+    gave_up_counted: bool,
+}
+
+/// One span of a request's tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpanJson {
+    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`, `engine.step`.
+    pub name: &'static str,
+    /// 16 hex chars.
+    pub span_id: String,
+    /// Parent span (absent for the root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// Start, Unix ns.
+    pub start_unix_ns: u64,
+    /// End, Unix ns.
+    pub end_unix_ns: u64,
+    /// Attributes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<&'static str, Value>,
+}
+
+/// One finished request: the documented `--requests` output (one JSON object per line).
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// Always `"request"`.
+    pub kind: &'static str,
+    /// 32 lowercase hex chars: from the incoming `traceparent`, else generated.
+    pub trace_id: String,
+    /// Parent span id from `traceparent`, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// Incoming `x-request-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_request_id: Option<String>,
+    /// `id` of the response (e.g. `cmpl-…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
+    /// Engine request id, when the engine was followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_request_id: Option<String>,
+    /// Server process.
+    pub pid: u32,
+    /// Server fd of the connection.
+    pub fd: i32,
+    /// Client `addr:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// Server `addr:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// HTTP path.
+    pub path: String,
+    /// Response status (0 when none was sent).
+    pub status: u16,
+    /// `complete`, `client_abort`, `server_close`, `timeout`, `lost`.
+    pub outcome: &'static str,
+    /// Why the content stopped being followed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gave_up: Option<&'static str>,
+    /// Model from the request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `stream` from the request body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Response was `text/event-stream`.
+    pub sse: bool,
+    /// Request bytes.
+    pub req_bytes: u64,
+    /// Response bytes.
+    pub resp_bytes: u64,
+    /// Wire start: the request's first byte reached the host (or was first read).
+    pub start_unix_ns: u64,
+    /// Last response byte written.
+    pub end_unix_ns: u64,
+    /// Where `start_unix_ns` comes from: `arrival` (kernel receive path) or `read`.
+    pub start_source: &'static str,
+    /// Time the request waited in the socket before the server read it.
+    pub read_wait_ns: u64,
+    /// Wire end-to-end.
+    pub e2e_ns: u64,
+    /// Wire time to first token: start → first SSE content event (non-streamed: first response
+    /// byte).
+    pub ttft_ns: u64,
+    /// Mean time per output chunk after the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpot_ns: Option<u64>,
+    /// SSE content events.
+    pub chunks: u64,
+    /// Largest gap between consecutive chunks.
+    pub max_gap_ns: u64,
+    /// Offsets of the SSE content events from `start_unix_ns` (first 4096).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chunk_offsets_ns: Vec<u64>,
+    /// `data: [DONE]` seen.
+    pub done: bool,
+    /// Start → handed to the engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frontend_ns: Option<u64>,
+    /// Arrived at the scheduler → first step it ran in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ns: Option<u64>,
+    /// The step that produced its first token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_ns: Option<u64>,
+    /// First token's step end → last token's step end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_ns: Option<u64>,
+    /// Last output received by the frontend → last byte written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_ns: Option<u64>,
+    /// Handed to the engine → first output back in the frontend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_ttft_ns: Option<u64>,
+    /// Handed to the engine → last output back in the frontend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_e2e_ns: Option<u64>,
+    /// Engine steps the request took part in.
+    pub engine_steps: u32,
+    /// The span tree.
+    pub spans: Vec<SpanJson>,
+}
+
+/// Engine-side phase durations of one request.
+#[derive(Debug, Default)]
+struct Phases {
+    frontend: Option<u64>,
+    queue: Option<u64>,
+    prefill: Option<u64>,
+    decode: Option<u64>,
+    delivery: Option<u64>,
+    engine_ttft: Option<u64>,
+    engine_e2e: Option<u64>,
+    steps: u32,
+    engine_id: Option<String>,
+}
+
+/// Builds request records from events.
+pub struct Tracker {
+    cfg: TrackerConfig,
+    conns: HashMap<(u32, u64), Conn>,
+    arrivals: HashMap<Tuple, VecDeque<(u32, u64)>>,
+    server_ports: HashSet<u16>,
+    new_ports: Vec<u16>,
+    vllm: VllmFollower,
+    clock: WallClock,
+    proc_root: std::path::PathBuf,
+    exchanges: Vec<Exchange>,
+    /// Counters.
+    pub stats: TrackerStats,
+}
+
+fn tuple_of(s: &SocketId) -> Option<Tuple> {
+    match *s {
+        SocketId::Inet { local, remote } => Some((local, remote)),
+        _ => None,
+    }
+}
+
+fn fmt_addr((ip, port): (IpAddr, u16)) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn span_id() -> String {
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    hex(&b[..8])
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+/// Parses a W3C `traceparent`: returns (trace id, parent span id) when valid.
+pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = v.trim().split('-').collect();
+    if parts.len() < 4 || parts[0].len() != 2 || parts[0] == "ff" {
+        return None;
+    }
+    let (t, s) = (parts[1], parts[2]);
+    let ok = |x: &str, n: usize| {
+        x.len() == n && x.bytes().all(|c| c.is_ascii_hexdigit()) && x.bytes().any(|c| c != b'0')
+    };
+    (ok(t, 32) && ok(s, 16)).then(|| (t.to_ascii_lowercase(), s.to_ascii_lowercase()))
+}
+
+impl Tracker {
+    /// A tracker converting times with `clock`, reading roles from `proc_root`.
+    pub fn new(cfg: TrackerConfig, clock: WallClock, proc_root: &std::path::Path) -> Self {
+        Self {
+            cfg,
+            conns: HashMap::new(),
+            arrivals: HashMap::new(),
+            server_ports: HashSet::new(),
+            new_ports: Vec::new(),
+            vllm: VllmFollower::new(),
+            clock,
+            proc_root: proc_root.to_owned(),
+            exchanges: Vec::new(),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// Declares a server port (listening socket of a target).
+    pub fn add_server_port(&mut self, port: u16) {
+        if self.server_ports.insert(port) {
+            self.new_ports.push(port);
+        }
+    }
+
+    /// Server ports learned since the last call (to watch in the kernel).
+    pub fn take_new_ports(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.new_ports)
+    }
+
+    /// Connections followed.
+    pub fn conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Engine follower counters.
+    pub fn engine(&self) -> &VllmFollower {
+        &self.vllm
+    }
+
+    /// Feeds one event; finished requests are pushed to `out`.
+    pub fn on_event(&mut self, ev: &Event, out: &mut Vec<RequestRecord>) {
+        match ev {
+            Event::Sock(s) => match s.sock.family {
+                AF_INET | AF_INET6 if s.sock.sock_type == 1 => self.on_tcp(s, out),
+                inferscope_common::AF_UNIX => {
+                    if !self.vllm.knows(s.tgid) {
+                        let comm = std::fs::read_to_string(
+                            self.proc_root.join(format!("{}/comm", s.tgid)),
+                        )
+                        .unwrap_or_default();
+                        self.vllm.set_role(s.tgid, role_from_comm(comm.trim()));
+                    }
+                    self.vllm.on_unix(s);
+                }
+                _ => {}
+            },
+            Event::Arrival(a) => self.on_arrival(a),
+            Event::Proc(p) if p.kind == EventKind::ProcExit => {
+                self.vllm.forget(p.tgid);
+                let keys: Vec<_> = self
+                    .conns
+                    .keys()
+                    .filter(|k| k.0 == p.tgid)
+                    .copied()
+                    .collect();
+                for k in keys {
+                    if let Some(mut c) = self.conns.remove(&k) {
+                        c.http.on_close(p.ts_ns, &mut self.exchanges);
+                        self.drain(&c, out);
+                    }
+                }
+            }
+            Event::Proc(_) => {}
+        }
+    }
+
+    fn on_arrival(&mut self, a: &ArrivalRecord) {
+        let q = self.arrivals.entry((a.local, a.remote)).or_default();
+        if q.len() >= MAX_ARRIVALS {
+            q.pop_front();
+            self.stats.arrivals_dropped += 1;
+        }
+        q.push_back((a.rcv_nxt, a.ts_ns));
+        // Arrivals for connections never seen by a target are bounded by the conn cap too.
+        if self.arrivals.len() > self.cfg.max_conns * 2 {
+            let live: HashSet<Tuple> = self.conns.values().filter_map(|c| c.tuple).collect();
+            self.arrivals.retain(|k, _| live.contains(k));
+        }
+    }
+
+    fn on_tcp(&mut self, s: &SockRecord, out: &mut Vec<RequestRecord>) {
+        let key = (s.tgid, s.sock.inode);
+        let tuple = tuple_of(&s.socket);
+        if s.kind == EventKind::SockAccept {
+            if let Some(((_, lport), _)) = tuple {
+                self.add_server_port(lport);
+            }
+            self.insert_conn(key, s.fd, tuple, s.end_ns, out);
+            return;
+        }
+        if !self.conns.contains_key(&key) {
+            let is_server = tuple.is_some_and(|((_, lport), _)| self.server_ports.contains(&lport));
+            if !is_server || s.kind == EventKind::SockClose {
+                return;
+            }
+            self.insert_conn(key, s.fd, tuple, s.end_ns, out);
+        }
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        c.last_ns = s.end_ns;
+        match s.kind {
+            EventKind::SockRecv => {
+                if s.ret > 0 {
+                    let seq =
+                        (s.sock.tcp_seq != 0).then(|| s.sock.tcp_seq.wrapping_sub(s.ret as u32));
+                    c.http.on_read(Bytes {
+                        ts_ns: s.end_ns,
+                        total: s.ret as usize,
+                        captured: &s.payload,
+                        seq,
+                    });
+                } else if s.ret == 0 || s.ret == -ECONNRESET {
+                    c.http.on_client_eof(s.end_ns);
+                }
+            }
+            EventKind::SockSend if s.ret > 0 => {
+                c.http.on_write(
+                    Bytes {
+                        ts_ns: s.end_ns,
+                        total: s.ret as usize,
+                        captured: &s.payload,
+                        seq: None,
+                    },
+                    &mut self.exchanges,
+                );
+            }
+            EventKind::SockSend if s.ret == -ECONNRESET || s.ret == -EPIPE => {
+                c.http.on_client_eof(s.end_ns);
+            }
+            EventKind::SockClose => {
+                let mut c = self.conns.remove(&key).expect("present");
+                c.http.on_close(s.end_ns, &mut self.exchanges);
+                self.drain(&c, out);
+                if let Some(t) = c.tuple {
+                    self.arrivals.remove(&t);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let c = self.conns.get(&key).expect("present");
+        if !self.exchanges.is_empty() {
+            let (pid, fd, tuple) = (c.pid, c.fd, c.tuple);
+            self.emit(pid, fd, tuple, out);
+        }
+        let c = self.conns.get_mut(&key).expect("present");
+        if let (Some(why), false) = (c.http.gave_up, c.gave_up_counted) {
+            c.gave_up_counted = true;
+            *self.stats.gave_up.entry(why).or_default() += 1;
+        }
+    }
+
+    fn insert_conn(
+        &mut self,
+        key: (u32, u64),
+        fd: i32,
+        tuple: Option<Tuple>,
+        now: u64,
+        out: &mut Vec<RequestRecord>,
+    ) {
+        if !self.conns.contains_key(&key) && self.conns.len() >= self.cfg.max_conns {
+            self.evict(out);
+        }
+        let c = self.conns.entry(key).or_insert_with(|| Conn {
+            http: HttpConn::new(),
+            pid: key.0,
+            fd,
+            tuple,
+            last_ns: now,
+            gave_up_counted: false,
+        });
+        c.fd = fd;
+        c.last_ns = now;
+    }
+
+    /// Frees 1/16 of the connection table: least recently active idle ones first, then busy
+    /// ones (whose exchanges end as timeouts).
+    fn evict(&mut self, out: &mut Vec<RequestRecord>) {
+        let n = (self.cfg.max_conns / 16).max(1);
+        let mut idle: Vec<(u64, (u32, u64))> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.http.idle())
+            .map(|(k, c)| (c.last_ns, *k))
+            .collect();
+        idle.sort_unstable();
+        for (_, k) in idle.into_iter().take(n) {
+            if let Some(c) = self.conns.remove(&k) {
+                if let Some(t) = c.tuple {
+                    self.arrivals.remove(&t);
+                }
+                self.stats.conns_evicted += 1;
+            }
+        }
+        if self.conns.len() >= self.cfg.max_conns {
+            let mut busy: Vec<(u64, (u32, u64))> =
+                self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+            busy.sort_unstable();
+            for (_, k) in busy.into_iter().take(n) {
+                if let Some(mut c) = self.conns.remove(&k) {
+                    c.http.flush(Outcome::Timeout, &mut self.exchanges);
+                    self.stats.conns_evicted_busy += 1;
+                    self.drain(&c, out);
+                }
+            }
+        }
+    }
+
+    /// Closes exchanges older than the timeout and expires unjoined engine requests.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<RequestRecord>) {
+        let cutoff = now_ns.saturating_sub(self.cfg.timeout_ns);
+        let stale: Vec<(u32, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.http.oldest_start_ns().is_some_and(|t| t < cutoff))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(mut c) = self.conns.remove(&k) {
+                c.http.flush(Outcome::Timeout, &mut self.exchanges);
+                self.stats.timeouts += self.exchanges.len() as u64;
+                self.drain(&c, out);
+            }
+        }
+        self.vllm.expire(cutoff);
+    }
+
+    /// Ends everything (at shutdown).
+    pub fn flush_all(&mut self, out: &mut Vec<RequestRecord>) {
+        let keys: Vec<_> = self.conns.keys().copied().collect();
+        for k in keys {
+            if let Some(mut c) = self.conns.remove(&k) {
+                c.http.flush(Outcome::Timeout, &mut self.exchanges);
+                self.drain(&c, out);
+            }
+        }
+    }
+
+    fn drain(&mut self, c: &Conn, out: &mut Vec<RequestRecord>) {
+        self.emit(c.pid, c.fd, c.tuple, out);
+    }
+
+    fn emit(&mut self, pid: u32, fd: i32, tuple: Option<Tuple>, out: &mut Vec<RequestRecord>) {
+        let exchanges = std::mem::take(&mut self.exchanges);
+        for ex in exchanges {
+            let rec = self.build(pid, fd, tuple, ex);
+            self.stats.requests += 1;
+            out.push(rec);
+        }
+    }
+
+    /// Wire arrival time of the byte with sequence `seq` on `tuple`.
+    fn arrival_of(&self, tuple: Option<Tuple>, seq: Option<u32>) -> Option<u64> {
+        let q = self.arrivals.get(&tuple?)?;
+        let seq = seq?;
+        q.iter()
+            .find(|(rcv_nxt, _)| (rcv_nxt.wrapping_sub(seq) as i32) > 0)
+            .map(|&(_, ts)| ts)
+    }
+
+    fn build(&mut self, pid: u32, fd: i32, tuple: Option<Tuple>, ex: Exchange) -> RequestRecord {
+        let w = |t: u64| self.clock.to_wall(t);
+        let arrival = self
+            .arrival_of(tuple, ex.req_first_seq)
+            .filter(|&a| a <= ex.req_first_read_ns);
+        let start = arrival.unwrap_or(ex.req_first_read_ns);
+        let end = ex.resp_last_ns.unwrap_or(ex.req_done_ns.max(start));
+        let first_token = if ex.sse {
+            ex.chunk_ns.first().copied().or(ex.resp_first_ns)
+        } else {
+            ex.resp_first_ns
+        };
+        let gaps: Vec<u64> = ex
+            .chunk_ns
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]))
+            .collect();
+        let tpot = (ex.chunk_ns.len() >= 2).then(|| {
+            (ex.chunk_ns[ex.chunk_ns.len() - 1] - ex.chunk_ns[0]) / (ex.chunk_ns.len() as u64 - 1)
+        });
+        let (trace_id, parent) = match ex.traceparent.as_deref().and_then(parse_traceparent) {
+            Some((t, p)) => (t, Some(p)),
+            None => (uuid::Uuid::new_v4().simple().to_string(), None),
+        };
+        let engine = ex
+            .response_id
+            .as_deref()
+            .and_then(|id| self.vllm.take_for_response(id));
+        if engine.is_none() && ex.response_id.is_some() && self.vllm.stats.adds > 0 {
+            self.stats.engine_unjoined += 1;
+        }
+
+        let root_id = span_id();
+        let mut spans = Vec::new();
+        let mut attrs = BTreeMap::new();
+        attrs.insert("http.method", Value::from(ex.method.clone()));
+        attrs.insert("http.target", Value::from(ex.path.clone()));
+        attrs.insert("http.status_code", Value::from(ex.status.unwrap_or(0)));
+        if let Some(m) = &ex.model {
+            attrs.insert("gen_ai.request.model", Value::from(m.clone()));
+        }
+        spans.push(SpanJson {
+            name: "http.server",
+            span_id: root_id.clone(),
+            parent_span_id: parent.clone(),
+            start_unix_ns: w(start),
+            end_unix_ns: w(end),
+            attributes: attrs,
+        });
+        let mut child =
+            |name: &'static str, a: u64, b: u64, attributes: BTreeMap<&'static str, Value>| {
+                spans.push(SpanJson {
+                    name,
+                    span_id: span_id(),
+                    parent_span_id: Some(root_id.clone()),
+                    start_unix_ns: w(a),
+                    end_unix_ns: w(b.max(a)),
+                    attributes,
+                });
+            };
+        let mut ph = Phases::default();
+        if let Some((er, steps)) = &engine {
+            let handed = er.handed_ns;
+            child("frontend", start, handed, BTreeMap::new());
+            let queued = er.core_recv_ns.unwrap_or(handed);
+            let first_step = steps.first();
+            let last_step = steps.last();
+            let (q, p, d) = match (first_step, last_step, er.first_output_ns) {
+                (Some(f), Some(l), _) => {
+                    child("queue", queued, f.start_ns, BTreeMap::new());
+                    child("prefill", f.start_ns, f.end_ns, BTreeMap::new());
+                    child("decode", f.end_ns, l.end_ns, BTreeMap::new());
+                    (
+                        Some(f.start_ns.saturating_sub(queued)),
+                        Some(f.end_ns.saturating_sub(f.start_ns)),
+                        Some(l.end_ns.saturating_sub(f.end_ns)),
+                    )
+                }
+                (_, _, Some(fo)) => {
+                    let lo = er.last_output_ns.unwrap_or(fo);
+                    child("prefill", queued, fo, BTreeMap::new());
+                    child("decode", fo, lo, BTreeMap::new());
+                    (
+                        None,
+                        Some(fo.saturating_sub(queued)),
+                        Some(lo.saturating_sub(fo)),
+                    )
+                }
+                _ => (None, None, None),
+            };
+            let delivery = er.last_output_ns.map(|lo| {
+                child("stream_out", lo, end, BTreeMap::new());
+                end.saturating_sub(lo)
+            });
+            for s in steps {
+                let mut a = BTreeMap::new();
+                a.insert("engine.step_id", Value::from(s.id));
+                a.insert("engine.batch_size", Value::from(s.batch));
+                a.insert("shared", Value::from(true));
+                child("engine.step", s.start_ns, s.end_ns, a);
+            }
+            ph = Phases {
+                frontend: Some(handed.saturating_sub(start)),
+                queue: q,
+                prefill: p,
+                decode: d,
+                delivery,
+                engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
+                engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
+                steps: steps.len() as u32,
+                engine_id: Some(er.id.clone()),
+            };
+        }
+        RequestRecord {
+            kind: "request",
+            trace_id,
+            parent_span_id: parent,
+            x_request_id: ex.x_request_id,
+            response_id: ex.response_id,
+            engine_request_id: ph.engine_id,
+            pid,
+            fd,
+            client: tuple.map(|t| fmt_addr(t.1)),
+            server: tuple.map(|t| fmt_addr(t.0)),
+            method: ex.method,
+            path: ex.path,
+            status: ex.status.unwrap_or(0),
+            outcome: ex.outcome.unwrap_or(Outcome::Complete).as_str(),
+            gave_up: ex.gave_up,
+            model: ex.model,
+            stream: ex.stream_requested,
+            sse: ex.sse,
+            req_bytes: ex.req_bytes,
+            resp_bytes: ex.resp_bytes,
+            start_unix_ns: w(start),
+            end_unix_ns: w(end),
+            start_source: if arrival.is_some() { "arrival" } else { "read" },
+            read_wait_ns: ex.req_first_read_ns.saturating_sub(start),
+            e2e_ns: end.saturating_sub(start),
+            ttft_ns: first_token.map(|t| t.saturating_sub(start)).unwrap_or(0),
+            tpot_ns: tpot,
+            chunks: ex.chunks,
+            max_gap_ns: gaps.iter().copied().max().unwrap_or(0),
+            chunk_offsets_ns: ex
+                .chunk_ns
+                .iter()
+                .map(|t| t.saturating_sub(start))
+                .collect(),
+            done: ex.done_marker,
+            frontend_ns: ph.frontend,
+            queue_ns: ph.queue,
+            prefill_ns: ph.prefill,
+            decode_ns: ph.decode,
+            delivery_ns: ph.delivery,
+            engine_ttft_ns: ph.engine_ttft,
+            engine_e2e_ns: ph.engine_e2e,
+            engine_steps: ph.steps,
+            spans,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
