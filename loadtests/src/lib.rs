@@ -1,5 +1,7 @@
 //! Shared helpers for the benchmarks under `loadtests/src/bin`.
 
+pub mod wire;
+
 /// Median of a non-empty slice (sorted copy).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

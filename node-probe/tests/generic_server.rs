@@ -49,7 +49,9 @@ fn post(path: &str, body: &str, extra: &str) -> String {
 }
 
 fn by_path<'a>(seen: &'a [Value], path: &str) -> Vec<&'a Value> {
-    seen.iter().filter(|v| v["kind"] == "request" && v["path"] == path).collect()
+    seen.iter()
+        .filter(|v| v["kind"] == "request" && v["path"] == path)
+        .collect()
 }
 
 #[test]
@@ -57,28 +59,59 @@ fn any_openai_server_without_engine_code() {
     if !bpf_or_skip("any_openai_server_without_engine_code") {
         return;
     }
-    let mut srv = start_fixture("openai_server.py", &["--port", "0", "--token-delay-ms", "4"]);
+    let mut srv = start_fixture(
+        "openai_server.py",
+        &["--port", "0", "--token-delay-ms", "4"],
+    );
     let hello = srv.wait_for("server pid/port", T, |v| v.get("port").is_some());
-    let (pid, port) = (hello["pid"].as_u64().unwrap(), hello["port"].as_u64().unwrap() as u16);
+    let (pid, port) = (
+        hello["pid"].as_u64().unwrap(),
+        hello["port"].as_u64().unwrap() as u16,
+    );
     let mut probe = start_probe(&["--pid", &pid.to_string(), "--requests"]);
 
     // Keep-alive: streamed completion, non-streamed chat, embeddings, 404, 400 on one connection.
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let tp = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
-    c.write_all(post("/v1/completions", r#"{"model":"m-stream","prompt":"hi","max_tokens":5,"stream":true}"#, tp).as_bytes()).unwrap();
+    c.write_all(
+        post(
+            "/v1/completions",
+            r#"{"model":"m-stream","prompt":"hi","max_tokens":5,"stream":true}"#,
+            tp,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let r1 = read_response(&mut c);
     assert!(r1.starts_with(b"HTTP/1.1 200"));
-    c.write_all(post("/v1/chat/completions", r#"{"model":"m-chat","messages":[{"role":"user","content":"x"}],"max_tokens":3}"#, "x-request-id: rid-7\r\n").as_bytes()).unwrap();
+    c.write_all(
+        post(
+            "/v1/chat/completions",
+            r#"{"model":"m-chat","messages":[{"role":"user","content":"x"}],"max_tokens":3}"#,
+            "x-request-id: rid-7\r\n",
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let r2 = read_response(&mut c);
-    c.write_all(post("/v1/embeddings", r#"{"model":"m-emb","input":"abc"}"#, "").as_bytes()).unwrap();
+    c.write_all(post("/v1/embeddings", r#"{"model":"m-emb","input":"abc"}"#, "").as_bytes())
+        .unwrap();
     read_response(&mut c);
     c.write_all(post("/v1/nope", "{}", "").as_bytes()).unwrap();
     read_response(&mut c);
-    c.write_all(post("/v1/completions", "{not json", "").as_bytes()).unwrap();
+    c.write_all(post("/v1/completions", "{not json", "").as_bytes())
+        .unwrap();
     read_response(&mut c);
     // Pipelined: two requests in one write.
-    let two = post("/v1/completions", r#"{"model":"p1","prompt":"a","max_tokens":2}"#, "")
-        + &post("/v1/completions", r#"{"model":"p2","prompt":"b","max_tokens":2}"#, "");
+    let two = post(
+        "/v1/completions",
+        r#"{"model":"p1","prompt":"a","max_tokens":2}"#,
+        "",
+    ) + &post(
+        "/v1/completions",
+        r#"{"model":"p2","prompt":"b","max_tokens":2}"#,
+        "",
+    );
     c.write_all(two.as_bytes()).unwrap();
     read_response(&mut c);
     read_response(&mut c);
@@ -86,7 +119,15 @@ fn any_openai_server_without_engine_code() {
 
     // A client that disconnects mid-stream.
     let mut a = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    a.write_all(post("/v1/completions", r#"{"model":"m-abort","prompt":"x","max_tokens":200,"stream":true}"#, "").as_bytes()).unwrap();
+    a.write_all(
+        post(
+            "/v1/completions",
+            r#"{"model":"m-abort","prompt":"x","max_tokens":200,"stream":true}"#,
+            "",
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let mut b = [0u8; 512];
     let _ = a.read(&mut b).unwrap();
     std::thread::sleep(Duration::from_millis(30));
@@ -94,18 +135,32 @@ fn any_openai_server_without_engine_code() {
 
     // Garbage on the socket, and a truncated request, then a good request: the probe survives.
     let mut g = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    g.write_all(b"\x00\xff\x13garbage\r\n\r\n\x16\x03\x01").unwrap();
+    g.write_all(b"\x00\xff\x13garbage\r\n\r\n\x16\x03\x01")
+        .unwrap();
     let _ = g.read(&mut b);
     drop(g);
     let mut h = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    h.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"model\":").unwrap();
+    h.write_all(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"model\":")
+        .unwrap();
     drop(h);
     let mut ok = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    ok.write_all(post("/v1/completions", r#"{"model":"after-garbage","prompt":"x","max_tokens":2,"stream":true}"#, "").as_bytes()).unwrap();
+    ok.write_all(
+        post(
+            "/v1/completions",
+            r#"{"model":"after-garbage","prompt":"x","max_tokens":2,"stream":true}"#,
+            "",
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     read_response(&mut ok);
 
-    probe.wait_for("the request after the garbage", T, |v| v["kind"] == "request" && v["model"] == "after-garbage");
-    probe.wait_for("the aborted stream", T, |v| v["kind"] == "request" && v["model"] == "m-abort");
+    probe.wait_for("the request after the garbage", T, |v| {
+        v["kind"] == "request" && v["model"] == "after-garbage"
+    });
+    probe.wait_for("the aborted stream", T, |v| {
+        v["kind"] == "request" && v["model"] == "m-abort"
+    });
     probe.drain_for(Duration::from_millis(300));
     let seen = probe.seen.clone();
 
@@ -115,23 +170,42 @@ fn any_openai_server_without_engine_code() {
     let r = stream[0];
     assert_eq!(r["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(r["parent_span_id"], "00f067aa0ba902b7");
-    assert_eq!((r["status"].as_u64(), r["outcome"].as_str()), (Some(200), Some("complete")));
-    assert_eq!((r["chunks"].as_u64(), r["done"].as_bool(), r["sse"].as_bool()), (Some(5), Some(true), Some(true)));
+    assert_eq!(
+        (r["status"].as_u64(), r["outcome"].as_str()),
+        (Some(200), Some("complete"))
+    );
+    assert_eq!(
+        (
+            r["chunks"].as_u64(),
+            r["done"].as_bool(),
+            r["sse"].as_bool()
+        ),
+        (Some(5), Some(true), Some(true))
+    );
     assert!(r["response_id"].as_str().unwrap().starts_with("cmpl-"));
     assert_eq!(r["resp_bytes"].as_u64().unwrap() as usize, r1.len());
     let ttft = r["ttft_ns"].as_u64().unwrap();
     let e2e = r["e2e_ns"].as_u64().unwrap();
     assert!(ttft >= 4_000_000 && ttft < e2e, "ttft {ttft} e2e {e2e}");
     assert!(r["tpot_ns"].as_u64().unwrap() >= 3_000_000);
-    assert!(r.get("engine_request_id").is_none() && r.get("frontend_ns").is_none(), "no engine code ran");
+    assert!(
+        r.get("engine_request_id").is_none() && r.get("frontend_ns").is_none(),
+        "no engine code ran"
+    );
     assert_eq!(r["spans"][0]["name"], "http.server");
 
     let chat = by_path(&seen, "/v1/chat/completions");
     assert_eq!(chat.len(), 1);
-    assert_eq!((chat[0]["model"].as_str(), chat[0]["sse"].as_bool()), (Some("m-chat"), Some(false)));
+    assert_eq!(
+        (chat[0]["model"].as_str(), chat[0]["sse"].as_bool()),
+        (Some("m-chat"), Some(false))
+    );
     assert_eq!(chat[0]["x_request_id"], "rid-7");
     assert_eq!(chat[0]["resp_bytes"].as_u64().unwrap() as usize, r2.len());
-    assert!(chat[0]["response_id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert!(chat[0]["response_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("chatcmpl-"));
     assert_eq!(by_path(&seen, "/v1/embeddings").len(), 1);
     assert_eq!(by_path(&seen, "/v1/nope")[0]["status"], 404);
     assert!(s.iter().any(|v| v["status"] == 400));
@@ -145,5 +219,8 @@ fn any_openai_server_without_engine_code() {
     assert_eq!(ab[0]["outcome"], "client_abort", "{}", ab[0]);
     // The truncated request never completed: reported as a client abort, never as success.
     let trunc: Vec<_> = s.iter().filter(|v| v["status"] == 0).collect();
-    assert!(trunc.iter().all(|v| v["outcome"] != "complete"), "{trunc:?}");
+    assert!(
+        trunc.iter().all(|v| v["outcome"] != "complete"),
+        "{trunc:?}"
+    );
 }
