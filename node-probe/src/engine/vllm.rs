@@ -105,6 +105,8 @@ pub struct VllmStats {
 pub struct VllmFollower {
     roles: HashMap<u32, Role>,
     inflight: HashMap<Box<[u8]>, EngineRequest>,
+    /// HTTP response id -> engine ids (see [`response_ids_of`]).
+    by_response: HashMap<String, Vec<Box<[u8]>>>,
     order: VecDeque<(u64, Box<[u8]>)>,
     steps: VecDeque<Step>,
     open_step: Option<Step>,
@@ -113,36 +115,62 @@ pub struct VllmFollower {
     pub stats: VllmStats,
 }
 
-/// Parses the request-type frame and the ids of an API-server → EngineCore message.
-/// Returns `(type, ids)`; for ADD the first id is the request id.
-pub fn parse_request_message(p: &[u8]) -> Option<(u8, Vec<&[u8]>)> {
-    // Frame 1: flags (MORE, short), size 1, the type byte.
-    if p.len() < 5 || p[0] & 0x01 == 0 || p[1] != 1 {
-        return None;
-    }
-    let ty = p[2];
-    if ty > 0x03 {
-        return None;
-    }
-    // Frame 2 header.
-    let flags = p[3];
-    let body = if flags & 0x02 != 0 {
-        p.get(12..)?
-    } else {
-        p.get(5..)?
-    };
-    let rest = skip_array_header(body)?;
-    let mut ids = Vec::new();
-    let mut s = rest;
-    // ADD: the id is the first element. ABORT: an array of ids.
-    while let Some((id, next)) = read_str(s) {
-        ids.push(id);
-        if ty == 0x00 {
-            break;
+/// ZMQ (ZMTP 3) frames in a byte stream: `(more, body)`; stops at a truncated frame.
+fn zmq_frames(mut p: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
+    std::iter::from_fn(move || {
+        let flags = *p.first()?;
+        if flags & !0x07 != 0 {
+            return None; // not a frame header (or a command frame)
         }
-        s = next;
+        let (len, off): (usize, usize) = if flags & 0x02 != 0 {
+            let b: [u8; 8] = p.get(1..9)?.try_into().ok()?;
+            (u64::from_be_bytes(b) as usize, 9)
+        } else {
+            (*p.get(1)? as usize, 2)
+        };
+        let end = off.checked_add(len)?;
+        let body = p.get(off..end.min(p.len()))?;
+        p = p.get(end..).unwrap_or(&[]);
+        Some((flags & 0x01 != 0, body))
+    })
+}
+
+/// Parses the API-server → EngineCore messages in one send (ZMQ batches several into one write
+/// under load): `(type, ids)` per message; for ADD the first id is the request id.
+pub fn parse_request_messages(p: &[u8]) -> Vec<(u8, Vec<&[u8]>)> {
+    let mut out = Vec::new();
+    let mut frames = zmq_frames(p);
+    while let Some((more, first)) = frames.next() {
+        if !more || first.len() != 1 || first[0] > 0x03 {
+            continue;
+        }
+        let ty = first[0];
+        let Some((_, body)) = frames.next() else {
+            break;
+        };
+        let Some(rest) = skip_array_header(body) else {
+            continue;
+        };
+        let mut ids = Vec::new();
+        let mut s = rest;
+        // ADD: the id is the first element. ABORT: an array of ids.
+        while let Some((id, next)) = read_str(s) {
+            ids.push(id);
+            if ty == 0x00 {
+                break;
+            }
+            s = next;
+        }
+        if !ids.is_empty() {
+            out.push((ty, ids));
+        }
     }
-    (!ids.is_empty()).then_some((ty, ids))
+    out
+}
+
+/// The first message of [`parse_request_messages`].
+pub fn parse_request_message(p: &[u8]) -> Option<(u8, Vec<&[u8]>)> {
+    parse_request_messages(p).into_iter().next()
 }
 
 fn skip_array_header(b: &[u8]) -> Option<&[u8]> {
@@ -186,13 +214,23 @@ fn for_each_str(p: &[u8], mut f: impl FnMut(&[u8])) {
     }
 }
 
-/// The HTTP-visible id of an engine request id: `cmpl-abc-0-1f2e` → `cmpl-abc`.
-pub fn response_id_of(engine_id: &str) -> &str {
-    let mut it = engine_id.rmatch_indices('-');
-    match (it.next(), it.next()) {
-        (Some(_), Some((second, _))) => &engine_id[..second],
-        _ => engine_id,
-    }
+/// The HTTP-visible ids an engine request id can belong to: vLLM appends `-{index}-{hex}` to a
+/// completion's id (`cmpl-abc-0-1f2e` → `cmpl-abc`) and `-{hex}` to a chat completion's
+/// (`chatcmpl-abc-1f2e` → `chatcmpl-abc`).
+pub fn response_ids_of(engine_id: &str) -> impl Iterator<Item = &str> {
+    let hexish = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let one = engine_id
+        .rsplit_once('-')
+        .filter(|(_, t)| hexish(t))
+        .map(|(h, _)| h);
+    // Chat completions carry no choice index; everything else may.
+    let two = one
+        .filter(|_| !engine_id.starts_with("chatcmpl-"))
+        .and_then(|h| h.rsplit_once('-'))
+        .filter(|(_, t)| digits(t))
+        .map(|(h, _)| h);
+    one.into_iter().chain(two)
 }
 
 impl VllmFollower {
@@ -236,7 +274,10 @@ impl VllmFollower {
         match (role, send) {
             (Role::Frontend, true) => self.on_frontend_send(ev),
             (Role::EngineCore, false) => {
-                if let Some((0x00, ids)) = parse_request_message(&ev.payload) {
+                for (ty, ids) in parse_request_messages(&ev.payload) {
+                    if ty != 0x00 {
+                        continue;
+                    }
                     if let Some(r) = self.inflight.get_mut(ids[0]) {
                         r.core_recv_ns.get_or_insert(ev.end_ns);
                     }
@@ -248,45 +289,55 @@ impl VllmFollower {
     }
 
     fn on_frontend_send(&mut self, ev: &SockRecord) {
-        let Some((ty, ids)) = parse_request_message(&ev.payload) else {
-            return;
-        };
-        match ty {
-            0x00 => {
-                let id: Box<[u8]> = ids[0].into();
-                if self.inflight.contains_key(&id) {
-                    return;
-                }
-                while self.inflight.len() >= MAX_INFLIGHT {
-                    if let Some((_, old)) = self.order.pop_front() {
-                        if self.inflight.remove(&old).is_some() {
-                            self.stats.dropped_inflight += 1;
+        for (ty, ids) in parse_request_messages(&ev.payload) {
+            match ty {
+                0x00 => self.on_add(ids[0], ev),
+                0x01 => {
+                    for id in ids {
+                        if let Some(r) = self.inflight.get_mut(id) {
+                            r.aborted = true;
                         }
-                    } else {
-                        break;
                     }
                 }
-                self.stats.adds += 1;
-                self.order.push_back((ev.end_ns, id.clone()));
-                self.inflight.insert(
-                    id.clone(),
-                    EngineRequest {
-                        id: String::from_utf8_lossy(&id).into_owned(),
-                        frontend_pid: ev.tgid,
-                        handed_ns: ev.end_ns,
-                        ..Default::default()
-                    },
-                );
+                _ => {}
             }
-            0x01 => {
-                for id in ids {
-                    if let Some(r) = self.inflight.get_mut(id) {
-                        r.aborted = true;
-                    }
-                }
-            }
-            _ => {}
         }
+    }
+
+    fn on_add(&mut self, id: &[u8], ev: &SockRecord) {
+        let id: Box<[u8]> = id.into();
+        if self.inflight.contains_key(&id) {
+            return;
+        }
+        while self.inflight.len() >= MAX_INFLIGHT {
+            if let Some((_, old)) = self.order.pop_front() {
+                if let Some(r) = self.inflight.remove(&old) {
+                    self.unindex(&r.id);
+                    self.stats.dropped_inflight += 1;
+                }
+            } else {
+                break;
+            }
+        }
+        self.stats.adds += 1;
+        self.order.push_back((ev.end_ns, id.clone()));
+        if let Ok(sid) = std::str::from_utf8(&id) {
+            for rid in response_ids_of(sid) {
+                self.by_response
+                    .entry(rid.to_string())
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        self.inflight.insert(
+            id.clone(),
+            EngineRequest {
+                id: String::from_utf8_lossy(&id).into_owned(),
+                frontend_pid: ev.tgid,
+                handed_ns: ev.end_ns,
+                ..Default::default()
+            },
+        );
     }
 
     fn on_doorbell(&mut self, role: Role, ts: u64) {
@@ -352,15 +403,14 @@ impl VllmFollower {
     /// Removes and returns the engine requests behind an HTTP response id (several when the
     /// request asked for `n > 1` choices), with the steps they took part in.
     pub fn take_for_response(&mut self, response_id: &str) -> Option<(EngineRequest, Vec<Step>)> {
-        let keys: Vec<Box<[u8]>> = self
+        let mut keys = self.by_response.remove(response_id).unwrap_or_default();
+        if let Some(k) = self
             .inflight
-            .keys()
-            .filter(|k| {
-                std::str::from_utf8(k)
-                    .is_ok_and(|k| k == response_id || response_id_of(k) == response_id)
-            })
-            .cloned()
-            .collect();
+            .get_key_value(response_id.as_bytes())
+            .map(|(k, _)| k.clone())
+        {
+            keys.push(k);
+        }
         let mut merged: Option<EngineRequest> = None;
         for k in keys {
             let Some(r) = self.inflight.remove(&k) else {
@@ -404,8 +454,20 @@ impl VllmFollower {
                 break;
             }
             let (_, id) = self.order.pop_front().expect("front exists");
-            if self.inflight.remove(&id).is_some() {
+            if let Some(r) = self.inflight.remove(&id) {
+                self.unindex(&r.id);
                 self.stats.expired += 1;
+            }
+        }
+    }
+
+    fn unindex(&mut self, engine_id: &str) {
+        for rid in response_ids_of(engine_id) {
+            if let Some(v) = self.by_response.get_mut(rid) {
+                v.retain(|k| &**k != engine_id.as_bytes());
+                if v.is_empty() {
+                    self.by_response.remove(rid);
+                }
             }
         }
     }
@@ -457,18 +519,37 @@ mod tests {
         let (ty, ids) = parse_request_message(ADD).unwrap();
         assert_eq!(ty, 0);
         assert_eq!(ids, [&b"cmpl-9f0db1b837668a6b-0-8c2050b7"[..]]);
-        let abort = b"\x01\x01\x01\x00\x10\x92\xa8cmpl-a-1\xa8cmpl-b-2";
+        let abort = b"\x01\x01\x01\x00\x13\x92\xa8cmpl-a-1\xa8cmpl-b-2";
         let (ty, ids) = parse_request_message(abort).unwrap();
         assert_eq!((ty, ids.len()), (1, 2));
         assert!(parse_request_message(b"\x00\x01\x00").is_none());
         assert!(parse_request_message(&ADD[..14]).is_none());
         assert!(parse_request_message(OUT).is_none());
+        // two ADDs batched into one write by ZMQ
+        let full: Vec<u8> = {
+            let mut body = vec![0x91, 0xd9, 5];
+            body.extend_from_slice(b"cmpl-");
+            let mut m = vec![0x01, 0x01, 0x00, 0x00, body.len() as u8];
+            m.extend_from_slice(&body);
+            m
+        };
+        let mut batch = full.clone();
+        batch.extend_from_slice(&full);
+        batch.extend_from_slice(ADD);
+        let msgs = parse_request_messages(&batch);
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[2].1[0], &b"cmpl-9f0db1b837668a6b-0-8c2050b7"[..]);
+        let ids = |s| response_ids_of(s).collect::<Vec<_>>();
         assert_eq!(
-            response_id_of("cmpl-9f0db1b837668a6b-0-8c2050b7"),
-            "cmpl-9f0db1b837668a6b"
+            ids("cmpl-9f0db1b837668a6b-0-8c2050b7"),
+            ["cmpl-9f0db1b837668a6b-0", "cmpl-9f0db1b837668a6b"]
         );
-        assert_eq!(response_id_of("cmpl-loadgen-3-0-ab"), "cmpl-loadgen-3");
-        assert_eq!(response_id_of("plain"), "plain");
+        assert_eq!(ids("chatcmpl-loadgen-77-9772b606"), ["chatcmpl-loadgen-77"]);
+        assert_eq!(
+            ids("cmpl-loadgen-3-0-ab"),
+            ["cmpl-loadgen-3-0", "cmpl-loadgen-3"]
+        );
+        assert!(ids("plain").is_empty());
     }
 
     #[test]
@@ -520,6 +601,7 @@ mod tests {
         assert_eq!(f.stats.dropped_inflight, 10);
         f.expire(u64::MAX);
         assert_eq!(f.inflight(), 0);
+        assert!(f.by_response.is_empty(), "index cleaned with the requests");
         // garbage never panics
         let mut x = 7u64;
         for _ in 0..2000 {
