@@ -1,5 +1,6 @@
 //! Shared helpers for the benchmarks under `loadtests/src/bin`.
 
+pub mod openai;
 pub mod wire;
 
 /// Median of a non-empty slice (sorted copy).
@@ -17,8 +18,29 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// CPU time (user + system) of a process in nanoseconds, from /proc/PID/stat.
+/// CPU time of a process (all its threads) in nanoseconds: the scheduler's ns-precise
+/// accounting from /proc/PID/task/*/schedstat, else user+system ticks from /proc/PID/stat.
 pub fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        let mut total = 0u64;
+        let mut any = false;
+        for e in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
+                if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                    total += ns;
+                    any = true;
+                }
+            }
+        }
+        if any {
+            return Some(total);
+        }
+    }
+    proc_cpu_ticks_ns(pid)
+}
+
+/// CPU time (user + system) of a process in nanoseconds, from /proc/PID/stat (tick precision).
+pub fn proc_cpu_ticks_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
