@@ -12,8 +12,8 @@ OUT=${OUT:-$HOME/.cache/inferscope/demo}; mkdir -p "$OUT"
 scripts/setup.sh all
 cargo build --release -p node-probe -p inferscope-loadtests
 scripts/engine.sh start "$PORT"
-target/release/node-probe --cmdline "vllm serve .* --port $PORT" --print-events --format json \
-  > "$OUT/events.jsonl" 2> "$OUT/probe.log" &
+target/release/node-probe --cmdline "vllm serve .* --port $PORT" --requests \
+  > "$OUT/requests.jsonl" 2> "$OUT/probe.log" &
 PROBE=$!
 trap 'kill -TERM $PROBE 2>/dev/null || true' EXIT
 until grep -qs "node-probe attached" "$OUT/probe.log"; do
@@ -23,15 +23,20 @@ target/release/loadgen --url "http://127.0.0.1:$PORT" --requests "$REQUESTS" --c
 sleep 1
 kill -TERM $PROBE; wait $PROBE 2>/dev/null || true; trap - EXIT
 echo
-echo "== node-probe captured (events by kind and process) =="
-python3 - "$OUT/events.jsonl" <<'PY'
-import collections, json, sys
-c = collections.Counter()
-for line in open(sys.argv[1]):
-    v = json.loads(line)
-    if v["kind"] != "ready":
-        c[(v["pid"], v["kind"], v.get("proto", ""))] += 1
-for (pid, kind, proto), n in sorted(c.items()):
-    print(f"  pid {pid:<8} {kind:<8} {proto:<6} {n}")
+echo "== per-request breakdown from node-probe ($(wc -l < "$OUT/requests.jsonl") requests) =="
+python3 - "$OUT/requests.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def q(vals, p):
+    vals = sorted(v for v in vals if v is not None)
+    return vals[min(len(vals) - 1, round((len(vals) - 1) * p))] / 1e6 if vals else float("nan")
+cols = ["e2e_ns", "ttft_ns", "tpot_ns", "frontend_ns", "queue_ns", "prefill_ns", "decode_ns", "delivery_ns"]
+print(f"  {'ms':<10}" + "".join(f"{c[:-3]:>10}" for c in cols))
+for p in (0.5, 0.9, 0.99):
+    print(f"  p{int(p*100):<9}" + "".join(f"{q([r.get(c) for r in rows], p):>10.1f}" for c in cols))
+slow = max(rows, key=lambda r: r["e2e_ns"])
+print(f"  slowest: trace {slow['trace_id']} {slow['path']} e2e {slow['e2e_ns']/1e6:.1f} ms, "
+      f"{slow.get('engine_steps', 0)} engine steps")
 PY
-echo "events: $OUT/events.jsonl   probe log: $OUT/probe.log   (stop vLLM: scripts/engine.sh stop $PORT)"
+echo "records: $OUT/requests.jsonl (format: docs/request-format.md)   probe log: $OUT/probe.log"
+echo "(stop vLLM: scripts/engine.sh stop $PORT)"
