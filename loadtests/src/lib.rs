@@ -26,7 +26,11 @@ pub fn proc_cpu_ns(pid: u32) -> Option<u64> {
         let mut any = false;
         for e in rd.flatten() {
             if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-                if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                if let Some(ns) = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
                     total += ns;
                     any = true;
                 }

@@ -65,7 +65,13 @@ impl LoadResult {
             .outcomes
             .iter()
             .filter(|o| o.status == 200)
-            .map(|o| if o.stream { o.chunks } else { u64::from(max_tokens) })
+            .map(|o| {
+                if o.stream {
+                    o.chunks
+                } else {
+                    u64::from(max_tokens)
+                }
+            })
             .sum();
         toks as f64 / self.wall.as_secs_f64()
     }
@@ -114,7 +120,11 @@ fn trace_id(i: u64) -> String {
         x ^= x >> 33;
         x
     };
-    format!("{:016x}{:016x}", mix(t ^ i), mix(i.wrapping_add(t.rotate_left(17))) | 1)
+    format!(
+        "{:016x}{:016x}",
+        mix(t ^ i),
+        mix(i.wrapping_add(t.rotate_left(17))) | 1
+    )
 }
 
 fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
@@ -212,7 +222,8 @@ pub fn run(c: &LoadConfig) -> LoadResult {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..c.concurrency.min(c.requests))
         .map(|_| {
-            let (agent, c, next, results) = (agent.clone(), c.clone(), next.clone(), results.clone());
+            let (agent, c, next, results) =
+                (agent.clone(), c.clone(), next.clone(), results.clone());
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= c.requests {

@@ -57,13 +57,18 @@ fn start_probe(bin: &str, pid: u32) -> anyhow::Result<Child> {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).context("node-probe did not attach")?;
+    rx.recv_timeout(Duration::from_secs(60))
+        .context("node-probe did not attach")?;
     Ok(p)
 }
 
 fn measure(cfg: &LoadConfig) -> anyhow::Result<LoadResult> {
     let r = run(cfg);
-    anyhow::ensure!(r.ok() == r.outcomes.len(), "{} requests failed", r.outcomes.len() - r.ok());
+    anyhow::ensure!(
+        r.ok() == r.outcomes.len(),
+        "{} requests failed",
+        r.outcomes.len() - r.ok()
+    );
     Ok(r)
 }
 
@@ -77,8 +82,12 @@ fn main() -> anyhow::Result<()> {
         max_tokens: a.max_tokens,
         timeout: Duration::from_secs(120),
     };
-    measure(&LoadConfig { requests: a.concurrency * 2, ..cfg.clone() })?; // warm-up
-    let (mut tok_off, mut tok_on, mut p99_off, mut p99_on, mut cpu_per_req) = (vec![], vec![], vec![], vec![], vec![]);
+    measure(&LoadConfig {
+        requests: a.concurrency * 2,
+        ..cfg.clone()
+    })?; // warm-up
+    let (mut tok_off, mut tok_on, mut p99_off, mut p99_on, mut cpu_per_req) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for r in 0..a.rounds {
         let mut run_off = || -> anyhow::Result<()> {
             let m = measure(&cfg)?;
@@ -113,13 +122,27 @@ fn main() -> anyhow::Result<()> {
             cpu_per_req.last().unwrap_or(&f64::NAN)
         );
     }
-    let (t0, t1, q0, q1) = (median(&tok_off), median(&tok_on), median(&p99_off), median(&p99_on));
+    let (t0, t1, q0, q1) = (
+        median(&tok_off),
+        median(&tok_on),
+        median(&p99_off),
+        median(&p99_on),
+    );
     println!(
         "engine-overhead: {} rounds x {} requests at concurrency {} ({} tokens each), medians over rounds",
         a.rounds, a.requests, a.concurrency, a.max_tokens
     );
-    println!("  tokens/s      without probe {t0:8.0}   with probe {t1:8.0}   ratio {:.3}", t1 / t0);
-    println!("  p99 TTFT ms   without probe {q0:8.1}   with probe {q1:8.1}   ratio {:.3}", q1 / q0);
-    println!("  node-probe CPU per request {:.3} ms (median)", median(&cpu_per_req));
+    println!(
+        "  tokens/s      without probe {t0:8.0}   with probe {t1:8.0}   ratio {:.3}",
+        t1 / t0
+    );
+    println!(
+        "  p99 TTFT ms   without probe {q0:8.1}   with probe {q1:8.1}   ratio {:.3}",
+        q1 / q0
+    );
+    println!(
+        "  node-probe CPU per request {:.3} ms (median)",
+        median(&cpu_per_req)
+    );
     Ok(())
 }

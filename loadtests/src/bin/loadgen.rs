@@ -35,7 +35,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    anyhow::ensure!(a.concurrency > 0 && a.requests > 0, "--requests and --concurrency must be positive");
+    anyhow::ensure!(
+        a.concurrency > 0 && a.requests > 0,
+        "--requests and --concurrency must be positive"
+    );
     let cfg = LoadConfig {
         url: a.url.trim_end_matches('/').to_string(),
         model: a.model,
@@ -51,7 +54,14 @@ fn main() -> anyhow::Result<()> {
             writeln!(
                 f,
                 r#"{{"trace_id":"{}","kind":"{}","stream":{},"status":{},"start_unix_ns":{},"ttft_ns":{},"e2e_ns":{},"chunks":{}}}"#,
-                o.trace_id, o.kind, o.stream, o.status, o.start_unix_ns, o.ttft_ns, o.e2e_ns, o.chunks
+                o.trace_id,
+                o.kind,
+                o.stream,
+                o.status,
+                o.start_unix_ns,
+                o.ttft_ns,
+                o.e2e_ns,
+                o.chunks
             )?;
         }
     }

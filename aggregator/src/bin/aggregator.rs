@@ -1,0 +1,99 @@
+//! `aggregator` binary: flags and wiring only (see the library).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use inferscope_aggregator::ingest::writer::WriterConfig;
+use inferscope_aggregator::server::{serve, ServerConfig};
+use inferscope_aggregator::store::StoreConfig;
+
+/// inferscope aggregator: gRPC ingest from node-probes, ClickHouse storage, HTTP query API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// gRPC ingest address.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    grpc_listen: SocketAddr,
+    /// HTTP API / UI / metrics address.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    http_listen: SocketAddr,
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        env = "INFERSCOPE_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    clickhouse_url: String,
+    /// ClickHouse database (created if missing).
+    #[arg(long, default_value = "inferscope")]
+    database: String,
+    /// ClickHouse user.
+    #[arg(long, env = "INFERSCOPE_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// ClickHouse password.
+    #[arg(long, env = "INFERSCOPE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
+    /// Bearer token node-probes must present.
+    #[arg(long, env = "INFERSCOPE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// TLS certificate (PEM) for the gRPC port; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Days to keep data (where the ClickHouse version supports TTL; 0 keeps everything).
+    #[arg(long, default_value_t = 30)]
+    retention_days: u32,
+    /// Commit to ClickHouse at least this often (ms).
+    #[arg(long, default_value_t = 500)]
+    flush_ms: u64,
+    /// Commit when this many requests are pending.
+    #[arg(long, default_value_t = 50_000)]
+    flush_rows: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let cfg = ServerConfig {
+        grpc_listen: cli.grpc_listen,
+        http_listen: cli.http_listen,
+        store: StoreConfig {
+            url: cli.clickhouse_url,
+            database: cli.database,
+            user: cli.clickhouse_user,
+            password: cli.clickhouse_password,
+            retention_days: cli.retention_days,
+        },
+        token: cli.token,
+        tls: cli.tls_cert.zip(cli.tls_key),
+        writer: WriterConfig {
+            max_rows: cli.flush_rows.max(1),
+            max_bytes: 32 << 20,
+            period: Duration::from_millis(cli.flush_ms.max(10)),
+        },
+        queue: 1024,
+        max_message_bytes: 32 << 20,
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    if let Err(e) = serve(cfg, shutdown).await {
+        eprintln!("aggregator: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,184 @@
+//! The `inferscope.v1.Ingest` gRPC service.
+//!
+//! Per stream: the bearer token is checked once; then every batch is validated
+//! ([`validate`]), checked against the dedup state ([`dedup`]) and queued to the single writer
+//! ([`writer`]) on a bounded queue. Acks flow back as their commits finish (possibly out of
+//! order): STORED after a successful insert, DUPLICATE for a batch already stored, REJECTED with
+//! a reason for invalid input, RETRY when storage is down or the queue is full. Nothing is ever
+//! acknowledged as stored before ClickHouse accepted it.
+pub mod dedup;
+pub mod validate;
+pub mod writer;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use inferscope_proto::v1::{ack::Status as AckStatus, ingest_server::Ingest, Ack, Batch};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::error::ErrorCode;
+use crate::metrics::Metrics;
+use dedup::{Dedup, Seen};
+use validate::{validate, Limits};
+use writer::WriteJob;
+
+/// The service state.
+#[derive(Clone)]
+pub struct IngestService {
+    tx: mpsc::Sender<WriteJob>,
+    metrics: Arc<Metrics>,
+    dedup: Arc<Dedup>,
+    limits: Limits,
+    token: Option<Arc<str>>,
+}
+
+impl IngestService {
+    /// A service queueing to `tx`; `token` is the bearer token nodes must present (none: open).
+    pub fn new(
+        tx: mpsc::Sender<WriteJob>,
+        metrics: Arc<Metrics>,
+        dedup: Arc<Dedup>,
+        limits: Limits,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            tx,
+            metrics,
+            dedup,
+            limits,
+            token: token.map(Into::into),
+        }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(want) = &self.token else {
+            return Ok(());
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Constant-time comparison of equal-length tokens.
+        let ok = got.is_some_and(|g| {
+            g.len() == want.len()
+                && g.bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0
+        });
+        if ok {
+            Ok(())
+        } else {
+            self.metrics.unauthenticated.fetch_add(1, Relaxed);
+            Err(ErrorCode::Unauthenticated.status(
+                "missing or wrong bearer token: start node-probe with the aggregator's --token",
+            ))
+        }
+    }
+
+    /// Handles one batch; the ack is sent on `acks` when known.
+    async fn handle(&self, b: Batch, acks: mpsc::Sender<Result<Ack, Status>>) {
+        self.metrics.batches_received.fetch_add(1, Relaxed);
+        let seq = b.sequence;
+        let ack = move |status: AckStatus, message: String| Ack {
+            sequence: seq,
+            status: status as i32,
+            message,
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        if let Err(e) = validate(&b, now, &self.limits) {
+            self.metrics.reject(e.reason);
+            debug!(reason = e.reason, message = %e.message, node = %b.node_id, "batch rejected");
+            let _ = acks
+                .send(Ok(ack(
+                    AckStatus::Rejected,
+                    format!("{}: {}", e.reason, e.message),
+                )))
+                .await;
+            return;
+        }
+        let batch_id = format!("{}/{}/{}", b.node_id, b.boot_id, b.sequence);
+        match self.dedup.check_and_claim(&batch_id) {
+            Seen::Stored => {
+                self.metrics.batches_duplicate.fetch_add(1, Relaxed);
+                let _ = acks
+                    .send(Ok(ack(AckStatus::Duplicate, String::new())))
+                    .await;
+                return;
+            }
+            Seen::InFlight => {
+                self.metrics.batches_retry.fetch_add(1, Relaxed);
+                let _ = acks
+                    .send(Ok(ack(AckStatus::Retry, "batch is being written".into())))
+                    .await;
+                return;
+            }
+            Seen::New => {}
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let job = WriteJob {
+            batch: b,
+            batch_id: batch_id.clone(),
+            done: done_tx,
+        };
+        if self.tx.try_send(job).is_err() {
+            self.dedup.unmark_inflight(&batch_id);
+            self.metrics.queue_full_drops.fetch_add(1, Relaxed);
+            self.metrics.batches_retry.fetch_add(1, Relaxed);
+            let _ = acks
+                .send(Ok(ack(AckStatus::Retry, "aggregator queue full".into())))
+                .await;
+            return;
+        }
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let a = match done_rx.await {
+                Ok(Ok(())) => ack(AckStatus::Stored, String::new()),
+                Ok(Err(e)) => {
+                    metrics.batches_retry.fetch_add(1, Relaxed);
+                    ack(AckStatus::Retry, e)
+                }
+                Err(_) => ack(AckStatus::Retry, "aggregator shutting down".into()),
+            };
+            let _ = acks.send(Ok(a)).await;
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type ExportStream = ReceiverStream<Result<Ack, Status>>;
+
+    async fn export(
+        &self,
+        req: Request<Streaming<Batch>>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        self.authorize(&req)?;
+        let mut stream = req.into_inner();
+        let (acks_tx, acks_rx) = mpsc::channel(1024);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(b)) => this.handle(b, acks_tx.clone()).await,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Undecodable or oversized message: end the stream with a clear status.
+                        this.metrics.reject("undecodable");
+                        let _ = acks_tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(acks_rx)))
+    }
+}

@@ -1,0 +1,341 @@
+//! Batch validation: everything a node sends is checked before anything is stored. A batch is
+//! accepted whole or rejected whole, with one reason (a stable snake_case label, also the metric
+//! label) and a message saying what was wrong.
+use inferscope_proto::v1::{Batch, KeyValue, Request, Span};
+
+/// Limits applied to every batch.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests + spans + steps per batch.
+    pub max_rows: usize,
+    /// Attributes per span.
+    pub max_attributes: usize,
+    /// Length of any string field.
+    pub max_string: usize,
+    /// Accepted clock skew into the future, ns.
+    pub max_future_ns: u64,
+    /// Oldest accepted timestamp age, ns.
+    pub max_age_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_rows: 200_000,
+            max_attributes: 64,
+            max_string: 4096,
+            max_future_ns: 3_600 * 1_000_000_000,
+            max_age_ns: 30 * 24 * 3_600 * 1_000_000_000,
+        }
+    }
+}
+
+/// Why a batch was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Stable label (metric label).
+    pub reason: &'static str,
+    /// What exactly.
+    pub message: String,
+}
+
+fn bad(reason: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn check_str(field: &str, s: &str, l: &Limits) -> Result<(), Invalid> {
+    if s.len() > l.max_string {
+        return Err(bad(
+            "string_too_long",
+            format!("{field} is {} bytes (max {})", s.len(), l.max_string),
+        ));
+    }
+    Ok(())
+}
+
+fn check_time(what: &str, start: u64, end: u64, now: u64, l: &Limits) -> Result<(), Invalid> {
+    if start == 0 || end < start {
+        return Err(bad(
+            "bad_timestamps",
+            format!("{what}: start {start} / end {end}"),
+        ));
+    }
+    if end > now + l.max_future_ns || start + l.max_age_ns < now {
+        return Err(bad(
+            "timestamp_out_of_range",
+            format!("{what}: {start}..{end} is too far from now ({now})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_attrs(attrs: &[KeyValue], l: &Limits) -> Result<(), Invalid> {
+    if attrs.len() > l.max_attributes {
+        return Err(bad(
+            "too_many_attributes",
+            format!("{} attributes (max {})", attrs.len(), l.max_attributes),
+        ));
+    }
+    for kv in attrs {
+        if kv.key.is_empty() {
+            return Err(bad("missing_field", "attribute with an empty key"));
+        }
+        check_str("attribute key", &kv.key, l)?;
+        if let Some(inferscope_proto::v1::any_value::Value::StringValue(v)) =
+            kv.value.as_ref().and_then(|v| v.value.as_ref())
+        {
+            check_str("attribute value", v, l)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
+    if r.trace_id.len() != 16 || r.trace_id.iter().all(|&b| b == 0) {
+        return Err(bad(
+            "bad_trace_id",
+            format!(
+                "request trace_id has {} bytes (want 16, not all zero)",
+                r.trace_id.len()
+            ),
+        ));
+    }
+    check_time("request", r.start_unix_ns, r.end_unix_ns, now, l)?;
+    if r.status > 999 {
+        return Err(bad("bad_status", format!("status {}", r.status)));
+    }
+    if r.method.is_empty() {
+        return Err(bad("missing_field", "request without method"));
+    }
+    for (f, s) in [
+        ("method", &r.method),
+        ("path", &r.path),
+        ("outcome", &r.outcome),
+        ("model", &r.model),
+        ("client", &r.client),
+        ("server", &r.server),
+        ("response_id", &r.response_id),
+        ("x_request_id", &r.x_request_id),
+        ("engine_request_id", &r.engine_request_id),
+        ("gave_up", &r.gave_up),
+    ] {
+        check_str(f, s, l)?;
+    }
+    if r.e2e_ns > r.end_unix_ns - r.start_unix_ns + 1_000_000 {
+        return Err(bad(
+            "inconsistent_durations",
+            format!("e2e {} exceeds end - start", r.e2e_ns),
+        ));
+    }
+    if r.step_ids.len() > 1_000_000 || r.chunk_offsets_ns.len() > 100_000 {
+        return Err(bad(
+            "too_many_items",
+            "step_ids or chunk_offsets_ns too long",
+        ));
+    }
+    Ok(())
+}
+
+fn check_span(s: &Span, now: u64, l: &Limits) -> Result<(), Invalid> {
+    if s.trace_id.len() != 16 || s.trace_id.iter().all(|&b| b == 0) {
+        return Err(bad(
+            "bad_trace_id",
+            format!(
+                "span trace_id has {} bytes (want 16, not all zero)",
+                s.trace_id.len()
+            ),
+        ));
+    }
+    if s.span_id.len() != 8 || s.span_id.iter().all(|&b| b == 0) {
+        return Err(bad(
+            "bad_span_id",
+            format!(
+                "span_id has {} bytes (want 8, not all zero)",
+                s.span_id.len()
+            ),
+        ));
+    }
+    if !s.parent_span_id.is_empty() && s.parent_span_id.len() != 8 {
+        return Err(bad(
+            "bad_span_id",
+            format!(
+                "parent_span_id has {} bytes (want 0 or 8)",
+                s.parent_span_id.len()
+            ),
+        ));
+    }
+    if s.name.is_empty() {
+        return Err(bad("missing_field", "span without name"));
+    }
+    check_str("span name", &s.name, l)?;
+    check_time("span", s.start_unix_ns, s.end_unix_ns, now, l)?;
+    check_attrs(&s.attributes, l)?;
+    for link in &s.links {
+        if link.trace_id.len() != 16 || link.span_id.len() != 8 {
+            return Err(bad("bad_link", "span link ids must be 16 and 8 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a whole batch against `now` (Unix ns).
+pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
+    if b.node_id.is_empty() || b.node_id.len() > 256 {
+        return Err(bad("missing_field", "node_id must be 1..=256 bytes"));
+    }
+    if b.boot_id.is_empty() || b.boot_id.len() > 64 {
+        return Err(bad("missing_field", "boot_id must be 1..=64 bytes"));
+    }
+    if b.sequence == 0 {
+        return Err(bad("missing_field", "sequence must start at 1"));
+    }
+    let rows: usize = b
+        .resources
+        .iter()
+        .map(|r| r.requests.len() + r.spans.len() + r.steps.len())
+        .sum();
+    if rows > l.max_rows {
+        return Err(bad(
+            "batch_too_large",
+            format!("{rows} rows (max {})", l.max_rows),
+        ));
+    }
+    for rd in &b.resources {
+        let Some(res) = &rd.resource else {
+            return Err(bad("missing_field", "resource data without resource"));
+        };
+        if res.node.is_empty() {
+            return Err(bad("missing_field", "resource without node"));
+        }
+        check_str("node", &res.node, l)?;
+        check_str("engine", &res.engine, l)?;
+        check_attrs(&res.attributes, l)?;
+        for r in &rd.requests {
+            check_request(r, now, l)?;
+        }
+        for s in &rd.spans {
+            check_span(s, now, l)?;
+        }
+        for s in &rd.steps {
+            check_time(
+                "engine step",
+                s.start_unix_ns,
+                s.end_unix_ns.max(s.start_unix_ns),
+                now,
+                l,
+            )?;
+            check_str("engine_instance", &s.engine_instance, l)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inferscope_proto::v1::{Resource, ResourceData};
+
+    const NOW: u64 = 1_800_000_000_000_000_000;
+
+    fn good() -> Batch {
+        Batch {
+            node_id: "n1".into(),
+            boot_id: "b1".into(),
+            sequence: 1,
+            resources: vec![ResourceData {
+                resource: Some(Resource {
+                    node: "n1".into(),
+                    pid: 7,
+                    engine: "vllm".into(),
+                    ..Default::default()
+                }),
+                requests: vec![Request {
+                    trace_id: vec![1; 16],
+                    method: "POST".into(),
+                    path: "/v1/completions".into(),
+                    status: 200,
+                    start_unix_ns: NOW - 1_000_000,
+                    end_unix_ns: NOW,
+                    e2e_ns: 1_000_000,
+                    ..Default::default()
+                }],
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    name: "http.server".into(),
+                    start_unix_ns: NOW - 1_000_000,
+                    end_unix_ns: NOW,
+                    ..Default::default()
+                }],
+                steps: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn accepts_good_and_rejects_each_kind_of_bad() {
+        let l = Limits::default();
+        assert_eq!(validate(&good(), NOW, &l), Ok(()));
+        let cases: Vec<(&str, Box<dyn Fn(&mut Batch)>)> = vec![
+            ("missing_field", Box::new(|b| b.node_id.clear())),
+            ("missing_field", Box::new(|b| b.sequence = 0)),
+            (
+                "missing_field",
+                Box::new(|b| b.resources[0].resource = None),
+            ),
+            (
+                "bad_trace_id",
+                Box::new(|b| b.resources[0].requests[0].trace_id = vec![1; 3]),
+            ),
+            (
+                "bad_trace_id",
+                Box::new(|b| b.resources[0].spans[0].trace_id = vec![0; 16]),
+            ),
+            (
+                "bad_span_id",
+                Box::new(|b| b.resources[0].spans[0].span_id = vec![]),
+            ),
+            (
+                "bad_timestamps",
+                Box::new(|b| b.resources[0].requests[0].end_unix_ns = 1),
+            ),
+            (
+                "timestamp_out_of_range",
+                Box::new(|b| {
+                    let r = &mut b.resources[0].requests[0];
+                    r.start_unix_ns = 1;
+                    r.end_unix_ns = 2;
+                    r.e2e_ns = 1;
+                }),
+            ),
+            (
+                "bad_status",
+                Box::new(|b| b.resources[0].requests[0].status = 70000),
+            ),
+            (
+                "string_too_long",
+                Box::new(|b| b.resources[0].requests[0].path = "x".repeat(5000)),
+            ),
+            (
+                "inconsistent_durations",
+                Box::new(|b| b.resources[0].requests[0].e2e_ns = u64::MAX),
+            ),
+            (
+                "batch_too_large",
+                Box::new(|b| {
+                    let s = b.resources[0].spans[0].clone();
+                    b.resources[0].spans = vec![s; 200_001];
+                }),
+            ),
+        ];
+        for (want, f) in cases {
+            let mut b = good();
+            f(&mut b);
+            let e = validate(&b, NOW, &l).expect_err(want);
+            assert_eq!(e.reason, want, "{}", e.message);
+        }
+    }
+}

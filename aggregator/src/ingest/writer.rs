@@ -1,0 +1,234 @@
+//! The single writer task: batches from the ingest queue go into one `clickhouse::Inserter` per
+//! table; all four are committed together when the requests inserter holds `max_rows` rows or
+//! its period has elapsed, and only then are the batches in that commit acknowledged.
+//!
+//! On a failed commit every batch of the commit is answered RETRY (the nodes keep and resend
+//! them) and the inserters are recreated. Tables are committed steps → spans → requests → batch
+//! markers; if only the marker failed, the batch is remembered as written so that its resend
+//! stores the marker alone instead of the rows twice.
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clickhouse::inserter::Inserter;
+use inferscope_proto::v1::Batch;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::dedup::Dedup;
+use crate::metrics::Metrics;
+use crate::store::rows::{BatchRow, RequestRow, SpanRow, StepRow};
+use crate::store::Store;
+
+/// A validated batch on its way to storage.
+pub struct WriteJob {
+    /// The batch.
+    pub batch: Batch,
+    /// `node_id/boot_id/sequence`.
+    pub batch_id: String,
+    /// Receives `Ok` once stored, `Err(message)` when it must be resent.
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Commit policy.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Commit when this many request rows are pending.
+    pub max_rows: u64,
+    /// Commit when this many bytes are pending.
+    pub max_bytes: u64,
+    /// Commit at least this often while anything is pending.
+    pub period: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 50_000,
+            max_bytes: 32 << 20,
+            period: Duration::from_millis(500),
+        }
+    }
+}
+
+struct Inserters {
+    requests: Inserter<RequestRow>,
+    spans: Inserter<SpanRow>,
+    steps: Inserter<StepRow>,
+    batches: Inserter<BatchRow>,
+}
+
+impl Inserters {
+    fn new(store: &Store, cfg: &WriterConfig) -> Self {
+        let c = store.client();
+        let mk = |t: &str| store.table(t);
+        Self {
+            requests: c
+                .inserter(&mk("requests"))
+                .with_max_rows(cfg.max_rows)
+                .with_max_bytes(cfg.max_bytes)
+                .with_period(Some(cfg.period)),
+            spans: c.inserter(&mk("spans")),
+            steps: c.inserter(&mk("engine_steps")),
+            batches: c.inserter(&mk("ingested_batches")),
+        }
+    }
+}
+
+fn now_secs() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+struct Pending {
+    batch_id: String,
+    done: oneshot::Sender<Result<(), String>>,
+    requests: u64,
+    spans: u64,
+    steps: u64,
+    rows_written: bool,
+}
+
+/// Runs until the queue closes.
+pub async fn run_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<WriteJob>,
+    metrics: Arc<Metrics>,
+    dedup: Arc<Dedup>,
+    cfg: WriterConfig,
+) {
+    let mut ins = Inserters::new(&store, &cfg);
+    let mut pending: Vec<Pending> = Vec::new();
+    // Batches whose rows were committed but whose marker was not (see the module doc).
+    let mut rows_committed: HashSet<String> = HashSet::new();
+    let mut first_pending: Option<Instant> = None;
+    loop {
+        let wait = match first_pending {
+            Some(t) => cfg.period.saturating_sub(t.elapsed()),
+            None => Duration::from_secs(3600),
+        };
+        let job = tokio::select! {
+            j = rx.recv() => j,
+            _ = tokio::time::sleep(wait) => None,
+        };
+        let closed = job.is_none() && rx.is_closed();
+        if let Some(job) = job {
+            metrics.queue_depth.fetch_sub(1, Relaxed);
+            match write_job(&mut ins, &job, rows_committed.contains(&job.batch_id)).await {
+                Ok(p) => {
+                    first_pending.get_or_insert_with(Instant::now);
+                    pending.push(Pending {
+                        batch_id: job.batch_id,
+                        done: job.done,
+                        requests: p.0,
+                        spans: p.1,
+                        steps: p.2,
+                        rows_written: p.3,
+                    });
+                }
+                Err(e) => {
+                    // Buffering failed (serialisation): nothing was sent for this job.
+                    let _ = job.done.send(Err(format!("buffering failed: {e}")));
+                }
+            }
+        }
+        let due = first_pending.is_some_and(|t| t.elapsed() >= cfg.period)
+            || ins.requests.pending().rows >= cfg.max_rows
+            || ins.requests.pending().bytes + ins.spans.pending().bytes >= cfg.max_bytes;
+        if !pending.is_empty() && (due || closed) {
+            let t0 = Instant::now();
+            match commit(&mut ins).await {
+                Ok(()) => {
+                    metrics.observe_insert(t0.elapsed().as_secs_f64());
+                    for p in pending.drain(..) {
+                        rows_committed.remove(&p.batch_id);
+                        dedup.mark_stored(&p.batch_id);
+                        metrics.batches_stored.fetch_add(1, Relaxed);
+                        if p.rows_written {
+                            metrics.requests_stored.fetch_add(p.requests, Relaxed);
+                            metrics.spans_stored.fetch_add(p.spans, Relaxed);
+                            metrics.steps_stored.fetch_add(p.steps, Relaxed);
+                        }
+                        let _ = p.done.send(Ok(()));
+                    }
+                }
+                Err((stage, e)) => {
+                    metrics.insert_errors.fetch_add(1, Relaxed);
+                    warn!(stage, error = %e, batches = pending.len(), "clickhouse insert failed; batches will be resent");
+                    for p in pending.drain(..) {
+                        if stage == "marker" {
+                            rows_committed.insert(p.batch_id.clone());
+                        }
+                        dedup.unmark_inflight(&p.batch_id);
+                        let _ = p.done.send(Err(format!("storage unavailable: {e}")));
+                    }
+                    if rows_committed.len() > 1_000_000 {
+                        rows_committed.clear();
+                    }
+                    ins = Inserters::new(&store, &cfg);
+                }
+            }
+            first_pending = None;
+        }
+        if closed {
+            debug!("writer queue closed");
+            return;
+        }
+    }
+}
+
+/// Buffers one batch's rows; returns (requests, spans, steps, rows_written).
+async fn write_job(
+    ins: &mut Inserters,
+    job: &WriteJob,
+    rows_already_committed: bool,
+) -> Result<(u64, u64, u64, bool), clickhouse::error::Error> {
+    let (mut nr, mut ns, mut nst) = (0u64, 0u64, 0u64);
+    for rd in &job.batch.resources {
+        let Some(res) = &rd.resource else { continue };
+        nr += rd.requests.len() as u64;
+        ns += rd.spans.len() as u64;
+        nst += rd.steps.len() as u64;
+        if rows_already_committed {
+            continue;
+        }
+        for s in &rd.steps {
+            ins.steps.write(&StepRow::from_proto(s, res)).await?;
+        }
+        for s in &rd.spans {
+            ins.spans
+                .write(&SpanRow::from_proto(s, res, &job.batch_id))
+                .await?;
+        }
+        for r in &rd.requests {
+            ins.requests
+                .write(&RequestRow::from_proto(r, res, &job.batch_id))
+                .await?;
+        }
+    }
+    ins.batches
+        .write(&BatchRow {
+            received: now_secs(),
+            node_id: job.batch.node_id.clone(),
+            boot_id: job.batch.boot_id.clone(),
+            sequence: job.batch.sequence,
+            requests: nr as u32,
+            spans: ns as u32,
+        })
+        .await?;
+    Ok((nr, ns, nst, !rows_already_committed))
+}
+
+async fn commit(ins: &mut Inserters) -> Result<(), (&'static str, clickhouse::error::Error)> {
+    ins.steps.force_commit().await.map_err(|e| ("rows", e))?;
+    ins.spans.force_commit().await.map_err(|e| ("rows", e))?;
+    ins.requests.force_commit().await.map_err(|e| ("rows", e))?;
+    ins.batches
+        .force_commit()
+        .await
+        .map_err(|e| ("marker", e))?;
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Wiring: storage, writer, gRPC ingest and HTTP API, with graceful shutdown.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use inferscope_proto::v1::ingest_server::IngestServer;
+use tokio::sync::mpsc;
+use tonic::codec::CompressionEncoding;
+use tracing::info;
+
+use crate::api::{router, ApiState};
+use crate::ingest::dedup::Dedup;
+use crate::ingest::validate::Limits;
+use crate::ingest::writer::{run_writer, WriterConfig};
+use crate::ingest::IngestService;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreConfig};
+
+/// Aggregator configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC ingest address.
+    pub grpc_listen: SocketAddr,
+    /// HTTP API address.
+    pub http_listen: SocketAddr,
+    /// Storage.
+    pub store: StoreConfig,
+    /// Bearer token nodes must present.
+    pub token: Option<String>,
+    /// TLS certificate and key (PEM) for gRPC.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Writer commit policy.
+    pub writer: WriterConfig,
+    /// Batches queued for the writer at most.
+    pub queue: usize,
+    /// Largest accepted gRPC message.
+    pub max_message_bytes: usize,
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn serve(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.store, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("cannot use ClickHouse at {}", cfg.store.url))?;
+    info!(clickhouse = ?store.version, database = %store.database, "storage ready");
+    let metrics = Arc::new(Metrics::default());
+    let dedup = Arc::new(Dedup::new(1_000_000));
+    load_recent_batches(&store, &dedup).await;
+    let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+    let writer = tokio::spawn(run_writer(
+        store.clone(),
+        rx,
+        metrics.clone(),
+        dedup.clone(),
+        cfg.writer.clone(),
+    ));
+
+    let svc = IngestServer::new(IngestService::new(
+        tx,
+        metrics.clone(),
+        dedup,
+        Limits::default(),
+        cfg.token.clone(),
+    ))
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Gzip)
+    .max_decoding_message_size(cfg.max_message_bytes);
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &cfg.tls {
+        let cert = std::fs::read(cert)
+            .with_context(|| format!("read TLS certificate {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("read TLS key {}", key.display()))?;
+        grpc = grpc
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key)),
+            )
+            .context("TLS configuration")?;
+    }
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut stop_grpc = stop_tx.subscribe();
+    let mut stop_http = stop_tx.subscribe();
+    let grpc_addr = cfg.grpc_listen;
+    let grpc_task = tokio::spawn(grpc.add_service(svc).serve_with_shutdown(
+        grpc_addr,
+        async move {
+            let _ = stop_grpc.recv().await;
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("bind HTTP {}", cfg.http_listen))?;
+    info!(grpc = %grpc_addr, http = %cfg.http_listen, "aggregator listening");
+    let app = router(ApiState { store, metrics });
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.recv().await;
+            })
+            .await
+    });
+    shutdown.await;
+    info!("shutting down");
+    let _ = stop_tx.send(());
+    grpc_task.await?.context("gRPC server")?;
+    http_task.await?.context("HTTP server")?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    Ok(())
+}
+
+/// Remembers the batches stored in the last day, so resends after a restart are recognised.
+async fn load_recent_batches(store: &Store, dedup: &Dedup) {
+    let q = format!(
+        "SELECT concat(node_id, '/', boot_id, '/', toString(sequence)) FROM {} WHERE received > now() - 86400 LIMIT 1000000",
+        store.table("ingested_batches")
+    );
+    match store.client().query(&q).fetch_all::<String>().await {
+        Ok(ids) => {
+            for id in &ids {
+                dedup.mark_stored(id);
+            }
+            info!(batches = ids.len(), "loaded recent batch ids for dedup");
+        }
+        Err(e) => tracing::warn!(error = %e, "could not load recent batch ids"),
+    }
+}

@@ -1,0 +1,196 @@
+//! Rows of the ClickHouse tables, and their construction from validated `inferscope.v1` messages.
+use clickhouse::Row;
+use inferscope_proto::v1::{any_value::Value, EngineStep, KeyValue, Request, Resource, Span};
+use serde::{Deserialize, Serialize};
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+fn secs(ns: u64) -> u32 {
+    (ns / 1_000_000_000).min(u32::MAX as u64) as u32
+}
+
+/// A row of `requests`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct RequestRow {
+    pub start: u32,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub trace_id: String,
+    pub node: String,
+    pub pid: u32,
+    pub engine: String,
+    pub model: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub outcome: String,
+    pub stream: u8,
+    pub e2e_ns: u64,
+    pub ttft_ns: u64,
+    pub tpot_ns: Option<u64>,
+    pub frontend_ns: Option<u64>,
+    pub queue_ns: Option<u64>,
+    pub prefill_ns: Option<u64>,
+    pub decode_ns: Option<u64>,
+    pub delivery_ns: Option<u64>,
+    pub engine_ttft_ns: Option<u64>,
+    pub engine_e2e_ns: Option<u64>,
+    pub read_wait_ns: u64,
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+    pub chunks: u32,
+    pub engine_steps: u32,
+    pub max_gap_ns: u64,
+    pub client: String,
+    pub server: String,
+    pub response_id: String,
+    pub x_request_id: String,
+    pub engine_request_id: String,
+    pub gave_up: String,
+    pub step_ids: Vec<u64>,
+    pub chunk_offsets_ns: Vec<u64>,
+    pub batch_id: String,
+}
+
+/// A row of `spans`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct SpanRow {
+    pub start: u32,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub node: String,
+    pub pid: u32,
+    pub attr_keys: Vec<String>,
+    pub attr_values: Vec<String>,
+    pub link_trace_ids: Vec<String>,
+    pub link_span_ids: Vec<String>,
+    pub batch_id: String,
+}
+
+/// A row of `engine_steps`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct StepRow {
+    pub start: u32,
+    pub node: String,
+    pub engine_instance: String,
+    pub step_id: u64,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub batch_size: u32,
+}
+
+/// A row of `ingested_batches`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize, PartialEq)]
+pub struct BatchRow {
+    pub received: u32,
+    pub node_id: String,
+    pub boot_id: String,
+    pub sequence: u64,
+    pub requests: u32,
+    pub spans: u32,
+}
+
+fn value_string(kv: &KeyValue) -> String {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        None => String::new(),
+    }
+}
+
+impl RequestRow {
+    /// From a validated request of `res`.
+    pub fn from_proto(r: &Request, res: &Resource, batch_id: &str) -> Self {
+        Self {
+            start: secs(r.start_unix_ns),
+            start_unix_ns: r.start_unix_ns,
+            end_unix_ns: r.end_unix_ns,
+            trace_id: hex(&r.trace_id),
+            node: res.node.clone(),
+            pid: res.pid,
+            engine: res.engine.clone(),
+            model: r.model.clone(),
+            method: r.method.clone(),
+            path: r.path.clone(),
+            status: r.status as u16,
+            outcome: r.outcome.clone(),
+            stream: u8::from(r.stream),
+            e2e_ns: r.e2e_ns,
+            ttft_ns: r.ttft_ns,
+            tpot_ns: r.tpot_ns,
+            frontend_ns: r.frontend_ns,
+            queue_ns: r.queue_ns,
+            prefill_ns: r.prefill_ns,
+            decode_ns: r.decode_ns,
+            delivery_ns: r.delivery_ns,
+            engine_ttft_ns: r.engine_ttft_ns,
+            engine_e2e_ns: r.engine_e2e_ns,
+            read_wait_ns: r.read_wait_ns,
+            req_bytes: r.req_bytes,
+            resp_bytes: r.resp_bytes,
+            chunks: r.chunks,
+            engine_steps: r.engine_steps,
+            max_gap_ns: r.max_gap_ns,
+            client: r.client.clone(),
+            server: r.server.clone(),
+            response_id: r.response_id.clone(),
+            x_request_id: r.x_request_id.clone(),
+            engine_request_id: r.engine_request_id.clone(),
+            gave_up: r.gave_up.clone(),
+            step_ids: r.step_ids.clone(),
+            chunk_offsets_ns: r.chunk_offsets_ns.clone(),
+            batch_id: batch_id.to_string(),
+        }
+    }
+}
+
+impl SpanRow {
+    /// From a validated span of `res`.
+    pub fn from_proto(s: &Span, res: &Resource, batch_id: &str) -> Self {
+        Self {
+            start: secs(s.start_unix_ns),
+            trace_id: hex(&s.trace_id),
+            span_id: hex(&s.span_id),
+            parent_span_id: hex(&s.parent_span_id),
+            name: s.name.clone(),
+            start_unix_ns: s.start_unix_ns,
+            end_unix_ns: s.end_unix_ns,
+            node: res.node.clone(),
+            pid: res.pid,
+            attr_keys: s.attributes.iter().map(|kv| kv.key.clone()).collect(),
+            attr_values: s.attributes.iter().map(value_string).collect(),
+            link_trace_ids: s.links.iter().map(|l| hex(&l.trace_id)).collect(),
+            link_span_ids: s.links.iter().map(|l| hex(&l.span_id)).collect(),
+            batch_id: batch_id.to_string(),
+        }
+    }
+}
+
+impl StepRow {
+    /// From a validated engine step of `res`.
+    pub fn from_proto(s: &EngineStep, res: &Resource) -> Self {
+        Self {
+            start: secs(s.start_unix_ns),
+            node: res.node.clone(),
+            engine_instance: s.engine_instance.clone(),
+            step_id: s.step_id,
+            start_unix_ns: s.start_unix_ns,
+            end_unix_ns: s.end_unix_ns,
+            batch_size: s.batch_size,
+        }
+    }
+}

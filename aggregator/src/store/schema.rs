@@ -1,0 +1,265 @@
+//! ClickHouse schema: versioned migrations, written once for Debian's 18.16 server (what tests
+//! run on) and current releases (what users run), with newer features switched on by the server
+//! version detected at start.
+//!
+//! Every table uses the new-style `MergeTree() PARTITION BY … ORDER BY …` syntax. Feature
+//! switches: `LowCardinality(String)` for repetitive strings (≥ 19.0), `TTL` on the partition
+//! date (≥ 19.6), a `bloom_filter` skip index on `requests.trace_id` (≥ 20.1).
+
+/// A server version, `major.minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl ChVersion {
+    /// Parses `SELECT version()` output such as `18.16.1` or `24.8.4.13`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.trim().split('.');
+        Some(Self {
+            major: it.next()?.parse().ok()?,
+            minor: it.next()?.parse().ok()?,
+        })
+    }
+
+    fn at_least(self, major: u32, minor: u32) -> bool {
+        self >= Self { major, minor }
+    }
+
+    /// `LowCardinality(String)` is usable.
+    pub fn low_cardinality(self) -> bool {
+        self.at_least(19, 0)
+    }
+
+    /// Table `TTL` is supported.
+    pub fn ttl(self) -> bool {
+        self.at_least(19, 6)
+    }
+
+    /// `bloom_filter` data-skipping indexes work without experimental settings.
+    pub fn bloom_filter_index(self) -> bool {
+        self.at_least(20, 1)
+    }
+}
+
+/// What the DDL is rendered for.
+#[derive(Debug, Clone)]
+pub struct SchemaOptions {
+    /// Database name (validated: `[A-Za-z_][A-Za-z0-9_]*`).
+    pub database: String,
+    /// Server version.
+    pub version: ChVersion,
+    /// Days to keep data (0: forever). Applied where TTL is supported.
+    pub retention_days: u32,
+}
+
+/// Whether `name` is a safe unquoted identifier.
+pub fn valid_identifier(name: &str) -> bool {
+    let mut b = name.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        && name.len() <= 64
+}
+
+/// One migration: an ordered list of statements.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Version number (applied in increasing order, recorded in `schema_migrations`).
+    pub version: u32,
+    /// Short name.
+    pub name: &'static str,
+    /// Statements.
+    pub statements: Vec<String>,
+}
+
+/// All migrations, rendered for `o`.
+pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
+    let db = &o.database;
+    let lc = if o.version.low_cardinality() {
+        "LowCardinality(String)"
+    } else {
+        "String"
+    };
+    let ttl = if o.version.ttl() && o.retention_days > 0 {
+        format!("TTL start + INTERVAL {} DAY", o.retention_days)
+    } else {
+        String::new()
+    };
+    let trace_index = if o.version.bloom_filter_index() {
+        ",\n    INDEX idx_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"
+    } else {
+        ""
+    };
+    vec![Migration {
+        version: 1,
+        name: "requests, spans, engine steps, batches, views",
+        statements: vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.requests (
+    start DateTime,
+    start_unix_ns UInt64,
+    end_unix_ns UInt64,
+    trace_id String,
+    node {lc},
+    pid UInt32,
+    engine {lc},
+    model {lc},
+    method {lc},
+    path {lc},
+    status UInt16,
+    outcome {lc},
+    stream UInt8,
+    e2e_ns UInt64,
+    ttft_ns UInt64,
+    tpot_ns Nullable(UInt64),
+    frontend_ns Nullable(UInt64),
+    queue_ns Nullable(UInt64),
+    prefill_ns Nullable(UInt64),
+    decode_ns Nullable(UInt64),
+    delivery_ns Nullable(UInt64),
+    engine_ttft_ns Nullable(UInt64),
+    engine_e2e_ns Nullable(UInt64),
+    read_wait_ns UInt64,
+    req_bytes UInt64,
+    resp_bytes UInt64,
+    chunks UInt32,
+    engine_steps UInt32,
+    max_gap_ns UInt64,
+    client String,
+    server String,
+    response_id String,
+    x_request_id String,
+    engine_request_id String,
+    gave_up String,
+    step_ids Array(UInt64),
+    chunk_offsets_ns Array(UInt64),
+    batch_id String{trace_index}
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMMDD(start)
+ORDER BY (model, node, start, trace_id)
+{ttl}
+SETTINGS index_granularity = 8192"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.spans (
+    start DateTime,
+    trace_id String,
+    span_id String,
+    parent_span_id String,
+    name {lc},
+    start_unix_ns UInt64,
+    end_unix_ns UInt64,
+    node {lc},
+    pid UInt32,
+    attr_keys Array(String),
+    attr_values Array(String),
+    link_trace_ids Array(String),
+    link_span_ids Array(String),
+    batch_id String
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMMDD(start)
+ORDER BY (trace_id, start_unix_ns)
+{ttl}
+SETTINGS index_granularity = 8192"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.engine_steps (
+    start DateTime,
+    node {lc},
+    engine_instance String,
+    step_id UInt64,
+    start_unix_ns UInt64,
+    end_unix_ns UInt64,
+    batch_size UInt32
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(start)
+ORDER BY (node, engine_instance, step_id)
+{ttl}
+SETTINGS index_granularity = 8192"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {db}.ingested_batches (
+    received DateTime,
+    node_id String,
+    boot_id String,
+    sequence UInt64,
+    requests UInt32,
+    spans UInt32
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(received)
+ORDER BY (node_id, boot_id, sequence)"
+            ),
+            format!(
+                "CREATE VIEW IF NOT EXISTS {db}.requests_ms AS SELECT
+    start, trace_id, node, pid, engine, model, method, path, status, outcome, stream,
+    e2e_ns / 1e6 AS e2e_ms, ttft_ns / 1e6 AS ttft_ms, tpot_ns / 1e6 AS tpot_ms,
+    frontend_ns / 1e6 AS frontend_ms, queue_ns / 1e6 AS queue_ms, prefill_ns / 1e6 AS prefill_ms,
+    decode_ns / 1e6 AS decode_ms, delivery_ns / 1e6 AS delivery_ms,
+    engine_ttft_ns / 1e6 AS engine_ttft_ms, engine_e2e_ns / 1e6 AS engine_e2e_ms,
+    read_wait_ns / 1e6 AS read_wait_ms, chunks, engine_steps, req_bytes, resp_bytes,
+    client, server, response_id, x_request_id
+FROM {db}.requests"
+            ),
+            format!(
+                "CREATE VIEW IF NOT EXISTS {db}.engine_steps_ms AS SELECT
+    start, node, engine_instance, step_id, (end_unix_ns - start_unix_ns) / 1e6 AS duration_ms,
+    batch_size
+FROM {db}.engine_steps"
+            ),
+        ],
+    }]
+}
+
+/// The bookkeeping table of applied migrations.
+pub fn migrations_table(db: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+    version UInt32,
+    name String,
+    applied_at DateTime
+) ENGINE = MergeTree() ORDER BY version"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_features() {
+        let v18 = ChVersion::parse("18.16.1").unwrap();
+        let v24 = ChVersion::parse("24.8.4.13").unwrap();
+        assert!(!v18.low_cardinality() && !v18.ttl() && !v18.bloom_filter_index());
+        assert!(v24.low_cardinality() && v24.ttl() && v24.bloom_filter_index());
+        assert!(ChVersion::parse("x").is_none());
+        let sql = |v| {
+            migrations(&SchemaOptions {
+                database: "inferscope".into(),
+                version: v,
+                retention_days: 30,
+            })[0]
+                .statements
+                .join("\n")
+        };
+        let old = sql(v18);
+        assert!(
+            !old.contains("LowCardinality")
+                && !old.contains("TTL")
+                && !old.contains("bloom_filter")
+        );
+        let new = sql(v24);
+        assert!(
+            new.contains("LowCardinality(String)") && new.contains("TTL start + INTERVAL 30 DAY")
+        );
+        assert!(new.contains("bloom_filter"));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(valid_identifier("inferscope") && valid_identifier("_x1"));
+        assert!(!valid_identifier("1x") && !valid_identifier("a;drop") && !valid_identifier(""));
+    }
+}

@@ -1,0 +1,10 @@
+//! inferscope wire types, package `inferscope.v1`, and the `Ingest` gRPC service.
+//!
+//! Generated at build time from `proto/inferscope/v1/inferscope.proto` by protox + prost/tonic;
+//! see the .proto file for the meaning of every field.
+#![allow(missing_docs, clippy::all)]
+
+/// Version 1 of the protocol.
+pub mod v1 {
+    tonic::include_proto!("inferscope.v1");
+}
