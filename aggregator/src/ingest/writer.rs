@@ -61,17 +61,17 @@ struct Inserters {
 
 impl Inserters {
     fn new(store: &Store, cfg: &WriterConfig) -> Self {
-        let c = store.client();
-        let mk = |t: &str| store.table(t);
+        // Inserters escape the table name as one identifier: set the database on the client.
+        let c = store.client().clone().with_database(&store.database);
         Self {
             requests: c
-                .inserter(&mk("requests"))
+                .inserter("requests")
                 .with_max_rows(cfg.max_rows)
                 .with_max_bytes(cfg.max_bytes)
                 .with_period(Some(cfg.period)),
-            spans: c.inserter(&mk("spans")),
-            steps: c.inserter(&mk("engine_steps")),
-            batches: c.inserter(&mk("ingested_batches")),
+            spans: c.inserter("spans"),
+            steps: c.inserter("engine_steps"),
+            batches: c.inserter("ingested_batches"),
         }
     }
 }

@@ -1,0 +1,316 @@
+//! Ingest against the real ClickHouse: batches are stored and acknowledged only after the insert,
+//! resends are recognised, and bad or unauthenticated input is rejected with a clear status
+//! while nothing already stored is lost.
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use inferscope_aggregator::ingest::writer::WriterConfig;
+use inferscope_aggregator::server::{serve, ServerConfig};
+use inferscope_aggregator::store::StoreConfig;
+use inferscope_proto::v1::{
+    ack::Status as AckStatus, ingest_client::IngestClient, Ack, Batch, Request, Resource,
+    ResourceData, Span,
+};
+use tokio_stream::StreamExt;
+
+fn ch_url() -> String {
+    std::env::var("INFERSCOPE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+fn ch_available() -> bool {
+    let ok = std::process::Command::new("curl")
+        .args(["-sf", &format!("{}/ping", ch_url())])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() == Ok("1") {
+            panic!("ClickHouse required but not reachable at {}", ch_url());
+        }
+        eprintln!(
+            "SKIPPED: ClickHouse not reachable at {} (scripts/clickhouse.sh start)",
+            ch_url()
+        );
+    }
+    ok
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn batch(seq: u64, n: usize, tag: u8) -> Batch {
+    let now = now_ns();
+    let requests = (0..n)
+        .map(|i| {
+            let mut t = vec![tag; 16];
+            t[8..16].copy_from_slice(&(seq * 10_000 + i as u64).to_be_bytes());
+            Request {
+                trace_id: t,
+                method: "POST".into(),
+                path: "/v1/completions".into(),
+                status: 200,
+                outcome: "complete".into(),
+                model: "m".into(),
+                start_unix_ns: now - 5_000_000,
+                end_unix_ns: now,
+                e2e_ns: 5_000_000,
+                ttft_ns: 1_000_000,
+                ..Default::default()
+            }
+        })
+        .collect::<Vec<_>>();
+    let spans = requests
+        .iter()
+        .map(|r| Span {
+            trace_id: r.trace_id.clone(),
+            span_id: vec![7; 8],
+            name: "http.server".into(),
+            start_unix_ns: r.start_unix_ns,
+            end_unix_ns: r.end_unix_ns,
+            ..Default::default()
+        })
+        .collect();
+    Batch {
+        node_id: "node-a".into(),
+        boot_id: "boot-1".into(),
+        sequence: seq,
+        resources: vec![ResourceData {
+            resource: Some(Resource {
+                node: "node-a".into(),
+                pid: 1,
+                engine: "vllm".into(),
+                ..Default::default()
+            }),
+            requests,
+            spans,
+            steps: vec![],
+        }],
+    }
+}
+
+async fn count(db: &str, table: &str) -> u64 {
+    let c = clickhouse::Client::default()
+        .with_url(ch_url())
+        .with_validation(false);
+    c.query(&format!("SELECT count() FROM {db}.{table}"))
+        .fetch_one::<u64>()
+        .await
+        .unwrap()
+}
+
+async fn send(
+    grpc: SocketAddr,
+    token: Option<&str>,
+    batches: Vec<Batch>,
+) -> Result<Vec<Ack>, tonic::Status> {
+    let mut client = IngestClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let n = batches.len();
+    let mut req = tonic::Request::new(tokio_stream::iter(batches));
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let mut acks = client.export(req).await?.into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(20), acks.next()).await {
+            Ok(Some(Ok(a))) => out.push(a),
+            Ok(Some(Err(s))) => return Err(s),
+            Ok(None) => break,
+            Err(_) => panic!("timed out waiting for acks ({} of {n})", out.len()),
+        }
+    }
+    out.sort_by_key(|a| a.sequence);
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_dedups_and_rejects() {
+    if !ch_available() {
+        return;
+    }
+    let db = format!(
+        "test_ingest_{}_{}",
+        std::process::id(),
+        now_ns() % 1_000_000
+    );
+    let (grpc, http) = (free_addr(), free_addr());
+    let cfg = ServerConfig {
+        grpc_listen: grpc,
+        http_listen: http,
+        store: StoreConfig {
+            url: ch_url(),
+            database: db.clone(),
+            user: None,
+            password: None,
+            retention_days: 0,
+        },
+        token: Some("s3cret".into()),
+        tls: None,
+        writer: WriterConfig {
+            max_rows: 10_000,
+            max_bytes: 32 << 20,
+            period: Duration::from_millis(100),
+        },
+        queue: 64,
+        max_message_bytes: 4 << 20,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(cfg, async move {
+        let _ = stop_rx.await;
+    }));
+    // Wait for the gRPC port.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(grpc).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Stored, acknowledged once per batch.
+    let acks = send(grpc, Some("s3cret"), vec![batch(1, 50, 1), batch(2, 50, 1)])
+        .await
+        .unwrap();
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Stored as i32),
+        "{acks:?}"
+    );
+    assert_eq!(count(&db, "requests").await, 100);
+    assert_eq!(count(&db, "spans").await, 100);
+
+    // A resend is recognised: acknowledged, not stored twice.
+    let acks = send(grpc, Some("s3cret"), vec![batch(2, 50, 1)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Duplicate as i32);
+    assert_eq!(count(&db, "requests").await, 100);
+
+    // Unauthenticated: a clear status, nothing stored.
+    let e = send(grpc, None, vec![batch(3, 5, 2)]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("bearer token"), "{}", e.message());
+    let e = send(grpc, Some("wrong"), vec![batch(3, 5, 2)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // Invalid batches: rejected with a reason; a good batch in the same stream still lands.
+    let mut bad_id = batch(10, 3, 3);
+    bad_id.resources[0].requests[1].trace_id = vec![1, 2, 3];
+    let mut missing = batch(11, 3, 3);
+    missing.node_id.clear();
+    let mut bad_time = batch(12, 3, 3);
+    bad_time.resources[0].spans[0].end_unix_ns = 1;
+    let mut no_resource = batch(13, 3, 3);
+    no_resource.resources[0].resource = None;
+    let good = batch(14, 7, 4);
+    let acks = send(
+        grpc,
+        Some("s3cret"),
+        vec![bad_id, missing, bad_time, no_resource, good],
+    )
+    .await
+    .unwrap();
+    let by_seq = |s: u64| acks.iter().find(|a| a.sequence == s).cloned();
+    for (seq, reason) in [
+        (10, "bad_trace_id"),
+        (12, "bad_timestamps"),
+        (13, "missing_field"),
+    ] {
+        let a = by_seq(seq).unwrap();
+        assert_eq!(a.status, AckStatus::Rejected as i32);
+        assert!(a.message.starts_with(reason), "{seq}: {}", a.message);
+    }
+    // sequence 11 has no node id: rejected too (its ack carries sequence 11)
+    assert_eq!(by_seq(11).unwrap().status, AckStatus::Rejected as i32);
+    assert_eq!(by_seq(14).unwrap().status, AckStatus::Stored as i32);
+    assert_eq!(count(&db, "requests").await, 107);
+
+    // Randomly mangled batches (a small deterministic fuzz): never stored half, never a crash.
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut fuzz = Vec::new();
+    for i in 0..40u64 {
+        let mut b = batch(100 + i, 2, 5);
+        match rnd() % 6 {
+            0 => b.resources[0].requests[0].trace_id = vec![0; (rnd() % 40) as usize],
+            1 => b.resources[0].spans[0].span_id = vec![1; (rnd() % 12) as usize],
+            2 => b.resources[0].requests[0].start_unix_ns = rnd(),
+            3 => b.resources[0].requests[0].path = "p".repeat((rnd() % 9000) as usize),
+            4 => b.resources[0].requests[0].status = (rnd() % 100_000) as u32,
+            _ => b.boot_id = "b".repeat((rnd() % 100) as usize),
+        }
+        fuzz.push(b);
+    }
+    let acks = send(grpc, Some("s3cret"), fuzz).await.unwrap();
+    let stored = acks
+        .iter()
+        .filter(|a| a.status == AckStatus::Stored as i32)
+        .count() as u64;
+    assert_eq!(acks.len(), 40);
+    assert!(acks
+        .iter()
+        .all(|a| a.status == AckStatus::Stored as i32 || a.status == AckStatus::Rejected as i32));
+    assert_eq!(
+        count(&db, "requests").await,
+        107 + 2 * stored,
+        "accepted whole or not at all"
+    );
+
+    // An oversized message: a clear status naming the limit, the server keeps serving.
+    let big = batch(500, 40_000, 6);
+    let e = send(grpc, Some("s3cret"), vec![big]).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{e}"
+    );
+    assert!(e.message().contains("limit"), "{e}");
+    let acks = send(grpc, Some("s3cret"), vec![batch(501, 1, 7)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Stored as i32);
+
+    // Metrics reflect it.
+    let metrics = ureq_get(&format!("http://{http}/metrics"));
+    assert!(
+        metrics.contains("inferscope_batches_duplicate_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("inferscope_batches_rejected_total{reason=\"bad_trace_id\"}"));
+    assert!(metrics.contains("inferscope_unauthenticated_total 2"));
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let c = clickhouse::Client::default().with_url(ch_url());
+    let _ = c
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
+}
+
+fn ureq_get(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
