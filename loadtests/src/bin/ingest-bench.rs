@@ -1,0 +1,380 @@
+//! Aggregator ingest throughput into the real ClickHouse, against `clickhouse-client`
+//! bulk-inserting the same rows, in one run; then the breakdown query over many stored requests.
+//!
+//! 1. Generates `--batches` × `--requests-per-batch` synthetic requests, each with
+//!    `--spans-per-request` spans (what node-probe sends for a vLLM request).
+//! 2. Aggregator: streams them over gRPC (zstd) to a running aggregator; measures wall time and
+//!    the aggregator process's CPU (per-thread schedstat) from first send to last STORED ack.
+//! 3. Baseline: the same span rows as TSV through `clickhouse-client --query "INSERT … FORMAT
+//!    TabSeparated"` into a copy of the table; wall time and the client's CPU.
+//! 4. Optionally (`--breakdown-rows N`): fills `requests` with N rows generated server-side and
+//!    times `GET /api/v1/breakdown` over all of them (median of 5).
+//!
+//!     target/release/ingest-bench --aggregator-pid $(pgrep -f 'target/release/aggregator') …
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use inferscope_loadtests::{median, proc_cpu_ns};
+use inferscope_proto::v1::{
+    ack::Status as AckStatus, ingest_client::IngestClient, Batch, KeyValue, Request, Resource,
+    ResourceData, Span,
+};
+use tokio_stream::StreamExt;
+
+#[derive(Parser)]
+struct Args {
+    /// Aggregator gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    grpc: String,
+    /// Aggregator HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:7071")]
+    http: String,
+    /// Aggregator process id (for its CPU time).
+    #[arg(long)]
+    aggregator_pid: u32,
+    /// Bearer token.
+    #[arg(long, env = "INFERSCOPE_TOKEN")]
+    token: Option<String>,
+    /// The aggregator's database.
+    #[arg(long, default_value = "inferscope")]
+    database: String,
+    /// clickhouse-client port (native TCP).
+    #[arg(long, default_value_t = 19000)]
+    ch_port: u16,
+    /// Batches to send.
+    #[arg(long, default_value_t = 200)]
+    batches: u64,
+    /// Requests per batch.
+    #[arg(long, default_value_t = 250)]
+    requests_per_batch: u64,
+    /// Spans per request.
+    #[arg(long, default_value_t = 8)]
+    spans_per_request: u64,
+    /// Fill `requests` with this many rows and time the breakdown query (0: skip).
+    #[arg(long, default_value_t = 0)]
+    breakdown_rows: u64,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn make_batches(a: &Args, boot: &str) -> Vec<Batch> {
+    let base = now_ns() - 600_000_000_000;
+    (1..=a.batches)
+        .map(|seq| {
+            let mut requests = Vec::new();
+            let mut spans = Vec::new();
+            for i in 0..a.requests_per_batch {
+                let n = seq * 1_000_000 + i;
+                let mut trace = [0u8; 16];
+                trace[..8].copy_from_slice(&n.to_be_bytes());
+                trace[8..].copy_from_slice(&(n ^ 0x5bd1_e995).to_be_bytes());
+                let start = base + n % 500_000_000_000;
+                let e2e = 50_000_000 + (n * 7919) % 400_000_000;
+                requests.push(Request {
+                    trace_id: trace.to_vec(),
+                    method: "POST".into(),
+                    path: "/v1/completions".into(),
+                    status: 200,
+                    outcome: "complete".into(),
+                    model: "bench-model".into(),
+                    stream: true,
+                    start_unix_ns: start,
+                    end_unix_ns: start + e2e,
+                    e2e_ns: e2e,
+                    ttft_ns: e2e / 5,
+                    tpot_ns: Some(5_000_000),
+                    frontend_ns: Some(e2e / 20),
+                    queue_ns: Some(e2e / 10),
+                    prefill_ns: Some(e2e / 20),
+                    decode_ns: Some(e2e * 7 / 10),
+                    delivery_ns: Some(e2e / 10),
+                    chunks: 32,
+                    engine_steps: 32,
+                    ..Default::default()
+                });
+                for s in 0..a.spans_per_request {
+                    let mut sid = [0u8; 8];
+                    sid.copy_from_slice(&(n * 16 + s + 1).to_be_bytes());
+                    spans.push(Span {
+                        trace_id: trace.to_vec(),
+                        span_id: sid.to_vec(),
+                        parent_span_id: if s == 0 {
+                            vec![]
+                        } else {
+                            (n * 16 + 1).to_be_bytes().to_vec()
+                        },
+                        name: [
+                            "http.server",
+                            "frontend",
+                            "queue",
+                            "prefill",
+                            "decode",
+                            "stream_out",
+                            "engine.step",
+                            "engine.step",
+                        ][(s % 8) as usize]
+                            .into(),
+                        start_unix_ns: start + s * 1_000_000,
+                        end_unix_ns: start + s * 1_000_000 + 900_000,
+                        attributes: vec![KeyValue {
+                            key: "engine.batch_size".into(),
+                            value: Some(inferscope_proto::v1::AnyValue {
+                                value: Some(inferscope_proto::v1::any_value::Value::IntValue(8)),
+                            }),
+                        }],
+                        ..Default::default()
+                    });
+                }
+            }
+            Batch {
+                node_id: "bench-node".into(),
+                boot_id: boot.into(),
+                sequence: seq,
+                resources: vec![ResourceData {
+                    resource: Some(Resource {
+                        node: "bench-node".into(),
+                        pid: 1,
+                        engine: "vllm".into(),
+                        ..Default::default()
+                    }),
+                    requests,
+                    spans,
+                    steps: vec![],
+                }],
+            }
+        })
+        .collect()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn ch(a: &Args, q: &str, input: Option<&[u8]>) -> anyhow::Result<(String, Duration, u64)> {
+    let t0 = Instant::now();
+    let mut c = Command::new("clickhouse-client")
+        .args(["--port", &a.ch_port.to_string(), "--query", q])
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("clickhouse-client (scripts/setup.sh installs it)")?;
+    let pid = c.id();
+    let mut cpu = 0;
+    if let Some(data) = input {
+        let mut stdin = c.stdin.take().context("stdin")?;
+        stdin.write_all(data)?;
+        drop(stdin);
+    }
+    // CPU must be read before the process is reaped.
+    loop {
+        if let Some(n) = proc_cpu_ns(pid) {
+            cpu = cpu.max(n);
+        }
+        if c.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "clickhouse-client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        t0.elapsed(),
+        cpu,
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let boot = format!("bench-{}", now_ns());
+    let batches = make_batches(&a, &boot);
+    let spans_total: u64 = a.batches * a.requests_per_batch * a.spans_per_request;
+    let rows_total = spans_total + a.batches * a.requests_per_batch;
+
+    // Baseline input: the same span rows as TSV for the spans table.
+    let mut tsv = Vec::with_capacity((spans_total * 200) as usize);
+    for b in &batches {
+        for s in &b.resources[0].spans {
+            writeln!(
+                tsv,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\tbench-node\t1\t['engine.batch_size']\t['8']\t[]\t[]\tbaseline",
+                s.start_unix_ns / 1_000_000_000,
+                hex(&s.trace_id),
+                hex(&s.span_id),
+                hex(&s.parent_span_id),
+                s.name,
+                s.start_unix_ns,
+                s.end_unix_ns
+            )?;
+        }
+    }
+
+    // Aggregator run.
+    let mut client = IngestClient::connect(a.grpc.clone())
+        .await
+        .context("connect to the aggregator")?
+        .send_compressed(tonic::codec::CompressionEncoding::Zstd)
+        .max_encoding_message_size(64 << 20);
+    let cpu0 = proc_cpu_ns(a.aggregator_pid).context("aggregator pid")?;
+    let t0 = Instant::now();
+    let n = batches.len();
+    let mut req = tonic::Request::new(tokio_stream::iter(batches));
+    if let Some(t) = &a.token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    let mut acks = client.export(req).await?.into_inner();
+    let mut stored = 0;
+    while stored < n {
+        match acks.next().await {
+            Some(Ok(ack))
+                if ack.status == AckStatus::Stored as i32
+                    || ack.status == AckStatus::Duplicate as i32 =>
+            {
+                stored += 1
+            }
+            Some(Ok(ack)) => bail!(
+                "batch {} not stored: {:?} {}",
+                ack.sequence,
+                ack.status,
+                ack.message
+            ),
+            Some(Err(e)) => bail!("stream error: {e}"),
+            None => bail!("stream ended after {stored} acks"),
+        }
+    }
+    let agg_wall = t0.elapsed();
+    let agg_cpu = proc_cpu_ns(a.aggregator_pid).unwrap_or(cpu0) - cpu0;
+
+    // Baseline run into a copy of the spans table.
+    let db = &a.database;
+    ch(
+        &a,
+        &format!("DROP TABLE IF EXISTS {db}.spans_bench_baseline"),
+        None,
+    )?;
+    ch(
+        &a,
+        &format!("CREATE TABLE {db}.spans_bench_baseline AS {db}.spans"),
+        None,
+    )?;
+    let (_, base_wall, base_cpu) = ch(
+        &a,
+        &format!("INSERT INTO {db}.spans_bench_baseline FORMAT TabSeparated"),
+        Some(&tsv),
+    )?;
+    let (cnt, _, _) = ch(
+        &a,
+        &format!("SELECT count() FROM {db}.spans_bench_baseline"),
+        None,
+    )?;
+    ch(
+        &a,
+        &format!("DROP TABLE IF EXISTS {db}.spans_bench_baseline"),
+        None,
+    )?;
+    anyhow::ensure!(
+        cnt.trim() == spans_total.to_string(),
+        "baseline stored {cnt} rows"
+    );
+
+    let agg_rate = spans_total as f64 / agg_wall.as_secs_f64();
+    let base_rate = spans_total as f64 / base_wall.as_secs_f64();
+    let agg_per_core = spans_total as f64 / (agg_cpu as f64 / 1e9);
+    let base_per_core = spans_total as f64 / (base_cpu.max(1) as f64 / 1e9);
+    println!(
+        "ingest-bench: {} batches, {} requests + {spans_total} spans ({rows_total} rows)",
+        a.batches,
+        a.batches * a.requests_per_batch
+    );
+    println!(
+        "  aggregator (gRPC+zstd, validate, dedup, Inserter)  {:>9.0} spans/s wall  {:>9.0} spans per CPU-second of the aggregator",
+        agg_rate, agg_per_core
+    );
+    println!(
+        "  clickhouse-client TSV bulk insert (spans only)      {:>9.0} spans/s wall  {:>9.0} spans per CPU-second of the client",
+        base_rate, base_per_core
+    );
+    println!(
+        "  ratio aggregator / clickhouse-client: wall {:.2}, per core {:.2}",
+        agg_rate / base_rate,
+        agg_per_core / base_per_core
+    );
+
+    if a.breakdown_rows > 0 {
+        let (have, _, _) = ch(
+            &a,
+            &format!("SELECT count() FROM {db}.requests WHERE model = 'bench-10m'"),
+            None,
+        )?;
+        let have: u64 = have.trim().parse().unwrap_or(0);
+        if have < a.breakdown_rows {
+            let t = Instant::now();
+            let now_s = now_ns() / 1_000_000_000;
+            let q = format!(
+                "INSERT INTO {db}.requests (start, start_unix_ns, end_unix_ns, trace_id, node, pid, engine, model, method, path, status, outcome, stream, \
+                 e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, prefill_ns, decode_ns, delivery_ns, chunks, engine_steps) \
+                 SELECT toDateTime({now_s} - 3000 + intDiv(number, 4000)), ({now_s} - 3000) * 1000000000 + number * 250000, \
+                 ({now_s} - 3000) * 1000000000 + number * 250000 + 100000000, lower(hex(sipHash128(toString(number)))), \
+                 concat('node-', toString(number % 4)), 1, 'vllm', 'bench-10m', 'POST', '/v1/completions', if(number % 100 = 0, 500, 200), 'complete', 1, \
+                 50000000 + (number * 7919) % 400000000, 10000000 + (number * 104729) % 90000000, 5000000, 2000000 + number % 3000000, \
+                 (number * 31) % 50000000, 3000000 + number % 7000000, 30000000 + (number * 13) % 300000000, 1000000 + number % 2000000, 32, 32 \
+                 FROM system.numbers LIMIT {}",
+                a.breakdown_rows - have
+            );
+            ch(&a, &q, None)?;
+            eprintln!(
+                "filled {} requests in {:.1} s",
+                a.breakdown_rows - have,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let now_s = now_ns() / 1_000_000_000;
+        let url = format!(
+            "{}/api/v1/breakdown?from={}&to={}&model=bench-10m&quantiles=0.5,0.9,0.99,0.999",
+            a.http,
+            now_s - 3700,
+            now_s + 60
+        );
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let out = Command::new("curl").args(["-sf", &url]).output()?;
+            anyhow::ensure!(out.status.success(), "breakdown API failed ({url})");
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            anyhow::ensure!(
+                v["count"].as_u64().unwrap_or(0) >= a.breakdown_rows,
+                "breakdown counted {}",
+                v["count"]
+            );
+        }
+        println!(
+            "  breakdown over {} stored requests (p50/p90/p99/p99.9 of 8 metrics + cohorts): median {:.0} ms (min {:.0}, max {:.0})",
+            a.breakdown_rows,
+            median(&times),
+            times.iter().cloned().fold(f64::INFINITY, f64::min),
+            times.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+    Ok(())
+}
