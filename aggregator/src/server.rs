@@ -116,9 +116,14 @@ pub async fn serve(
 
 /// Remembers the batches stored in the last day, so resends after a restart are recognised.
 async fn load_recent_batches(store: &Store, dedup: &Dedup) {
+    // Batch markers, and the batch ids of request rows: requests are committed before their
+    // marker, so a crash in between leaves rows whose batch must still count as stored.
     let q = format!(
-        "SELECT concat(node_id, '/', boot_id, '/', toString(sequence)) FROM {} WHERE received > now() - 86400 LIMIT 1000000",
-        store.table("ingested_batches")
+        "SELECT id FROM (SELECT concat(node_id, '/', boot_id, '/', toString(sequence)) AS id FROM {} \
+         WHERE received > now() - 86400 UNION ALL SELECT DISTINCT batch_id AS id FROM {} \
+         WHERE start > now() - 86400) GROUP BY id LIMIT 1000000",
+        store.table("ingested_batches"),
+        store.table("requests")
     );
     match store.client().query(&q).fetch_all::<String>().await {
         Ok(ids) => {
