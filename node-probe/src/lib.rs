@@ -5,11 +5,14 @@
 //! * [`probe`]: loading/attaching the eBPF programs and their maps;
 //! * [`targets`]: which processes are traced;
 //! * [`event`]: decoding ring-buffer records into typed events;
+//! * [`requests`]: per-request span trees;
+//! * [`export`]: shipping finished requests to the aggregator over gRPC;
 //! * [`run`]: the event loop tying them together;
 //! * [`clock`]: kernel monotonic time to wall time.
 pub mod clock;
 pub mod engine;
 pub mod event;
+pub mod export;
 pub mod http;
 pub mod kernel;
 pub mod listen;

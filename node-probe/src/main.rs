@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use inferscope_common::{DEFAULT_PAYLOAD_CAP, MAX_PAYLOAD};
+use node_probe::export::{
+    default_spool_dir, hostname, Compression, ExportConfig, DEFAULT_SPOOL_DIR,
+};
 use node_probe::kernel::btf::VMLINUX_BTF;
 use node_probe::probe::ProbeOptions;
 use node_probe::run::{run, PrintFormat, RunConfig};
@@ -15,6 +18,13 @@ use node_probe::targets::Selector;
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportCompression {
+    Zstd,
+    Gzip,
+    None,
 }
 
 /// inferscope node probe: traces the socket traffic of inference processes with eBPF, without
@@ -68,6 +78,38 @@ struct Cli {
     /// Kernel BTF file.
     #[arg(long, default_value = VMLINUX_BTF)]
     btf: PathBuf,
+    /// Ship finished requests to this aggregator (gRPC), e.g. http://127.0.0.1:7070 (https://
+    /// needs --export-tls-ca).
+    #[arg(long, value_name = "URL")]
+    export: Option<String>,
+    /// This node's name in exported data (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Bearer token for the aggregator.
+    #[arg(long, env = "INFERSCOPE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate to trust for an https:// aggregator.
+    #[arg(long, value_name = "PATH")]
+    export_tls_ca: Option<PathBuf>,
+    /// Compression of exported batches.
+    #[arg(long, value_enum, default_value = "zstd")]
+    export_compression: ExportCompression,
+    /// A batch closes at this many requests...
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_max_requests: u32,
+    /// ...or this many milliseconds after its first request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_max_ms: u64,
+    /// Where unsent batches wait (default: /var/lib/inferscope/spool, else
+    /// $HOME/.cache/inferscope/spool).
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Spool size cap in MiB (the oldest batches are evicted beyond it).
+    #[arg(long, default_value_t = 256)]
+    spool_max_mib: u64,
+    /// At shutdown, keep sending for up to this many seconds, then spool what is left.
+    #[arg(long, default_value_t = 5.0)]
+    export_drain_s: f64,
 }
 
 fn main() {
@@ -107,6 +149,10 @@ fn real_main() -> anyhow::Result<()> {
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
+    let export = match &cli.export {
+        Some(url) => Some(export_config(&cli, url)?),
+        None => None,
+    };
     let cfg = RunConfig {
         selector,
         probe: ProbeOptions {
@@ -130,19 +176,59 @@ fn real_main() -> anyhow::Result<()> {
             timeout_ns: cli.request_timeout_s.max(1).saturating_mul(1_000_000_000),
             max_conns: cli.max_connections.max(16),
         },
+        export,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     let stats = run(cfg, stop)?;
+    let export = stats
+        .export
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), ToString::to_string);
     tracing::info!(
         events = ?stats.events,
         decode_errors = ?stats.decode_errors,
         kernel_lost = ?stats.kernel_lost,
         requests = stats.tracker.requests,
         tracker = ?stats.tracker,
+        export = %export,
         "node-probe stopped"
     );
     Ok(())
+}
+
+fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
+    if !(cli.export_drain_s.is_finite() && cli.export_drain_s >= 0.0) {
+        anyhow::bail!("--export-drain-s must be zero or positive");
+    }
+    let spool_dir = match &cli.spool_dir {
+        Some(d) => Some(d.clone()),
+        None => {
+            let d = default_spool_dir();
+            if d.is_none() {
+                tracing::warn!(
+                    "no writable spool directory ({DEFAULT_SPOOL_DIR} or $HOME/.cache/inferscope/spool): \
+                     batches that cannot be sent are dropped"
+                );
+            }
+            d
+        }
+    };
+    let mut cfg = ExportConfig::new(url, cli.node_name.clone().unwrap_or_else(hostname));
+    cfg.token = cli.token.clone().filter(|t| !t.is_empty());
+    cfg.tls_ca = cli.export_tls_ca.clone();
+    cfg.compression = match cli.export_compression {
+        ExportCompression::Zstd => Compression::Zstd,
+        ExportCompression::Gzip => Compression::Gzip,
+        ExportCompression::None => Compression::None,
+    };
+    cfg.batch.max_requests = cli.batch_max_requests as usize;
+    cfg.batch.max_age = Duration::from_millis(cli.batch_max_ms);
+    cfg.spool_dir = spool_dir;
+    cfg.spool_max_bytes = cli.spool_max_mib.saturating_mul(1 << 20);
+    cfg.drain_timeout = Duration::from_secs_f64(cli.export_drain_s);
+    cfg.validate()?;
+    Ok(cfg)
 }

@@ -1,4 +1,4 @@
-//! The event loop: load, attach, keep the target set current, drain the ring, print.
+//! The event loop: load, attach, keep the target set current, drain the ring, print, export.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
+use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
 use crate::probe::{Probe, ProbeOptions};
@@ -52,6 +53,8 @@ pub struct RunConfig {
     pub ports: Vec<u16>,
     /// Request tracking limits.
     pub tracker: TrackerConfig,
+    /// Ship finished requests to an aggregator (`--export`).
+    pub export: Option<ExportConfig>,
 }
 
 /// Counters kept by the loop, reported at exit.
@@ -65,11 +68,27 @@ pub struct Stats {
     pub kernel_lost: BTreeMap<&'static str, u64>,
     /// Request tracking counters.
     pub tracker: crate::requests::TrackerStats,
+    /// Exporter counters, when exporting.
+    pub export: Option<ExportSnapshot>,
 }
 
 /// Runs until `stop` is set or the configured duration passes.
 pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     preflight::check_privileges()?;
+    let exporter = match &cfg.export {
+        Some(e) => {
+            let h = Exporter::start(e.clone()).context("cannot start the exporter")?;
+            info!(
+                url = %e.url,
+                node = %e.node_name,
+                boot_id = %h.boot_id(),
+                spool = ?e.spool_dir,
+                "exporting requests"
+            );
+            Some(h)
+        }
+        None => None,
+    };
     let btf = KernelBtf::open(&cfg.btf_path)?;
     let offsets = btf.kernel_offsets()?;
     drop(btf);
@@ -168,7 +187,12 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
             tracker.tick(crate::clock::monotonic_ns(), &mut finished);
             last_rescan = Instant::now();
         }
-        let wrote = print_requests(&mut out, cfg.print_requests, &mut finished)?;
+        let wrote = deliver_requests(
+            &mut out,
+            cfg.print_requests,
+            exporter.as_ref(),
+            &mut finished,
+        )?;
         if drained > 0 || wrote {
             out.flush()?;
         }
@@ -177,8 +201,16 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         }
     }
     tracker.flush_all(&mut finished);
-    print_requests(&mut out, cfg.print_requests, &mut finished)?;
+    deliver_requests(
+        &mut out,
+        cfg.print_requests,
+        exporter.as_ref(),
+        &mut finished,
+    )?;
     out.flush()?;
+    if let (Some(h), Some(e)) = (exporter, &cfg.export) {
+        stats.export = Some(h.shutdown(e.drain_timeout));
+    }
     stats.tracker = tracker.stats.clone();
     for (kind, n) in probe.kernel_losses() {
         if n > 0 {
@@ -231,19 +263,25 @@ fn on_proc_event(
     }
 }
 
-fn print_requests(
+/// Prints finished requests (when `print`) and hands them to the exporter (never blocks: a full
+/// exporter queue drops and counts); returns whether anything was printed.
+fn deliver_requests(
     out: &mut impl Write,
-    enabled: bool,
+    print: bool,
+    exporter: Option<&ExportHandle>,
     finished: &mut Vec<RequestRecord>,
 ) -> std::io::Result<bool> {
     let any = !finished.is_empty();
     for r in finished.drain(..) {
-        if enabled {
+        if print {
             serde_json::to_writer(&mut *out, &r)?;
             writeln!(out)?;
         }
+        if let Some(x) = exporter {
+            x.send(r);
+        }
     }
-    Ok(any && enabled)
+    Ok(any && print)
 }
 
 /// Learns the listening ports of targets from /proc.

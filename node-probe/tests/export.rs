@@ -1,0 +1,888 @@
+//! The exporter against an in-process fake aggregator (a tonic `Ingest` server on 127.0.0.1),
+//! through the library API only: no eBPF, no root.
+//!
+//! The fake records every batch it receives, stores each (node, boot, sequence) once (a second
+//! STORED answer becomes DUPLICATE, as in the real aggregator), and answers acks as scripted,
+//! after a per-sequence delay so that acks arrive out of order.
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use inferscope_proto::v1::ingest_server::{Ingest, IngestServer};
+use inferscope_proto::v1::{ack::Status as AckStatus, Ack, Batch};
+use node_probe::export::{Compression, ExportConfig, ExportHandle, Exporter};
+use node_probe::requests::{RequestRecord, SpanJson};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status, Streaming};
+
+type BatchId = (String, String, u64);
+type Script = Box<dyn Fn(&Batch, u32) -> AckStatus + Send + Sync>;
+
+#[derive(Default)]
+struct Log {
+    /// Every batch received, resends included.
+    received: Vec<Batch>,
+    /// Stored batches, once each.
+    stored: BTreeMap<BatchId, Batch>,
+    /// Receipts per batch.
+    seen: HashMap<BatchId, u32>,
+    /// Times of refused streams.
+    unauthenticated: Vec<Instant>,
+    /// `grpc-encoding` of each accepted stream.
+    encodings: Vec<String>,
+}
+
+struct Fake {
+    token: Option<String>,
+    /// Ack status for a batch received for the n-th time (1-based); `Unspecified`: no ack at
+    /// all (a hung aggregator).
+    script: Script,
+    max_ack_delay_ms: u64,
+    log: Mutex<Log>,
+}
+
+impl Fake {
+    fn new(script: Script) -> Arc<Self> {
+        Self::with_token(None, script)
+    }
+
+    fn with_token(token: Option<&str>, script: Script) -> Arc<Self> {
+        Arc::new(Self {
+            token: token.map(str::to_owned),
+            script,
+            max_ack_delay_ms: 15,
+            log: Mutex::default(),
+        })
+    }
+
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().expect("log lock")
+    }
+
+    /// Trace ids (hex) of every stored request, in storage order.
+    fn stored_trace_ids(&self) -> Vec<String> {
+        self.log()
+            .stored
+            .values()
+            .flat_map(|b| b.resources.iter())
+            .flat_map(|r| r.requests.iter())
+            .map(|q| hex(&q.trace_id))
+            .collect()
+    }
+}
+
+fn stored() -> Script {
+    Box::new(|_, _| AckStatus::Stored)
+}
+
+#[derive(Clone)]
+struct Svc(Arc<Fake>);
+
+#[tonic::async_trait]
+impl Ingest for Svc {
+    type ExportStream = ReceiverStream<Result<Ack, Status>>;
+
+    async fn export(
+        &self,
+        req: Request<Streaming<Batch>>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let f = Arc::clone(&self.0);
+        {
+            let mut log = f.log();
+            if let Some(want) = &f.token {
+                let got = req
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                if got != Some(format!("Bearer {want}").as_str()) {
+                    log.unauthenticated.push(Instant::now());
+                    return Err(Status::unauthenticated("missing or wrong bearer token"));
+                }
+            }
+            let enc = req
+                .metadata()
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("identity")
+                .to_owned();
+            log.encodings.push(enc);
+        }
+        let mut stream = req.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            while let Ok(Some(b)) = stream.message().await {
+                let id = (b.node_id.clone(), b.boot_id.clone(), b.sequence);
+                let status = {
+                    let mut log = f.log();
+                    log.received.push(b.clone());
+                    let n = log.seen.entry(id.clone()).or_default();
+                    *n += 1;
+                    let n = *n;
+                    let mut st = (f.script)(&b, n);
+                    if st == AckStatus::Stored {
+                        match log.stored.entry(id) {
+                            Entry::Occupied(_) => st = AckStatus::Duplicate,
+                            Entry::Vacant(e) => {
+                                e.insert(b.clone());
+                            }
+                        }
+                    }
+                    st
+                };
+                // Pseudo-random delay per sequence: acks overtake each other.
+                let delay = if f.max_ack_delay_ms > 0 {
+                    (b.sequence.wrapping_mul(7919) ^ 0x5555) % f.max_ack_delay_ms
+                } else {
+                    0
+                };
+                if status == AckStatus::Unspecified {
+                    continue;
+                }
+                let tx = tx.clone();
+                let sequence = b.sequence;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let _ = tx
+                        .send(Ok(Ack {
+                            sequence,
+                            status: status as i32,
+                            message: format!("scripted {status:?}"),
+                        }))
+                        .await;
+                });
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A fake aggregator on its own runtime; dropping it kills it abruptly (connections reset).
+struct Server {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(fake: &Arc<Fake>, addr: SocketAddr) -> Self {
+        Self::start_with(fake, addr, None)
+    }
+
+    /// With `tls`: (certificate PEM, key PEM).
+    fn start_with(fake: &Arc<Fake>, addr: SocketAddr, tls: Option<(Vec<u8>, Vec<u8>)>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let svc = IngestServer::new(Svc(Arc::clone(fake)))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls {
+            builder = builder
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                )
+                .expect("server TLS");
+        }
+        rt.spawn(
+            builder
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Self { rt: Some(rt), addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // Waits for its tasks (and sockets) to be dropped, so the port can be reused.
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A local address nothing listens on (yet).
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+}
+
+/// A finished request: a root span and one shared engine step.
+fn record(n: u64) -> RequestRecord {
+    let start = now_ns();
+    let end = start + 3_000_000;
+    let root = format!("{:016x}", 0x1_0000 + n);
+    let spans = vec![
+        SpanJson {
+            name: "http.server",
+            span_id: root.clone(),
+            parent_span_id: None,
+            start_unix_ns: start,
+            end_unix_ns: end,
+            attributes: BTreeMap::from([("http.method", Value::from("POST"))]),
+        },
+        SpanJson {
+            name: "engine.step",
+            span_id: format!("{:016x}", 0x2_0000 + n),
+            parent_span_id: Some(root),
+            start_unix_ns: start + 10,
+            end_unix_ns: start + 20,
+            attributes: BTreeMap::from([
+                ("engine.step_id", Value::from(n / 3)),
+                ("engine.batch_size", Value::from(3)),
+                ("shared", Value::from(true)),
+            ]),
+        },
+    ];
+    RequestRecord {
+        kind: "request",
+        trace_id: trace_id(n),
+        parent_span_id: None,
+        x_request_id: None,
+        response_id: Some(format!("cmpl-{n}")),
+        engine_request_id: Some(format!("cmpl-{n}-0")),
+        pid: 100 + (n % 2) as u32,
+        fd: 9,
+        client: Some("127.0.0.1:40000".into()),
+        server: Some("127.0.0.1:8000".into()),
+        method: "POST".into(),
+        path: "/v1/completions".into(),
+        status: 200,
+        outcome: "complete",
+        gave_up: None,
+        model: Some("tiny".into()),
+        stream: Some(false),
+        sse: false,
+        req_bytes: 120,
+        resp_bytes: 800,
+        start_unix_ns: start,
+        end_unix_ns: end,
+        start_source: "read",
+        read_wait_ns: 0,
+        e2e_ns: end - start,
+        ttft_ns: 2_000_000,
+        tpot_ns: None,
+        chunks: 0,
+        max_gap_ns: 0,
+        chunk_offsets_ns: Vec::new(),
+        done: false,
+        frontend_ns: Some(1_000),
+        queue_ns: None,
+        prefill_ns: None,
+        decode_ns: None,
+        delivery_ns: None,
+        engine_ttft_ns: None,
+        engine_e2e_ns: None,
+        engine_steps: 1,
+        spans,
+    }
+}
+
+fn trace_id(n: u64) -> String {
+    format!("{:032x}", 0xfeed_0000_0000u64 + n)
+}
+
+fn cfg(url: &str) -> ExportConfig {
+    let mut c = ExportConfig::new(url, "test-node");
+    c.batch.max_requests = 10;
+    c.batch.max_age = Duration::from_millis(50);
+    c.window = 4;
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c.stats_interval = Duration::from_millis(500);
+    c
+}
+
+/// Exporter logs go to the test's captured output (shown when it fails).
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("node_probe=debug")),
+        )
+        .try_init();
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn send_all(h: &ExportHandle, ns: impl IntoIterator<Item = u64>) {
+    for n in ns {
+        assert!(h.send(record(n)), "queue full");
+    }
+}
+
+fn spool_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn expect_ids(ns: impl IntoIterator<Item = u64>) -> Vec<String> {
+    sorted(ns.into_iter().map(trace_id).collect())
+}
+
+/// Sends 205 records (21 batches) at once with `window` batches in memory: beyond it they are
+/// spooled, and still delivered exactly once.
+fn deliver_all_once(compression: Compression, want_encoding: &str, window: usize) {
+    init_logs();
+    let fake = Fake::new(stored());
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&server.url());
+    c.compression = compression;
+    c.window = window;
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c).expect("start");
+    let boot = h.boot_id().to_owned();
+    send_all(&h, 0..205);
+    let stats = h.stats();
+    wait_until("delivery", Duration::from_secs(20), || {
+        stats.snapshot().records_delivered == 205
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+
+    // Every record stored exactly once, nothing resent.
+    let ids = fake.stored_trace_ids();
+    assert_eq!(ids.len(), 205);
+    assert_eq!(sorted(ids), expect_ids(0..205));
+    let log = fake.log();
+    assert_eq!(log.received.len(), log.stored.len());
+    // Sequences 1..=n of one boot id, grouped by resource, steps deduplicated.
+    let seqs: Vec<u64> = log.stored.keys().map(|k| k.2).collect();
+    assert_eq!(seqs, (1..=s.batches_closed).collect::<Vec<_>>());
+    assert!(s.batches_closed >= 21, "{s}");
+    for b in log.stored.values() {
+        assert_eq!(b.node_id, "test-node");
+        assert_eq!(b.boot_id, boot);
+        for r in &b.resources {
+            let res = r.resource.as_ref().expect("resource");
+            assert_eq!(res.node, "test-node");
+            assert_eq!(res.engine, "vllm");
+            assert!(r.spans.len() == 2 * r.requests.len());
+            let steps: HashSet<u64> = r.steps.iter().map(|s| s.step_id).collect();
+            assert_eq!(steps.len(), r.steps.len());
+            assert!(r.steps.iter().all(|s| s.engine_instance == boot));
+            assert!(r.requests.iter().all(|q| q.step_ids.len() == 1));
+        }
+    }
+    assert!(
+        log.encodings.iter().all(|e| e == want_encoding),
+        "{:?}",
+        log.encodings
+    );
+    assert!(!log.encodings.is_empty());
+    assert_eq!(s.records_queued, 205);
+    assert_eq!(s.records_delivered, 205);
+    assert_eq!(s.acked_stored, s.batches_closed);
+    assert_eq!(s.batches_sent, s.batches_closed);
+    assert_eq!(
+        (s.rejected, s.retried, s.batches_dropped, s.skipped_invalid),
+        (0, 0, 0, 0),
+        "{s}"
+    );
+    if window >= 21 {
+        assert_eq!(s.spooled, 0, "{s}");
+    } else {
+        assert!(s.spooled > 0, "{s}");
+    }
+    assert_eq!(s.spool_bytes, 0);
+    assert_eq!(spool_files(spool.path()), 0);
+}
+
+/// (a) Normal delivery, with each compression: every record exactly once.
+#[test]
+fn normal_delivery_zstd() {
+    init_logs();
+    deliver_all_once(Compression::Zstd, "zstd", 32);
+}
+
+#[test]
+fn normal_delivery_gzip() {
+    init_logs();
+    deliver_all_once(Compression::Gzip, "gzip", 32);
+}
+
+#[test]
+fn normal_delivery_uncompressed() {
+    init_logs();
+    deliver_all_once(Compression::None, "identity", 32);
+}
+
+/// A burst beyond the in-memory window goes through the spool.
+#[test]
+fn burst_beyond_window_is_spooled_then_delivered() {
+    init_logs();
+    deliver_all_once(Compression::Zstd, "zstd", 2);
+}
+
+/// (b) The aggregator is down for a while, then comes up: batches wait in the spool, then are
+/// all delivered once and the spool is emptied.
+#[test]
+fn server_down_then_up() {
+    init_logs();
+    let addr = free_addr();
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&format!("http://{addr}"));
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    send_all(&h, 0..50);
+    wait_until("5 batches spooled", Duration::from_secs(10), || {
+        let s = stats.snapshot();
+        s.batches_closed == 5 && spool_files(spool.path()) == 5
+    });
+    // Keep it down through a few reconnect attempts.
+    wait_until("reconnect attempts", Duration::from_secs(10), || {
+        stats.snapshot().reconnects >= 3
+    });
+    let s = stats.snapshot();
+    assert!(
+        s.spooled >= 5 && s.spool_bytes > 0 && s.connect_errors >= 3,
+        "{s}"
+    );
+    assert_eq!(s.records_delivered, 0);
+
+    let fake = Fake::new(stored());
+    let _server = Server::start(&fake, addr);
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 50
+    });
+    send_all(&h, 50..60);
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 60
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..60));
+    assert_eq!(s.spool_bytes, 0, "{s}");
+    assert_eq!(spool_files(spool.path()), 0);
+    assert_eq!(s.batches_dropped, 0);
+    assert_eq!(s.acked_duplicate, 0);
+}
+
+/// (b') The aggregator dies mid-stream: unacknowledged batches are spooled and resent after it
+/// comes back; nothing is lost, and what was stored twice is acknowledged DUPLICATE.
+#[test]
+fn server_restart_mid_stream() {
+    init_logs();
+    let fake = Fake::new(stored());
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let addr = server.addr;
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&server.url());
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    send_all(&h, 0..30);
+    wait_until("first delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 30
+    });
+    drop(server);
+    send_all(&h, 30..60);
+    wait_until("stream loss noticed", Duration::from_secs(10), || {
+        stats.snapshot().connect_errors >= 1 && stats.snapshot().batches_closed == 6
+    });
+    let _server = Server::start(&fake, addr);
+    wait_until("delivery after restart", Duration::from_secs(15), || {
+        stats.snapshot().records_delivered == 60
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..60));
+    assert_eq!(spool_files(spool.path()), 0);
+    assert_eq!(s.batches_dropped, 0, "{s}");
+}
+
+/// (c) RETRY twice, then STORED: each batch is resent and stored once.
+#[test]
+fn retry_then_stored() {
+    init_logs();
+    let fake = Fake::new(Box::new(|_, n| {
+        if n <= 2 {
+            AckStatus::Retry
+        } else {
+            AckStatus::Stored
+        }
+    }));
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let h = Exporter::start(cfg(&server.url())).expect("start");
+    let stats = h.stats();
+    send_all(&h, 0..30);
+    wait_until("delivery", Duration::from_secs(15), || {
+        stats.snapshot().records_delivered == 30
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..30));
+    let log = fake.log();
+    assert_eq!(log.stored.len(), 3);
+    assert!(log.seen.values().all(|&n| n == 3), "{:?}", log.seen);
+    assert_eq!(log.received.len(), 9);
+    assert_eq!(
+        (s.retried, s.batches_sent, s.acked_stored),
+        (6, 9, 3),
+        "{s}"
+    );
+    assert_eq!(s.connect_errors, 0);
+}
+
+/// (d) REJECTED: the batch is dropped, counted and never resent; the others are stored.
+#[test]
+fn rejected_is_dropped_and_counted() {
+    init_logs();
+    let fake = Fake::new(Box::new(|b, _| {
+        if b.sequence == 2 {
+            AckStatus::Rejected
+        } else {
+            AckStatus::Stored
+        }
+    }));
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let h = Exporter::start(cfg(&server.url())).expect("start");
+    let stats = h.stats();
+    send_all(&h, 0..30);
+    wait_until("acks", Duration::from_secs(10), || {
+        let s = stats.snapshot();
+        s.acked_stored == 2 && s.rejected == 1
+    });
+    // Give a resend (which must not happen) a chance.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(s.rejected, 1, "{s}");
+    assert_eq!(s.records_delivered, 20);
+    let log = fake.log();
+    let rejected: Vec<_> = log.received.iter().filter(|b| b.sequence == 2).collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(log.received.len(), 3);
+    assert_eq!(log.stored.len(), 2);
+}
+
+/// (e) Wrong token: refused streams are counted and retried with growing delays; nothing is
+/// delivered, nothing crashes, the batches wait in the spool.
+#[test]
+fn wrong_token_is_retried_with_backoff() {
+    init_logs();
+    let fake = Fake::with_token(Some("right"), stored());
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&server.url());
+    c.token = Some("wrong".into());
+    c.backoff_initial = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(400);
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    send_all(&h, 0..10);
+    wait_until("refusals", Duration::from_secs(10), || {
+        stats.snapshot().unauthenticated >= 6
+    });
+    let s = h.shutdown(Duration::from_millis(200));
+    assert!(s.unauthenticated >= 6 && s.reconnects >= 5, "{s}");
+    assert_eq!(s.records_delivered, 0);
+    assert!(s.spooled >= 1 && spool_files(spool.path()) == 1, "{s}");
+    let log = fake.log();
+    assert!(log.stored.is_empty() && log.received.is_empty());
+    // Backoff: the delays between attempts grow (20 ms doubling, jittered to [d/2, d]).
+    let gaps: Vec<Duration> = log
+        .unauthenticated
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .collect();
+    assert!(gaps[0] >= Duration::from_millis(10), "{gaps:?}");
+    assert!(gaps[4] >= Duration::from_millis(160), "{gaps:?}");
+
+    // The right token delivers what was spooled.
+    let mut c = cfg(&server.url());
+    c.token = Some("right".into());
+    c.spool_dir = Some(spool.path().to_owned());
+    drop(log);
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 10
+    });
+    h.shutdown(Duration::from_secs(1));
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..10));
+    assert_eq!(spool_files(spool.path()), 0);
+}
+
+/// (f) Spool cap: beyond it the oldest batches are evicted (counted); the newest survive and
+/// are delivered once the aggregator is up.
+#[test]
+fn spool_cap_evicts_oldest() {
+    init_logs();
+    let addr = free_addr();
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&format!("http://{addr}"));
+    c.batch.max_requests = 1;
+    c.spool_dir = Some(spool.path().to_owned());
+    c.spool_max_bytes = 3_000;
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    wait_until("first connect failure", Duration::from_secs(5), || {
+        stats.snapshot().connect_errors >= 1
+    });
+    send_all(&h, 0..20);
+    wait_until("20 batches spooled", Duration::from_secs(10), || {
+        stats.snapshot().spooled == 20
+    });
+    let s = stats.snapshot();
+    assert!(s.spool_evicted > 0, "{s}");
+    assert!(s.spool_bytes <= 3_000, "{s}");
+    assert_eq!(s.batches_dropped, s.spool_evicted, "{s}");
+    let kept = 20 - s.spool_evicted;
+    assert_eq!(spool_files(spool.path()) as u64, kept);
+    let on_disk: u64 = std::fs::read_dir(spool.path())
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(on_disk <= 3_000);
+
+    let fake = Fake::new(stored());
+    let _server = Server::start(&fake, addr);
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == kept
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    // The newest `kept` records survived.
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(20 - kept..20));
+    assert_eq!(s.spool_bytes, 0);
+}
+
+/// Spool files left by an earlier run are resent by the next one with their own boot id and
+/// sequence numbers (which collide with the new run's).
+#[test]
+fn spool_survives_restart() {
+    init_logs();
+    let addr = free_addr();
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&format!("http://{addr}"));
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c.clone()).expect("start");
+    let first_boot = h.boot_id().to_owned();
+    send_all(&h, 0..25);
+    // Shut down without a reachable aggregator: the open batch is closed and spooled too.
+    let s = h.shutdown(Duration::from_millis(100));
+    assert_eq!(s.batches_closed, 3, "{s}");
+    assert_eq!(spool_files(spool.path()), 3);
+    assert_eq!(s.batches_dropped, 0);
+
+    let fake = Fake::new(stored());
+    let _server = Server::start(&fake, addr);
+    let h = Exporter::start(c).expect("restart");
+    let second_boot = h.boot_id().to_owned();
+    assert_ne!(first_boot, second_boot);
+    send_all(&h, 100..125);
+    let stats = h.stats();
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 50
+    });
+    h.shutdown(Duration::from_secs(5));
+    let ids = fake.stored_trace_ids();
+    assert_eq!(sorted(ids), expect_ids((0..25).chain(100..125)));
+    let log = fake.log();
+    let first: Vec<u64> = log
+        .stored
+        .keys()
+        .filter(|k| k.1 == first_boot)
+        .map(|k| k.2)
+        .collect();
+    let second: Vec<u64> = log
+        .stored
+        .keys()
+        .filter(|k| k.1 == second_boot)
+        .map(|k| k.2)
+        .collect();
+    assert_eq!(first, vec![1, 2, 3]);
+    assert_eq!(second, vec![1, 2, 3]);
+    assert_eq!(spool_files(spool.path()), 0);
+}
+
+/// Invalid records are skipped and counted; the rest of their batch is delivered.
+#[test]
+fn invalid_records_are_skipped() {
+    init_logs();
+    let fake = Fake::new(stored());
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let h = Exporter::start(cfg(&server.url())).expect("start");
+    let mut bad = record(1);
+    bad.trace_id = "not-hex".into();
+    h.send(bad);
+    let mut bad = record(2);
+    bad.spans[1].parent_span_id = Some("xyz".into());
+    h.send(bad);
+    send_all(&h, 3..8);
+    let stats = h.stats();
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 5
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(s.skipped_invalid, 2);
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(3..8));
+}
+
+/// A bad `--export` URL is refused at start with one clear line (before anything is loaded).
+#[test]
+fn cli_rejects_bad_export_settings() {
+    init_logs();
+    let run = |args: &[&str]| {
+        let pid = std::process::id().to_string();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_node-probe"))
+            .args(["--pid", &pid])
+            .args(args)
+            .env("RUST_LOG", "off")
+            .env_remove("INFERSCOPE_TOKEN")
+            .output()
+            .expect("run node-probe");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().to_string_lossy().into_owned();
+    let (code, err) = run(&["--export", "ftp://x:1", "--spool-dir", &spool]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bad export URL"), "{err}");
+    let (code, err) = run(&["--export", "https://x:1", "--spool-dir", &spool]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--export-tls-ca"), "{err}");
+    let (code, err) = run(&["--export", "http://x:1", "--export-compression", "lz4"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(&["--export", "http://x:1", "--batch-max-requests", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+}
+
+/// TLS with a private CA (`tests/fixtures/tls/`: a P-256 CA and a server certificate for
+/// `localhost` and 127.0.0.1, valid until 2126, made with `openssl req -x509` / `openssl x509
+/// -req`): delivered; and refused by a client that does not trust that CA's server.
+#[test]
+fn tls_with_private_ca() {
+    init_logs();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let read = |f: &str| std::fs::read(dir.join(f)).expect("fixture");
+    let fake = Fake::with_token(Some("s3cret"), stored());
+    let server = Server::start_with(
+        &fake,
+        "127.0.0.1:0".parse().expect("addr"),
+        Some((read("server.pem"), read("server.key"))),
+    );
+    let mut c = cfg(&format!("https://localhost:{}", server.addr.port()));
+    c.tls_ca = Some(dir.join("ca.pem"));
+    c.token = Some("s3cret".into());
+    let h = Exporter::start(c).expect("start");
+    send_all(&h, 0..15);
+    let stats = h.stats();
+    wait_until("delivery over TLS", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 15
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(s.connect_errors, 0, "{s}");
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..15));
+
+    // The server certificate is not a CA: trusting it alone does not verify the chain.
+    let mut c = cfg(&format!("https://localhost:{}", server.addr.port()));
+    c.tls_ca = Some(dir.join("server.pem"));
+    c.token = Some("s3cret".into());
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    wait_until("refused handshakes", Duration::from_secs(10), || {
+        stats.snapshot().connect_errors >= 2
+    });
+    let s = h.shutdown(Duration::ZERO);
+    assert_eq!(s.records_delivered, 0, "{s}");
+}
+
+/// Shutdown closes the open batch (long before its time limit) and delivers it within the
+/// drain time.
+#[test]
+fn shutdown_drains_open_batch() {
+    init_logs();
+    let fake = Fake::new(stored());
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&server.url());
+    c.batch.max_age = Duration::from_secs(3600);
+    c.batch.max_requests = 1000;
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c).expect("start");
+    send_all(&h, 0..7);
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(s.records_delivered, 7, "{s}");
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..7));
+    assert_eq!(spool_files(spool.path()), 0);
+}
+
+/// An aggregator that stops acknowledging: after the ack timeout the stream is reopened and the
+/// batch resent; it is stored once.
+#[test]
+fn missing_ack_reopens_the_stream() {
+    init_logs();
+    let fake = Fake::new(Box::new(|_, n| {
+        if n == 1 {
+            AckStatus::Unspecified
+        } else {
+            AckStatus::Stored
+        }
+    }));
+    let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+    let mut c = cfg(&server.url());
+    c.ack_timeout = Duration::from_millis(300);
+    let h = Exporter::start(c).expect("start");
+    send_all(&h, 0..10);
+    let stats = h.stats();
+    wait_until("delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 10
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert!(s.connect_errors >= 1 && s.batches_sent >= 2, "{s}");
+    assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..10));
+    assert_eq!(
+        fake.log().seen.values().copied().collect::<Vec<_>>(),
+        vec![2]
+    );
+}
