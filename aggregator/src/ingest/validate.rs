@@ -279,7 +279,8 @@ mod tests {
     fn accepts_good_and_rejects_each_kind_of_bad() {
         let l = Limits::default();
         assert_eq!(validate(&good(), NOW, &l), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Batch)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Batch)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("missing_field", Box::new(|b| b.node_id.clear())),
             ("missing_field", Box::new(|b| b.sequence = 0)),
             (

@@ -1,0 +1,531 @@
+//! `GET /api/v1/breakdown`: latency quantiles per metric and phase, and what is different about
+//! the slowest requests compared with typical ones.
+//!
+//! Two scans of the filtered window, both aggregated in ClickHouse: the first computes every
+//! quantile (`quantilesExact`, so results are exact and reproducible in SQL) plus the cohort
+//! thresholds (p40, p60 and the slow quantile of e2e); the second sums each phase over the slow
+//! cohort (`e2e >= p_slow`) and the median cohort (`p40 <= e2e <= p60`).
+use axum::extract::State;
+use axum::Json;
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use super::params::{invalid, Filters, Params, Window, FILTER_PARAMS};
+use super::sql::{Arg, Sql};
+use super::{ns_to_ms, params_of, ApiState, QueryPairs};
+use crate::error::ApiError;
+use crate::store::Store;
+
+/// Quantile levels when `quantiles` is not given.
+pub const DEFAULT_QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+/// Slow-cohort level when `slow_quantile` is not given.
+pub const DEFAULT_SLOW_QUANTILE: f64 = 0.99;
+/// Most quantile levels per call.
+pub const MAX_QUANTILES: usize = 8;
+/// The median cohort: e2e between these quantiles.
+pub const MEDIAN_COHORT: (f64, f64) = (0.4, 0.6);
+
+/// The phase columns, in pipeline order.
+pub const PHASES: [&str; 5] = ["frontend", "queue", "prefill", "decode", "delivery"];
+
+/// Validated parameters.
+#[derive(Debug, Clone)]
+pub struct BreakdownQuery {
+    /// Which requests.
+    pub filters: Filters,
+    /// Quantile levels, in (0, 1).
+    pub quantiles: Vec<f64>,
+    /// Level above which a request is in the slow cohort.
+    pub slow_quantile: f64,
+}
+
+impl BreakdownQuery {
+    /// Accepted parameter names.
+    pub const PARAMS: &'static [&'static str] = &[
+        "from",
+        "to",
+        "model",
+        "node",
+        "engine",
+        "status",
+        "outcome",
+        "quantiles",
+        "slow_quantile",
+    ];
+
+    /// Validates.
+    pub fn from_params(p: &Params) -> Result<Self, ApiError> {
+        debug_assert!(FILTER_PARAMS.iter().all(|f| Self::PARAMS.contains(f)));
+        let quantiles = p
+            .quantiles("quantiles", MAX_QUANTILES)?
+            .unwrap_or_else(|| DEFAULT_QUANTILES.to_vec());
+        if quantiles.is_empty() {
+            return Err(invalid("quantiles", "no levels given"));
+        }
+        Ok(Self {
+            filters: Filters::from_params(p)?,
+            quantiles,
+            slow_quantile: p
+                .quantile("slow_quantile")?
+                .unwrap_or(DEFAULT_SLOW_QUANTILE),
+        })
+    }
+}
+
+/// One value per phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Phases<T> {
+    /// Request arrival → handed to the engine.
+    pub frontend: T,
+    /// Waiting for the scheduler.
+    pub queue: T,
+    /// The first step that produced output.
+    pub prefill: T,
+    /// After prefill → the last step that produced output.
+    pub decode: T,
+    /// Last output received by the frontend → last byte written.
+    pub delivery: T,
+}
+
+impl<T> Phases<T> {
+    fn from_vec(v: Vec<T>) -> Option<Self> {
+        let mut it = v.into_iter();
+        Some(Self {
+            frontend: it.next()?,
+            queue: it.next()?,
+            prefill: it.next()?,
+            decode: it.next()?,
+            delivery: it.next()?,
+        })
+    }
+
+    /// `(name, value)` in pipeline order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        PHASES.into_iter().zip([
+            &self.frontend,
+            &self.queue,
+            &self.prefill,
+            &self.decode,
+            &self.delivery,
+        ])
+    }
+}
+
+/// How many requests of the window have each metric (phases are unknown when the engine was
+/// not followed; `tpot` needs two or more content events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricCounts {
+    /// Requests with e2e (all).
+    pub e2e: u64,
+    /// Requests with ttft (all).
+    pub ttft: u64,
+    /// Requests with tpot.
+    pub tpot: u64,
+    /// Requests with each phase.
+    #[serde(flatten)]
+    pub phases: Phases<u64>,
+}
+
+/// The value of every metric at one quantile level, in milliseconds (`null`: no request in the
+/// window has that metric).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantileRow {
+    /// The level, e.g. 0.99.
+    pub q: f64,
+    /// End to end.
+    pub e2e_ms: Option<f64>,
+    /// Time to first token.
+    pub ttft_ms: Option<f64>,
+    /// Time per output token.
+    pub tpot_ms: Option<f64>,
+    /// Phases.
+    pub frontend_ms: Option<f64>,
+    /// Queue.
+    pub queue_ms: Option<f64>,
+    /// Prefill.
+    pub prefill_ms: Option<f64>,
+    /// Decode.
+    pub decode_ms: Option<f64>,
+    /// Delivery.
+    pub delivery_ms: Option<f64>,
+}
+
+/// A phase in a cohort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PhaseMean {
+    /// Sum of the phase over the cohort / cohort size (a request without the phase adds 0).
+    pub mean_ms: f64,
+    /// `mean_ms / mean_e2e_ms` of the cohort.
+    pub share: f64,
+    /// Requests of the cohort that have the phase.
+    pub requests: u64,
+}
+
+/// A set of requests selected by e2e.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cohort {
+    /// How it was selected, e.g. `e2e >= p99 (812.40 ms)`.
+    pub definition: String,
+    /// Requests.
+    pub count: u64,
+    /// Smallest e2e in the cohort (ms).
+    pub min_e2e_ms: f64,
+    /// Largest e2e in the cohort (ms).
+    pub max_e2e_ms: f64,
+    /// Mean e2e (ms).
+    pub mean_e2e_ms: f64,
+    /// Each phase's mean and share of `mean_e2e_ms`.
+    pub phases: Phases<PhaseMean>,
+    /// Sum of the phase shares: how much of e2e the phases explain.
+    pub covered_share: f64,
+    /// `mean_e2e_ms` minus the phase means (time outside every known phase), and its share.
+    pub unattributed: PhaseMean,
+}
+
+/// Slow minus median, for one phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PhaseDiff {
+    /// Difference of the means (ms).
+    pub mean_ms: f64,
+    /// Difference of the shares (fraction: 0.25 = 25 points).
+    pub share: f64,
+}
+
+/// What is different about the slow requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowVsMedian {
+    /// The level that defines the slow cohort.
+    pub slow_quantile: f64,
+    /// Requests with e2e at or above the slow quantile.
+    pub slow: Cohort,
+    /// Requests with e2e between p40 and p60.
+    pub median: Cohort,
+    /// `slow - median` per phase.
+    pub diff: Phases<PhaseDiff>,
+    /// `slow - median` of the unattributed time.
+    pub unattributed_diff: PhaseDiff,
+    /// The phase (or `unattributed`) whose share grew the most in the slow cohort.
+    pub largest_difference: Option<String>,
+}
+
+/// The `/api/v1/breakdown` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// The window queried.
+    pub window: Window,
+    /// Requests in the window (after filters).
+    pub count: u64,
+    /// Requests that have each metric.
+    pub samples: MetricCounts,
+    /// One row per requested level, in the order requested.
+    pub quantiles: Vec<QuantileRow>,
+    /// Slow cohort vs median cohort; `null` when the window is empty.
+    pub slow_vs_median: Option<SlowVsMedian>,
+}
+
+#[derive(Row, Deserialize)]
+struct QuantilesRow {
+    count: u64,
+    e2e: Vec<u64>,
+    ttft: Vec<u64>,
+    /// tpot, then the phases.
+    present: Vec<u64>,
+    values: Vec<Vec<u64>>,
+    thresholds: Vec<u64>,
+}
+
+#[derive(Row, Deserialize)]
+struct CohortsRow {
+    slow_n: u64,
+    slow_sum: u64,
+    slow_min: u64,
+    slow_max: u64,
+    slow_phase_sums: Vec<u64>,
+    slow_phase_n: Vec<u64>,
+    med_n: u64,
+    med_sum: u64,
+    med_min: u64,
+    med_max: u64,
+    med_phase_sums: Vec<u64>,
+    med_phase_n: Vec<u64>,
+}
+
+/// Handler.
+pub async fn handler(
+    State(s): State<ApiState>,
+    q: QueryPairs,
+) -> Result<Json<Breakdown>, ApiError> {
+    let p = params_of(q, BreakdownQuery::PARAMS)?;
+    let bq = BreakdownQuery::from_params(&p)?;
+    Ok(Json(breakdown(&s.store, &bq).await?))
+}
+
+fn quantiles_expr(sql: &mut Sql, levels: &[f64], func: &str, args: &str) {
+    sql.push(func)
+        .push("(")
+        .arg_list(levels)
+        .push(")(")
+        .push(args)
+        .push(")");
+}
+
+/// Runs the breakdown.
+pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, ApiError> {
+    let table = store.table("requests");
+    let levels = &q.quantiles;
+    let mut sql = Sql::new("SELECT count(), ");
+    quantiles_expr(&mut sql, levels, "quantilesExact", "e2e_ns");
+    sql.push(", ");
+    quantiles_expr(&mut sql, levels, "quantilesExact", "ttft_ns");
+    let nullable = ["tpot"].into_iter().chain(PHASES);
+    sql.push(", [");
+    for (i, m) in nullable.clone().enumerate() {
+        sql.push(if i > 0 { ", " } else { "" })
+            .push(&format!("count({m}_ns)"));
+    }
+    sql.push("], [");
+    for (i, m) in nullable.enumerate() {
+        sql.push(if i > 0 { ", " } else { "" });
+        // ifNull + If: a non-Nullable argument, so the result is Array(UInt64) on every
+        // server version; rows without the metric are skipped, as quantilesExact(x) would.
+        quantiles_expr(
+            &mut sql,
+            levels,
+            "quantilesExactIf",
+            &format!("ifNull({m}_ns, 0), isNotNull({m}_ns)"),
+        );
+    }
+    sql.push("], ");
+    quantiles_expr(
+        &mut sql,
+        &[MEDIAN_COHORT.0, MEDIAN_COHORT.1, q.slow_quantile],
+        "quantilesExact",
+        "e2e_ns",
+    );
+    sql.push(" FROM ").push(&table).push(" WHERE ");
+    q.filters.push_where(&mut sql);
+    let r: QuantilesRow = sql.fetch_one(store.client(), "breakdown quantiles").await?;
+
+    let expect = levels.len();
+    if r.e2e.len() != expect
+        || r.ttft.len() != expect
+        || r.present.len() != 6
+        || r.values.len() != 6
+        || r.values.iter().any(|v| v.len() != expect)
+        || r.thresholds.len() != 3
+    {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Internal,
+            "unexpected result shape from ClickHouse (quantiles)",
+        ));
+    }
+    let pick = |vals: &[u64], n: u64, i: usize| (n > 0).then(|| ns_to_ms(vals[i]));
+    let quantiles = levels
+        .iter()
+        .enumerate()
+        .map(|(i, &lv)| QuantileRow {
+            q: lv,
+            e2e_ms: pick(&r.e2e, r.count, i),
+            ttft_ms: pick(&r.ttft, r.count, i),
+            tpot_ms: pick(&r.values[0], r.present[0], i),
+            frontend_ms: pick(&r.values[1], r.present[1], i),
+            queue_ms: pick(&r.values[2], r.present[2], i),
+            prefill_ms: pick(&r.values[3], r.present[3], i),
+            decode_ms: pick(&r.values[4], r.present[4], i),
+            delivery_ms: pick(&r.values[5], r.present[5], i),
+        })
+        .collect();
+    let samples = MetricCounts {
+        e2e: r.count,
+        ttft: r.count,
+        tpot: r.present[0],
+        phases: Phases::from_vec(r.present[1..].to_vec()).unwrap_or_default(),
+    };
+    let slow_vs_median = if r.count == 0 {
+        None
+    } else {
+        let (p40, p60, p_slow) = (r.thresholds[0], r.thresholds[1], r.thresholds[2]);
+        Some(cohorts(store, q, &table, p40, p60, p_slow).await?)
+    };
+    Ok(Breakdown {
+        window: q.filters.window.clone(),
+        count: r.count,
+        samples,
+        quantiles,
+        slow_vs_median,
+    })
+}
+
+async fn cohorts(
+    store: &Store,
+    q: &BreakdownQuery,
+    table: &str,
+    p40: u64,
+    p60: u64,
+    p_slow: u64,
+) -> Result<SlowVsMedian, ApiError> {
+    let mut sql = Sql::new("WITH ");
+    sql.arg(Arg::U64(p_slow))
+        .push(" AS slow_min, ")
+        .arg(Arg::U64(p40))
+        .push(" AS med_lo, ")
+        .arg(Arg::U64(p60))
+        .push(" AS med_hi, e2e_ns >= slow_min AS in_slow, e2e_ns >= med_lo AND e2e_ns <= med_hi AS in_med SELECT ");
+    for c in ["in_slow", "in_med"] {
+        if c == "in_med" {
+            sql.push(", ");
+        }
+        sql.push(&format!(
+            "countIf({c}), sumIf(e2e_ns, {c}), minIf(e2e_ns, {c}), maxIf(e2e_ns, {c}), ["
+        ));
+        for (i, ph) in PHASES.iter().enumerate() {
+            sql.push(if i > 0 { ", " } else { "" })
+                .push(&format!("sumIf(ifNull({ph}_ns, 0), {c})"));
+        }
+        sql.push("], [");
+        for (i, ph) in PHASES.iter().enumerate() {
+            sql.push(if i > 0 { ", " } else { "" })
+                .push(&format!("countIf(isNotNull({ph}_ns) AND {c})"));
+        }
+        sql.push("]");
+    }
+    sql.push(" FROM ").push(table).push(" WHERE ");
+    q.filters.push_where(&mut sql);
+    sql.push(" AND (e2e_ns >= ")
+        .arg(Arg::U64(p_slow))
+        .push(" OR (e2e_ns >= ")
+        .arg(Arg::U64(p40))
+        .push(" AND e2e_ns <= ")
+        .arg(Arg::U64(p60))
+        .push("))");
+    let r: CohortsRow = sql.fetch_one(store.client(), "breakdown cohorts").await?;
+    let slow = cohort(
+        format!(
+            "e2e >= p{} ({:.2} ms)",
+            level_name(q.slow_quantile),
+            ns_to_ms(p_slow)
+        ),
+        (r.slow_n, r.slow_sum, r.slow_min, r.slow_max),
+        &r.slow_phase_sums,
+        &r.slow_phase_n,
+    );
+    let median = cohort(
+        format!(
+            "p40 <= e2e <= p60 ({:.2} .. {:.2} ms)",
+            ns_to_ms(p40),
+            ns_to_ms(p60)
+        ),
+        (r.med_n, r.med_sum, r.med_min, r.med_max),
+        &r.med_phase_sums,
+        &r.med_phase_n,
+    );
+    let d = |a: &PhaseMean, b: &PhaseMean| PhaseDiff {
+        mean_ms: a.mean_ms - b.mean_ms,
+        share: a.share - b.share,
+    };
+    let diff = Phases {
+        frontend: d(&slow.phases.frontend, &median.phases.frontend),
+        queue: d(&slow.phases.queue, &median.phases.queue),
+        prefill: d(&slow.phases.prefill, &median.phases.prefill),
+        decode: d(&slow.phases.decode, &median.phases.decode),
+        delivery: d(&slow.phases.delivery, &median.phases.delivery),
+    };
+    let unattributed_diff = d(&slow.unattributed, &median.unattributed);
+    let largest_difference = diff
+        .iter()
+        .map(|(n, v)| (n, v.share))
+        .chain([("unattributed", unattributed_diff.share)])
+        .filter(|(_, s)| *s > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(n, _)| n.to_string());
+    Ok(SlowVsMedian {
+        slow_quantile: q.slow_quantile,
+        slow,
+        median,
+        diff,
+        unattributed_diff,
+        largest_difference,
+    })
+}
+
+/// `0.99` → `99`, `0.999` → `99.9`.
+pub fn level_name(q: f64) -> String {
+    let s = format!("{:.4}", q * 100.0);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn cohort(
+    definition: String,
+    (n, sum, min, max): (u64, u64, u64, u64),
+    sums: &[u64],
+    counts: &[u64],
+) -> Cohort {
+    let mean_e2e = if n > 0 { sum as f64 / n as f64 } else { 0.0 };
+    let share = |x: f64| if mean_e2e > 0.0 { x / mean_e2e } else { 0.0 };
+    let phase = |i: usize| {
+        let mean = if n > 0 {
+            sums.get(i).copied().unwrap_or(0) as f64 / n as f64
+        } else {
+            0.0
+        };
+        PhaseMean {
+            mean_ms: mean / 1e6,
+            share: share(mean),
+            requests: counts.get(i).copied().unwrap_or(0),
+        }
+    };
+    let phases = Phases {
+        frontend: phase(0),
+        queue: phase(1),
+        prefill: phase(2),
+        decode: phase(3),
+        delivery: phase(4),
+    };
+    let covered: f64 = phases.iter().map(|(_, p)| p.share).sum();
+    let covered_ms: f64 = phases.iter().map(|(_, p)| p.mean_ms).sum();
+    let unattributed_ms = mean_e2e / 1e6 - covered_ms;
+    Cohort {
+        definition,
+        count: n,
+        min_e2e_ms: if n > 0 { ns_to_ms(min) } else { 0.0 },
+        max_e2e_ms: if n > 0 { ns_to_ms(max) } else { 0.0 },
+        mean_e2e_ms: mean_e2e / 1e6,
+        phases,
+        covered_share: covered,
+        unattributed: PhaseMean {
+            mean_ms: unattributed_ms,
+            share: if n > 0 && mean_e2e > 0.0 {
+                1.0 - covered
+            } else {
+                0.0
+            },
+            requests: n,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_names() {
+        assert_eq!(level_name(0.99), "99");
+        assert_eq!(level_name(0.999), "99.9");
+        assert_eq!(level_name(0.5), "50");
+    }
+
+    #[test]
+    fn cohort_shares_add_up() {
+        let c = cohort(
+            "x".into(),
+            (2, 200_000_000, 50_000_000, 150_000_000),
+            &[10_000_000, 40_000_000, 20_000_000, 100_000_000, 10_000_000],
+            &[2, 2, 2, 2, 2],
+        );
+        assert_eq!(c.mean_e2e_ms, 100.0);
+        assert_eq!(c.phases.queue.mean_ms, 20.0);
+        assert!((c.covered_share - 0.9).abs() < 1e-12);
+        assert!((c.unattributed.mean_ms - 10.0).abs() < 1e-9);
+    }
+}

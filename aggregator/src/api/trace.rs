@@ -1,0 +1,528 @@
+//! `GET /api/v1/traces/{trace_id}`: one trace across nodes: its request rows, its spans, and
+//! the engine steps it took part in with the other requests batched with it.
+//!
+//! Lookup order keeps every query on an index: `spans` is ordered by `trace_id`, so the spans
+//! come first and give the trace's time range; `requests` is then read within that range (its
+//! partitions and `start` key) plus `trace_id`. Only when a trace has no spans is `requests`
+//! scanned by `trace_id` over the `from`/`to` window (default: the last 31 days).
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use super::params::{Params, Window, MAX_WINDOW_NS};
+use super::requests::{RequestSummary, SummaryRow, SUMMARY_COLUMNS};
+use super::sql::{Arg, Sql};
+use super::time::now_ns;
+use super::{ns_to_ms, params_of, ApiState, QueryPairs};
+use crate::error::{ApiError, ErrorCode};
+use crate::store::Store;
+
+/// Most spans returned (decode-heavy requests have one `engine.step` span per step).
+pub const MAX_SPANS: u64 = 20_000;
+/// Most engine steps looked up per request row.
+pub const MAX_STEPS: usize = 4096;
+/// Most trace ids listed per shared step.
+pub const MAX_SHARED_IDS: u64 = 32;
+/// Most batched-with requests listed.
+pub const MAX_NEIGHBOURS: u64 = 100;
+/// Requests that shared a step started at most this long before this one.
+pub const NEIGHBOUR_LOOKBACK_S: u64 = 3600;
+/// Most concurrent requests examined for shared steps, per request row.
+pub const MAX_CANDIDATES: u64 = 5000;
+/// Slack around a request when reading its node's engine steps (same clock: only rounding).
+const STEP_SLACK_NS: u64 = 5_000_000_000;
+/// Slack around the span time range when reading `requests` and `engine_steps` (clock skew
+/// between nodes, the `start` column's one-second resolution).
+const SLACK_S: u64 = 300;
+
+/// A span.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanOut {
+    /// 16 hex.
+    pub span_id: String,
+    /// 16 hex, empty for a root without a caller.
+    pub parent_span_id: String,
+    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`, `engine.step`, ...
+    pub name: String,
+    /// Node that recorded it.
+    pub node: String,
+    /// Process.
+    pub pid: u32,
+    /// Start, Unix ns.
+    pub start_unix_ns: u64,
+    /// End, Unix ns.
+    pub end_unix_ns: u64,
+    /// Start relative to the trace's first span (ms).
+    pub offset_ms: f64,
+    /// Duration (ms).
+    pub duration_ms: f64,
+    /// Attributes (values as strings).
+    pub attributes: BTreeMap<String, String>,
+    /// Links to spans of other traces.
+    pub links: Vec<SpanLinkOut>,
+}
+
+/// A span link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanLinkOut {
+    /// 32 hex.
+    pub trace_id: String,
+    /// 16 hex.
+    pub span_id: String,
+}
+
+/// A request row of the trace, with its per-request arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestDetail {
+    /// The summary fields.
+    #[serde(flatten)]
+    pub request: RequestSummary,
+    /// Engine steps it took part in.
+    pub step_ids: Vec<u64>,
+    /// SSE content events, offsets from the start (ms).
+    pub chunk_offsets_ms: Vec<f64>,
+}
+
+/// An engine step of the trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOut {
+    /// Node.
+    pub node: String,
+    /// Step id (unique per node and engine instance).
+    pub step_id: u64,
+    /// Engine instance (`null`: the step itself was not stored).
+    pub engine_instance: Option<String>,
+    /// Start, Unix ns.
+    pub start_unix_ns: Option<u64>,
+    /// End, Unix ns.
+    pub end_unix_ns: Option<u64>,
+    /// Start relative to the trace's first span (ms).
+    pub offset_ms: Option<f64>,
+    /// Duration (ms).
+    pub duration_ms: Option<f64>,
+    /// Requests in the step's batch, as recorded by the engine.
+    pub batch_size: Option<u32>,
+    /// Other stored requests that took part in this step.
+    pub shared_with_count: u64,
+    /// Their trace ids (at most 32).
+    pub shared_with: Vec<String>,
+}
+
+/// Another request batched with this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Neighbour {
+    /// The request.
+    #[serde(flatten)]
+    pub request: RequestSummary,
+    /// Steps it shared with this trace.
+    pub shared_steps: u64,
+}
+
+/// The `/api/v1/traces/{trace_id}` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The id, lowercase.
+    pub trace_id: String,
+    /// Nodes that recorded spans or requests of this trace.
+    pub nodes: Vec<String>,
+    /// Request rows (one per node that served it).
+    pub requests: Vec<RequestDetail>,
+    /// Spans, by start time (parents before children at equal starts), across nodes.
+    pub spans: Vec<SpanOut>,
+    /// More than [`MAX_SPANS`] spans exist.
+    pub spans_truncated: bool,
+    /// Engine steps the requests took part in, by node and step id.
+    pub steps: Vec<StepOut>,
+    /// A request had more than [`MAX_STEPS`] steps.
+    pub steps_truncated: bool,
+    /// Other requests that shared steps with this trace, most shared first (at most 100).
+    pub batched_with: Vec<Neighbour>,
+    /// More than [`MAX_CANDIDATES`] concurrent requests were examined: `shared_with` and
+    /// `batched_with` may be incomplete.
+    pub batched_with_truncated: bool,
+}
+
+#[derive(Row, Deserialize)]
+struct SpanRowOut {
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+    node: String,
+    pid: u32,
+    attr_keys: Vec<String>,
+    attr_values: Vec<String>,
+    link_trace_ids: Vec<String>,
+    link_span_ids: Vec<String>,
+}
+
+// Nested rows are read field after field; this relies on the store's client being created
+// with `with_validation(false)` (plain RowBinary), which `Store::open` does.
+#[derive(Row, Deserialize)]
+struct DetailRow {
+    summary: SummaryRow,
+    step_ids: Vec<u64>,
+    chunk_offsets_ns: Vec<u64>,
+}
+
+#[derive(Row, Deserialize)]
+struct CandidateRow {
+    summary: SummaryRow,
+    step_ids: Vec<u64>,
+}
+
+#[derive(Row, Deserialize)]
+struct StepRowOut {
+    engine_instance: String,
+    step_id: u64,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+    batch_size: u32,
+}
+
+/// Validates a trace id: 32 hex digits (any case), returned lowercase.
+pub fn parse_trace_id(id: &str) -> Result<String, ApiError> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        let shown: String = id.chars().take(40).collect();
+        Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "invalid \"trace_id\": {shown:?} is not 32 hex digits (a W3C trace id, e.g. 4bf92f3577b34da6a3ce929d0e0e4736)"
+            ),
+        ))
+    }
+}
+
+/// Handler.
+pub async fn handler(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    q: QueryPairs,
+) -> Result<Json<Trace>, ApiError> {
+    let id = parse_trace_id(&id)?;
+    let p = params_of(q, &["from", "to"])?;
+    let fallback = fallback_window(&p)?;
+    Ok(Json(trace(&s.store, &id, &fallback).await?))
+}
+
+fn fallback_window(p: &Params) -> Result<Window, ApiError> {
+    if p.get("from").is_none() && p.get("to").is_none() {
+        let now = now_ns();
+        return Ok(Window::new(now.saturating_sub(MAX_WINDOW_NS), now));
+    }
+    Window::from_params(p)
+}
+
+fn ms_between(from: u64, to: u64) -> f64 {
+    to.saturating_sub(from) as f64 / 1e6
+}
+
+/// Looks a trace up. `fallback` bounds the scan of `requests` for traces without spans.
+pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, ApiError> {
+    let client = store.client();
+    let mut sql = Sql::new(
+        "SELECT span_id, parent_span_id, name, start_unix_ns, end_unix_ns, node, pid, attr_keys, \
+         attr_values, link_trace_ids, link_span_ids FROM ",
+    );
+    sql.push(&store.table("spans"))
+        .push(" WHERE trace_id = ")
+        .arg(Arg::Str(id.to_string()))
+        .push(
+            " ORDER BY start_unix_ns ASC, end_unix_ns DESC, node ASC, span_id ASC \
+             LIMIT 1 BY node, span_id LIMIT ",
+        )
+        .arg(Arg::U64(MAX_SPANS + 1));
+    let mut span_rows: Vec<SpanRowOut> = sql.fetch_all(client, "trace spans").await?;
+    let spans_truncated = span_rows.len() as u64 > MAX_SPANS;
+    span_rows.truncate(MAX_SPANS as usize);
+
+    // The time range to read `requests` in.
+    let (lo_s, hi_s) = if span_rows.is_empty() {
+        (
+            fallback.from_unix_ns / 1_000_000_000,
+            fallback.to_unix_ns.div_ceil(1_000_000_000),
+        )
+    } else {
+        let lo = span_rows.iter().map(|s| s.start_unix_ns).min().unwrap_or(0);
+        let hi = span_rows.iter().map(|s| s.start_unix_ns).max().unwrap_or(0);
+        (
+            (lo / 1_000_000_000).saturating_sub(SLACK_S),
+            hi / 1_000_000_000 + SLACK_S,
+        )
+    };
+    let mut sql = Sql::new("SELECT ");
+    sql.push(SUMMARY_COLUMNS)
+        .push(", step_ids, chunk_offsets_ns FROM ")
+        .push(&store.table("requests"))
+        // Explicit PREWHERE: left to itself 18.16 moves the cheaper `start` bounds there, and
+        // then reads every column of the window (the table is ordered by model and node first,
+        // so the window's rows are spread over all granules).
+        .push(" PREWHERE trace_id = ")
+        .arg(Arg::Str(id.to_string()))
+        .push(" WHERE start >= toDateTime(")
+        .arg(Arg::U64(lo_s))
+        .push(") AND start <= toDateTime(")
+        .arg(Arg::U64(hi_s))
+        .push(
+            ") ORDER BY start_unix_ns ASC, node ASC LIMIT 1 BY node, pid, start_unix_ns LIMIT 100",
+        );
+    let rows: Vec<DetailRow> = sql.fetch_all(client, "trace requests").await?;
+
+    if span_rows.is_empty() && rows.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "trace {id} not found: no spans, and no request rows between {} and {}; check the id, \
+                 or pass from/to if the request is older",
+                fallback.from, fallback.to
+            ),
+        ));
+    }
+
+    let t0 = span_rows
+        .iter()
+        .map(|s| s.start_unix_ns)
+        .chain(rows.iter().map(|r| r.summary_start()))
+        .min()
+        .unwrap_or(0);
+
+    let mut steps = Vec::new();
+    let mut steps_truncated = false;
+    let mut neighbours: Vec<Neighbour> = Vec::new();
+    let mut candidates_truncated = false;
+    for r in &rows {
+        if r.step_ids.is_empty() {
+            continue;
+        }
+        let mut ids = r.step_ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > MAX_STEPS {
+            steps_truncated = true;
+            ids.truncate(MAX_STEPS);
+        }
+        let (node, start, end) = r.node_and_times();
+        let (s, n, cut) = batch_context(store, id, &node, start, end, &ids, t0).await?;
+        steps.extend(s);
+        neighbours.extend(n);
+        candidates_truncated |= cut;
+    }
+    neighbours.sort_by(|a, b| {
+        b.shared_steps
+            .cmp(&a.shared_steps)
+            .then(a.request.start_unix_ns.cmp(&b.request.start_unix_ns))
+    });
+    neighbours.truncate(MAX_NEIGHBOURS as usize);
+
+    let spans: Vec<SpanOut> = span_rows
+        .into_iter()
+        .map(|s| SpanOut {
+            offset_ms: ms_between(t0, s.start_unix_ns),
+            duration_ms: ms_between(s.start_unix_ns, s.end_unix_ns),
+            attributes: s.attr_keys.into_iter().zip(s.attr_values).collect(),
+            links: s
+                .link_trace_ids
+                .into_iter()
+                .zip(s.link_span_ids)
+                .map(|(trace_id, span_id)| SpanLinkOut { trace_id, span_id })
+                .collect(),
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            name: s.name,
+            node: s.node,
+            pid: s.pid,
+            start_unix_ns: s.start_unix_ns,
+            end_unix_ns: s.end_unix_ns,
+        })
+        .collect();
+    let requests: Vec<RequestDetail> = rows
+        .into_iter()
+        .map(|r| RequestDetail {
+            chunk_offsets_ms: r.chunk_offsets_ns.iter().map(|&n| ns_to_ms(n)).collect(),
+            step_ids: r.step_ids,
+            request: r.summary.into(),
+        })
+        .collect();
+    let mut nodes: Vec<String> = spans
+        .iter()
+        .map(|s| s.node.clone())
+        .chain(requests.iter().map(|r| r.request.node.clone()))
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(Trace {
+        trace_id: id.to_string(),
+        nodes,
+        requests,
+        spans,
+        spans_truncated,
+        steps,
+        steps_truncated,
+        batched_with: neighbours,
+        batched_with_truncated: candidates_truncated,
+    })
+}
+
+impl DetailRow {
+    fn summary_start(&self) -> u64 {
+        self.summary.start_unix_ns
+    }
+
+    fn node_and_times(&self) -> (String, u64, u64) {
+        (
+            self.summary.node.clone(),
+            self.summary.start_unix_ns,
+            self.summary.end_unix_ns,
+        )
+    }
+}
+
+/// The engine steps `ids` (sorted, deduplicated) of the request on `node` during
+/// `[start, end]`, and the other requests that took part in them.
+///
+/// Step ids grow with time within an engine instance, so both queries select by the id range
+/// `[ids[0], ids[last]]` (never `has(long_constant_array, x)`, which is a linear search per row)
+/// and the exact set membership is checked here. Requests that shared a step ran at the same
+/// time on the same node: the candidates are the node's requests overlapping `[start, end]`.
+async fn batch_context(
+    store: &Store,
+    id: &str,
+    node: &str,
+    start: u64,
+    end: u64,
+    ids: &[u64],
+    t0: u64,
+) -> Result<(Vec<StepOut>, Vec<Neighbour>, bool), ApiError> {
+    let client = store.client();
+    let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+    let (from, to) = (start.saturating_sub(STEP_SLACK_NS), end + STEP_SLACK_NS);
+    let mut sql =
+        Sql::new("SELECT engine_instance, step_id, start_unix_ns, end_unix_ns, batch_size FROM ");
+    sql.push(&store.table("engine_steps"))
+        .push(" WHERE node = ")
+        .arg(Arg::Str(node.to_string()))
+        .push(" AND start >= toDateTime(")
+        .arg(Arg::U64(from / 1_000_000_000))
+        .push(") AND start <= toDateTime(")
+        .arg(Arg::U64(to.div_ceil(1_000_000_000)))
+        .push(") AND step_id >= ")
+        .arg(Arg::U64(lo))
+        .push(" AND step_id <= ")
+        .arg(Arg::U64(hi))
+        // One row per step: ReplacingMergeTree duplicates survive until a merge, and step ids
+        // restart with each node-probe run (engine_instance): prefer the row that lies within
+        // the request.
+        .push(" ORDER BY step_id ASC, (start_unix_ns >= ")
+        .arg(Arg::U64(from))
+        .push(" AND start_unix_ns <= ")
+        .arg(Arg::U64(to))
+        .push(") DESC, engine_instance ASC LIMIT 1 BY step_id");
+    let found: Vec<StepRowOut> = sql.fetch_all(client, "trace steps").await?;
+    let found: BTreeMap<u64, StepRowOut> = found
+        .into_iter()
+        .filter(|r| ids.binary_search(&r.step_id).is_ok())
+        .map(|r| (r.step_id, r))
+        .collect();
+
+    let mut sql = Sql::new("SELECT ");
+    sql.push(SUMMARY_COLUMNS)
+        .push(", step_ids FROM ")
+        .push(&store.table("requests"))
+        .push(" WHERE node = ")
+        .arg(Arg::Str(node.to_string()))
+        .push(" AND start >= toDateTime(")
+        .arg(Arg::U64(
+            (start / 1_000_000_000).saturating_sub(NEIGHBOUR_LOOKBACK_S),
+        ))
+        .push(") AND start <= toDateTime(")
+        .arg(Arg::U64(end.div_ceil(1_000_000_000)))
+        .push(") AND start_unix_ns <= ")
+        .arg(Arg::U64(end))
+        .push(" AND end_unix_ns >= ")
+        .arg(Arg::U64(start))
+        .push(" AND trace_id != ")
+        .arg(Arg::Str(id.to_string()))
+        .push(" AND arrayExists(x -> x >= ")
+        .arg(Arg::U64(lo))
+        .push(" AND x <= ")
+        .arg(Arg::U64(hi))
+        .push(", step_ids) ORDER BY start_unix_ns ASC, trace_id ASC LIMIT ")
+        .arg(Arg::U64(MAX_CANDIDATES + 1));
+    let mut cands: Vec<CandidateRow> = sql.fetch_all(client, "trace batch neighbours").await?;
+    let truncated = cands.len() as u64 > MAX_CANDIDATES;
+    cands.truncate(MAX_CANDIDATES as usize);
+
+    let mut shared: BTreeMap<u64, (u64, Vec<String>)> = BTreeMap::new();
+    let mut neighbours = Vec::new();
+    for mut c in cands {
+        c.step_ids.sort_unstable();
+        c.step_ids.dedup();
+        let mut n = 0;
+        for sid in &c.step_ids {
+            if ids.binary_search(sid).is_ok() {
+                n += 1;
+                let e = shared.entry(*sid).or_default();
+                e.0 += 1;
+                if (e.1.len() as u64) < MAX_SHARED_IDS {
+                    e.1.push(c.summary.trace_id.clone());
+                }
+            }
+        }
+        if n > 0 {
+            neighbours.push(Neighbour {
+                shared_steps: n,
+                request: c.summary.into(),
+            });
+        }
+    }
+
+    let steps = ids
+        .iter()
+        .map(|&step_id| {
+            let f = found.get(&step_id);
+            let s = shared.remove(&step_id).unwrap_or_default();
+            StepOut {
+                node: node.to_string(),
+                step_id,
+                engine_instance: f.map(|f| f.engine_instance.clone()),
+                start_unix_ns: f.map(|f| f.start_unix_ns),
+                end_unix_ns: f.map(|f| f.end_unix_ns),
+                offset_ms: f.map(|f| ms_between(t0, f.start_unix_ns)),
+                duration_ms: f.map(|f| ms_between(f.start_unix_ns, f.end_unix_ns)),
+                batch_size: f.map(|f| f.batch_size),
+                shared_with_count: s.0,
+                shared_with: s.1,
+            }
+        })
+        .collect();
+    Ok((steps, neighbours, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids() {
+        assert_eq!(
+            parse_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736").unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for bad in [
+            "",
+            "xyz",
+            "4bf92f3577b34da6a3ce929d0e0e473",
+            "4bf92f3577b34da6a3ce929d0e0e473g",
+        ] {
+            let e = parse_trace_id(bad).err().unwrap();
+            assert_eq!(e.code, ErrorCode::InvalidArgument);
+            assert!(e.message.contains("trace_id"));
+        }
+    }
+}
