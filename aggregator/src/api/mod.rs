@@ -1,10 +1,45 @@
-//! HTTP API (axum): query endpoints, metrics, health.
+//! HTTP API (axum): the query endpoints under `/api/v1`, the OpenAPI description, metrics and
+//! health.
+//!
+//! * [`breakdown`] — `GET /api/v1/breakdown`: quantiles of e2e, ttft, tpot and every phase, and
+//!   the slow cohort compared with the median cohort;
+//! * [`requests`] — `GET /api/v1/requests`: filtered, sorted, paged request list;
+//! * [`trace`] — `GET /api/v1/traces/{trace_id}`: one trace across nodes, its spans and engine
+//!   steps;
+//! * [`filters`] — `GET /api/v1/filters`: distinct values for dropdowns;
+//! * [`timeseries`] — `GET /api/v1/timeseries`: count and e2e/ttft/tpot quantiles per time bucket;
+//! * [`histogram`] — `GET /api/v1/histogram`: distribution of one metric (log or linear buckets);
+//! * [`ui`] — `GET /` and `/assets/…`: the web UI (`query-ui/`), embedded at compile time;
+//! * `GET /openapi.yaml` — the OpenAPI 3 description (`aggregator/openapi.yaml`).
+//!
+//! Errors are [`ApiError`]s: `{"error": {"code", "message"}}` with the matching HTTP status.
+//! Parameters are validated in [`params`]; user values reach ClickHouse only as bound literals
+//! ([`sql`]).
 use std::sync::Arc;
 
-use axum::{extract::State, routing::get, Router};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::{routing::get, Router};
 
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::store::Store;
+
+pub mod breakdown;
+pub mod filters;
+pub mod histogram;
+pub mod params;
+pub mod requests;
+pub mod sql;
+pub mod time;
+pub mod timeseries;
+pub mod trace;
+pub mod ui;
+
+/// The OpenAPI 3 description served at `/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -15,12 +50,61 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
 }
 
+/// The raw query string as name/value pairs (validated by [`params::Params`]).
+pub type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// Decodes and checks the parameter names of a query string.
+pub fn params_of(q: QueryPairs, known: &[&str]) -> Result<params::Params, ApiError> {
+    let Query(pairs) = q.map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed query string: {}", e.body_text()),
+        )
+    })?;
+    params::Params::new(pairs, known)
+}
+
+/// Nanoseconds → milliseconds.
+pub fn ns_to_ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
 /// All HTTP routes.
 pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/breakdown", get(breakdown::handler))
+        .route("/requests", get(requests::handler))
+        .route("/traces/{trace_id}", get(trace::handler))
+        .route("/filters", get(filters::handler))
+        .route("/timeseries", get(timeseries::handler))
+        .route("/histogram", get(histogram::handler))
+        .fallback(api_not_found);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/openapi.yaml", get(openapi))
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::assets))
+        .nest("/api/v1", v1)
         .with_state(state)
+}
+
+async fn api_not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no endpoint {}; see /openapi.yaml for the API (breakdown, requests, traces/{{trace_id}}, filters, timeseries, histogram)",
+            uri.path()
+        ),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI_YAML,
+    )
 }
 
 async fn metrics(
