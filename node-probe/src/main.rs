@@ -72,6 +72,9 @@ struct Cli {
     /// Ring buffer poll interval in milliseconds.
     #[arg(long, default_value_t = 10)]
     poll_ms: u64,
+    /// How often /proc is rescanned to repair the target set (seconds).
+    #[arg(long, default_value_t = 5.0)]
+    rescan_s: f64,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration_s: Option<f64>,
@@ -168,7 +171,7 @@ fn real_main() -> anyhow::Result<()> {
         }),
         print_payload: cli.print_payload,
         poll_interval: Duration::from_millis(cli.poll_ms.max(1)),
-        rescan_interval: Duration::from_secs(2),
+        rescan_interval: Duration::from_secs_f64(cli.rescan_s.clamp(0.1, 3600.0)),
         duration,
         print_requests: cli.requests,
         ports: cli.ports,

@@ -143,6 +143,8 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let mut stats = Stats::default();
     let started = Instant::now();
     let mut last_rescan = Instant::now();
+    let mut last_ports = Instant::now();
+    let mut ports_for_targets = probe.targets().len();
     let mut pending: Vec<Event> = Vec::with_capacity(1024);
     let mut finished: Vec<RequestRecord> = Vec::new();
     loop {
@@ -182,9 +184,18 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         }
         watch_new_ports(&mut probe, &mut tracker);
         if last_rescan.elapsed() >= cfg.rescan_interval {
+            let t = Instant::now();
             sync_targets(&mut probe, &cfg.selector, proc_root);
-            discover_ports(&probe, &mut tracker, proc_root);
+            // Listening sockets change rarely: look again when the target set changed, or
+            // every 30 s (reading a busy engine's fd table is the costliest part of a rescan).
+            let targets_now = probe.targets().len();
+            if targets_now != ports_for_targets || last_ports.elapsed() >= Duration::from_secs(30) {
+                discover_ports(&probe, &mut tracker, proc_root);
+                ports_for_targets = targets_now;
+                last_ports = Instant::now();
+            }
             tracker.tick(crate::clock::monotonic_ns(), &mut finished);
+            debug!(elapsed_us = t.elapsed().as_micros() as u64, "rescan");
             last_rescan = Instant::now();
         }
         let wrote = deliver_requests(
