@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine (run as root: the eBPF tests need it).
 # Idempotent: installs what is missing (apt packages, nightly rust-src, bpf-linker, ClickHouse,
-# the real vLLM), starts ONE real engine that every real-engine test shares (with its own OTLP
-# traces going to a local collector, as ground truth), then runs fmt, clippy and every test
-# (default members; probe-ebpf is built by node-probe).
+# the UI build (before the aggregator, which embeds it), Chromium, the real vLLM), starts ONE real
+# engine that every real-engine test shares (with its own OTLP traces going to a local collector,
+# as ground truth), then runs fmt, clippy and every test (default members; probe-ebpf is built
+# by node-probe).
 #
 # With INFERSCOPE_REQUIRE_BPF=1 (set by .ci/run) an eBPF or real-engine test that cannot run
 # fails instead of skipping. INFERSCOPE_SKIP_ENGINE=1 skips starting the engine (its tests then
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "test.sh: cargo not found: install Rust with rustup first (https://rustup.rs)" >&2; exit 1; }
 t0=$(date +%s)
 scripts/setup.sh
+scripts/setup.sh browser   # headless Chromium for the UI's browser tests (loadtests/tests/ui.rs)
 [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/setup.sh engine
 echo "[test] set-up done in $(( $(date +%s) - t0 ))s"
 

@@ -18,7 +18,10 @@ fn bin(name: &str) -> PathBuf {
 }
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn ch_url() -> String {
@@ -34,13 +37,29 @@ fn sql(q: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_aggregator(db: &str, grpc: u16, http: u16) -> Child {
     let c = Command::new(bin("aggregator"))
-        .args(["--database", db, "--token", "chain-token", "--flush-ms", "200"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}"), "--http-listen", &format!("127.0.0.1:{http}")])
+        .args([
+            "--database",
+            db,
+            "--token",
+            "chain-token",
+            "--flush-ms",
+            "200",
+        ])
+        .args([
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
         .args(["--clickhouse-url", &ch_url()])
         .stderr(Stdio::null())
         .spawn()
@@ -57,7 +76,16 @@ fn start_aggregator(db: &str, grpc: u16, http: u16) -> Child {
 
 fn load(url: &str, n: u64, log: &std::path::Path) -> Vec<String> {
     let st = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--url", url, "--requests", &n.to_string(), "--concurrency", "8", "--max-tokens", "8"])
+        .args([
+            "--url",
+            url,
+            "--requests",
+            &n.to_string(),
+            "--concurrency",
+            "8",
+            "--max-tokens",
+            "8",
+        ])
         .arg("--trace-log")
         .arg(log)
         .stdout(Stdio::null())
@@ -67,14 +95,21 @@ fn load(url: &str, n: u64, log: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["trace_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["trace_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
 fn wait_count(db: &str, want: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
-        let n: usize = sql(&format!("SELECT count() FROM {db}.requests")).parse().unwrap_or(0);
+        let n: usize = sql(&format!("SELECT count() FROM {db}.requests"))
+            .parse()
+            .unwrap_or(0);
         if n >= want || Instant::now() > deadline {
             return n;
         }
@@ -91,15 +126,24 @@ fn kill(c: &mut Child, sig: i32) {
 fn chain_survives_outages_and_agrees_with_sql() {
     let root = unsafe { libc::geteuid() } == 0;
     let required = std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() == Ok("1");
-    let env = (std::env::var("INFERSCOPE_ENGINE_URL"), std::env::var("INFERSCOPE_ENGINE_PID"));
+    let env = (
+        std::env::var("INFERSCOPE_ENGINE_URL"),
+        std::env::var("INFERSCOPE_ENGINE_PID"),
+    );
     let ch_up = sql("SELECT 1") == "1";
     let (Ok(url), Ok(pid)) = env else {
-        assert!(!required, "chain test required but the engine env (scripts/test.sh) is missing");
+        assert!(
+            !required,
+            "chain test required but the engine env (scripts/test.sh) is missing"
+        );
         eprintln!("SKIPPED chain_survives_outages_and_agrees_with_sql: run through scripts/test.sh as root");
         return;
     };
     if !root || !ch_up {
-        assert!(!required, "chain test required: root={root} clickhouse={ch_up}");
+        assert!(
+            !required,
+            "chain test required: root={root} clickhouse={ch_up}"
+        );
         eprintln!("SKIPPED chain test: root={root} clickhouse={ch_up}");
         return;
     }
@@ -109,7 +153,14 @@ fn chain_survives_outages_and_agrees_with_sql() {
     let (grpc, http) = (free_port(), free_port());
     let mut agg = start_aggregator(&db, grpc, http);
     let mut probe = Command::new(bin("node-probe"))
-        .args(["--pid", &pid, "--export", &format!("http://127.0.0.1:{grpc}"), "--token", "chain-token"])
+        .args([
+            "--pid",
+            &pid,
+            "--export",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--token",
+            "chain-token",
+        ])
         .args(["--batch-max-ms", "200", "--node-name", "chain-node"])
         .arg("--spool-dir")
         .arg(dir.join("spool"))
@@ -122,7 +173,11 @@ fn chain_survives_outages_and_agrees_with_sql() {
 
     // Phase 1: normal.
     sent.extend(load(&url, 40, &dir.join("a.jsonl")));
-    assert_eq!(wait_count(&db, sent.len(), Duration::from_secs(60)), sent.len(), "phase 1 stored");
+    assert_eq!(
+        wait_count(&db, sent.len(), Duration::from_secs(60)),
+        sent.len(),
+        "phase 1 stored"
+    );
 
     // Phase 2: the aggregator dies during load and stays away 30 s.
     kill(&mut agg, libc::SIGKILL);
@@ -135,7 +190,11 @@ fn chain_survives_outages_and_agrees_with_sql() {
 
     // Phase 3: ClickHouse stops for 30 s during load.
     let chs = |cmd: &str| {
-        let st = Command::new(repo().join("scripts/clickhouse.sh")).arg(cmd).stdout(Stdio::null()).status().unwrap();
+        let st = Command::new(repo().join("scripts/clickhouse.sh"))
+            .arg(cmd)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
         assert!(st.success(), "clickhouse.sh {cmd}");
     };
     chs("stop");
@@ -148,11 +207,22 @@ fn chain_survives_outages_and_agrees_with_sql() {
 
     // Exactly once, every request, with its phases.
     std::thread::sleep(Duration::from_secs(2));
-    let total: usize = sql(&format!("SELECT count() FROM {db}.requests")).parse().unwrap();
-    let uniq: usize = sql(&format!("SELECT uniqExact(trace_id) FROM {db}.requests")).parse().unwrap();
-    let stored: HashSet<String> = sql(&format!("SELECT trace_id FROM {db}.requests")).lines().map(str::to_string).collect();
+    let total: usize = sql(&format!("SELECT count() FROM {db}.requests"))
+        .parse()
+        .unwrap();
+    let uniq: usize = sql(&format!("SELECT uniqExact(trace_id) FROM {db}.requests"))
+        .parse()
+        .unwrap();
+    let stored: HashSet<String> = sql(&format!("SELECT trace_id FROM {db}.requests"))
+        .lines()
+        .map(str::to_string)
+        .collect();
     let missing: Vec<&String> = sent.iter().filter(|t| !stored.contains(*t)).collect();
-    eprintln!("chain: sent {} requests, stored {total} rows, {uniq} unique, {} missing", sent.len(), missing.len());
+    eprintln!(
+        "chain: sent {} requests, stored {total} rows, {uniq} unique, {} missing",
+        sent.len(),
+        missing.len()
+    );
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert_eq!(total, sent.len(), "duplicates stored");
     let incomplete: usize = sql(&format!(
@@ -165,29 +235,50 @@ fn chain_survives_outages_and_agrees_with_sql() {
 
     // The breakdown endpoint and the CLI agree with SQL on the same rows.
     let (from, to) = (
-        sql(&format!("SELECT toUnixTimestamp(min(start)) - 1 FROM {db}.requests")),
-        sql(&format!("SELECT toUnixTimestamp(max(start)) + 1 FROM {db}.requests")),
+        sql(&format!(
+            "SELECT toUnixTimestamp(min(start)) - 1 FROM {db}.requests"
+        )),
+        sql(&format!(
+            "SELECT toUnixTimestamp(max(start)) + 1 FROM {db}.requests"
+        )),
     );
     let direct = sql(&format!(
         "SELECT arrayStringConcat(arrayMap(x -> toString(round(x / 1e6, 3)), quantilesExact(0.5, 0.9, 0.99)(e2e_ns)), ',') \
          FROM {db}.requests WHERE start >= toDateTime({from}) AND start <= toDateTime({to})"
     ));
     let want: Vec<f64> = direct.split(',').map(|x| x.parse().unwrap()).collect();
-    let api = format!("http://127.0.0.1:{http}/api/v1/breakdown?from={from}&to={to}&quantiles=0.5,0.9,0.99");
+    let api = format!(
+        "http://127.0.0.1:{http}/api/v1/breakdown?from={from}&to={to}&quantiles=0.5,0.9,0.99"
+    );
     let out = Command::new("curl").args(["-sf", &api]).output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).expect("breakdown JSON");
     let cli = Command::new(bin("inferscope"))
-        .args(["--api", &format!("http://127.0.0.1:{http}"), "breakdown", "--from", &from, "--to", &to])
+        .args([
+            "--api",
+            &format!("http://127.0.0.1:{http}"),
+            "breakdown",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ])
         .args(["--quantiles", "0.5,0.9,0.99", "--output", "json"])
         .output()
         .unwrap();
-    assert!(cli.status.success(), "CLI: {}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        cli.status.success(),
+        "CLI: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let c: Value = serde_json::from_slice(&cli.stdout).expect("CLI JSON");
     for doc in [&v, &c] {
         assert_eq!(doc["count"].as_u64(), Some(sent.len() as u64), "{doc}");
         let got = e2e_quantiles(doc);
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 0.01, "e2e quantiles {got:?} vs SQL {want:?}");
+            assert!(
+                (g - w).abs() < 0.01,
+                "e2e quantiles {got:?} vs SQL {want:?}"
+            );
         }
     }
     kill(&mut probe, libc::SIGTERM);

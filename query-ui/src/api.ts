@@ -1,0 +1,224 @@
+// The aggregator's query API (aggregator/openapi.yaml), same origin.
+
+export interface Window {
+  from: string;
+  to: string;
+  from_unix_ns: number;
+  to_unix_ns: number;
+}
+
+export const PHASES = ['frontend', 'queue', 'prefill', 'decode', 'delivery'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface QuantileRow {
+  q: number;
+  e2e_ms: number | null;
+  ttft_ms: number | null;
+  tpot_ms: number | null;
+  frontend_ms: number | null;
+  queue_ms: number | null;
+  prefill_ms: number | null;
+  decode_ms: number | null;
+  delivery_ms: number | null;
+}
+
+export interface PhaseMean {
+  mean_ms: number;
+  share: number;
+  requests: number;
+}
+
+export interface PhaseDiff {
+  mean_ms: number;
+  share: number;
+}
+
+export interface Cohort {
+  definition: string;
+  count: number;
+  min_e2e_ms: number;
+  max_e2e_ms: number;
+  mean_e2e_ms: number;
+  phases: Record<Phase, PhaseMean>;
+  covered_share: number;
+  unattributed: PhaseMean;
+}
+
+export interface SlowVsMedian {
+  slow_quantile: number;
+  slow: Cohort;
+  median: Cohort;
+  diff: Record<Phase, PhaseDiff>;
+  unattributed_diff: PhaseDiff;
+  largest_difference: string | null;
+}
+
+export interface Breakdown {
+  window: Window;
+  count: number;
+  samples: Record<string, number>;
+  quantiles: QuantileRow[];
+  slow_vs_median: SlowVsMedian | null;
+}
+
+export interface RequestSummary {
+  trace_id: string;
+  start: string;
+  start_unix_ns: number;
+  end_unix_ns: number;
+  node: string;
+  pid: number;
+  engine: string;
+  model: string;
+  method: string;
+  path: string;
+  status: number;
+  outcome: string;
+  stream: boolean;
+  e2e_ms: number;
+  ttft_ms: number;
+  tpot_ms: number | null;
+  frontend_ms: number | null;
+  queue_ms: number | null;
+  prefill_ms: number | null;
+  decode_ms: number | null;
+  delivery_ms: number | null;
+  engine_ttft_ms: number | null;
+  engine_e2e_ms: number | null;
+  read_wait_ms: number;
+  req_bytes: number;
+  resp_bytes: number;
+  chunks: number;
+  engine_steps: number;
+  max_gap_ms: number;
+  client: string;
+  server: string;
+  response_id: string;
+  x_request_id: string;
+  engine_request_id: string;
+  gave_up: string;
+}
+
+export interface RequestList {
+  window: Window;
+  total: number;
+  offset: number;
+  limit: number;
+  next_offset: number | null;
+  sort: string;
+  order: string;
+  requests: RequestSummary[];
+}
+
+export interface RequestDetail extends RequestSummary {
+  step_ids: number[];
+  chunk_offsets_ms: number[];
+}
+
+export interface Span {
+  span_id: string;
+  parent_span_id: string;
+  name: string;
+  node: string;
+  pid: number;
+  start_unix_ns: number;
+  end_unix_ns: number;
+  offset_ms: number;
+  duration_ms: number;
+  attributes: Record<string, string>;
+  links: { trace_id: string; span_id: string }[];
+}
+
+export interface Step {
+  node: string;
+  step_id: number;
+  engine_instance: string | null;
+  start_unix_ns: number | null;
+  end_unix_ns: number | null;
+  offset_ms: number | null;
+  duration_ms: number | null;
+  batch_size: number | null;
+  shared_with_count: number;
+  shared_with: string[];
+}
+
+export interface Neighbour extends RequestSummary {
+  shared_steps: number;
+}
+
+export interface Trace {
+  trace_id: string;
+  nodes: string[];
+  requests: RequestDetail[];
+  spans: Span[];
+  spans_truncated: boolean;
+  steps: Step[];
+  steps_truncated: boolean;
+  batched_with: Neighbour[];
+}
+
+export interface FilterValues {
+  window: Window;
+  count: number;
+  models: string[];
+  nodes: string[];
+  engines: string[];
+  statuses: number[];
+  outcomes: string[];
+  truncated: boolean;
+}
+
+export interface TsBucket {
+  start: string;
+  start_unix_s: number;
+  count: number;
+  e2e_ms: number[] | null;
+  ttft_ms: number[] | null;
+  tpot_ms: number[] | null;
+  tpot_count: number;
+}
+
+export interface Timeseries {
+  window: Window;
+  step_s: number;
+  quantiles: number[];
+  count: number;
+  buckets: TsBucket[];
+}
+
+export interface Histogram {
+  window: Window;
+  metric: string;
+  scale: string;
+  count: number;
+  min_ms: number | null;
+  max_ms: number | null;
+  buckets: { lo_ms: number; hi_ms: number; count: number }[];
+}
+
+/** An API error, with the server's message. */
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+  ) {
+    super(message);
+  }
+}
+
+/** GET `/api/v1/{path}?{params}` as JSON. */
+export async function get<T>(path: string, params?: URLSearchParams, signal?: AbortSignal): Promise<T> {
+  const qs = params && params.toString() ? `?${params.toString()}` : '';
+  const r = await fetch(`/api/v1/${path}${qs}`, { signal, headers: { accept: 'application/json' } });
+  if (!r.ok) {
+    let msg = `${r.status} ${r.statusText}`;
+    try {
+      const body = (await r.json()) as { error?: { message?: string } };
+      if (body.error?.message) msg = body.error.message;
+    } catch {
+      // not JSON
+    }
+    throw new ApiError(msg, r.status);
+  }
+  return (await r.json()) as T;
+}

@@ -1,0 +1,305 @@
+// Overview: the window's latency at a glance: percentiles over time, the distribution, the phase
+// breakdown per percentile and what is different about the slowest requests.
+import { type Breakdown, type FilterValues, get, type Histogram, PHASES, type Timeseries } from '../api';
+import { legend, stackedBar, type Segment } from '../bars';
+import { countChart, histogramChart, LEVEL_COLORS, lineChart } from '../charts';
+import { scopeControls } from '../controls';
+import type { Ctx } from '../ctx';
+import { append, h, section } from '../dom';
+import { fmtCount, fmtDeltaMs, fmtMs, fmtPoints, fmtShare, levelName } from '../format';
+import { fill } from '../load';
+import { apiParams, href, resolveWindow, scopeOf, withParams } from '../state';
+
+const METRICS = ['e2e', 'ttft', 'tpot'] as const;
+const METRIC_TITLES: Record<string, string> = { e2e: 'End to end (E2E)', ttft: 'Time to first token (TTFT)', tpot: 'Time per output token (TPOT)' };
+
+export async function overview(root: HTMLElement, ctx: Ctx): Promise<void> {
+  const p = ctx.route.params;
+  const w = resolveWindow(p);
+  const ap = apiParams(p, w);
+  const go = (np: URLSearchParams) => ctx.go(href('overview', np));
+  const controls = scopeControls(p, w, go);
+
+  const summary = h('div', { class: 'body' });
+  const ts = h('div', { class: 'body' });
+  const hist = h('div', { class: 'body' });
+  const phases = h('div', { class: 'body' });
+  const cohorts = h('div', { class: 'body' });
+  root.append(
+    controls.el,
+    section('Summary', 'summary', summary),
+    section('Latency percentiles over time', 'timeseries', ts),
+    h(
+      'div',
+      { class: 'grid2' },
+      section('Latency distribution', 'histogram', hist),
+      section('Phase breakdown per percentile', 'phases', phases),
+    ),
+    section('Slowest requests vs typical requests', 'cohorts', cohorts),
+  );
+
+  const windowOnly = new URLSearchParams({ from: String(w.from), to: String(w.to) });
+  const fv = get<FilterValues>('filters', windowOnly, ctx.signal)
+    .then((v) => {
+      if (ctx.current()) controls.setFilters(v);
+    })
+    .catch(() => undefined);
+
+  const breakdown = get<Breakdown>('breakdown', ap, ctx.signal);
+  await Promise.all([
+    fv,
+    fill(ctx, summary, () => breakdown, (b) => renderSummary(summary, b, p)),
+    fill(ctx, phases, () => breakdown, (b) => renderPhases(phases, b)),
+    fill(ctx, cohorts, () => breakdown, (b) => renderCohorts(cohorts, b)),
+    fill(
+      ctx,
+      ts,
+      () => get<Timeseries>('timeseries', ap, ctx.signal),
+      (t) => renderTimeseries(ts, t),
+    ),
+    histogramSection(ctx, hist, ap, p),
+  ]);
+}
+
+function stat(label: string, value: string, testid: string): HTMLElement {
+  return h('div', { class: 'stat' }, h('div', { class: 'stat-label' }, label), h('div', { class: 'stat-value', 'data-testid': testid }, value));
+}
+
+function renderSummary(el: HTMLElement, b: Breakdown, p: URLSearchParams): void {
+  const row = (q: number) => b.quantiles.find((r) => Math.abs(r.q - q) < 1e-9);
+  const tiles: HTMLElement[] = [stat('requests', fmtCount(b.count), 'stat-count')];
+  for (const m of METRICS) {
+    for (const q of [0.5, 0.9, 0.99]) {
+      const r = row(q);
+      const v = r ? (r[`${m}_ms` as keyof typeof r] as number | null) : null;
+      tiles.push(stat(`${m.toUpperCase()} ${levelName(q)}`, fmtMs(v), `stat-${m}-${levelName(q)}`));
+    }
+  }
+  el.append(
+    h('div', { class: 'stats' }, tiles),
+    h(
+      'p',
+      null,
+      h('a', { href: href('requests', withParams(scopeOf(p), { sort: 'e2e', order: 'desc' })), 'data-testid': 'link-slowest' }, 'Slowest requests →'),
+      ' ',
+      h('span', { class: 'muted' }, `window ${b.window.from} – ${b.window.to}`),
+    ),
+  );
+}
+
+function renderTimeseries(el: HTMLElement, t: Timeseries): void {
+  if (t.count === 0) {
+    el.append(h('p', { class: 'muted', 'data-testid': 'empty' }, 'No requests in this window.'));
+    return;
+  }
+  const xs = t.buckets.map((b) => b.start_unix_s);
+  const grid = h('div', { class: 'grid3' });
+  el.append(h('p', { class: 'muted' }, `${fmtCount(t.count)} requests in ${t.buckets.length} buckets of ${t.step_s} s (UTC)`), grid);
+  for (const m of METRICS) {
+    const box = h('div', { class: 'chart', 'data-testid': `chart-${m}` });
+    grid.append(h('div', null, h('h3', null, METRIC_TITLES[m]), box));
+    const key = `${m}_ms` as 'e2e_ms' | 'ttft_ms' | 'tpot_ms';
+    lineChart(
+      box,
+      xs,
+      t.quantiles.map((q, i) => ({
+        label: levelName(q),
+        color: LEVEL_COLORS[i % LEVEL_COLORS.length],
+        values: t.buckets.map((b) => b[key]?.[i] ?? null),
+      })),
+    );
+  }
+  const counts = h('div', { class: 'chart', 'data-testid': 'chart-count' });
+  el.append(h('h3', null, 'Requests per bucket'), counts);
+  countChart(
+    counts,
+    xs,
+    t.buckets.map((b) => b.count),
+  );
+}
+
+async function histogramSection(ctx: Ctx, el: HTMLElement, ap: URLSearchParams, p: URLSearchParams): Promise<void> {
+  const metric = ['e2e', 'ttft', 'tpot'].includes(p.get('hist') ?? '') ? (p.get('hist') as string) : 'e2e';
+  const scale = p.get('hist_scale') === 'linear' ? 'linear' : 'log';
+  const body = h('div');
+  const pick = (np: URLSearchParams) => {
+    ctx.replaceUrl(href('overview', np));
+    el.replaceChildren();
+    void histogramSection(ctx, el, ap, np);
+  };
+  const mSel = h('select', { 'aria-label': 'histogram metric', 'data-testid': 'hist-metric' });
+  for (const m of METRICS) mSel.appendChild(new Option(m, m));
+  mSel.value = metric;
+  mSel.addEventListener('change', () => pick(withParams(p, { hist: mSel.value === 'e2e' ? null : mSel.value })));
+  const sSel = h('select', { 'aria-label': 'histogram scale', 'data-testid': 'hist-scale' });
+  for (const s of ['log', 'linear']) sSel.appendChild(new Option(`${s} buckets`, s));
+  sSel.value = scale;
+  sSel.addEventListener('change', () => pick(withParams(p, { hist_scale: sSel.value === 'log' ? null : sSel.value })));
+  el.append(h('div', { class: 'toolbar' }, mSel, sSel), body);
+  const q = new URLSearchParams(ap);
+  q.set('metric', metric);
+  q.set('scale', scale);
+  q.set('buckets', '40');
+  await fill(
+    ctx,
+    body,
+    () => get<Histogram>('histogram', q, ctx.signal),
+    (hg) => {
+      if (hg.count === 0) {
+        body.append(h('p', { class: 'muted' }, `No requests with ${metric} in this window.`));
+        return;
+      }
+      const box = h('div', { class: 'chart', 'data-testid': 'chart-histogram' });
+      body.append(
+        box,
+        h(
+          'p',
+          { class: 'muted' },
+          `${fmtCount(hg.count)} requests, ${fmtMs(hg.min_ms)} – ${fmtMs(hg.max_ms)}, ${hg.scale} buckets`,
+          metric === 'e2e' ? ' · click a bar for the requests at least that slow' : '',
+        ),
+      );
+      histogramChart(
+        box,
+        hg.buckets,
+        metric === 'e2e'
+          ? (b) =>
+              ctx.go(
+                href(
+                  'requests',
+                  withParams(scopeOf(p), { min_e2e_ms: String(Math.floor(b.lo_ms * 1000) / 1000), sort: 'e2e', order: 'asc' }),
+                ),
+              )
+          : undefined,
+      );
+    },
+  );
+}
+
+function renderPhases(el: HTMLElement, b: Breakdown): void {
+  if (b.count === 0) {
+    el.append(h('p', { class: 'muted' }, 'No requests in this window.'));
+    return;
+  }
+  const phaseVal = (r: Breakdown['quantiles'][number], ph: string) => r[`${ph}_ms` as keyof typeof r] as number | null;
+  const scale = Math.max(
+    ...b.quantiles.map((r) => Math.max(r.e2e_ms ?? 0, PHASES.reduce((s, ph) => s + (phaseVal(r, ph) ?? 0), 0))),
+  );
+  const rows = b.quantiles.map((r) => {
+    const segs: Segment[] = PHASES.map((ph) => ({
+      name: ph,
+      value: phaseVal(r, ph),
+      title: `${ph} ${levelName(r.q)}: ${fmtMs(phaseVal(r, ph))}`,
+    }));
+    return h(
+      'div',
+      { class: 'bar-row', 'data-testid': `phase-bar-${levelName(r.q)}` },
+      h('span', { class: 'bar-label' }, levelName(r.q)),
+      stackedBar(segs, scale, r.e2e_ms !== null ? { at: r.e2e_ms, title: `e2e ${levelName(r.q)}: ${fmtMs(r.e2e_ms)}` } : undefined),
+      h('span', { class: 'bar-value' }, fmtMs(r.e2e_ms)),
+    );
+  });
+  const cols = ['e2e', 'ttft', 'tpot', ...PHASES];
+  const table = h(
+    'table',
+    { class: 'num compact', 'data-testid': 'quantile-table' },
+    h('thead', null, h('tr', null, h('th', null, 'level'), cols.map((c) => h('th', null, c)))),
+    h(
+      'tbody',
+      null,
+      b.quantiles.map((r) =>
+        h(
+          'tr',
+          null,
+          h('th', null, levelName(r.q)),
+          cols.map((c) => h('td', { 'data-testid': `q-${c}-${levelName(r.q)}` }, fmtMs(phaseVal(r, c)))),
+        ),
+      ),
+    ),
+  );
+  el.append(
+    legend([...PHASES]),
+    h('div', { class: 'bars' }, rows),
+    h(
+      'p',
+      { class: 'muted small' },
+      "Each segment is that phase's own percentile (the phases of different requests), the tick the e2e percentile; they need not add up.",
+    ),
+    h('div', { class: 'table-wrap' }, table),
+  );
+}
+
+function renderCohorts(el: HTMLElement, b: Breakdown): void {
+  const c = b.slow_vs_median;
+  if (!c) {
+    el.append(h('p', { class: 'muted' }, 'No requests in this window.'));
+    return;
+  }
+  const names = [...PHASES, 'unattributed'] as const;
+  const mean = (co: typeof c.slow, n: string) => (n === 'unattributed' ? co.unattributed : co.phases[n as (typeof PHASES)[number]]);
+  const diff = (n: string) => (n === 'unattributed' ? c.unattributed_diff : c.diff[n as (typeof PHASES)[number]]);
+  const shareBar = (label: string, co: typeof c.slow, testid: string) =>
+    h(
+      'div',
+      { class: 'bar-row', 'data-testid': testid },
+      h('span', { class: 'bar-label' }, label),
+      stackedBar(
+        names.map((n) => ({ name: n, value: Math.max(0, mean(co, n).share), title: `${n}: ${fmtShare(mean(co, n).share)} (${fmtMs(mean(co, n).mean_ms)})` })),
+        Math.max(1, names.reduce((s, n) => s + Math.max(0, mean(co, n).share), 0)),
+      ),
+      h('span', { class: 'bar-value' }, fmtMs(co.mean_e2e_ms)),
+    );
+  const table = h(
+    'table',
+    { class: 'num', 'data-testid': 'cohort-table' },
+    h(
+      'thead',
+      null,
+      h(
+        'tr',
+        null,
+        h('th', null, 'phase'),
+        h('th', null, 'median: mean'),
+        h('th', null, 'share'),
+        h('th', null, 'slow: mean'),
+        h('th', null, 'share'),
+        h('th', null, 'Δ mean'),
+        h('th', null, 'Δ share'),
+      ),
+    ),
+    h(
+      'tbody',
+      null,
+      names.map((n) =>
+        h(
+          'tr',
+          { class: c.largest_difference === n ? 'largest' : '', 'data-phase': n },
+          h('th', null, n, c.largest_difference === n ? h('span', { class: 'badge' }, 'largest difference') : null),
+          h('td', null, fmtMs(mean(c.median, n).mean_ms)),
+          h('td', null, fmtShare(mean(c.median, n).share)),
+          h('td', null, fmtMs(mean(c.slow, n).mean_ms)),
+          h('td', null, fmtShare(mean(c.slow, n).share)),
+          h('td', null, fmtDeltaMs(diff(n).mean_ms)),
+          h('td', { 'data-testid': `cohort-delta-share-${n}` }, fmtPoints(diff(n).share)),
+        ),
+      ),
+    ),
+  );
+  append(el, [
+    h(
+      'p',
+      null,
+      h('strong', null, 'slow: '),
+      `${c.slow.definition} — ${fmtCount(c.slow.count)} requests, mean e2e ${fmtMs(c.slow.mean_e2e_ms)}`,
+      h('br'),
+      h('strong', null, 'median: '),
+      `${c.median.definition} — ${fmtCount(c.median.count)} requests, mean e2e ${fmtMs(c.median.mean_e2e_ms)}`,
+    ),
+    legend([...names]),
+    h('div', { class: 'bars' }, shareBar('median', c.median, 'cohort-bar-median'), shareBar(`slow`, c.slow, 'cohort-bar-slow')),
+    table,
+    c.largest_difference
+      ? h('p', { 'data-testid': 'largest-difference' }, 'The slow requests differ most in ', h('strong', null, c.largest_difference), ` (${fmtPoints(diff(c.largest_difference).share)} of e2e).`)
+      : null,
+  ]);
+}

@@ -1,0 +1,371 @@
+// Trace: one request as a waterfall across processes and nodes (http.server root, frontend,
+// queue, prefill, decode, stream_out, the engine steps with their batches), token chunk ticks,
+// and every attribute of the clicked span.
+import { get, type RequestDetail, type Span, type Step, type Trace } from '../api';
+import type { Ctx } from '../ctx';
+import { h, replace, section } from '../dom';
+import { fmtCount, fmtMs, fmtTimeMs, fmtTimeNs } from '../format';
+import { fill } from '../load';
+import { href } from '../state';
+
+const SPAN_COLORS: Record<string, string> = {
+  'http.server': '#7f7f7f',
+  frontend: '#9ecae9',
+  queue: '#f58518',
+  prefill: '#54a24b',
+  decode: '#4c78a8',
+  stream_out: '#b279a2',
+  'engine.step': '#e45756',
+};
+
+function traceLink(id: string, text?: string): HTMLElement {
+  return h('a', { href: href(`trace/${encodeURIComponent(id)}`), class: 'mono', 'data-testid': 'trace-link' }, text ?? id);
+}
+
+export async function trace(root: HTMLElement, ctx: Ctx): Promise<void> {
+  const id = ctx.route.traceId ?? '';
+  const body = h('div', { class: 'body' });
+  root.append(h('h1', { class: 'trace-title' }, 'Trace ', h('span', { class: 'mono', 'data-testid': 'trace-id' }, id)), body);
+  if (!/^[0-9a-fA-F]{32}$/.test(id)) {
+    replace(body, h('p', { class: 'error', 'data-testid': 'section-error' }, 'A trace id is 32 hex digits.'));
+    return;
+  }
+  const q = new URLSearchParams();
+  for (const k of ['from', 'to']) {
+    const v = ctx.route.params.get(k);
+    if (v) q.set(k, v);
+  }
+  await fill(
+    ctx,
+    body,
+    () => get<Trace>(`traces/${id.toLowerCase()}`, q, ctx.signal),
+    (t) => renderTrace(body, t),
+  );
+}
+
+function renderTrace(el: HTMLElement, t: Trace): void {
+  const t0 = Math.min(...t.spans.map((s) => s.start_unix_ns), ...t.requests.map((r) => r.start_unix_ns));
+  const rel = (ns: number) => (ns - t0) / 1e6;
+  const end = Math.max(
+    1e-3,
+    ...t.spans.map((s) => s.offset_ms + s.duration_ms),
+    ...t.requests.map((r) => rel(r.start_unix_ns) + r.e2e_ms),
+  );
+  const stepSpans = t.spans.filter((s) => s.name === 'engine.step');
+  el.append(
+    h(
+      'p',
+      { class: 'trace-meta' },
+      h('span', { 'data-testid': 'trace-span-count' }, `${fmtCount(t.spans.length)} spans`),
+      ' · ',
+      `${t.requests.length} request row${t.requests.length === 1 ? '' : 's'}`,
+      ' · ',
+      `${fmtCount(stepSpans.length)} engine steps`,
+      ' · nodes: ',
+      t.nodes.join(', '),
+      ' · ',
+      h('span', { 'data-testid': 'trace-total' }, `total ${fmtMs(end)}`),
+      t.spans_truncated ? h('span', { class: 'error-inline' }, ' (spans truncated)') : null,
+      t.steps_truncated ? h('span', { class: 'error-inline' }, ' (steps truncated)') : null,
+    ),
+  );
+  for (const r of t.requests) el.append(requestCard(r));
+
+  const details = h('div', { class: 'details', 'data-testid': 'span-details' }, h('p', { class: 'muted' }, 'Click a span for its attributes.'));
+  const select = (s: Span, bar: HTMLElement) => {
+    for (const b of el.querySelectorAll('.span-bar.selected')) b.classList.remove('selected');
+    bar.classList.add('selected');
+    renderDetails(details, s, t);
+  };
+  const wf = waterfall(t, end, rel, select);
+  el.append(section('Waterfall', 'waterfall', wf), section('Span details', 'details', details));
+  const root = t.spans.find((s) => s.name === 'http.server') ?? t.spans[0];
+  if (root) {
+    const bar = wf.querySelector<HTMLElement>(`.span-bar[data-span-id="${CSS.escape(root.span_id)}"]`);
+    if (bar) select(root, bar);
+  }
+  el.append(stepsSection(t), batchedSection(t));
+}
+
+function requestCard(r: RequestDetail): HTMLElement {
+  const key: [string, string][] = [
+    ['model', r.model],
+    ['node / pid', `${r.node} / ${r.pid}`],
+    ['request', `${r.method} ${r.path}`],
+    ['status', `${r.status} ${r.outcome}`],
+    ['start (UTC)', fmtTimeMs(r.start_unix_ns)],
+    ['e2e', fmtMs(r.e2e_ms)],
+    ['ttft', fmtMs(r.ttft_ms)],
+    ['tpot', fmtMs(r.tpot_ms)],
+    ['frontend', fmtMs(r.frontend_ms)],
+    ['queue', fmtMs(r.queue_ms)],
+    ['prefill', fmtMs(r.prefill_ms)],
+    ['decode', fmtMs(r.decode_ms)],
+    ['delivery', fmtMs(r.delivery_ms)],
+    ['chunks / steps', `${r.chunks} / ${r.engine_steps}`],
+  ];
+  const all = Object.entries(r).filter(([k]) => k !== 'chunk_offsets_ms' && k !== 'step_ids');
+  return h(
+    'section',
+    { class: 'card request-card', 'data-testid': 'request-card' },
+    h('dl', { class: 'kv' }, key.map(([k, v]) => [h('dt', null, k), h('dd', { 'data-field': k }, v)])),
+    h(
+      'details',
+      null,
+      h('summary', null, 'all fields'),
+      h(
+        'table',
+        { class: 'attrs', 'data-testid': 'request-fields' },
+        h(
+          'tbody',
+          null,
+          all.map(([k, v]) => h('tr', null, h('th', null, k), h('td', null, v === null ? '—' : String(v)))),
+          h('tr', null, h('th', null, 'step_ids'), h('td', null, r.step_ids.join(', '))),
+          h('tr', null, h('th', null, 'chunk_offsets_ms'), h('td', null, r.chunk_offsets_ms.map((x) => x.toFixed(2)).join(', '))),
+        ),
+      ),
+    ),
+  );
+}
+
+function niceStep(total: number, n: number): number {
+  const raw = total / n;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
+  return 10 * p;
+}
+
+function waterfall(t: Trace, total: number, rel: (ns: number) => number, onSelect: (s: Span, bar: HTMLElement) => void): HTMLElement {
+  const pct = (ms: number) => `${Math.max(0, Math.min(100, (ms / total) * 100))}%`;
+  const wf = h('div', { class: 'waterfall' });
+
+  // Time axis.
+  const axis = h('div', { class: 'wf-track wf-axis' });
+  const step = niceStep(total, 6);
+  for (let x = 0; x <= total + 1e-9; x += step) {
+    const tick = h('span', { class: 'axis-tick' }, fmtMs(x));
+    tick.style.left = pct(x);
+    axis.appendChild(tick);
+  }
+  wf.append(h('div', { class: 'wf-row wf-head' }, h('div', { class: 'wf-label' }, 'span (node)'), axis));
+
+  // Tree order: children by start; the engine steps of a parent share one lane after its other children.
+  const ids = new Set(t.spans.map((s) => s.span_id));
+  const children = new Map<string, Span[]>();
+  const roots: Span[] = [];
+  for (const s of t.spans) {
+    if (s.parent_span_id && ids.has(s.parent_span_id) && s.parent_span_id !== s.span_id) {
+      const list = children.get(s.parent_span_id) ?? [];
+      list.push(s);
+      children.set(s.parent_span_id, list);
+    } else roots.push(s);
+  }
+  const byStart = (a: Span, b: Span) => a.offset_ms - b.offset_ms || b.duration_ms - a.duration_ms;
+  const bar = (s: Span, cls = 'span-bar') => {
+    const b = h('div', {
+      class: cls,
+      role: 'button',
+      tabindex: 0,
+      'data-span-id': s.span_id,
+      'data-name': s.name,
+      'data-testid': 'span-bar',
+      title: `${s.name}: ${fmtMs(s.duration_ms)} at +${fmtMs(s.offset_ms)}`,
+    });
+    b.style.left = pct(s.offset_ms);
+    b.style.width = `max(2px, ${pct(s.duration_ms)})`;
+    b.style.background = SPAN_COLORS[s.name] ?? '#8c6d31';
+    const pick = () => onSelect(s, b);
+    b.addEventListener('click', pick);
+    b.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' || e.key === ' ') pick();
+    });
+    return b;
+  };
+  const chunkTicks = (track: HTMLElement, s: Span) => {
+    const r = t.requests.find((x) => x.node === s.node && x.pid === s.pid) ?? t.requests[0];
+    if (!r) return;
+    const base = rel(r.start_unix_ns);
+    for (const off of r.chunk_offsets_ms) {
+      const tick = h('div', { class: 'chunk-tick', 'data-testid': 'chunk-tick', title: `chunk at +${fmtMs(base + off)}` });
+      tick.style.left = pct(base + off);
+      track.appendChild(tick);
+    }
+  };
+  const hasStreamOut = t.spans.some((s) => s.name === 'stream_out');
+  const visited = new Set<string>();
+  const row = (s: Span, depth: number) => {
+    if (visited.has(s.span_id)) return;
+    visited.add(s.span_id);
+    const track = h('div', { class: 'wf-track' });
+    const b = bar(s);
+    track.appendChild(b);
+    const text = h('span', { class: 'bar-text', 'data-testid': 'span-duration' }, fmtMs(s.duration_ms));
+    text.style.left = `calc(${pct(s.offset_ms + s.duration_ms)} + 4px)`;
+    if (s.offset_ms + s.duration_ms > total * 0.8) {
+      text.style.left = '';
+      text.style.right = `calc(${pct(total - s.offset_ms)} + 4px)`;
+    }
+    track.appendChild(text);
+    if (s.name === 'stream_out' || (s.name === 'decode' && !hasStreamOut)) chunkTicks(track, s);
+    const label = h('div', { class: 'wf-label', title: `${s.name} on ${s.node} (pid ${s.pid})` }, h('span', { class: 'wf-name' }, s.name), h('span', { class: 'wf-node' }, ` ${s.node}`));
+    label.style.paddingLeft = `${4 + depth * 14}px`;
+    wf.append(h('div', { class: 'wf-row', 'data-span-id': s.span_id, 'data-name': s.name }, label, track));
+    const kids = (children.get(s.span_id) ?? []).sort(byStart);
+    for (const k of kids.filter((k) => k.name !== 'engine.step')) row(k, depth + 1);
+    const steps = kids.filter((k) => k.name === 'engine.step');
+    if (steps.length) {
+      const lane = h('div', { class: 'wf-track' });
+      for (const st of steps) {
+        visited.add(st.span_id);
+        const sb = bar(st, 'span-bar step');
+        sb.title = `engine step ${st.attributes['engine.step_id'] ?? '?'}: ${fmtMs(st.duration_ms)}, batch ${st.attributes['engine.batch_size'] ?? '?'}`;
+        lane.appendChild(sb);
+      }
+      const label = h('div', { class: 'wf-label' }, h('span', { class: 'wf-name' }, `engine.step × ${steps.length}`), h('span', { class: 'wf-node' }, ` ${steps[0].node}`));
+      label.style.paddingLeft = `${4 + (depth + 1) * 14}px`;
+      wf.append(h('div', { class: 'wf-row wf-steps', 'data-name': 'engine.step' }, label, lane));
+    }
+  };
+  for (const r of roots.sort(byStart)) row(r, 0);
+  return wf;
+}
+
+function renderDetails(el: HTMLElement, s: Span, t: Trace): void {
+  const fields: [string, string | Node][] = [
+    ['name', s.name],
+    ['span_id', s.span_id],
+    ['parent_span_id', s.parent_span_id || '—'],
+    ['node', s.node],
+    ['pid', String(s.pid)],
+    ['start (UTC)', fmtTimeNs(s.start_unix_ns)],
+    ['offset', fmtMs(s.offset_ms)],
+    ['duration', fmtMs(s.duration_ms)],
+  ];
+  const stepId = s.attributes['engine.step_id'];
+  const step: Step | undefined =
+    s.name === 'engine.step' && stepId !== undefined ? t.steps.find((x) => x.node === s.node && String(x.step_id) === stepId) : undefined;
+  replace(
+    el,
+    h('h3', null, s.name),
+    h('table', { class: 'attrs' }, h('tbody', null, fields.map(([k, v]) => h('tr', null, h('th', null, k), h('td', { 'data-field': k }, v))))),
+    h('h4', null, 'Attributes'),
+    Object.keys(s.attributes).length
+      ? h(
+          'table',
+          { class: 'attrs', 'data-testid': 'span-attributes' },
+          h(
+            'tbody',
+            null,
+            Object.entries(s.attributes).map(([k, v]) => h('tr', null, h('th', null, k), h('td', { 'data-attr': k }, v))),
+          ),
+        )
+      : h('p', { class: 'muted' }, 'none'),
+    s.links.length
+      ? [h('h4', null, 'Links'), h('ul', null, s.links.map((l) => h('li', null, traceLink(l.trace_id), ` span ${l.span_id}`)))]
+      : null,
+    step ? [h('h4', null, 'Engine step'), stepSummary(step)] : null,
+  );
+}
+
+function sharedList(st: Step): HTMLElement {
+  const shown = st.shared_with.slice(0, 8);
+  return h(
+    'span',
+    { class: 'shared' },
+    `${st.shared_with_count} other${st.shared_with_count === 1 ? '' : 's'}`,
+    shown.length ? ': ' : '',
+    shown.map((id, i) => [i ? ', ' : '', traceLink(id, id.slice(0, 8))]),
+    st.shared_with_count > shown.length ? ` +${st.shared_with_count - shown.length} more` : '',
+  );
+}
+
+function stepSummary(st: Step): HTMLElement {
+  return h(
+    'p',
+    null,
+    `step ${st.step_id} on ${st.node}: ${fmtMs(st.duration_ms)}, batch size ${st.batch_size ?? '—'}; `,
+    sharedList(st),
+  );
+}
+
+function stepsSection(t: Trace): HTMLElement {
+  if (!t.steps.length) return section('Engine steps', 'steps', h('p', { class: 'muted' }, 'No engine steps (the engine was not followed).'));
+  return section(
+    'Engine steps',
+    'steps',
+    h('p', { class: 'muted' }, 'Each step is one forward pass of the engine; every request in its batch waited for it.'),
+    h(
+      'div',
+      { class: 'table-wrap' },
+      h(
+        'table',
+        { class: 'num', 'data-testid': 'steps-table' },
+        h(
+          'thead',
+          null,
+          h(
+            'tr',
+            null,
+            h('th', null, 'step'),
+            h('th', { class: 'left' }, 'node'),
+            ['offset', 'duration', 'batch size'].map((c) => h('th', null, c)),
+            h('th', { class: 'left' }, 'other requests in this step'),
+          ),
+        ),
+        h(
+          'tbody',
+          null,
+          t.steps.map((st) =>
+            h(
+              'tr',
+              { 'data-step-id': String(st.step_id) },
+              h('td', null, String(st.step_id)),
+              h('td', { class: 'left' }, st.node),
+              h('td', null, fmtMs(st.offset_ms)),
+              h('td', { 'data-col': 'duration' }, fmtMs(st.duration_ms)),
+              h('td', { 'data-col': 'batch' }, st.batch_size === null ? '—' : String(st.batch_size)),
+              h('td', { class: 'left' }, sharedList(st)),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+function batchedSection(t: Trace): HTMLElement {
+  if (!t.batched_with.length) return section('Batched with', 'batched', h('p', { class: 'muted' }, 'No other stored request shared an engine step.'));
+  return section(
+    'Batched with',
+    'batched',
+    h(
+      'div',
+      { class: 'table-wrap' },
+      h(
+        'table',
+        { class: 'num', 'data-testid': 'batched-table' },
+        h(
+          'thead',
+          null,
+          h('tr', null, h('th', null, 'trace'), h('th', { class: 'left' }, 'model'), ['start (UTC)', 'e2e', 'ttft', 'shared steps'].map((c) => h('th', null, c))),
+        ),
+        h(
+          'tbody',
+          null,
+          t.batched_with.map((n) =>
+            h(
+              'tr',
+              null,
+              h('td', { class: 'left' }, traceLink(n.trace_id, n.trace_id.slice(0, 12) + '…')),
+              h('td', { class: 'left' }, n.model),
+              h('td', null, fmtTimeMs(n.start_unix_ns)),
+              h('td', null, fmtMs(n.e2e_ms)),
+              h('td', null, fmtMs(n.ttft_ms)),
+              h('td', null, String(n.shared_steps)),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
