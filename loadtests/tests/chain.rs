@@ -45,7 +45,7 @@ fn free_port() -> u16 {
 }
 
 fn start_aggregator(db: &str, grpc: u16, http: u16) -> Child {
-    let c = Command::new(bin("aggregator"))
+    let mut c = Command::new(bin("aggregator"))
         .args([
             "--database",
             db,
@@ -71,6 +71,8 @@ fn start_aggregator(db: &str, grpc: u16, http: u16) -> Child {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let _ = c.kill();
+    let _ = c.wait();
     panic!("aggregator did not start");
 }
 
