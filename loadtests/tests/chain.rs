@@ -6,75 +6,11 @@
 //! Needs root, the shared engine from `scripts/test.sh`, and the local ClickHouse
 //! (`scripts/clickhouse.sh`).
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use inferscope_loadtests::harness::{bin, free_port, kill, repo, sql, wait_count};
 use serde_json::Value;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn ch_url() -> String {
-    std::env::var("INFERSCOPE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
-}
-
-fn sql(q: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sf", "--data-binary", q, &ch_url()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_aggregator(db: &str, grpc: u16, http: u16) -> Child {
-    let mut c = Command::new(bin("aggregator"))
-        .args([
-            "--database",
-            db,
-            "--token",
-            "chain-token",
-            "--flush-ms",
-            "200",
-        ])
-        .args([
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .args(["--clickhouse-url", &ch_url()])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("aggregator");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-    panic!("aggregator did not start");
-}
 
 fn load(url: &str, n: u64, log: &std::path::Path) -> Vec<String> {
     let st = Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -106,22 +42,8 @@ fn load(url: &str, n: u64, log: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-fn wait_count(db: &str, want: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n: usize = sql(&format!("SELECT count() FROM {db}.requests"))
-            .parse()
-            .unwrap_or(0);
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn kill(c: &mut Child, sig: i32) {
-    unsafe { libc::kill(c.id() as i32, sig) };
-    let _ = c.wait();
+fn start(db: &str, grpc: u16, http: u16) -> Child {
+    inferscope_loadtests::harness::start_aggregator(db, grpc, http, "chain-token", None)
 }
 
 #[test]
@@ -153,7 +75,7 @@ fn chain_survives_outages_and_agrees_with_sql() {
     let dir = std::env::temp_dir().join(format!("inferscope-chain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (grpc, http) = (free_port(), free_port());
-    let mut agg = start_aggregator(&db, grpc, http);
+    let mut agg = start(&db, grpc, http);
     let mut probe = Command::new(bin("node-probe"))
         .args([
             "--pid",
@@ -176,8 +98,8 @@ fn chain_survives_outages_and_agrees_with_sql() {
     // Phase 1: normal.
     sent.extend(load(&url, 40, &dir.join("a.jsonl")));
     assert_eq!(
-        wait_count(&db, sent.len(), Duration::from_secs(60)),
-        sent.len(),
+        wait_count(&db, sent.len() as u64, Duration::from_secs(60)),
+        sent.len() as u64,
         "phase 1 stored"
     );
 
@@ -186,9 +108,9 @@ fn chain_survives_outages_and_agrees_with_sql() {
     let t = Instant::now();
     sent.extend(load(&url, 40, &dir.join("b.jsonl")));
     std::thread::sleep(Duration::from_secs(30).saturating_sub(t.elapsed()));
-    agg = start_aggregator(&db, grpc, http);
-    let n = wait_count(&db, sent.len(), Duration::from_secs(90));
-    assert_eq!(n, sent.len(), "after the aggregator outage");
+    agg = start(&db, grpc, http);
+    let n = wait_count(&db, sent.len() as u64, Duration::from_secs(90));
+    assert_eq!(n, sent.len() as u64, "after the aggregator outage");
 
     // Phase 3: ClickHouse stops for 30 s during load.
     let chs = |cmd: &str| {
@@ -204,8 +126,8 @@ fn chain_survives_outages_and_agrees_with_sql() {
     sent.extend(load(&url, 40, &dir.join("c.jsonl")));
     std::thread::sleep(Duration::from_secs(30).saturating_sub(t.elapsed()));
     chs("start");
-    let n = wait_count(&db, sent.len(), Duration::from_secs(120));
-    assert_eq!(n, sent.len(), "after the ClickHouse outage");
+    let n = wait_count(&db, sent.len() as u64, Duration::from_secs(120));
+    assert_eq!(n, sent.len() as u64, "after the ClickHouse outage");
 
     // Exactly once, every request, with its phases.
     std::thread::sleep(Duration::from_secs(2));

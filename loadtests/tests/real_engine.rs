@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
+use inferscope_loadtests::harness::{bin, required};
 use inferscope_loadtests::wire::{read_pcap_file, request_times, sse_timeline};
 use serde_json::Value;
 
@@ -26,15 +27,6 @@ fn engine_env() -> Option<(String, u32, PathBuf)> {
     let pid = std::env::var("INFERSCOPE_ENGINE_PID").ok()?.parse().ok()?;
     let spans = std::env::var("INFERSCOPE_OTLP_SPANS").ok()?.into();
     Some((url, pid, spans))
-}
-
-fn required() -> bool {
-    std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() == Ok("1")
-}
-
-fn node_probe_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("node-probe")
 }
 
 fn stop(mut c: Child) {
@@ -116,7 +108,7 @@ fn real_vllm_spans_match_wire_and_engine_truth() {
         .expect("tcpdump listening");
 
     // 2. The probe.
-    let mut probe = Command::new(node_probe_bin())
+    let mut probe = Command::new(bin("node-probe"))
         .args(["--pid", &pid.to_string(), "--requests", "--poll-ms", "5"])
         .stdout(Stdio::piped())
         .spawn()

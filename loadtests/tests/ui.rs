@@ -20,12 +20,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use inferscope_loadtests::harness::{bin, ch_url, free_port, kill, repo, skip, sql, wait_count};
 use inferscope_proto::v1::{
     ack::Status as AckStatus, any_value::Value as Av, ingest_client::IngestClient, AnyValue, Batch,
     KeyValue, Request, Resource, ResourceData, Span,
 };
 use serde_json::Value;
 use tokio_stream::StreamExt;
+
+fn start_aggregator(db: &str, grpc: u16, http: u16, log: &Path) -> Child {
+    inferscope_loadtests::harness::start_aggregator(db, grpc, http, TOKEN, Some(log))
+}
 
 /// The two tests load the machine (1 M rows, a browser): never at the same time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -36,57 +41,11 @@ const HOSTILE_ATTR: &str = "\"><img src=x onerror=\"window.__xss=2\">";
 /// The hostile request's trace id.
 const HOSTILE_TRACE: &str = "3c3c3c3c3c3c3c3c3e3e3e3e3e3e3e3e";
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn ch_url() -> String {
-    std::env::var("INFERSCOPE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
-}
-
-fn sql(q: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--data-binary", q, &ch_url()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn required() -> bool {
-    std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() == Ok("1")
-}
-
-/// Skips (prints and returns `true`) or, when required, fails.
-fn skip(test: &str, why: &str) -> bool {
-    assert!(
-        !required(),
-        "{test} required (INFERSCOPE_REQUIRE_BPF=1): {why}"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    true
 }
 
 fn chromium() -> PathBuf {
@@ -120,36 +79,6 @@ fn artifacts() -> PathBuf {
         .map_or_else(|| repo().join("target/ui-artifacts"), PathBuf::from);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn start_aggregator(db: &str, grpc: u16, http: u16, log: &Path) -> Child {
-    let mut c = Command::new(bin("aggregator"))
-        .args(["--database", db, "--token", TOKEN, "--flush-ms", "200"])
-        .args([
-            "--grpc-listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ])
-        .args(["--clickhouse-url", &ch_url(), "--retention-days", "0"])
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("aggregator");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-    panic!("aggregator did not start (log: {})", log.display());
-}
-
-fn kill(c: &mut Child, sig: i32) {
-    unsafe { libc::kill(c.id() as i32, sig) };
-    let _ = c.wait();
 }
 
 fn http_get(url: &str) -> (u16, String) {
@@ -331,19 +260,6 @@ fn load(url: &str, n: u64, log: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "loadgen failed");
-}
-
-fn wait_count(db: &str, want: u64, timeout: Duration) -> u64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n: u64 = sql(&format!("SELECT count() FROM {db}.requests"))
-            .parse()
-            .unwrap_or(0);
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[test]

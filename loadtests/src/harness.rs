@@ -1,0 +1,137 @@
+//! Shared pieces of the end-to-end tests under `loadtests/tests/`: locating the workspace's
+//! binaries, the local ClickHouse, the shared real engine started by `scripts/test.sh`, and
+//! starting/stopping an aggregator.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A binary of the workspace, next to the running test (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").join(name)
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// ClickHouse HTTP URL (`INFERSCOPE_CLICKHOUSE_URL`, default the local one).
+pub fn ch_url() -> String {
+    std::env::var("INFERSCOPE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+/// Runs one SQL statement over HTTP; the trimmed body (an error text on failure).
+pub fn sql(q: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--data-binary", q, &ch_url()])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether the local ClickHouse answers.
+pub fn clickhouse_up() -> bool {
+    sql("SELECT 1") == "1"
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `INFERSCOPE_REQUIRE_BPF=1` (set by `.ci/run`): a test that cannot run must fail.
+pub fn required() -> bool {
+    std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() == Ok("1")
+}
+
+/// Running as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The shared real engine from `scripts/test.sh`: (base URL, API-server pid).
+pub fn engine_env() -> Option<(String, u32)> {
+    let url = std::env::var("INFERSCOPE_ENGINE_URL").ok()?;
+    let pid = std::env::var("INFERSCOPE_ENGINE_PID").ok()?.parse().ok()?;
+    Some((url, pid))
+}
+
+/// Skips a test with a message (returns `true`), or fails it when [`required`].
+pub fn skip(test: &str, why: &str) -> bool {
+    assert!(
+        !required(),
+        "{test} required (INFERSCOPE_REQUIRE_BPF=1): {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
+/// Starts an aggregator on `db` with `token`, waiting until its HTTP port answers; stderr goes
+/// to `log` (or is discarded).
+pub fn start_aggregator(db: &str, grpc: u16, http: u16, token: &str, log: Option<&Path>) -> Child {
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).expect("aggregator log")),
+        None => Stdio::null(),
+    };
+    let mut c = Command::new(bin("aggregator"))
+        .args([
+            "--database",
+            db,
+            "--token",
+            token,
+            "--flush-ms",
+            "200",
+            "--retention-days",
+            "0",
+        ])
+        .args([
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .args(["--clickhouse-url", &ch_url()])
+        .stderr(stderr)
+        .spawn()
+        .expect("aggregator");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", http)).is_ok() {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+    panic!("aggregator did not start (log: {log:?})");
+}
+
+/// Sends `sig` and reaps the child.
+pub fn kill(c: &mut Child, sig: i32) {
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(c.id() as i32, sig) };
+    let _ = c.wait();
+}
+
+/// Waits until `db.requests` holds at least `want` rows; returns the last count.
+pub fn wait_count(db: &str, want: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n: u64 = sql(&format!("SELECT count() FROM {db}.requests"))
+            .parse()
+            .unwrap_or(0);
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
