@@ -135,6 +135,73 @@ async fn send(
     Ok(out)
 }
 
+/// Sends raw bytes as gRPC messages on the Export method: for input that is not a valid
+/// `Batch` at all (wrong wire types, garbage).
+async fn send_raw(
+    grpc: SocketAddr,
+    token: &str,
+    messages: Vec<Vec<u8>>,
+) -> Result<Vec<Ack>, tonic::Status> {
+    use prost::bytes::BufMut;
+    use prost::Message;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    struct RawCodec;
+    struct RawEnc;
+    struct AckDec;
+    impl Encoder for RawEnc {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for AckDec {
+        type Item = Ack;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Ack>, tonic::Status> {
+            Ack::decode(src)
+                .map(Some)
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    }
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Ack;
+        type Encoder = RawEnc;
+        type Decoder = AckDec;
+        fn encoder(&mut self) -> RawEnc {
+            RawEnc
+        }
+        fn decoder(&mut self) -> AckDec {
+            AckDec
+        }
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let mut req = tonic::Request::new(tokio_stream::iter(messages));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/inferscope.v1.Ingest/Export");
+    let mut acks = client.streaming(req, path, RawCodec).await?.into_inner();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), acks.next()).await {
+            Ok(Some(Ok(a))) => out.push(a),
+            Ok(Some(Err(s))) => return Err(s),
+            Ok(None) => return Ok(out),
+            Err(_) => panic!("timed out waiting for the raw stream"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_dedups_and_rejects() {
     if !ch_available() {
@@ -285,6 +352,32 @@ async fn stores_dedups_and_rejects() {
     );
     assert!(e.message().contains("limit"), "{e}");
     let acks = send(grpc, Some("s3cret"), vec![batch(501, 1, 7)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Stored as i32);
+
+    // Not a Batch at all: a field with the wrong wire type, and garbage. The stream ends with a
+    // clear status; nothing is stored; the server keeps serving.
+    let before = count(&db, "requests").await;
+    let wrong_type = vec![0x1a, 0x03, b'a', b'b', b'c']; // field 3 (sequence, varint) as bytes
+    let garbage = vec![0xff, 0xff, 0xff, 0x0f, 0x00, 0x07, 0x13];
+    for msg in [wrong_type, garbage] {
+        let e = send_raw(grpc, "s3cret", vec![msg]).await.unwrap_err();
+        assert!(
+            matches!(
+                e.code(),
+                tonic::Code::Internal | tonic::Code::InvalidArgument
+            ),
+            "{e}"
+        );
+        assert!(e.message().to_lowercase().contains("decode"), "{e}");
+    }
+    assert_eq!(
+        count(&db, "requests").await,
+        before,
+        "nothing stored from undecodable input"
+    );
+    let acks = send(grpc, Some("s3cret"), vec![batch(600, 2, 8)])
         .await
         .unwrap();
     assert_eq!(acks[0].status, AckStatus::Stored as i32);
