@@ -111,6 +111,8 @@ pub struct VllmFollower {
     steps: VecDeque<Step>,
     open_step: Option<Step>,
     next_step: u64,
+    /// EngineCore's output sends are visible (steps are attributed there).
+    core_outputs_seen: bool,
     /// Counters.
     pub stats: VllmStats,
 }
@@ -284,6 +286,7 @@ impl VllmFollower {
                 }
             }
             (Role::Frontend, false) => self.on_outputs(ev.end_ns, &ev.payload),
+            (Role::EngineCore, true) => self.on_core_outputs(ev.end_ns, &ev.payload),
             _ => {}
         }
     }
@@ -370,8 +373,41 @@ impl VllmFollower {
         }
     }
 
+    /// EngineCore sent a per-step output message: the step that just ended (the last one
+    /// completed before this send) is the step these requests took part in. Attributing here,
+    /// not when the frontend receives the message, keeps the right step when the engine has
+    /// already run the next one by then (async scheduling, a busy frontend).
+    fn on_core_outputs(&mut self, ts: u64, payload: &[u8]) {
+        self.core_outputs_seen = true;
+        if let Some(step) = self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id) {
+            self.attribute(step, payload);
+        }
+    }
+
+    /// Adds `step` to every followed request named in `payload` and counts them as its batch.
+    fn attribute(&mut self, step: u64, payload: &[u8]) {
+        let mut found = 0u32;
+        let inflight = &mut self.inflight;
+        for_each_str(payload, |s| {
+            if let Some(r) = inflight.get_mut(s) {
+                if r.steps.last() == Some(&step) {
+                    return; // named twice in one message
+                }
+                if r.steps.len() < MAX_STEPS_PER_REQUEST {
+                    r.steps.push(step);
+                }
+                found += 1;
+            }
+        });
+        if found > 0 {
+            if let Some(st) = self.steps.iter_mut().rev().find(|s| s.id == step) {
+                st.batch += found;
+            }
+        }
+    }
+
+    /// The frontend received an output message: when each request's tokens got back.
     fn on_outputs(&mut self, ts: u64, payload: &[u8]) {
-        let step = self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id);
         let mut found = 0u32;
         let inflight = &mut self.inflight;
         for_each_str(payload, |s| {
@@ -383,18 +419,14 @@ impl VllmFollower {
                 r.first_output_ns.get_or_insert(ts);
                 r.last_output_ns = Some(ts);
                 r.outputs += 1;
-                if let Some(step) = step {
-                    if r.steps.last() != Some(&step) && r.steps.len() < MAX_STEPS_PER_REQUEST {
-                        r.steps.push(step);
-                    }
-                }
             }
         });
         if found > 0 {
             self.stats.outputs += 1;
-            if let (Some(id), Some(last)) = (step, self.steps.back_mut()) {
-                if last.id == id {
-                    last.batch += found;
+            // Without EngineCore's own sends (another process layout), attribute here.
+            if !self.core_outputs_seen {
+                if let Some(step) = self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id) {
+                    self.attribute(step, payload);
                 }
             }
         }
@@ -566,6 +598,7 @@ mod tests {
             f.on_unix(&ev(worker, EventKind::SockRecv, start + 1, bell));
             f.on_unix(&ev(worker, EventKind::SockSend, end, bell));
             f.on_unix(&ev(core, EventKind::SockRecv, end + 1, bell));
+            f.on_unix(&ev(core, EventKind::SockSend, end + 2, OUT));
             f.on_unix(&ev(api, EventKind::SockRecv, out, OUT));
         }
         // a step without this request
@@ -586,6 +619,31 @@ mod tests {
         assert_eq!(f.inflight(), 0);
         assert!(f.take_for_response("cmpl-9f0db1b837668a6b").is_none());
         assert_eq!(f.stats.steps, 4);
+    }
+
+    /// The engine runs the next step before the frontend reads the outputs of the previous
+    /// one: the step is taken from EngineCore's send, not the frontend's receive.
+    #[test]
+    fn steps_attributed_at_the_engine_not_the_frontend() {
+        let mut f = VllmFollower::new();
+        let (api, core, worker) = (10, 11, 12);
+        f.set_role(core, Role::EngineCore);
+        f.set_role(worker, Role::Worker);
+        f.on_unix(&ev(api, EventKind::SockSend, 100, ADD));
+        let bell = b"\x00\x01\x00";
+        // step 1: 120..150, outputs sent by the core at 151
+        f.on_unix(&ev(core, EventKind::SockSend, 120, bell));
+        f.on_unix(&ev(worker, EventKind::SockSend, 150, bell));
+        f.on_unix(&ev(core, EventKind::SockSend, 151, OUT));
+        // step 2 (without this request) runs 152..160 before the frontend reads at 170
+        f.on_unix(&ev(core, EventKind::SockSend, 152, bell));
+        f.on_unix(&ev(worker, EventKind::SockSend, 160, bell));
+        f.on_unix(&ev(api, EventKind::SockRecv, 170, OUT));
+        let (r, steps) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+        assert_eq!(r.first_output_ns, Some(170));
+        assert_eq!(steps.iter().map(|s| s.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(steps[0].batch, 1);
+        assert_eq!(f.step(2).unwrap().batch, 0);
     }
 
     #[test]
