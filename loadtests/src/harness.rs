@@ -135,3 +135,30 @@ pub fn wait_count(db: &str, want: u64, timeout: Duration) -> u64 {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Runs `loadgen` against `url` (8 clients, `max_tokens` each), writing its per-request log to
+/// `log`; returns the trace ids sent, in the log's order.
+pub fn load(url: &str, n: u64, max_tokens: u32, log: &Path) -> Vec<String> {
+    let st = Command::new(bin("loadgen"))
+        .args([
+            "--url",
+            url,
+            "--requests",
+            &n.to_string(),
+            "--concurrency",
+            "8",
+        ])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .arg("--trace-log")
+        .arg(log)
+        .stdout(Stdio::null())
+        .status()
+        .expect("loadgen");
+    assert!(st.success(), "loadgen failed");
+    std::fs::read_to_string(log)
+        .expect("loadgen log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["trace_id"].as_str().map(str::to_string))
+        .collect()
+}

@@ -2,6 +2,7 @@
 
 pub mod harness;
 pub mod openai;
+pub mod probe;
 pub mod wire;
 
 /// Median of a non-empty slice (sorted copy).

@@ -9,38 +9,8 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferscope_loadtests::harness::{bin, free_port, kill, repo, sql, wait_count};
+use inferscope_loadtests::harness::{bin, free_port, kill, load, repo, sql, wait_count};
 use serde_json::Value;
-
-fn load(url: &str, n: u64, log: &std::path::Path) -> Vec<String> {
-    let st = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--url",
-            url,
-            "--requests",
-            &n.to_string(),
-            "--concurrency",
-            "8",
-            "--max-tokens",
-            "8",
-        ])
-        .arg("--trace-log")
-        .arg(log)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "loadgen failed");
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["trace_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
 
 fn start(db: &str, grpc: u16, http: u16) -> Child {
     inferscope_loadtests::harness::start_aggregator(db, grpc, http, "chain-token", None)
@@ -96,7 +66,7 @@ fn chain_survives_outages_and_agrees_with_sql() {
     let mut sent: Vec<String> = Vec::new();
 
     // Phase 1: normal.
-    sent.extend(load(&url, 40, &dir.join("a.jsonl")));
+    sent.extend(load(&url, 40, 8, &dir.join("a.jsonl")));
     assert_eq!(
         wait_count(&db, sent.len() as u64, Duration::from_secs(60)),
         sent.len() as u64,
@@ -106,7 +76,7 @@ fn chain_survives_outages_and_agrees_with_sql() {
     // Phase 2: the aggregator dies during load and stays away 30 s.
     kill(&mut agg, libc::SIGKILL);
     let t = Instant::now();
-    sent.extend(load(&url, 40, &dir.join("b.jsonl")));
+    sent.extend(load(&url, 40, 8, &dir.join("b.jsonl")));
     std::thread::sleep(Duration::from_secs(30).saturating_sub(t.elapsed()));
     agg = start(&db, grpc, http);
     let n = wait_count(&db, sent.len() as u64, Duration::from_secs(90));
@@ -123,7 +93,7 @@ fn chain_survives_outages_and_agrees_with_sql() {
     };
     chs("stop");
     let t = Instant::now();
-    sent.extend(load(&url, 40, &dir.join("c.jsonl")));
+    sent.extend(load(&url, 40, 8, &dir.join("c.jsonl")));
     std::thread::sleep(Duration::from_secs(30).saturating_sub(t.elapsed()));
     chs("start");
     let n = wait_count(&db, sent.len() as u64, Duration::from_secs(120));

@@ -20,7 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use inferscope_loadtests::harness::{bin, ch_url, free_port, kill, repo, skip, sql, wait_count};
+use inferscope_loadtests::harness::{
+    bin, ch_url, free_port, kill, load, repo, skip, sql, wait_count,
+};
 use inferscope_proto::v1::{
     ack::Status as AckStatus, any_value::Value as Av, ingest_client::IngestClient, AnyValue, Batch,
     KeyValue, Request, Resource, ResourceData, Span,
@@ -242,26 +244,6 @@ fn ingest_hostile(grpc: u16) {
     });
 }
 
-fn load(url: &str, n: u64, log: &Path) {
-    let st = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--url",
-            url,
-            "--requests",
-            &n.to_string(),
-            "--concurrency",
-            "8",
-            "--max-tokens",
-            "16",
-        ])
-        .arg("--trace-log")
-        .arg(log)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "loadgen failed");
-}
-
 #[test]
 fn ui_on_the_real_engine() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,7 +299,7 @@ fn ui_on_the_real_engine() {
             .spawn()
             .expect("node-probe");
         std::thread::sleep(Duration::from_secs(4));
-        load(&url, 40, &dir.join("load.jsonl"));
+        load(&url, 40, 16, &dir.join("load.jsonl"));
         let n = wait_count(&db, 40, Duration::from_secs(60));
         kill(&mut probe, libc::SIGTERM);
         if n < 40 {

@@ -6,13 +6,11 @@
 //! streamed TTFT, their ratios, and node-probe's CPU per request.
 //!
 //!     sudo target/release/engine-overhead --url http://127.0.0.1:8765 --pid $(cat …/server-8765.pid)
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use inferscope_loadtests::openai::{run, LoadConfig, LoadResult};
+use inferscope_loadtests::probe::start_probe;
 use inferscope_loadtests::{median, proc_cpu_ns};
 
 #[derive(Parser)]
@@ -38,28 +36,6 @@ struct Args {
     /// Tokens per completion.
     #[arg(long, default_value_t = 32)]
     max_tokens: u32,
-}
-
-fn start_probe(bin: &str, pid: u32) -> anyhow::Result<Child> {
-    let mut p = Command::new(bin)
-        .args(["--pid", &pid.to_string(), "--requests"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {bin}"))?;
-    let stderr = p.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("node-probe attached") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .context("node-probe did not attach")?;
-    Ok(p)
 }
 
 fn measure(cfg: &LoadConfig) -> anyhow::Result<LoadResult> {
@@ -98,7 +74,10 @@ fn main() -> anyhow::Result<()> {
         if r % 2 == 0 {
             run_off()?;
         }
-        let p = start_probe(&a.probe, a.pid)?;
+        let p = start_probe(
+            &a.probe,
+            &["--pid".into(), a.pid.to_string(), "--requests".into()],
+        )?;
         let c0 = proc_cpu_ns(p.id()).unwrap_or(0);
         let m = measure(&cfg)?;
         std::thread::sleep(Duration::from_millis(200));

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use inferscope_loadtests::probe::start_probe;
 use inferscope_loadtests::{median, proc_cpu_ns};
 
 #[derive(Parser)]
@@ -93,32 +94,6 @@ impl Worker {
     }
 }
 
-fn start_probe(bin: &str, pid: u32, extra: &str) -> anyhow::Result<Child> {
-    let mut p = Command::new(bin)
-        .args(["--pid", &pid.to_string(), "--poll-ms", "10"])
-        .args(extra.split_whitespace())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("start {bin}"))?;
-    let stderr = p.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("node-probe attached") {
-                let _ = tx.send(());
-            }
-            if line.contains(" ERROR ") || line.starts_with("node-probe: error") {
-                eprintln!("probe: {line}");
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .context("node-probe did not attach within 60 s")?;
-    Ok(p)
-}
-
 fn stop(mut p: Child) {
     // SAFETY: plain signal to our own child.
     unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
@@ -141,7 +116,14 @@ fn main() -> anyhow::Result<()> {
         let b1 = wa.measure(a.iters)?;
         let b2 = wb.measure(a.iters)?;
         base.push((b1 + b2) / 2.0);
-        let p = start_probe(&a.probe, wa.child.id(), &a.probe_args)?;
+        let mut args = vec![
+            "--pid".to_string(),
+            wa.child.id().to_string(),
+            "--poll-ms".into(),
+            "10".into(),
+        ];
+        args.extend(a.probe_args.split_whitespace().map(str::to_string));
+        let p = start_probe(&a.probe, &args)?;
         let cpu0 = proc_cpu_ns(p.id()).unwrap_or(0);
         let t = wa.measure(a.iters)?;
         // Let the probe drain what A produced before its CPU is read.
