@@ -132,12 +132,26 @@ fn check_unix_pair(seen: &[Value], info: &Value) {
         info["a_ino"].as_u64().unwrap(),
         info["b_ino"].as_u64().unwrap(),
     );
+    // Only what the fixture's own program did: a launcher (a pyenv shim, say) that matched
+    // first and then exec'd python may have used the same fd numbers before the exec.
+    let ts = |v: &Value| v["ts_unix_ns"].as_u64().unwrap_or(0);
+    let since = seen
+        .iter()
+        .filter(|v| v["kind"] == "exec" && v["pid"] == pid)
+        .map(ts)
+        .max()
+        .unwrap_or(0);
+    let seen: Vec<&Value> = seen
+        .iter()
+        .filter(|v| v["pid"] == pid && ts(v) >= since)
+        .collect();
     let by = |fd: i64, syscall: &str| -> Vec<&Value> {
         seen.iter()
-            .filter(|v| v["pid"] == pid && v["fd"] == fd && v["syscall"] == syscall)
+            .copied()
+            .filter(|v| v["fd"] == fd && v["syscall"] == syscall)
             .collect()
     };
-    for v in seen.iter().filter(|v| v["pid"] == pid && v["fd"].is_i64()) {
+    for v in seen.iter().filter(|v| v["fd"].is_i64()) {
         assert_eq!(v["proto"], "unix", "{v}");
         let fd = v["fd"].as_i64().unwrap();
         let (ino, peer) = if fd == a {
