@@ -202,48 +202,86 @@ async fn send_raw(
     }
 }
 
+/// A running aggregator on a database of its own.
+struct Agg {
+    db: String,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agg {
+    async fn start(name: &str) -> Agg {
+        let db = format!(
+            "test_{name}_{}_{}",
+            std::process::id(),
+            now_ns() % 1_000_000
+        );
+        let (grpc, http) = (free_addr(), free_addr());
+        let cfg = ServerConfig {
+            grpc_listen: grpc,
+            http_listen: http,
+            store: StoreConfig {
+                url: ch_url(),
+                database: db.clone(),
+                user: None,
+                password: None,
+                retention_days: 0,
+            },
+            token: Some("s3cret".into()),
+            tls: None,
+            writer: WriterConfig {
+                max_rows: 10_000,
+                max_bytes: 32 << 20,
+                period: Duration::from_millis(100),
+            },
+            queue: 64,
+            max_message_bytes: 4 << 20,
+        };
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(cfg, async move {
+            let _ = stop_rx.await;
+        }));
+        // Wait for the gRPC port.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(grpc).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Agg {
+            db,
+            grpc,
+            http,
+            stop,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        sql(&format!("DROP DATABASE IF EXISTS {}", self.db)).await;
+    }
+}
+
+async fn sql(q: &str) {
+    clickhouse::Client::default()
+        .with_url(ch_url())
+        .query(q)
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("{q}: {e}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_dedups_and_rejects() {
     if !ch_available() {
         return;
     }
-    let db = format!(
-        "test_ingest_{}_{}",
-        std::process::id(),
-        now_ns() % 1_000_000
-    );
-    let (grpc, http) = (free_addr(), free_addr());
-    let cfg = ServerConfig {
-        grpc_listen: grpc,
-        http_listen: http,
-        store: StoreConfig {
-            url: ch_url(),
-            database: db.clone(),
-            user: None,
-            password: None,
-            retention_days: 0,
-        },
-        token: Some("s3cret".into()),
-        tls: None,
-        writer: WriterConfig {
-            max_rows: 10_000,
-            max_bytes: 32 << 20,
-            period: Duration::from_millis(100),
-        },
-        queue: 64,
-        max_message_bytes: 4 << 20,
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(cfg, async move {
-        let _ = stop_rx.await;
-    }));
-    // Wait for the gRPC port.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(grpc).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let agg = Agg::start("ingest").await;
+    let (db, grpc, http) = (agg.db.clone(), agg.grpc, agg.http);
 
     // Stored, acknowledged once per batch.
     let acks = send(grpc, Some("s3cret"), vec![batch(1, 50, 1), batch(2, 50, 1)])
@@ -391,13 +429,47 @@ async fn stores_dedups_and_rejects() {
     assert!(metrics.contains("inferscope_batches_rejected_total{reason=\"bad_trace_id\"}"));
     assert!(metrics.contains("inferscope_unauthenticated_total 2"));
 
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    let c = clickhouse::Client::default().with_url(ch_url());
-    let _ = c
-        .query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await;
+    agg.stop().await;
+}
+
+/// A commit that stores some tables and fails on a later one is answered RETRY; the resend
+/// writes only the tables still missing, so no row is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_between_table_commits_stores_nothing_twice() {
+    if !ch_available() {
+        return;
+    }
+    let agg = Agg::start("partial").await;
+    let (db, grpc) = (agg.db.clone(), agg.grpc);
+    let acks = send(grpc, Some("s3cret"), vec![batch(1, 20, 1)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
+
+    // `requests` goes away: steps and spans of the next batch commit, requests fail.
+    sql(&format!("RENAME TABLE {db}.requests TO {db}.requests_away")).await;
+    let acks = send(grpc, Some("s3cret"), vec![batch(2, 30, 1)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Retry as i32, "{acks:?}");
+    assert_eq!(count(&db, "spans").await, 50, "spans of batch 2 committed");
+
+    // Back again; the node resends (twice, as a node whose ack was lost would).
+    sql(&format!("RENAME TABLE {db}.requests_away TO {db}.requests")).await;
+    for _ in 0..2 {
+        let acks = send(grpc, Some("s3cret"), vec![batch(2, 30, 1)])
+            .await
+            .unwrap();
+        assert!(
+            acks[0].status == AckStatus::Stored as i32
+                || acks[0].status == AckStatus::Duplicate as i32,
+            "{acks:?}"
+        );
+    }
+    assert_eq!(count(&db, "requests").await, 50, "requests once each");
+    assert_eq!(count(&db, "spans").await, 50, "spans once each");
+    assert_eq!(count(&db, "ingested_batches").await, 2);
+    agg.stop().await;
 }
 
 fn ureq_get(url: &str) -> String {

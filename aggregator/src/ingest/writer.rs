@@ -3,10 +3,12 @@
 //! its period has elapsed, and only then are the batches in that commit acknowledged.
 //!
 //! On a failed commit every batch of the commit is answered RETRY (the nodes keep and resend
-//! them) and the inserters are recreated. Tables are committed steps → spans → requests → batch
-//! markers; if only the marker failed, the batch is remembered as written so that its resend
-//! stores the marker alone instead of the rows twice.
-use std::collections::HashSet;
+//! them) and the inserters are recreated. Tables are committed in a fixed order, steps → spans →
+//! requests → batch markers; the writer remembers how many of them a failed commit got through
+//! for each of its batches, so that a resend writes only the tables still missing and never
+//! stores a row twice. (That memory is the process's own: an aggregator that dies between two
+//! table commits can still store the earlier tables' rows twice on resend.)
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,8 +104,8 @@ pub async fn run_writer(
 ) {
     let mut ins = Inserters::new(&store, &cfg);
     let mut pending: Vec<Pending> = Vec::new();
-    // Batches whose rows were committed but whose marker was not (see the module doc).
-    let mut rows_committed: HashSet<String> = HashSet::new();
+    // For batches of a failed commit: how many tables (in commit order) that commit stored.
+    let mut partly_stored: HashMap<String, Stage> = HashMap::new();
     let mut first_pending: Option<Instant> = None;
     loop {
         let wait = match first_pending {
@@ -117,7 +119,11 @@ pub async fn run_writer(
         let closed = job.is_none() && rx.is_closed();
         if let Some(job) = job {
             metrics.queue_depth.fetch_sub(1, Relaxed);
-            match write_job(&mut ins, &job, rows_committed.contains(&job.batch_id)).await {
+            let stored = partly_stored
+                .get(&job.batch_id)
+                .copied()
+                .unwrap_or(Stage::None);
+            match write_job(&mut ins, &job, stored).await {
                 Ok(p) => {
                     first_pending.get_or_insert_with(Instant::now);
                     pending.push(Pending {
@@ -130,8 +136,16 @@ pub async fn run_writer(
                     });
                 }
                 Err(e) => {
-                    // Buffering failed (serialisation): nothing was sent for this job.
-                    let _ = job.done.send(Err(format!("buffering failed: {e}")));
+                    // The inserters hold part of this job and may be broken: drop them, and
+                    // with them every pending batch, which the nodes resend.
+                    metrics.insert_errors.fetch_add(1, Relaxed);
+                    warn!(error = %e, batches = pending.len() + 1, "clickhouse insert failed while buffering; batches will be resent");
+                    dedup.unmark_inflight(&job.batch_id);
+                    let _ = job.done.send(Err(format!("storage unavailable: {e}")));
+                    let msg = format!("storage unavailable: {e}");
+                    fail(&mut pending, Stage::None, &mut partly_stored, &dedup, &msg);
+                    ins = Inserters::new(&store, &cfg);
+                    first_pending = None;
                 }
             }
         }
@@ -144,7 +158,7 @@ pub async fn run_writer(
                 Ok(()) => {
                     metrics.observe_insert(t0.elapsed().as_secs_f64());
                     for p in pending.drain(..) {
-                        rows_committed.remove(&p.batch_id);
+                        partly_stored.remove(&p.batch_id);
                         dedup.mark_stored(&p.batch_id);
                         metrics.batches_stored.fetch_add(1, Relaxed);
                         if p.rows_written {
@@ -155,19 +169,11 @@ pub async fn run_writer(
                         let _ = p.done.send(Ok(()));
                     }
                 }
-                Err((stage, e)) => {
+                Err((stored, e)) => {
                     metrics.insert_errors.fetch_add(1, Relaxed);
-                    warn!(stage, error = %e, batches = pending.len(), "clickhouse insert failed; batches will be resent");
-                    for p in pending.drain(..) {
-                        if stage == "marker" {
-                            rows_committed.insert(p.batch_id.clone());
-                        }
-                        dedup.unmark_inflight(&p.batch_id);
-                        let _ = p.done.send(Err(format!("storage unavailable: {e}")));
-                    }
-                    if rows_committed.len() > 1_000_000 {
-                        rows_committed.clear();
-                    }
+                    warn!(failed_at = stored.next_table(), error = %e, batches = pending.len(), "clickhouse insert failed; batches will be resent");
+                    let msg = format!("storage unavailable: {e}");
+                    fail(&mut pending, stored, &mut partly_stored, &dedup, &msg);
                     ins = Inserters::new(&store, &cfg);
                 }
             }
@@ -180,11 +186,58 @@ pub async fn run_writer(
     }
 }
 
-/// Buffers one batch's rows; returns (requests, spans, steps, rows_written).
+/// Answers every pending batch RETRY, remembering for each which tables are already stored.
+fn fail(
+    pending: &mut Vec<Pending>,
+    stored: Stage,
+    partly_stored: &mut HashMap<String, Stage>,
+    dedup: &Dedup,
+    msg: &str,
+) {
+    for p in pending.drain(..) {
+        // A batch resent after an earlier failure skipped what that one stored.
+        let before = partly_stored
+            .get(&p.batch_id)
+            .copied()
+            .unwrap_or(Stage::None);
+        if stored.max(before) > Stage::None {
+            partly_stored.insert(p.batch_id.clone(), stored.max(before));
+        }
+        dedup.unmark_inflight(&p.batch_id);
+        let _ = p.done.send(Err(msg.to_owned()));
+    }
+    if partly_stored.len() > 1_000_000 {
+        partly_stored.clear();
+    }
+}
+
+/// How far a commit got: the tables, in commit order, that it stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    None,
+    Steps,
+    Spans,
+    Requests,
+}
+
+impl Stage {
+    /// The table a commit that stored up to `self` failed on.
+    fn next_table(self) -> &'static str {
+        match self {
+            Stage::None => "engine_steps",
+            Stage::Steps => "spans",
+            Stage::Spans => "requests",
+            Stage::Requests => "ingested_batches",
+        }
+    }
+}
+
+/// Buffers one batch's rows for the tables not yet `stored`; returns (requests, spans, steps,
+/// rows_written).
 async fn write_job(
     ins: &mut Inserters,
     job: &WriteJob,
-    rows_already_committed: bool,
+    stored: Stage,
 ) -> Result<(u64, u64, u64, bool), clickhouse::error::Error> {
     let (mut nr, mut ns, mut nst) = (0u64, 0u64, 0u64);
     for rd in &job.batch.resources {
@@ -192,21 +245,24 @@ async fn write_job(
         nr += rd.requests.len() as u64;
         ns += rd.spans.len() as u64;
         nst += rd.steps.len() as u64;
-        if rows_already_committed {
-            continue;
+        if stored < Stage::Steps {
+            for s in &rd.steps {
+                ins.steps.write(&StepRow::from_proto(s, res)).await?;
+            }
         }
-        for s in &rd.steps {
-            ins.steps.write(&StepRow::from_proto(s, res)).await?;
+        if stored < Stage::Spans {
+            for s in &rd.spans {
+                ins.spans
+                    .write(&SpanRow::from_proto(s, res, &job.batch_id))
+                    .await?;
+            }
         }
-        for s in &rd.spans {
-            ins.spans
-                .write(&SpanRow::from_proto(s, res, &job.batch_id))
-                .await?;
-        }
-        for r in &rd.requests {
-            ins.requests
-                .write(&RequestRow::from_proto(r, res, &job.batch_id))
-                .await?;
+        if stored < Stage::Requests {
+            for r in &rd.requests {
+                ins.requests
+                    .write(&RequestRow::from_proto(r, res, &job.batch_id))
+                    .await?;
+            }
         }
     }
     ins.batches
@@ -219,16 +275,26 @@ async fn write_job(
             spans: ns as u32,
         })
         .await?;
-    Ok((nr, ns, nst, !rows_already_committed))
+    Ok((nr, ns, nst, stored == Stage::None))
 }
 
-async fn commit(ins: &mut Inserters) -> Result<(), (&'static str, clickhouse::error::Error)> {
-    ins.steps.force_commit().await.map_err(|e| ("rows", e))?;
-    ins.spans.force_commit().await.map_err(|e| ("rows", e))?;
-    ins.requests.force_commit().await.map_err(|e| ("rows", e))?;
+/// Commits every table in order; on failure says which tables were stored before it.
+async fn commit(ins: &mut Inserters) -> Result<(), (Stage, clickhouse::error::Error)> {
+    ins.steps
+        .force_commit()
+        .await
+        .map_err(|e| (Stage::None, e))?;
+    ins.spans
+        .force_commit()
+        .await
+        .map_err(|e| (Stage::Steps, e))?;
+    ins.requests
+        .force_commit()
+        .await
+        .map_err(|e| (Stage::Spans, e))?;
     ins.batches
         .force_commit()
         .await
-        .map_err(|e| ("marker", e))?;
+        .map_err(|e| (Stage::Requests, e))?;
     Ok(())
 }
