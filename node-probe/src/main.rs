@@ -10,7 +10,7 @@ use node_probe::export::{
     default_spool_dir, hostname, Compression, ExportConfig, DEFAULT_SPOOL_DIR,
 };
 use node_probe::kernel::btf::VMLINUX_BTF;
-use node_probe::probe::ProbeOptions;
+use node_probe::probe::{ProbeOptions, SyscallHook};
 use node_probe::run::{run, PrintFormat, RunConfig};
 use node_probe::targets::Selector;
 
@@ -66,6 +66,12 @@ struct Cli {
     /// Bytes of payload captured per socket syscall.
     #[arg(long, default_value_t = DEFAULT_PAYLOAD_CAP, value_parser = clap::value_parser!(u32).range(0..=MAX_PAYLOAD as i64))]
     payload_cap: u32,
+    /// How the socket syscalls are hooked: `tracepoint` (a classic syscalls:* tracepoint pair
+    /// per socket syscall; the default, cheapest for the rest of the host) or `raw` (one raw
+    /// sys_enter/sys_exit pair that dispatches on the syscall number: ~10 % cheaper per traced
+    /// socket syscall, but every other syscall on the host pays more; see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "tracepoint")]
+    syscall_hook: SyscallHook,
     /// Ring buffer size in MiB (power of two).
     #[arg(long, default_value_t = 8)]
     ring_mib: u32,
@@ -163,6 +169,7 @@ fn real_main() -> anyhow::Result<()> {
             ring_bytes,
             exec_events: false,
             exit_group_dead_off: 0,
+            syscall_hook: cli.syscall_hook,
         },
         btf_path: cli.btf,
         print: cli.print_events.then_some(match cli.format {

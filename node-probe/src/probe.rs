@@ -7,8 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use inferscope_common::{
-    EventKind, KernelOffsets, ProbeConfig, TargetInfo, TargetReason, LOSS_SLOTS, MAP_CONFIG,
-    MAP_EVENTS, MAP_LOSS, MAP_TARGETS, MAP_WATCH_PORTS, MAX_PAYLOAD,
+    EventKind, KernelOffsets, ProbeConfig, SyscallId, TargetInfo, TargetReason, LOSS_SLOTS,
+    MAP_CONFIG, MAP_EVENTS, MAP_LOSS, MAP_SYSCALLS, MAP_TARGETS, MAP_WATCH_PORTS, MAX_PAYLOAD,
+    MAX_SYSCALL_NR,
 };
 
 /// The eBPF object built by build.rs.
@@ -19,6 +20,36 @@ pub const SOCKET_SYSCALLS: [&str; 11] = [
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept",
     "accept4", "connect",
 ];
+
+/// How the socket syscalls are hooked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallHook {
+    /// A classic `syscalls:sys_{enter,exit}_*` tracepoint pair per socket syscall: only those
+    /// syscalls run a program.
+    Tracepoint,
+    /// One raw `sys_enter` / `sys_exit` tracepoint pair for all syscalls, dispatching on the
+    /// syscall number in the kernel: cheaper per traced syscall, but every syscall on the host
+    /// runs both programs (see BENCHMARKS.md for the measured trade).
+    Raw,
+}
+
+/// This architecture's numbers of the traced syscalls.
+pub fn syscall_numbers() -> [(SyscallId, libc::c_long); 12] {
+    [
+        (SyscallId::Read, libc::SYS_read),
+        (SyscallId::Write, libc::SYS_write),
+        (SyscallId::Readv, libc::SYS_readv),
+        (SyscallId::Writev, libc::SYS_writev),
+        (SyscallId::Recvfrom, libc::SYS_recvfrom),
+        (SyscallId::Sendto, libc::SYS_sendto),
+        (SyscallId::Recvmsg, libc::SYS_recvmsg),
+        (SyscallId::Sendmsg, libc::SYS_sendmsg),
+        (SyscallId::Accept, libc::SYS_accept),
+        (SyscallId::Accept4, libc::SYS_accept4),
+        (SyscallId::Connect, libc::SYS_connect),
+        (SyscallId::Close, libc::SYS_close),
+    ]
+}
 
 /// Failure to load or attach.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +92,8 @@ pub struct ProbeOptions {
     pub exec_events: bool,
     /// Offset of `group_dead` in `sched_process_exit`, 0 if absent.
     pub exit_group_dead_off: u32,
+    /// How the socket syscalls are hooked.
+    pub syscall_hook: SyscallHook,
 }
 
 /// Loaded programs and their maps.
@@ -196,8 +229,38 @@ impl Probe {
         self.watch_ports.get(&u32::from(port), 0).is_ok()
     }
 
-    /// Attaches the socket syscall programs.
-    pub fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
+    /// Attaches the socket syscall programs the chosen way.
+    pub fn attach_syscalls(&mut self, hook: SyscallHook) -> Result<(), ProbeError> {
+        match hook {
+            SyscallHook::Raw => self.attach_raw_syscalls(),
+            SyscallHook::Tracepoint => self.attach_tp_syscalls(),
+        }
+    }
+
+    fn attach_raw_syscalls(&mut self) -> Result<(), ProbeError> {
+        let mut table: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_SYSCALLS)
+                .ok_or_else(|| ProbeError::Missing(MAP_SYSCALLS.into()))?,
+        )
+        .map_err(map_err(MAP_SYSCALLS))?;
+        for (sc, nr) in syscall_numbers() {
+            if nr < 0 || nr >= i64::from(MAX_SYSCALL_NR) {
+                return Err(ProbeError::Invalid(format!(
+                    "syscall {} has number {nr}, beyond the table of {MAX_SYSCALL_NR}",
+                    sc.name()
+                )));
+            }
+            table
+                .set(nr as u32, sc as u32, 0)
+                .map_err(map_err(MAP_SYSCALLS))?;
+        }
+        // Exit first, so an entry recorded is always consumed.
+        self.attach_raw("raw_sys_exit", "sys_exit")?;
+        self.attach_raw("raw_sys_enter", "sys_enter")
+    }
+
+    fn attach_tp_syscalls(&mut self) -> Result<(), ProbeError> {
         for sc in SOCKET_SYSCALLS {
             let enter = format!("sys_enter_{sc}");
             let exit = format!("sys_exit_{sc}");

@@ -15,7 +15,7 @@ use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
-use crate::probe::{Probe, ProbeOptions};
+use crate::probe::{Probe, ProbeOptions, SyscallHook};
 use crate::requests::{RequestRecord, Tracker, TrackerConfig};
 use crate::targets::{read_proc, scan, Selector};
 
@@ -111,7 +111,15 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     // A second scan picks up what forked between the first scan and the attach.
     sync_targets(&mut probe, &cfg.selector, proc_root);
     probe.attach_arrivals()?;
-    probe.attach_syscalls()?;
+    probe
+        .attach_syscalls(opts.syscall_hook)
+        .with_context(|| match opts.syscall_hook {
+            SyscallHook::Raw => {
+                "cannot attach the raw sys_enter/sys_exit tracepoints \
+                 (on kernels without them, try --syscall-hook tracepoint)"
+            }
+            SyscallHook::Tracepoint => "cannot attach the syscalls:* tracepoints",
+        })?;
     let clock = WallClock::new();
     let mut tracker = Tracker::new(cfg.tracker.clone(), clock, proc_root);
     for &p in &cfg.ports {
@@ -124,6 +132,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         targets = ?targets.keys().collect::<Vec<_>>(),
         attached = probe.attached.len(),
         payload_cap = opts.payload_cap,
+        syscall_hook = ?opts.syscall_hook,
         "node-probe attached"
     );
     debug!(programs = ?probe.attached, "attached programs");

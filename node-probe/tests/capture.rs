@@ -21,13 +21,26 @@ fn http_server_exact_bytes_fds_and_tuples() {
     if !bpf_or_skip("http_server_exact_bytes_fds_and_tuples") {
         return;
     }
+    http_server_case("tracepoint");
+}
+
+/// The same capture through the raw sys_enter/sys_exit hook.
+#[test]
+fn http_server_exact_bytes_fds_and_tuples_raw_hook() {
+    if !bpf_or_skip("http_server_exact_bytes_fds_and_tuples_raw_hook") {
+        return;
+    }
+    http_server_case("raw");
+}
+
+fn http_server_case(hook: &str) {
     let mut srv = start_fixture("http_server.py", &[]);
     let hello = srv.wait_for("server pid/port", T, |v| v.get("port").is_some());
     let (pid, port) = (
         hello["pid"].as_u64().unwrap() as u32,
         hello["port"].as_u64().unwrap() as u16,
     );
-    let mut probe = start_probe(&["--pid", &pid.to_string()]);
+    let mut probe = start_probe(&["--pid", &pid.to_string(), "--syscall-hook", hook]);
 
     // Client: this test process (not a target). A body larger than one segment's worth of
     // headers, so the server reads in more than one call.
@@ -213,11 +226,24 @@ fn unix_pair_all_syscalls_inodes_and_peers() {
     if !bpf_or_skip("unix_pair_all_syscalls_inodes_and_peers") {
         return;
     }
+    unix_pair_case("tracepoint");
+}
+
+/// The same capture through the raw sys_enter/sys_exit hook.
+#[test]
+fn unix_pair_all_syscalls_inodes_and_peers_raw_hook() {
+    if !bpf_or_skip("unix_pair_all_syscalls_inodes_and_peers_raw_hook") {
+        return;
+    }
+    unix_pair_case("raw");
+}
+
+fn unix_pair_case(hook: &str) {
     let mut fx = start_fixture("unix_pair.py", &[]);
     let pid = fx.wait_for("fixture pid", T, |v| v.get("pid").is_some())["pid"]
         .as_u64()
         .unwrap();
-    let mut probe = start_probe(&["--pid", &pid.to_string()]);
+    let mut probe = start_probe(&["--pid", &pid.to_string(), "--syscall-hook", hook]);
     fx.send_line("go");
     let info = fx.wait_for("pair info", T, |v| v.get("a_fd").is_some());
     fx.wait_for("done", T, |v| v.get("done").is_some());

@@ -1,9 +1,12 @@
-//! Per-syscall cost of node-probe's capture, as ratios measured side by side in one run.
+//! Per-syscall cost of node-probe's capture, as ratios measured side by side in one run, for
+//! both ways of hooking the syscalls (`--syscall-hook raw` and `tracepoint`).
 //!
-//! Two worker processes each loop `send(64 B)` + `recv(64 B)` on a unix socket pair. Each round
-//! runs both workers with no probe loaded (baseline), then starts node-probe targeting worker A
-//! only and runs both again: A pays the full capture (filter, fd->socket resolution, 64-byte
-//! payload copy, ring write), B pays only the in-kernel filter of a non-target. Medians over the
+//! Worker processes A and B each loop `send(64 B)` + `recv(64 B)` on a unix socket pair; worker
+//! C loops `getppid()`, a syscall node-probe never traces. Each round measures all three with no
+//! probe loaded (baseline), then, for each hook (order alternating between rounds), starts
+//! node-probe targeting A only and measures them again: A pays the full capture (filter,
+//! fd->socket resolution, 64-byte payload copy, ring write), B only the in-kernel filter of a
+//! non-target, C what the hook costs an unrelated syscall anywhere on the host. Medians over the
 //! rounds, and node-probe's own CPU per captured event, are printed.
 //!
 //!     cargo build --release && sudo target/release/syscall-cost --probe target/release/node-probe
@@ -21,21 +24,24 @@ struct Args {
     /// node-probe binary.
     #[arg(long, default_value = "target/release/node-probe")]
     probe: String,
-    /// send+recv pairs per measurement.
+    /// send+recv pairs (or getppid pairs) per measurement.
     #[arg(long, default_value_t = 200_000)]
     iters: u64,
-    /// Rounds (each: baseline, then probe attached).
+    /// Rounds (each: baseline, then the probe attached with each hook).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Hooks to compare (node-probe's --syscall-hook values).
+    #[arg(long, value_delimiter = ',', default_value = "raw,tracepoint")]
+    hooks: Vec<String>,
     /// Extra node-probe arguments (space-separated), e.g. "--payload-cap 0".
     #[arg(long, default_value = "")]
     probe_args: String,
     /// Internal: run as a worker.
     #[arg(long, hide = true)]
-    worker: bool,
+    worker: Option<String>,
 }
 
-fn worker(iters: u64) -> anyhow::Result<()> {
+fn worker(kind: &str, iters: u64) -> anyhow::Result<()> {
     let mut fds = [0i32; 2];
     // SAFETY: valid out-array of two ints.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
@@ -48,11 +54,18 @@ fn worker(iters: u64) -> anyhow::Result<()> {
     for line in stdin.lock().lines() {
         let _ = line?;
         let t = Instant::now();
-        for _ in 0..iters {
-            // SAFETY: valid fds and buffers of the given length.
-            unsafe {
-                libc::send(fds[0], buf.as_ptr().cast(), 64, 0);
-                libc::recv(fds[1], rbuf.as_mut_ptr().cast(), 64, 0);
+        if kind == "socket" {
+            for _ in 0..iters {
+                // SAFETY: valid fds and buffers of the given length.
+                unsafe {
+                    libc::send(fds[0], buf.as_ptr().cast(), 64, 0);
+                    libc::recv(fds[1], rbuf.as_mut_ptr().cast(), 64, 0);
+                }
+            }
+        } else {
+            for _ in 0..2 * iters {
+                // SAFETY: a syscall without arguments.
+                unsafe { libc::syscall(libc::SYS_getppid) };
             }
         }
         writeln!(out, "{}", t.elapsed().as_nanos())?;
@@ -68,9 +81,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(iters: u64) -> anyhow::Result<Self> {
+    fn start(kind: &str, iters: u64) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--worker", "--iters", &iters.to_string()])
+            .args(["--worker", kind, "--iters", &iters.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -100,68 +113,101 @@ fn stop(mut p: Child) {
     let _ = p.wait();
 }
 
+/// Per-round figures of one condition.
+#[derive(Default)]
+struct Series {
+    captured: Vec<f64>,
+    filtered: Vec<f64>,
+    other: Vec<f64>,
+    probe_cpu_per_event: Vec<f64>,
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    if a.worker {
-        return worker(a.iters);
+    if let Some(kind) = &a.worker {
+        return worker(kind, a.iters);
     }
-    let mut wa = Worker::start(a.iters)?;
-    let mut wb = Worker::start(a.iters)?;
+    let mut wa = Worker::start("socket", a.iters)?;
+    let mut wb = Worker::start("socket", a.iters)?;
+    let mut wc = Worker::start("other", a.iters)?;
     // Warm-up.
-    wa.measure(a.iters)?;
-    wb.measure(a.iters)?;
-    let (mut base, mut traced, mut filtered, mut probe_cpu_per_event) =
-        (vec![], vec![], vec![], vec![]);
+    for w in [&mut wa, &mut wb, &mut wc] {
+        w.measure(a.iters)?;
+    }
+    let mut base = Series::default();
+    let mut by_hook: Vec<Series> = a.hooks.iter().map(|_| Series::default()).collect();
     for r in 0..a.rounds {
         let b1 = wa.measure(a.iters)?;
         let b2 = wb.measure(a.iters)?;
-        base.push((b1 + b2) / 2.0);
-        let mut args = vec![
-            "--pid".to_string(),
-            wa.child.id().to_string(),
-            "--poll-ms".into(),
-            "10".into(),
-        ];
-        args.extend(a.probe_args.split_whitespace().map(str::to_string));
-        let p = start_probe(&a.probe, &args)?;
-        let cpu0 = proc_cpu_ns(p.id()).unwrap_or(0);
-        let t = wa.measure(a.iters)?;
-        // Let the probe drain what A produced before its CPU is read.
-        std::thread::sleep(Duration::from_millis(300));
-        let cpu1 = proc_cpu_ns(p.id()).unwrap_or(0);
-        let f = wb.measure(a.iters)?;
-        stop(p);
-        traced.push(t);
-        filtered.push(f);
-        probe_cpu_per_event.push((cpu1.saturating_sub(cpu0)) as f64 / (2 * a.iters) as f64);
-        eprintln!(
-            "round {r}: baseline {:.0} ns, traced {t:.0} ns, non-target {f:.0} ns per syscall",
-            base[r as usize]
-        );
+        base.captured.push((b1 + b2) / 2.0);
+        base.other.push(wc.measure(a.iters)?);
+        let mut order: Vec<usize> = (0..a.hooks.len()).collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let mut args = vec![
+                "--pid".to_string(),
+                wa.child.id().to_string(),
+                "--poll-ms".into(),
+                "10".into(),
+                "--syscall-hook".into(),
+                a.hooks[i].clone(),
+            ];
+            args.extend(a.probe_args.split_whitespace().map(str::to_string));
+            let p = start_probe(&a.probe, &args)?;
+            let cpu0 = proc_cpu_ns(p.id()).unwrap_or(0);
+            let t = wa.measure(a.iters)?;
+            // Let the probe drain what A produced before its CPU is read.
+            std::thread::sleep(Duration::from_millis(300));
+            let cpu1 = proc_cpu_ns(p.id()).unwrap_or(0);
+            let f = wb.measure(a.iters)?;
+            let o = wc.measure(a.iters)?;
+            stop(p);
+            let s = &mut by_hook[i];
+            s.captured.push(t);
+            s.filtered.push(f);
+            s.other.push(o);
+            s.probe_cpu_per_event
+                .push((cpu1.saturating_sub(cpu0)) as f64 / (2 * a.iters) as f64);
+            eprintln!(
+                "round {r} {:>10}: baseline {:.0} / {:.0} ns, captured {t:.0}, non-target {f:.0}, other syscall {o:.0} ns",
+                a.hooks[i], base.captured[r as usize], base.other[r as usize]
+            );
+        }
     }
-    let (mb, mt, mf) = (median(&base), median(&traced), median(&filtered));
+    let (mb, mo) = (median(&base.captured), median(&base.other));
     println!(
-        "syscall-cost: {} rounds x {} send+recv pairs (64 B, unix stream socket pair)",
+        "syscall-cost: {} rounds x {} send+recv pairs (64 B, unix stream socket pair), getppid as the unrelated syscall",
         a.rounds, a.iters
     );
-    println!("  baseline (no probe)          {mb:8.0} ns/syscall");
-    println!(
-        "  target, captured             {mt:8.0} ns/syscall  ratio {:.2}x  (+{:.0} ns)",
-        mt / mb,
-        mt - mb
-    );
-    println!(
-        "  non-target, filtered in-kernel {mf:6.0} ns/syscall  ratio {:.2}x  (+{:.0} ns)",
-        mf / mb,
-        mf - mb
-    );
-    println!(
-        "  node-probe CPU per captured event {:.0} ns (median)",
-        median(&probe_cpu_per_event)
-    );
-    drop(wa.stdin);
-    drop(wb.stdin);
-    let _ = wa.child.wait();
-    let _ = wb.child.wait();
+    println!("  baseline (no probe): socket syscall {mb:.0} ns, getppid {mo:.0} ns");
+    let cell = |m: f64, b: f64| format!("{m:6.0} ns {:5.2}x (+{:.0} ns)", m / b, m - b);
+    for (h, s) in a.hooks.iter().zip(&by_hook) {
+        println!("  --syscall-hook {h}:");
+        println!(
+            "    target, captured          {}",
+            cell(median(&s.captured), mb)
+        );
+        println!(
+            "    non-target, filtered      {}",
+            cell(median(&s.filtered), mb)
+        );
+        println!(
+            "    unrelated syscall (getppid) {}",
+            cell(median(&s.other), mo)
+        );
+        println!(
+            "    node-probe CPU per captured event {:.0} ns",
+            median(&s.probe_cpu_per_event)
+        );
+    }
+    for w in [wa, wb, wc] {
+        let Worker {
+            mut child, stdin, ..
+        } = w;
+        drop(stdin);
+        let _ = child.wait();
+    }
     Ok(())
 }

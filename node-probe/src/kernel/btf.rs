@@ -129,6 +129,7 @@ impl KernelBtf {
     /// Resolves every offset the kernel programs use.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let o = |s: &str, p: &str| self.offset_of(s, p);
+        let regs = self.syscall_regs()?;
         Ok(KernelOffsets {
             task_files: o("task_struct", "files")?,
             task_tgid: o("task_struct", "tgid")?,
@@ -157,8 +158,25 @@ impl KernelBtf {
             tcp_copied_seq: o("tcp_sock", "copied_seq")?,
             tcp_rcv_nxt: o("tcp_sock", "rcv_nxt")?,
             sock_protocol: o("sock", "sk_protocol")?,
+            regs_arg0: regs.0,
+            regs_arg1: regs.1,
+            regs_arg2: regs.2,
+            regs_syscall_nr: regs.3,
             _pad: 0,
         })
+    }
+
+    /// `pt_regs` slots of the first three syscall arguments and of the syscall number, for
+    /// the architecture node-probe was built for.
+    fn syscall_regs(&self) -> Result<(u32, u32, u32, u32), BtfError> {
+        let o = |p: &str| self.offset_of("pt_regs", p);
+        if cfg!(target_arch = "aarch64") {
+            // x0 is overwritten by the return value; the kernel keeps the first argument.
+            let regs = o("regs")?;
+            Ok((o("orig_x0")?, regs + 8, regs + 16, o("syscallno")?))
+        } else {
+            Ok((o("di")?, o("si")?, o("dx")?, o("orig_ax")?))
+        }
     }
 }
 
@@ -205,5 +223,12 @@ mod tests {
         assert_eq!(o.skc_daddr + 4, o.skc_rcv_saddr);
         assert!(o.tcp_write_seq > 0 && o.tcp_copied_seq > 0);
         assert!(o.socket_alloc_inode > 0);
+        if cfg!(target_arch = "x86_64") {
+            // The ptrace ABI's layout, which BTF must agree with.
+            assert_eq!(
+                (o.regs_arg0, o.regs_arg1, o.regs_arg2, o.regs_syscall_nr),
+                (112, 104, 96, 120)
+            );
+        }
     }
 }

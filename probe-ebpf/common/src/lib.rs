@@ -22,6 +22,12 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 
 /// `local port -> 1`: TCP ports on which data arrivals are timestamped ([`EventKind::SockArrival`]).
 pub const MAP_WATCH_PORTS: &str = "WATCH_PORTS";
+/// Array `syscall number -> SyscallId value` (0: not traced), read by the raw `sys_enter` /
+/// `sys_exit` programs. Userspace fills it with the host architecture's numbers.
+pub const MAP_SYSCALLS: &str = "SYSCALLS";
+/// Capacity of [`MAP_SYSCALLS`]: syscall numbers at or above it are never traced.
+pub const MAX_SYSCALL_NR: u32 = 512;
+
 /// Capacity of [`MAP_WATCH_PORTS`].
 pub const MAX_WATCH_PORTS: u32 = 256;
 
@@ -399,10 +405,18 @@ pub struct KernelOffsets {
     pub tcp_rcv_nxt: u32,
     /// `sock.sk_protocol`
     pub sock_protocol: u32,
+    /// `pt_regs` slot of a syscall's first argument (x86-64 `di`, arm64 `orig_x0`).
+    pub regs_arg0: u32,
+    /// `pt_regs` slot of the second argument (x86-64 `si`, arm64 `regs[1]`).
+    pub regs_arg1: u32,
+    /// `pt_regs` slot of the third argument (x86-64 `dx`, arm64 `regs[2]`).
+    pub regs_arg2: u32,
+    /// `pt_regs` slot holding the syscall number at exit (x86-64 `orig_ax`, arm64 `syscallno`).
+    pub regs_syscall_nr: u32,
     /// Reserved, zero.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 
 /// Value of the single [`MAP_CONFIG`] entry.
 #[repr(C)]
@@ -421,7 +435,7 @@ pub struct ProbeConfig {
     /// Kernel layouts.
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16 + 28 * 4);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16 + 32 * 4);
 
 #[cfg(feature = "user")]
 mod pod {

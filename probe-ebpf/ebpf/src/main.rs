@@ -1,6 +1,8 @@
 //! inferscope kernel programs.
 //!
-//! * `sys_enter_*` / `sys_exit_*` tracepoints for the socket syscalls: filter by the target set
+//! * the socket syscalls, hooked either by raw `sys_enter` / `sys_exit` tracepoints (one pair
+//!   for all syscalls, dispatching on the number through `SYSCALLS`) or by the classic
+//!   `sys_enter_*` / `sys_exit_*` tracepoints (a pair per syscall): filter by the target set
 //!   at entry, save the arguments, and at exit resolve the fd to its socket, copy the first bytes
 //!   of the payload and emit one [`SockEvent`] per syscall that moved data (or accepted,
 //!   connected, closed).
@@ -23,7 +25,8 @@ use aya_ebpf::{
 use inferscope_common::{
     ArrivalEvent, BufferShape, EventHeader, EventKind, InFlight, KernelOffsets, ProbeConfig,
     ProcEvent, SockEvent, SockInfo, SyscallId, TargetInfo, TargetReason, AF_INET, AF_INET6,
-    AF_UNIX, LOSS_SLOTS, MAX_INFLIGHT, MAX_IOV, MAX_PAYLOAD, MAX_TARGETS, MAX_WATCH_PORTS,
+    AF_UNIX, LOSS_SLOTS, MAX_INFLIGHT, MAX_IOV, MAX_PAYLOAD, MAX_SYSCALL_NR, MAX_TARGETS,
+    MAX_WATCH_PORTS,
 };
 
 #[map]
@@ -40,6 +43,8 @@ static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(MAX_IN
 static WATCH_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCH_PORTS, 0);
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SYSCALLS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 
 /// A [`SockEvent`] followed by slack, so that a bounded copy at a masked offset inside `payload`
 /// provably stays inside the map value.
@@ -111,20 +116,22 @@ fn is_target(tgid: u32) -> bool {
 // Socket syscalls
 // ---------------------------------------------------------------------------------------------
 
+/// The first three arguments of a syscall, read from a `sys_enter_*` record.
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, sc: SyscallId) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_target((pid_tgid >> 32) as u32) {
-        return 0;
-    }
+fn tp_args(ctx: &TracePointContext) -> (u64, u64, u64) {
     // SAFETY: offsets inside the sys_enter record (checked by the tracepoint's format).
-    let (fd, a1, a2) = unsafe {
+    unsafe {
         (
             ctx.read_at::<u64>(TP_ARG0).unwrap_or(u64::MAX),
             ctx.read_at::<u64>(TP_ARG0 + 8).unwrap_or(0),
             ctx.read_at::<u64>(TP_ARG0 + 16).unwrap_or(0),
         )
-    };
+    }
+}
+
+/// Saves a target's socket-syscall arguments for its exit.
+#[inline(always)]
+fn on_enter(pid_tgid: u64, sc: SyscallId, (fd, a1, a2): (u64, u64, u64)) {
     let f = InFlight {
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -134,11 +141,11 @@ fn on_enter(ctx: &TracePointContext, sc: SyscallId) -> u32 {
         fd: fd as i32,
     };
     let _ = INFLIGHT.insert(&pid_tgid, &f, 0);
-    0
 }
 
+/// Emits the event of a syscall whose entry was saved; `ret` is its return value.
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext) -> u32 {
+fn on_exit(ret: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
     let f = match unsafe { INFLIGHT.get(&pid_tgid) } {
@@ -146,8 +153,6 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
         None => return 0,
     };
     let _ = INFLIGHT.remove(&pid_tgid);
-    // SAFETY: `ret` of the sys_exit record.
-    let ret = unsafe { ctx.read_at::<i64>(TP_ARG0).unwrap_or(0) };
     if ret == -EAGAIN {
         return 0;
     }
@@ -385,15 +390,25 @@ fn resolve_sock(o: &KernelOffsets, fd: i32, out: &mut SockInfo) -> Option<u64> {
     Some(sk)
 }
 
+// Two ways to hook the same syscalls, chosen by userspace (`--syscall-hook`): one pair of
+// classic `syscalls:sys_{enter,exit}_*` tracepoints per syscall, or one raw `sys_enter` /
+// `sys_exit` pair for all syscalls that looks the number up in `SYSCALLS`. Both feed the same
+// `on_enter` / `on_exit` / `on_close`.
+
 macro_rules! enter_exit {
     ($enter:ident, $exit:ident, $sc:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $sc)
+            let pid_tgid = bpf_get_current_pid_tgid();
+            if is_target((pid_tgid >> 32) as u32) {
+                on_enter(pid_tgid, $sc, tp_args(&ctx));
+            }
+            0
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx)
+            // SAFETY: `ret` of the sys_exit record.
+            on_exit(unsafe { ctx.read_at::<i64>(TP_ARG0).unwrap_or(0) })
         }
     };
 }
@@ -414,11 +429,14 @@ enter_exit!(sys_enter_connect, sys_exit_connect, SyscallId::Connect);
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_target((pid_tgid >> 32) as u32) {
-        return 0;
+    if is_target((pid_tgid >> 32) as u32) {
+        on_close(pid_tgid, tp_args(&ctx).0);
     }
-    // SAFETY: first argument of the sys_enter record.
-    let fd = unsafe { ctx.read_at::<u64>(TP_ARG0).unwrap_or(u64::MAX) } as i32;
+    0
+}
+
+#[inline(always)]
+fn on_close(pid_tgid: u64, fd: u64) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     emit_sock(
@@ -426,13 +444,60 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         SyscallId::Close,
         pid_tgid,
         now,
-        fd,
+        fd as i32,
         -1,
         0,
         0,
         0,
     );
+}
+
+/// The traced syscall with number `nr`, if any.
+#[inline(always)]
+fn traced_syscall(nr: u64) -> Option<SyscallId> {
+    if nr >= MAX_SYSCALL_NR as u64 {
+        return None;
+    }
+    SyscallId::from_u32(*SYSCALLS.get(nr as u32)?)
+}
+
+/// Raw `sys_enter(regs, id)`: every syscall on the host passes here, so the untraced ones
+/// leave after one array lookup, and non-targets after one more hash lookup.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let Some(sc) = traced_syscall(ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let regs: u64 = ctx.arg(0);
+    let o = &cfg.offsets;
+    let fd = rk::<u64>(regs + o.regs_arg0 as u64).unwrap_or(u64::MAX);
+    if sc == SyscallId::Close {
+        on_close(pid_tgid, fd);
+    } else {
+        let a1 = rk::<u64>(regs + o.regs_arg1 as u64).unwrap_or(0);
+        let a2 = rk::<u64>(regs + o.regs_arg2 as u64).unwrap_or(0);
+        on_enter(pid_tgid, sc, (fd, a1, a2));
+    }
     0
+}
+
+/// Raw `sys_exit(regs, ret)`: the syscall number is read back from `regs`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = config() else { return 0 };
+    let regs: u64 = ctx.arg(0);
+    let Some(nr) = rk::<u64>(regs + cfg.offsets.regs_syscall_nr as u64) else {
+        return 0;
+    };
+    match traced_syscall(nr) {
+        None | Some(SyscallId::Close) => 0,
+        Some(_) => on_exit(ctx.arg::<i64>(1)) as i32,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
