@@ -8,6 +8,7 @@
 //! * [`requests`]: per-request span trees;
 //! * [`export`]: shipping finished requests to the aggregator over gRPC;
 //! * [`run`]: the event loop tying them together;
+//! * [`metrics`]: node-probe's own counters on `GET /metrics`;
 //! * [`clock`]: kernel monotonic time to wall time.
 pub mod clock;
 pub mod engine;
@@ -16,6 +17,7 @@ pub mod export;
 pub mod http;
 pub mod kernel;
 pub mod listen;
+pub mod metrics;
 pub mod probe;
 pub mod requests;
 pub mod run;

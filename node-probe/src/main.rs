@@ -66,6 +66,10 @@ struct Cli {
     /// Bytes of payload captured per socket syscall.
     #[arg(long, default_value_t = DEFAULT_PAYLOAD_CAP, value_parser = clap::value_parser!(u32).range(0..=MAX_PAYLOAD as i64))]
     payload_cap: u32,
+    /// Serve node-probe's own metrics (Prometheus text: events, kernel losses, decode errors,
+    /// tracker and exporter counters) on GET /metrics at this address, e.g. 127.0.0.1:9465.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// How the socket syscalls are hooked: `tracepoint` (a classic syscalls:* tracepoint pair
     /// per socket syscall; the default, cheapest for the rest of the host) or `raw` (one raw
     /// sys_enter/sys_exit pair that dispatches on the syscall number: ~10 % cheaper per traced
@@ -187,6 +191,7 @@ fn real_main() -> anyhow::Result<()> {
             max_conns: cli.max_connections.max(16),
         },
         export,
+        metrics_listen: cli.metrics_listen,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

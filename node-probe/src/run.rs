@@ -15,6 +15,7 @@ use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
+use crate::metrics::{self, Gauges, MetricsPage};
 use crate::probe::{Probe, ProbeOptions, SyscallHook};
 use crate::requests::{RequestRecord, Tracker, TrackerConfig};
 use crate::targets::{read_proc, scan, Selector};
@@ -55,6 +56,8 @@ pub struct RunConfig {
     pub tracker: TrackerConfig,
     /// Ship finished requests to an aggregator (`--export`).
     pub export: Option<ExportConfig>,
+    /// Serve node-probe's own metrics here (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Counters kept by the loop, reported at exit.
@@ -75,6 +78,16 @@ pub struct Stats {
 /// Runs until `stop` is set or the configured duration passes.
 pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     preflight::check_privileges()?;
+    let metrics_page = match cfg.metrics_listen {
+        Some(addr) => {
+            let page = MetricsPage::default();
+            let bound = metrics::serve(addr, page.clone())
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            info!(addr = %bound, "serving metrics on /metrics");
+            Some(page)
+        }
+        None => None,
+    };
     let exporter = match &cfg.export {
         Some(e) => {
             let h = Exporter::start(e.clone()).context("cannot start the exporter")?;
@@ -151,6 +164,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
 
     let mut stats = Stats::default();
     let started = Instant::now();
+    let mut last_metrics: Option<Instant> = None;
     let mut last_rescan = Instant::now();
     let mut last_ports = Instant::now();
     let mut ports_for_targets = probe.targets().len();
@@ -216,6 +230,18 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if drained > 0 || wrote {
             out.flush()?;
         }
+        if let Some(page) = &metrics_page {
+            if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                collect_counters(&mut stats, &probe, &tracker);
+                let gauges = Gauges {
+                    targets: probe.targets().len(),
+                    connections: tracker.conns(),
+                };
+                let export = exporter.as_ref().map(|h| h.stats().snapshot());
+                page.publish(metrics::render(&stats, gauges, export.as_ref()));
+                last_metrics = Some(Instant::now());
+            }
+        }
         if drained < 4096 {
             std::thread::sleep(cfg.poll_interval);
         }
@@ -231,13 +257,18 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     if let (Some(h), Some(e)) = (exporter, &cfg.export) {
         stats.export = Some(h.shutdown(e.drain_timeout));
     }
+    collect_counters(&mut stats, &probe, &tracker);
+    Ok(stats)
+}
+
+/// Copies the tracker's counters and the kernel's loss counters into `stats`.
+fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker) {
     stats.tracker = tracker.stats.clone();
     for (kind, n) in probe.kernel_losses() {
         if n > 0 {
             stats.kernel_lost.insert(kind_name(kind), n);
         }
     }
-    Ok(stats)
 }
 
 /// Applies a lifecycle event to the target set; returns whether the process is (now) a target.

@@ -68,7 +68,17 @@ fn any_openai_server_without_engine_code() {
         hello["pid"].as_u64().unwrap(),
         hello["port"].as_u64().unwrap() as u16,
     );
-    let mut probe = start_probe(&["--pid", &pid.to_string(), "--requests"]);
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut probe = start_probe(&[
+        "--pid",
+        &pid.to_string(),
+        "--requests",
+        "--metrics-listen",
+        &metrics_addr,
+    ]);
 
     // Keep-alive: streamed completion, non-streamed chat, embeddings, 404, 400 on one connection.
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -164,6 +174,31 @@ fn any_openai_server_without_engine_code() {
     probe.drain_for(Duration::from_millis(300));
     let seen = probe.seen.clone();
 
+    // node-probe's own metrics count what it saw, the garbage it gave up on included.
+    let mut page = String::new();
+    for _ in 0..40 {
+        page = scrape(&metrics_addr);
+        if page.contains("inferscope_probe_gave_up_total{reason=") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(page.contains("inferscope_probe_targets 1"), "{page}");
+    assert!(
+        page.contains("inferscope_probe_gave_up_total{reason="),
+        "{page}"
+    );
+    let requests: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("inferscope_probe_requests_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(requests >= 8, "{page}");
+    assert!(
+        page.contains("inferscope_probe_events_total{kind=\"send\"}"),
+        "{page}"
+    );
+
     let s = by_path(&seen, "/v1/completions");
     let stream: Vec<_> = s.iter().filter(|v| v["model"] == "m-stream").collect();
     assert_eq!(stream.len(), 1, "exactly once");
@@ -223,4 +258,15 @@ fn any_openai_server_without_engine_code() {
         trunc.iter().all(|v| v["outcome"] != "complete"),
         "{trunc:?}"
     );
+}
+
+/// GET /metrics from node-probe's metrics listener.
+fn scrape(addr: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
 }

@@ -184,24 +184,31 @@ impl std::fmt::Debug for ExportConfig {
 }
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
+    ($(#[doc = $doc:literal] $name:ident,)*) => {
         /// Exporter counters, shared between the exporter thread and its handle (relaxed
         /// atomics). [`ExportStats::snapshot`] reads them all.
         #[derive(Debug, Default)]
         pub struct ExportStats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $(#[doc = $doc] pub $name: AtomicU64,)*
         }
 
         /// A copy of the [`ExportStats`] counters.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
         pub struct ExportSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
+            $(#[doc = $doc] pub $name: u64,)*
         }
 
         impl ExportStats {
             /// Reads every counter.
             pub fn snapshot(&self) -> ExportSnapshot {
                 ExportSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl ExportSnapshot {
+            /// Every counter as (name, description, value).
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc.trim(), self.$name),)*]
             }
         }
 

@@ -1,0 +1,285 @@
+//! node-probe's own metrics, in the Prometheus text format on `GET /metrics` of
+//! `--metrics-listen`.
+//!
+//! The event loop renders a fresh page about once a second ([`render`]) and publishes it in a
+//! [`MetricsPage`]; a small HTTP server on its own thread serves the latest page. The loop never
+//! waits on a scrape, and a scrape never touches the loop's state.
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::{http::header, routing::get, Router};
+use tracing::warn;
+
+use crate::export::ExportSnapshot;
+use crate::run::Stats;
+
+/// The latest rendered page, shared between the loop and the server.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsPage(Arc<Mutex<String>>);
+
+impl MetricsPage {
+    /// Replaces the page.
+    pub fn publish(&self, page: String) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = page;
+        }
+    }
+
+    /// The current page.
+    pub fn get(&self) -> String {
+        self.0.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// Binds `addr` now (so that a taken port is an error at start) and serves `page` from a
+/// thread of its own until the process exits. Returns the bound address.
+pub fn serve(addr: SocketAddr, page: MetricsPage) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let app = Router::new().route(
+                    "/metrics",
+                    get(move || {
+                        let page = page.clone();
+                        async move {
+                            (
+                                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                                page.get(),
+                            )
+                        }
+                    }),
+                );
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = axum::serve(l, app).await {
+                            warn!(error = %e, "metrics server stopped");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "metrics server could not start"),
+                }
+            })
+        })?;
+    Ok(bound)
+}
+
+/// Gauges read at render time, next to the loop's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Processes in the in-kernel target set.
+    pub targets: usize,
+    /// Connections followed.
+    pub connections: usize,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    family(out, name, "counter", help);
+    for (v, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+    }
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// Renders the whole page.
+pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) -> String {
+    let mut o = String::with_capacity(4096);
+    labelled(
+        &mut o,
+        "inferscope_probe_events_total",
+        "kind",
+        "Kernel events decoded, per kind.",
+        stats.events.iter().map(|(k, n)| (*k, *n)),
+    );
+    labelled(
+        &mut o,
+        "inferscope_probe_kernel_lost_total",
+        "kind",
+        "Kernel events lost because the ring buffer was full, per kind.",
+        stats.kernel_lost.iter().map(|(k, n)| (*k, *n)),
+    );
+    let decode: Vec<(String, u64)> = stats
+        .decode_errors
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    labelled(
+        &mut o,
+        "inferscope_probe_decode_errors_total",
+        "kind",
+        "Ring records that did not decode, per raw kind value.",
+        decode.iter().map(|(k, n)| (k.as_str(), *n)),
+    );
+    let t = &stats.tracker;
+    single(
+        &mut o,
+        "inferscope_probe_requests_total",
+        "counter",
+        "Requests finished and emitted.",
+        t.requests,
+    );
+    labelled(
+        &mut o,
+        "inferscope_probe_connections_evicted_total",
+        "state",
+        "Connections evicted to stay within --max-connections.",
+        [("idle", t.conns_evicted), ("busy", t.conns_evicted_busy)],
+    );
+    single(
+        &mut o,
+        "inferscope_probe_request_timeouts_total",
+        "counter",
+        "Exchanges closed by --request-timeout-s.",
+        t.timeouts,
+    );
+    labelled(
+        &mut o,
+        "inferscope_probe_gave_up_total",
+        "reason",
+        "Connections no longer followed, per reason.",
+        t.gave_up.iter().map(|(k, n)| (*k, *n)),
+    );
+    single(
+        &mut o,
+        "inferscope_probe_arrivals_dropped_total",
+        "counter",
+        "Wire arrival records dropped (per-connection cap).",
+        t.arrivals_dropped,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_engine_unjoined_total",
+        "counter",
+        "Responses whose engine-side request was not found.",
+        t.engine_unjoined,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_targets",
+        "gauge",
+        "Processes traced.",
+        gauges.targets as u64,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_connections",
+        "gauge",
+        "Connections followed.",
+        gauges.connections as u64,
+    );
+    if let Some(x) = export {
+        for (name, help, v) in x.fields() {
+            let (metric, kind) = if name == "spool_bytes" {
+                (format!("inferscope_probe_export_{name}"), "gauge")
+            } else {
+                (format!("inferscope_probe_export_{name}_total"), "counter")
+            };
+            single(&mut o, &metric, kind, help, v);
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let mut s = Stats::default();
+        s.events.insert("send", 12);
+        s.kernel_lost.insert("arrival", 3);
+        s.decode_errors.insert(99, 1);
+        s.tracker.requests = 5;
+        s.tracker.gave_up.insert("malformed request head", 2);
+        let snap = ExportSnapshot {
+            spooled: 4,
+            spool_bytes: 1000,
+            ..Default::default()
+        };
+        let page = render(
+            &s,
+            Gauges {
+                targets: 2,
+                connections: 7,
+            },
+            Some(&snap),
+        );
+        for want in [
+            "inferscope_probe_events_total{kind=\"send\"} 12",
+            "inferscope_probe_kernel_lost_total{kind=\"arrival\"} 3",
+            "inferscope_probe_decode_errors_total{kind=\"99\"} 1",
+            "inferscope_probe_requests_total 5",
+            "inferscope_probe_gave_up_total{reason=\"malformed request head\"} 2",
+            "inferscope_probe_targets 2",
+            "inferscope_probe_connections 7",
+            "inferscope_probe_export_spooled_total 4",
+            "inferscope_probe_export_spool_bytes 1000",
+            "# TYPE inferscope_probe_export_spool_bytes gauge",
+            "# TYPE inferscope_probe_connections_evicted_total counter",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in\n{page}");
+        }
+        // Every sample line belongs to a family announced before it.
+        let mut announced = std::collections::HashSet::new();
+        for line in page.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                announced.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(announced.contains(name), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn serves_the_latest_page() {
+        let page = MetricsPage::default();
+        let addr = serve("127.0.0.1:0".parse().unwrap(), page.clone()).unwrap();
+        page.publish("inferscope_probe_targets 3\n".into());
+        let mut body = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                use std::io::{Read, Write};
+                let _ =
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ = s.read_to_string(&mut body);
+                if !body.is_empty() {
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("inferscope_probe_targets 3"), "{body}");
+        assert!(body.contains("text/plain; version=0.0.4"), "{body}");
+    }
+
+    #[test]
+    fn a_taken_port_is_an_error_at_start() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = serve(l.local_addr().unwrap(), MetricsPage::default()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    }
+}
