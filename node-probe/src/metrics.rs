@@ -174,6 +174,30 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
         "Responses whose engine-side request was not found.",
         t.engine_unjoined,
     );
+    for (name, help, v) in [
+        (
+            "inferscope_probe_unsolicited_bytes_total",
+            "Bytes servers wrote with no request to answer.",
+            t.unsolicited_bytes,
+        ),
+        (
+            "inferscope_probe_ignored_bytes_total",
+            "Bytes read on connections no longer followed (requests lost to a give-up).",
+            t.ignored_bytes,
+        ),
+        (
+            "inferscope_probe_resyncs_total",
+            "Connections followed again after a give-up.",
+            t.resyncs,
+        ),
+        (
+            "inferscope_probe_early_responses_total",
+            "Responses that began before their request's body was read.",
+            t.early_responses,
+        ),
+    ] {
+        single(&mut o, name, "counter", help, v);
+    }
     single(
         &mut o,
         "inferscope_probe_targets",

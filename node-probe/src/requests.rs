@@ -60,9 +60,27 @@ pub struct TrackerStats {
     pub arrivals_dropped: u64,
     /// Responses whose engine request was not found.
     pub engine_unjoined: u64,
+    /// Bytes servers wrote with no request to answer.
+    pub unsolicited_bytes: u64,
+    /// Bytes read on connections no longer followed (requests lost to a give-up).
+    pub ignored_bytes: u64,
+    /// Connections followed again after a give-up (at the next request head while idle).
+    pub resyncs: u64,
+    /// Responses that began before their request's body was read.
+    pub early_responses: u64,
 }
 
 type Tuple = ((IpAddr, u16), (IpAddr, u16));
+
+/// A connection's counters that [`TrackerStats`] sums.
+fn conn_counters(h: &HttpConn) -> [u64; 4] {
+    [
+        h.unsolicited_bytes,
+        h.ignored_bytes,
+        h.resyncs,
+        h.early_responses,
+    ]
+}
 
 #[derive(Debug)]
 struct Conn {
@@ -379,6 +397,7 @@ impl Tracker {
             return;
         };
         c.last_ns = s.end_ns;
+        let before = conn_counters(&c.http);
         match s.kind {
             EventKind::SockRecv => {
                 if s.ret > 0 {
@@ -420,14 +439,32 @@ impl Tracker {
             _ => {}
         }
         let c = self.conns.get(&key).expect("present");
+        let after = conn_counters(&c.http);
+        let st = &mut self.stats;
+        for (total, (a, b)) in [
+            &mut st.unsolicited_bytes,
+            &mut st.ignored_bytes,
+            &mut st.resyncs,
+            &mut st.early_responses,
+        ]
+        .into_iter()
+        .zip(after.into_iter().zip(before))
+        {
+            *total += a - b;
+        }
         if !self.exchanges.is_empty() {
             let (pid, fd, tuple) = (c.pid, c.fd, c.tuple);
             self.emit(pid, fd, tuple, out);
         }
         let c = self.conns.get_mut(&key).expect("present");
-        if let (Some(why), false) = (c.http.gave_up, c.gave_up_counted) {
-            c.gave_up_counted = true;
-            *self.stats.gave_up.entry(why).or_default() += 1;
+        match (c.http.gave_up, c.gave_up_counted) {
+            (Some(why), false) => {
+                c.gave_up_counted = true;
+                *self.stats.gave_up.entry(why).or_default() += 1;
+            }
+            // Followed again: a later give-up counts anew.
+            (None, true) => c.gave_up_counted = false,
+            _ => {}
         }
     }
 

@@ -448,6 +448,8 @@ impl VllmFollower {
             let Some(r) = self.inflight.remove(&k) else {
                 continue;
             };
+            // Its other index entries (`cmpl-X-0` beside `cmpl-X`) go with it.
+            self.unindex(&r.id);
             merged = Some(match merged {
                 None => r,
                 Some(mut m) => {
@@ -617,6 +619,10 @@ mod tests {
             (120, 150, 1)
         );
         assert_eq!(f.inflight(), 0);
+        assert!(
+            f.by_response.is_empty(),
+            "every index entry goes with the join"
+        );
         assert!(f.take_for_response("cmpl-9f0db1b837668a6b").is_none());
         assert_eq!(f.stats.steps, 4);
     }

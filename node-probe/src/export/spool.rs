@@ -132,16 +132,22 @@ impl Spool {
 
     /// Evicts the oldest files until the spool is within its cap; returns their keys.
     pub fn evict_over_cap(&mut self) -> Vec<String> {
-        self.evict_until(0)
+        self.evict_except(None)
     }
 
-    /// Evicts oldest-first until `extra` more bytes fit.
-    fn evict_until(&mut self, extra: u64) -> Vec<String> {
+    /// Evicts oldest-first, never `keep`, until the spool is within its cap.
+    fn evict_except(&mut self, keep: Option<&str>) -> Vec<String> {
         let mut evicted = Vec::new();
-        while self.bytes + extra > self.max_bytes {
-            let Some((k, size)) = self.files.pop_first() else {
+        while self.bytes > self.max_bytes {
+            let Some(k) = self
+                .files
+                .keys()
+                .find(|k| Some(k.as_str()) != keep)
+                .cloned()
+            else {
                 break;
             };
+            let size = self.files.remove(&k).unwrap_or(0);
             self.bytes -= size;
             // A file that cannot be removed is forgotten anyway, so the loop ends.
             let _ = std::fs::remove_file(self.path(&k));
@@ -150,8 +156,8 @@ impl Spool {
         evicted
     }
 
-    /// Writes `data` under `key` atomically, first evicting the oldest files as needed to stay
-    /// within the cap; returns the evicted keys.
+    /// Writes `data` under `key` atomically, then evicts the oldest other files as needed to
+    /// stay within the cap (a failed write evicts nothing); returns the evicted keys.
     pub fn write(&mut self, key: &str, data: &[u8]) -> Result<Vec<String>, SpoolError> {
         let size = data.len() as u64;
         if size > self.max_bytes {
@@ -160,10 +166,10 @@ impl Spool {
                 cap: self.max_bytes,
             });
         }
-        if let Some(old) = self.files.remove(key) {
+        let old = self.files.remove(key);
+        if let Some(old) = old {
             self.bytes -= old;
         }
-        let evicted = self.evict_until(size);
         let tmp = self.dir.join(format!(".{key}{TMP}"));
         let dst = self.path(key);
         let res = (|| {
@@ -174,11 +180,16 @@ impl Spool {
         })();
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);
+            // A previous version under this key is still in place.
+            if let Some(old) = old {
+                self.files.insert(key.to_owned(), old);
+                self.bytes += old;
+            }
             return Err(e);
         }
         self.files.insert(key.to_owned(), size);
         self.bytes += size;
-        Ok(evicted)
+        Ok(self.evict_except(Some(key)))
     }
 
     /// Reads the batch stored under `key`.

@@ -160,6 +160,12 @@ pub struct HttpConn {
     pub gave_up: Option<&'static str>,
     /// Bytes written with no request to answer.
     pub unsolicited_bytes: u64,
+    /// Bytes read while following had stopped (requests lost to a give-up).
+    pub ignored_bytes: u64,
+    /// Times following restarted on an idle connection after a give-up.
+    pub resyncs: u64,
+    /// Responses that began before their request's body was read.
+    pub early_responses: u64,
 }
 
 impl Default for HttpConn {
@@ -180,6 +186,12 @@ fn header_str(h: &[httparse::Header<'_>], name: &str) -> Option<String> {
         .map(|s| s.trim().chars().take(256).collect())
 }
 
+/// Whether `b` starts like an HTTP/1.x request line (`METHOD SP`).
+fn looks_like_request(b: &[u8]) -> bool {
+    let method_len = b.iter().take(16).position(|&c| c == b' ').unwrap_or(0);
+    method_len > 0 && b[..method_len].iter().all(u8::is_ascii_uppercase)
+}
+
 fn is_chunked(h: &[httparse::Header<'_>]) -> bool {
     header(h, "transfer-encoding")
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -192,8 +204,14 @@ fn content_length(h: &[httparse::Header<'_>]) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// End of the head in `b` (just past its blank line), searching only from where the bytes
+/// added since the last search (`before` of them were already searched) could complete it.
+fn find_head_end(b: &[u8], before: usize) -> Option<usize> {
+    let from = before.saturating_sub(3);
+    b[from..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| from + p + 4)
 }
 
 impl HttpConn {
@@ -213,6 +231,9 @@ impl HttpConn {
             client_eof_ns: None,
             gave_up: None,
             unsolicited_bytes: 0,
+            ignored_bytes: 0,
+            resyncs: 0,
+            early_responses: 0,
         }
     }
 
@@ -238,8 +259,20 @@ impl HttpConn {
     /// Bytes the server read. Completed exchanges are not emitted here (a request completes
     /// with its response); malformed input marks the connection lost.
     pub fn on_read(&mut self, b: Bytes<'_>) {
-        if self.gave_up.is_some() || b.total == 0 {
+        if b.total == 0 {
             return;
+        }
+        if self.gave_up.is_some() {
+            // With nothing in flight, a read that starts like a request head starts afresh.
+            if self.idle() && looks_like_request(b.captured) {
+                self.gave_up = None;
+                self.resp = RespState::Head;
+                self.resp_head.clear();
+                self.resyncs += 1;
+            } else {
+                self.ignored_bytes += b.total as u64;
+                return;
+            }
         }
         let uncaptured = b.total - b.captured.len().min(b.total);
         let mut data = &b.captured[..b.captured.len().min(b.total)];
@@ -263,7 +296,7 @@ impl HttpConn {
                     let before = self.head.len();
                     let take = data.len().min(MAX_HEAD - before);
                     self.head.extend_from_slice(&data[..take]);
-                    let Some(end) = find_head_end(&self.head) else {
+                    let Some(end) = find_head_end(&self.head, before) else {
                         if self.head.len() >= MAX_HEAD {
                             self.give_up("request head larger than 16 KiB");
                         } else if uncaptured > 0 {
@@ -358,10 +391,15 @@ impl HttpConn {
                     }
                     if done {
                         self.finish_request(b.ts_ns);
+                        let rest_total = data.len() + uncaptured - used;
                         let used_captured = used.min(data.len());
                         data = &data[used_captured..];
                         seq = seq.map(|s| s.wrapping_add(used_captured as u32));
                         if data.is_empty() {
+                            if rest_total > 0 {
+                                // The next request's bytes were not captured.
+                                self.give_up("pipelined request not captured");
+                            }
                             return;
                         }
                         continue;
@@ -404,6 +442,11 @@ impl HttpConn {
         let uncaptured = b.total - b.captured.len().min(b.total);
         let mut data = &b.captured[..b.captured.len().min(b.total)];
         let mut unc = uncaptured;
+        // An interim `100 Continue` asks for the body; anything else answers the request.
+        let interim = data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1';
+        if self.pending.is_empty() && matches!(self.resp, RespState::Head) && !interim {
+            self.answer_early(b.ts_ns);
+        }
         loop {
             let Some(front) = self.pending.front_mut() else {
                 self.unsolicited_bytes += (data.len() + unc) as u64;
@@ -425,7 +468,7 @@ impl HttpConn {
                     let before = self.resp_head.len();
                     let take = data.len().min(MAX_HEAD - before);
                     self.resp_head.extend_from_slice(&data[..take]);
-                    let Some(end) = find_head_end(&self.resp_head) else {
+                    let Some(end) = find_head_end(&self.resp_head, before) else {
                         front.resp_bytes += (data.len() + unc) as u64;
                         if self.resp_head.len() >= MAX_HEAD {
                             self.give_up("response head larger than 16 KiB");
@@ -573,12 +616,36 @@ impl HttpConn {
         }
     }
 
+    /// The server answers a request whose head was parsed but whose body is still arriving
+    /// (a 401 or 413 sent before reading the body, say): the response belongs to that request,
+    /// which moves to `pending` now; the rest of its body is consumed without a new exchange.
+    fn answer_early(&mut self, ts: u64) {
+        if !matches!(self.req, ReqState::Body { .. } | ReqState::ChunkedBody(_)) {
+            return;
+        }
+        let Some(mut ex) = self.reading.take() else {
+            return;
+        };
+        ex.req_done_ns = ts;
+        if let Some((m, s)) = self.req_finders.as_ref() {
+            ex.model = m.value().filter(|_| m.is_string()).map(str::to_string);
+            ex.stream_requested = s.value().and_then(|v| v.parse().ok());
+        }
+        self.early_responses += 1;
+        self.pending.push_back(ex);
+    }
+
     fn finish_response(&mut self, _ts: u64, outcome: Outcome, out: &mut Vec<Exchange>) {
         self.resp = RespState::Head;
         let Some(mut ex) = self.pending.pop_front() else {
             return;
         };
-        ex.response_id = self.id_finder.value().map(str::to_string);
+        // Only an exchange whose response head was seen has a response id: the finder holds
+        // the last response's, and is cleared with it.
+        let finder = std::mem::replace(&mut self.id_finder, FieldFinder::new(b"id", BODY_SCAN));
+        if ex.status.is_some() {
+            ex.response_id = finder.value().map(str::to_string);
+        }
         ex.outcome = Some(outcome);
         ex.gave_up = self.gave_up;
         out.push(ex);

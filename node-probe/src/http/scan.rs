@@ -10,7 +10,9 @@ pub enum SseLine {
     Done,
 }
 
-const PREFIX: usize = 13; // len("data: [DONE]\r")
+/// Bytes kept of a line before it is classified: one more than `data: [DONE]\r`, so that a
+/// CRLF-terminated `[DONE]` line reaches its `\n` before it could be taken for content.
+const PREFIX: usize = 14;
 
 /// Classifies SSE lines as they stream by; reports each `data:` line once, with the timestamp of
 /// the feed in which the line began.
@@ -250,6 +252,13 @@ mod tests {
         assert_eq!(v, [(SseLine::Done, 0), (SseLine::Content, 3)]);
         // a content line that starts like DONE
         let v = lines(&[b"data: [DONE]x\n"]);
+        assert_eq!(v, [(SseLine::Content, 0)]);
+        // CRLF events with a space (sse-starlette's default), in one write or split at the CR
+        let v = lines(&[b"data: {\"a\":1}\r\n\r\ndata: [DONE]\r\n\r\n"]);
+        assert_eq!(v, [(SseLine::Content, 0), (SseLine::Done, 0)]);
+        let v = lines(&[b"data: [DONE]\r", b"\n\r\n"]);
+        assert_eq!(v, [(SseLine::Done, 0)]);
+        let v = lines(&[b"data: [DONE]\rx\n"]);
         assert_eq!(v, [(SseLine::Content, 0)]);
         let v = lines(&[b"data: [DONE"]);
         assert!(v.is_empty());

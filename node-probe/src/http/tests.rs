@@ -284,3 +284,91 @@ fn unsolicited_bytes_are_counted() {
     wr(&mut c, 1, b"HTTP/1.1 200 OK\r\n\r\n");
     assert_eq!(c.unsolicited_bytes, 19);
 }
+
+#[test]
+fn unanswered_request_does_not_inherit_the_previous_response_id() {
+    let mut c = HttpConn::new();
+    rd(&mut c, 1, &post("/v1/chat/completions", r#"{"model":"m"}"#));
+    let out = wr(
+        &mut c,
+        2,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{\"id\":\"chatcmpl-A\"}\n",
+    );
+    assert_eq!(out[0].response_id.as_deref(), Some("chatcmpl-A"));
+    // B is read, then the client goes away before any response.
+    rd(&mut c, 3, &post("/v1/chat/completions", r#"{"model":"m"}"#));
+    c.on_client_eof(4);
+    let mut out = Vec::new();
+    c.on_close(5, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].outcome, Some(Outcome::ClientAbort));
+    assert_eq!(out[0].response_id, None, "B never had a response");
+}
+
+#[test]
+fn early_response_before_the_body_keeps_pairing() {
+    let mut c = HttpConn::new();
+    let body = "x".repeat(300);
+    let a = format!(
+        "POST /v1/completions HTTP/1.1\r\nContent-Length: 300\r\n\r\n{}",
+        &body[..100]
+    );
+    rd(&mut c, 1, a.as_bytes());
+    // The server refuses before reading the rest of the body.
+    let out = wr(
+        &mut c,
+        2,
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].status, out[0].req_done_ns), (Some(401), 2));
+    assert_eq!(c.early_responses, 1);
+    // It still drains the body; the next request gets its own response.
+    rd(&mut c, 3, &body.as_bytes()[100..]);
+    rd(&mut c, 4, b"GET /v1/models HTTP/1.1\r\n\r\n");
+    let out = wr(&mut c, 5, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]");
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].path.as_str(), out[0].status),
+        ("/v1/models", Some(200))
+    );
+    assert_eq!(c.unsolicited_bytes, 0);
+    assert!(c.idle());
+}
+
+#[test]
+fn idle_connection_resumes_after_a_give_up() {
+    let mut c = HttpConn::new();
+    let req = post("/v1/completions", "{}");
+    c.on_read(Bytes {
+        ts_ns: 1,
+        total: req.len(),
+        captured: &[],
+        seq: None,
+    });
+    assert_eq!(c.gave_up, Some("request head not captured"));
+    // Garbage is still ignored (and counted) ...
+    rd(&mut c, 2, b"\x00\x01garbage");
+    assert_eq!(c.ignored_bytes, 9);
+    // ... but the next request head on the idle connection is followed again.
+    rd(&mut c, 3, &post("/v1/completions", r#"{"model":"m"}"#));
+    let out = wr(&mut c, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].model.as_deref(), out[0].gave_up), (Some("m"), None));
+    assert_eq!(c.resyncs, 1);
+}
+
+#[test]
+fn chunked_request_ending_at_the_capture_boundary_gives_up_on_the_rest() {
+    let mut c = HttpConn::new();
+    let req = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+    let mut both = req.to_vec();
+    both.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+    c.on_read(Bytes {
+        ts_ns: 1,
+        total: both.len(),
+        captured: req,
+        seq: None,
+    });
+    assert_eq!(c.gave_up, Some("pipelined request not captured"));
+}
