@@ -34,6 +34,8 @@ pub struct Metrics {
     rejects: Mutex<BTreeMap<String, u64>>,
     /// Unauthenticated streams.
     pub unauthenticated: AtomicU64,
+    /// Ingest streams that ended because the client went away (reset, cancel).
+    pub streams_broken: AtomicU64,
     insert_hist: [AtomicU64; BUCKETS.len() + 1],
     insert_sum_us: AtomicU64,
     insert_count: AtomicU64,
@@ -125,6 +127,12 @@ impl Metrics {
             "Failed ClickHouse inserts.",
             "counter",
             self.insert_errors.load(Relaxed),
+        );
+        c(
+            "ingest_streams_broken_total",
+            "Ingest streams ended by the client going away (reset, cancel).",
+            "counter",
+            self.streams_broken.load(Relaxed),
         );
         c(
             "unauthenticated_total",

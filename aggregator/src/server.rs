@@ -60,12 +60,14 @@ pub async fn serve(
         cfg.writer.clone(),
     ));
 
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let svc = IngestServer::new(IngestService::new(
         tx,
         metrics.clone(),
         dedup,
         Limits::default(),
         cfg.token.clone(),
+        stopping,
     ))
     .accept_compressed(CompressionEncoding::Gzip)
     .accept_compressed(CompressionEncoding::Zstd)
@@ -107,8 +109,14 @@ pub async fn serve(
     });
     shutdown.await;
     info!("shutting down");
+    // Streams stop reading and end once their queued batches are answered; the servers then
+    // stop. A stream that still does not end (an unresponsive client) is not waited for long.
+    let _ = stopping_tx.send(true);
     let _ = stop_tx.send(());
-    grpc_task.await?.context("gRPC server")?;
+    match tokio::time::timeout(Duration::from_secs(15), grpc_task).await {
+        Ok(r) => r?.context("gRPC server")?,
+        Err(_) => tracing::warn!("gRPC streams still open after 15 s; stopping anyway"),
+    }
     http_task.await?.context("HTTP server")?;
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
     Ok(())
@@ -117,11 +125,13 @@ pub async fn serve(
 /// Remembers the batches stored in the last day, so resends after a restart are recognised.
 async fn load_recent_batches(store: &Store, dedup: &Dedup) {
     // Batch markers, and the batch ids of request rows: requests are committed before their
-    // marker, so a crash in between leaves rows whose batch must still count as stored.
+    // marker, so a crash in between leaves rows whose batch must still count as stored. The most
+    // recent first: those are the ones nodes resend after a restart.
     let q = format!(
-        "SELECT id FROM (SELECT concat(node_id, '/', boot_id, '/', toString(sequence)) AS id FROM {} \
-         WHERE received > now() - 86400 UNION ALL SELECT DISTINCT batch_id AS id FROM {} \
-         WHERE start > now() - 86400) GROUP BY id LIMIT 1000000",
+        "SELECT id FROM (SELECT concat(node_id, '/', boot_id, '/', toString(sequence)) AS id, \
+         received AS t FROM {} WHERE received > now() - 86400 UNION ALL SELECT batch_id AS id, \
+         start AS t FROM {} WHERE start > now() - 86400) GROUP BY id ORDER BY max(t) DESC \
+         LIMIT 1000000",
         store.table("ingested_batches"),
         store.table("requests")
     );

@@ -469,7 +469,51 @@ async fn failure_between_table_commits_stores_nothing_twice() {
     assert_eq!(count(&db, "requests").await, 50, "requests once each");
     assert_eq!(count(&db, "spans").await, 50, "spans once each");
     assert_eq!(count(&db, "ingested_batches").await, 2);
+    // The counters say what is stored, whichever commit stored it.
+    let m = ureq_get(&format!("http://{}/metrics", agg.http));
+    assert!(m.contains("inferscope_spans_stored_total 50\n"), "{m}");
+    assert!(m.contains("inferscope_requests_stored_total 50\n"), "{m}");
     agg.stop().await;
+}
+
+/// Stopping the aggregator while a node keeps its stream open: queued batches are answered,
+/// the stream ends with UNAVAILABLE, and the server exits promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_connected_node_is_prompt() {
+    if !ch_available() {
+        return;
+    }
+    let agg = Agg::start("shutdown").await;
+    let mut client = IngestClient::connect(format!("http://{}", agg.grpc))
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let mut acks = client.export(req).await.unwrap().into_inner();
+    tx.send(batch(1, 5, 1)).await.unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(20), acks.next())
+        .await
+        .expect("ack in time")
+        .expect("an ack")
+        .expect("not an error");
+    assert_eq!(a.status, AckStatus::Stored as i32);
+    // `tx` stays open: the node is still connected.
+    let t = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), agg.stop())
+        .await
+        .expect("the aggregator stops while a node is connected");
+    let end = tokio::time::timeout(Duration::from_secs(5), acks.next())
+        .await
+        .expect("the stream ends");
+    match end {
+        Some(Err(s)) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s}"),
+        None => {}
+        Some(Ok(a)) => panic!("unexpected ack {a:?}"),
+    }
+    drop(tx);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
 fn ureq_get(url: &str) -> String {

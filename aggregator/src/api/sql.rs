@@ -145,8 +145,9 @@ pub fn storage_error(e: &clickhouse::error::Error) -> ApiError {
             ErrorCode::Unavailable,
             format!("ClickHouse is unreachable ({msg}); retry later"),
         ),
-        // Code 159: TIMEOUT_EXCEEDED (max_execution_time).
-        E::BadResponse(m) if m.contains("Code: 159") => ApiError::new(
+        // Code 159: TIMEOUT_EXCEEDED (max_execution_time); 160: TOO_SLOW (the same limit,
+        // applied to the estimated run time before the query finishes).
+        E::BadResponse(m) if m.contains("Code: 159") || m.contains("Code: 160") => ApiError::new(
             ErrorCode::Unavailable,
             format!(
                 "the query ran longer than {MAX_EXECUTION_SECS} s; narrow the time window or add filters"

@@ -154,7 +154,10 @@ fn parse_rfc3339(s: &str) -> Result<u64, String> {
     if secs < 0 {
         return Err(format!("{s:?} is before 1970"));
     }
-    Ok(secs as u64 * NS + frac_ns)
+    (secs as u64)
+        .checked_mul(NS)
+        .and_then(|n| n.checked_add(frac_ns))
+        .ok_or_else(|| format!("{s:?} is too far in the future"))
 }
 
 /// Formats Unix nanoseconds as RFC 3339 UTC, with as many fractional digits as needed
@@ -239,6 +242,13 @@ mod tests {
         ] {
             assert!(parse_instant(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn far_future_is_an_error_not_a_wrap() {
+        let e = parse_instant("2600-01-01T00:00:00Z").unwrap_err();
+        assert!(e.contains("too far in the future"), "{e}");
+        assert!(parse_instant("2500-01-01T00:00:00Z").is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use inferscope_proto::v1::{ack::Status as AckStatus, ingest_server::Ingest, Ack, Batch};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -33,16 +33,20 @@ pub struct IngestService {
     dedup: Arc<Dedup>,
     limits: Limits,
     token: Option<Arc<str>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl IngestService {
     /// A service queueing to `tx`; `token` is the bearer token nodes must present (none: open).
+    /// When `stopping` turns true, every stream stops reading, answers what it already queued
+    /// and ends with UNAVAILABLE, so that the server can shut down while nodes are connected.
     pub fn new(
         tx: mpsc::Sender<WriteJob>,
         metrics: Arc<Metrics>,
         dedup: Arc<Dedup>,
         limits: Limits,
         token: Option<String>,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             tx,
@@ -50,6 +54,7 @@ impl IngestService {
             dedup,
             limits,
             token: token.map(Into::into),
+            stopping,
         }
     }
 
@@ -128,7 +133,10 @@ impl IngestService {
             batch_id: batch_id.clone(),
             done: done_tx,
         };
+        // Counted before the writer can take it, so the gauge never goes below zero.
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
         if self.tx.try_send(job).is_err() {
+            self.metrics.queue_depth.fetch_sub(1, Relaxed);
             self.dedup.unmark_inflight(&batch_id);
             self.metrics.queue_full_drops.fetch_add(1, Relaxed);
             self.metrics.batches_retry.fetch_add(1, Relaxed);
@@ -137,7 +145,6 @@ impl IngestService {
                 .await;
             return;
         }
-        self.metrics.queue_depth.fetch_add(1, Relaxed);
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let a = match done_rx.await {
@@ -165,11 +172,27 @@ impl Ingest for IngestService {
         let mut stream = req.into_inner();
         let (acks_tx, acks_rx) = mpsc::channel(1024);
         let this = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
-                match stream.message().await {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    () = async { drop(stopping.wait_for(|s| *s).await) } => {
+                        // Acks of queued batches still arrive; then the stream ends.
+                        let _ = acks_tx
+                            .send(Err(Status::unavailable("aggregator shutting down")))
+                            .await;
+                        break;
+                    }
+                };
+                match msg {
                     Ok(Some(b)) => this.handle(b, acks_tx.clone()).await,
                     Ok(None) => break,
+                    Err(status) if is_transport(&status) => {
+                        // The client went away (reset, cancel): not bad input.
+                        this.metrics.streams_broken.fetch_add(1, Relaxed);
+                        break;
+                    }
                     Err(status) => {
                         // Undecodable or oversized message: end the stream with a clear status.
                         this.metrics.reject("undecodable");
@@ -181,4 +204,14 @@ impl Ingest for IngestService {
         });
         Ok(Response::new(ReceiverStream::new(acks_rx)))
     }
+}
+
+/// Whether a stream error is the transport failing (client gone), not the client's input.
+fn is_transport(s: &Status) -> bool {
+    let m = s.message();
+    (matches!(
+        s.code(),
+        tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown
+    ) || m.starts_with("h2 protocol error"))
+        && !m.to_ascii_lowercase().contains("decode")
 }

@@ -189,6 +189,14 @@ pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
     if b.boot_id.is_empty() || b.boot_id.len() > 64 {
         return Err(bad("missing_field", "boot_id must be 1..=64 bytes"));
     }
+    // They are joined with '/' into the batch identity: a '/' inside would make two different
+    // batches look the same.
+    if b.node_id.contains('/') || b.boot_id.contains('/') {
+        return Err(bad(
+            "bad_batch_id",
+            "node_id and boot_id must not contain '/'",
+        ));
+    }
     if b.sequence == 0 {
         return Err(bad("missing_field", "sequence must start at 1"));
     }
@@ -282,6 +290,8 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut Batch)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("missing_field", Box::new(|b| b.node_id.clear())),
+            ("bad_batch_id", Box::new(|b| b.node_id = "a/b".into())),
+            ("bad_batch_id", Box::new(|b| b.boot_id = "b/c".into())),
             ("missing_field", Box::new(|b| b.sequence = 0)),
             (
                 "missing_field",

@@ -23,6 +23,11 @@ use crate::metrics::Metrics;
 use crate::store::rows::{BatchRow, RequestRow, SpanRow, StepRow};
 use crate::store::Store;
 
+/// Longest wait for ClickHouse to take one chunk of an insert.
+const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for ClickHouse to confirm an insert.
+const INSERT_END_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A validated batch on its way to storage.
 pub struct WriteJob {
     /// The batch.
@@ -65,15 +70,19 @@ impl Inserters {
     fn new(store: &Store, cfg: &WriterConfig) -> Self {
         // Inserters escape the table name as one identifier: set the database on the client.
         let c = store.client().clone().with_database(&store.database);
+        // A hung ClickHouse (frozen host, dropped packets) fails the commit instead of stalling
+        // the writer, and with it every node's acks, for as long as TCP keeps trying.
+        let t = (Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
         Self {
             requests: c
                 .inserter("requests")
                 .with_max_rows(cfg.max_rows)
                 .with_max_bytes(cfg.max_bytes)
-                .with_period(Some(cfg.period)),
-            spans: c.inserter("spans"),
-            steps: c.inserter("engine_steps"),
-            batches: c.inserter("ingested_batches"),
+                .with_period(Some(cfg.period))
+                .with_timeouts(t.0, t.1),
+            spans: c.inserter("spans").with_timeouts(t.0, t.1),
+            steps: c.inserter("engine_steps").with_timeouts(t.0, t.1),
+            batches: c.inserter("ingested_batches").with_timeouts(t.0, t.1),
         }
     }
 }
@@ -88,10 +97,25 @@ fn now_secs() -> u32 {
 struct Pending {
     batch_id: String,
     done: oneshot::Sender<Result<(), String>>,
+    /// Rows buffered for this commit, per table (0 for tables a failed commit already stored).
     requests: u64,
     spans: u64,
     steps: u64,
-    rows_written: bool,
+}
+
+impl Pending {
+    /// Counts the rows of the tables up to `stored` as stored.
+    fn count_stored(&self, stored: Stage, m: &Metrics) {
+        if stored >= Stage::Steps {
+            m.steps_stored.fetch_add(self.steps, Relaxed);
+        }
+        if stored >= Stage::Spans {
+            m.spans_stored.fetch_add(self.spans, Relaxed);
+        }
+        if stored >= Stage::Requests {
+            m.requests_stored.fetch_add(self.requests, Relaxed);
+        }
+    }
 }
 
 /// Runs until the queue closes.
@@ -132,7 +156,6 @@ pub async fn run_writer(
                         requests: p.0,
                         spans: p.1,
                         steps: p.2,
-                        rows_written: p.3,
                     });
                 }
                 Err(e) => {
@@ -143,7 +166,8 @@ pub async fn run_writer(
                     dedup.unmark_inflight(&job.batch_id);
                     let _ = job.done.send(Err(format!("storage unavailable: {e}")));
                     let msg = format!("storage unavailable: {e}");
-                    fail(&mut pending, Stage::None, &mut partly_stored, &dedup, &msg);
+                    let shared = (&*dedup, &*metrics);
+                    fail(&mut pending, Stage::None, &mut partly_stored, shared, &msg);
                     ins = Inserters::new(&store, &cfg);
                     first_pending = None;
                 }
@@ -161,11 +185,7 @@ pub async fn run_writer(
                         partly_stored.remove(&p.batch_id);
                         dedup.mark_stored(&p.batch_id);
                         metrics.batches_stored.fetch_add(1, Relaxed);
-                        if p.rows_written {
-                            metrics.requests_stored.fetch_add(p.requests, Relaxed);
-                            metrics.spans_stored.fetch_add(p.spans, Relaxed);
-                            metrics.steps_stored.fetch_add(p.steps, Relaxed);
-                        }
+                        p.count_stored(Stage::Requests, &metrics);
                         let _ = p.done.send(Ok(()));
                     }
                 }
@@ -173,7 +193,8 @@ pub async fn run_writer(
                     metrics.insert_errors.fetch_add(1, Relaxed);
                     warn!(failed_at = stored.next_table(), error = %e, batches = pending.len(), "clickhouse insert failed; batches will be resent");
                     let msg = format!("storage unavailable: {e}");
-                    fail(&mut pending, stored, &mut partly_stored, &dedup, &msg);
+                    let shared = (&*dedup, &*metrics);
+                    fail(&mut pending, stored, &mut partly_stored, shared, &msg);
                     ins = Inserters::new(&store, &cfg);
                 }
             }
@@ -191,10 +212,11 @@ fn fail(
     pending: &mut Vec<Pending>,
     stored: Stage,
     partly_stored: &mut HashMap<String, Stage>,
-    dedup: &Dedup,
+    (dedup, metrics): (&Dedup, &Metrics),
     msg: &str,
 ) {
     for p in pending.drain(..) {
+        p.count_stored(stored, metrics);
         // A batch resent after an earlier failure skipped what that one stored.
         let before = partly_stored
             .get(&p.batch_id)
@@ -232,25 +254,27 @@ impl Stage {
     }
 }
 
-/// Buffers one batch's rows for the tables not yet `stored`; returns (requests, spans, steps,
-/// rows_written).
+/// Buffers one batch's rows for the tables not yet `stored`; returns the rows buffered per
+/// table (requests, spans, steps).
 async fn write_job(
     ins: &mut Inserters,
     job: &WriteJob,
     stored: Stage,
-) -> Result<(u64, u64, u64, bool), clickhouse::error::Error> {
-    let (mut nr, mut ns, mut nst) = (0u64, 0u64, 0u64);
+) -> Result<(u64, u64, u64), clickhouse::error::Error> {
+    let (mut nr, mut ns) = (0u64, 0u64);
+    let (mut wr, mut ws, mut wst) = (0u64, 0u64, 0u64);
     for rd in &job.batch.resources {
         let Some(res) = &rd.resource else { continue };
         nr += rd.requests.len() as u64;
         ns += rd.spans.len() as u64;
-        nst += rd.steps.len() as u64;
         if stored < Stage::Steps {
+            wst += rd.steps.len() as u64;
             for s in &rd.steps {
                 ins.steps.write(&StepRow::from_proto(s, res)).await?;
             }
         }
         if stored < Stage::Spans {
+            ws += rd.spans.len() as u64;
             for s in &rd.spans {
                 ins.spans
                     .write(&SpanRow::from_proto(s, res, &job.batch_id))
@@ -258,6 +282,7 @@ async fn write_job(
             }
         }
         if stored < Stage::Requests {
+            wr += rd.requests.len() as u64;
             for r in &rd.requests {
                 ins.requests
                     .write(&RequestRow::from_proto(r, res, &job.batch_id))
@@ -275,7 +300,7 @@ async fn write_job(
             spans: ns as u32,
         })
         .await?;
-    Ok((nr, ns, nst, stored == Stage::None))
+    Ok((wr, ws, wst))
 }
 
 /// Commits every table in order; on failure says which tables were stored before it.
