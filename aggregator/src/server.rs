@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub queue: usize,
     /// Largest accepted gRPC message.
     pub max_message_bytes: usize,
+    /// Encoded bytes of batches waiting for storage, at most (raised to `max_message_bytes`).
+    pub queue_bytes: usize,
 }
 
 /// Runs until `shutdown` resolves.
@@ -68,6 +70,7 @@ pub async fn serve(
         Limits::default(),
         cfg.token.clone(),
         stopping,
+        cfg.queue_bytes.max(cfg.max_message_bytes),
     ))
     .accept_compressed(CompressionEncoding::Gzip)
     .accept_compressed(CompressionEncoding::Zstd)

@@ -213,6 +213,10 @@ struct Agg {
 
 impl Agg {
     async fn start(name: &str) -> Agg {
+        Self::start_with(name, |_| {}).await
+    }
+
+    async fn start_with(name: &str, tune: impl FnOnce(&mut ServerConfig)) -> Agg {
         let db = format!(
             "test_{name}_{}_{}",
             std::process::id(),
@@ -238,7 +242,10 @@ impl Agg {
             },
             queue: 64,
             max_message_bytes: 4 << 20,
+            queue_bytes: 64 << 20,
         };
+        let mut cfg = cfg;
+        tune(&mut cfg);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(cfg, async move {
             let _ = stop_rx.await;
@@ -522,4 +529,72 @@ fn ureq_get(url: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Batches waiting for storage are bounded by bytes, not only by count: beyond the budget they
+/// are answered RETRY (counted), and stored once the node resends after the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_is_bounded_by_bytes() {
+    if !ch_available() {
+        return;
+    }
+    let agg = Agg::start_with("qbytes", |c| {
+        c.max_message_bytes = 64 << 10;
+        c.queue_bytes = 64 << 10;
+        c.writer.period = Duration::from_secs(3);
+    })
+    .await;
+    // ~20 KiB each: three fit in 64 KiB while the writer waits for its period, the rest do not.
+    let batches: Vec<Batch> = (1..=6).map(|seq| batch(seq, 150, 3)).collect();
+    let size = prost::Message::encoded_len(&batches[0]);
+    assert!((16 << 10..32 << 10).contains(&size), "{size}");
+    let acks = send(agg.grpc, Some("s3cret"), batches.clone())
+        .await
+        .unwrap();
+    let retried: Vec<u64> = acks
+        .iter()
+        .filter(|a| a.status == AckStatus::Retry as i32)
+        .map(|a| a.sequence)
+        .collect();
+    assert!(!retried.is_empty(), "{acks:?}");
+    assert!(
+        acks.iter()
+            .filter(|a| a.status == AckStatus::Retry as i32)
+            .all(|a| a.message.contains("queue full")),
+        "{acks:?}"
+    );
+    // Resent (as a node does), they are all stored in the end.
+    let mut total_retried = retried.len();
+    let mut left: Vec<Batch> = batches
+        .into_iter()
+        .filter(|b| retried.contains(&b.sequence))
+        .collect();
+    for _ in 0..10 {
+        if left.is_empty() {
+            break;
+        }
+        let acks = send(agg.grpc, Some("s3cret"), left.clone()).await.unwrap();
+        let again: Vec<u64> = acks
+            .iter()
+            .filter(|a| a.status == AckStatus::Retry as i32)
+            .map(|a| a.sequence)
+            .collect();
+        assert!(
+            acks.iter()
+                .all(|a| a.status == AckStatus::Stored as i32 || again.contains(&a.sequence)),
+            "{acks:?}"
+        );
+        total_retried += again.len();
+        left.retain(|b| again.contains(&b.sequence));
+    }
+    assert!(left.is_empty(), "never stored: {left:?}");
+    assert_eq!(count(&agg.db, "requests").await, 6 * 150);
+    let m = ureq_get(&format!("http://{}/metrics", agg.http));
+    assert!(
+        m.contains(&format!(
+            "inferscope_queue_full_drops_total {total_retried}\n"
+        )),
+        "{m}"
+    );
+    agg.stop().await;
 }

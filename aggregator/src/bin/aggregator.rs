@@ -83,6 +83,7 @@ async fn main() {
         },
         queue: 1024,
         max_message_bytes: 32 << 20,
+        queue_bytes: 256 << 20,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

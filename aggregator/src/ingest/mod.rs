@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use inferscope_proto::v1::{ack::Status as AckStatus, ingest_server::Ingest, Ack, Batch};
-use tokio::sync::{mpsc, oneshot, watch};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
@@ -34,12 +35,15 @@ pub struct IngestService {
     limits: Limits,
     token: Option<Arc<str>>,
     stopping: watch::Receiver<bool>,
+    budget: Arc<Semaphore>,
 }
 
 impl IngestService {
     /// A service queueing to `tx`; `token` is the bearer token nodes must present (none: open).
     /// When `stopping` turns true, every stream stops reading, answers what it already queued
     /// and ends with UNAVAILABLE, so that the server can shut down while nodes are connected.
+    /// Batches waiting for storage hold at most `queue_bytes` of encoded input (at least one
+    /// message of the largest size); beyond it they are answered RETRY.
     pub fn new(
         tx: mpsc::Sender<WriteJob>,
         metrics: Arc<Metrics>,
@@ -47,6 +51,7 @@ impl IngestService {
         limits: Limits,
         token: Option<String>,
         stopping: watch::Receiver<bool>,
+        queue_bytes: usize,
     ) -> Self {
         Self {
             tx,
@@ -55,6 +60,7 @@ impl IngestService {
             limits,
             token: token.map(Into::into),
             stopping,
+            budget: Arc::new(Semaphore::new(queue_bytes.min(Semaphore::MAX_PERMITS))),
         }
     }
 
@@ -127,11 +133,25 @@ impl IngestService {
             }
             Seen::New => {}
         }
+        let size = u32::try_from(b.encoded_len().max(1)).unwrap_or(u32::MAX);
+        let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(size) else {
+            self.dedup.unmark_inflight(&batch_id);
+            self.metrics.queue_full_drops.fetch_add(1, Relaxed);
+            self.metrics.batches_retry.fetch_add(1, Relaxed);
+            let _ = acks
+                .send(Ok(ack(
+                    AckStatus::Retry,
+                    "aggregator queue full (bytes)".into(),
+                )))
+                .await;
+            return;
+        };
         let (done_tx, done_rx) = oneshot::channel();
         let job = WriteJob {
             batch: b,
             batch_id: batch_id.clone(),
             done: done_tx,
+            budget,
         };
         // Counted before the writer can take it, so the gauge never goes below zero.
         self.metrics.queue_depth.fetch_add(1, Relaxed);

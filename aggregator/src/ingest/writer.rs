@@ -36,6 +36,8 @@ pub struct WriteJob {
     pub batch_id: String,
     /// Receives `Ok` once stored, `Err(message)` when it must be resent.
     pub done: oneshot::Sender<Result<(), String>>,
+    /// The batch's share of the queue's byte budget, given back when its commit ends.
+    pub budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Commit policy.
@@ -97,6 +99,7 @@ fn now_secs() -> u32 {
 struct Pending {
     batch_id: String,
     done: oneshot::Sender<Result<(), String>>,
+    _budget: tokio::sync::OwnedSemaphorePermit,
     /// Rows buffered for this commit, per table (0 for tables a failed commit already stored).
     requests: u64,
     spans: u64,
@@ -153,6 +156,7 @@ pub async fn run_writer(
                     pending.push(Pending {
                         batch_id: job.batch_id,
                         done: job.done,
+                        _budget: job.budget,
                         requests: p.0,
                         spans: p.1,
                         steps: p.2,
