@@ -6,7 +6,9 @@ pub mod schema;
 use std::time::Duration;
 
 use clickhouse::Client;
-use schema::{migrations, migrations_table, valid_identifier, ChVersion, SchemaOptions};
+use schema::{
+    migrations, migrations_table, retention_statements, valid_identifier, ChVersion, SchemaOptions,
+};
 use tracing::info;
 
 /// Storage failures.
@@ -128,6 +130,12 @@ impl Store {
                 .execute()
                 .await?;
             info!(version = m.version, name = m.name, clickhouse = ?self.version, "applied migration");
+        }
+        for s in retention_statements(&opts) {
+            // Not fatal: the data is still served, only kept longer than asked.
+            if let Err(e) = self.client.query(&s).execute().await {
+                tracing::warn!(statement = %s, error = %e, "could not set the retention TTL");
+            }
         }
         Ok(())
     }

@@ -213,6 +213,34 @@ FROM {db}.engine_steps"
     }]
 }
 
+/// Days the batch markers are kept where the server supports TTL: the dedup reload at start
+/// reads only the last day.
+pub const BATCH_MARKER_DAYS: u32 = 7;
+
+/// Statements that bring existing tables' TTL in line with the options, run at every start
+/// after the migrations (a `--retention-days` changed later takes effect): data tables get
+/// `retention_days` when it is set, batch markers [`BATCH_MARKER_DAYS`]. Empty where the
+/// server has no TTL.
+pub fn retention_statements(o: &SchemaOptions) -> Vec<String> {
+    if !o.version.ttl() {
+        return Vec::new();
+    }
+    let db = &o.database;
+    let mut v = Vec::new();
+    if o.retention_days > 0 {
+        for t in ["requests", "spans", "engine_steps"] {
+            v.push(format!(
+                "ALTER TABLE {db}.{t} MODIFY TTL start + INTERVAL {} DAY",
+                o.retention_days
+            ));
+        }
+    }
+    v.push(format!(
+        "ALTER TABLE {db}.ingested_batches MODIFY TTL received + INTERVAL {BATCH_MARKER_DAYS} DAY"
+    ));
+    v
+}
+
 /// The bookkeeping table of applied migrations.
 pub fn migrations_table(db: &str) -> String {
     format!(
@@ -233,6 +261,22 @@ mod tests {
         let v18 = ChVersion::parse("18.16.1").unwrap();
         let v24 = ChVersion::parse("24.8.4.13").unwrap();
         assert!(!v18.low_cardinality() && !v18.ttl() && !v18.bloom_filter_index());
+        let opts = |version, retention_days| SchemaOptions {
+            database: "db".into(),
+            version,
+            retention_days,
+        };
+        assert!(retention_statements(&opts(v18, 30)).is_empty());
+        assert_eq!(
+            retention_statements(&opts(v24, 30)),
+            [
+                "ALTER TABLE db.requests MODIFY TTL start + INTERVAL 30 DAY",
+                "ALTER TABLE db.spans MODIFY TTL start + INTERVAL 30 DAY",
+                "ALTER TABLE db.engine_steps MODIFY TTL start + INTERVAL 30 DAY",
+                "ALTER TABLE db.ingested_batches MODIFY TTL received + INTERVAL 7 DAY",
+            ]
+        );
+        assert_eq!(retention_statements(&opts(v24, 0)).len(), 1);
         assert!(v24.low_cardinality() && v24.ttl() && v24.bloom_filter_index());
         assert!(ChVersion::parse("x").is_none());
         let sql = |v| {
