@@ -3,6 +3,7 @@
 //! Decoding never trusts the record: sizes are checked against the header's kind, unknown kinds
 //! and syscalls are errors (counted by the caller, never a panic), and the payload length is
 //! bounded by both the record and [`MAX_PAYLOAD`].
+use std::mem::offset_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use inferscope_common::{
@@ -169,6 +170,17 @@ impl Event {
     }
 }
 
+/// The fields of a [`SockEvent`] before its payload.
+struct SockFixed {
+    start_ns: u64,
+    ret: i64,
+    syscall: u32,
+    fd: i32,
+    aux_fd: i32,
+    payload_len: u32,
+    sock: SockInfo,
+}
+
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
@@ -208,11 +220,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     got: bytes.len(),
                 });
             }
-            // Copy the fixed part into a zeroed full-size event so the read never overruns.
-            let mut full = [0u8; std::mem::size_of::<SockEvent>()];
-            let n = bytes.len().min(full.len());
-            full[..n].copy_from_slice(&bytes[..n]);
-            let ev = read::<SockEvent>(&full)?;
+            // Field by field from the fixed part (the record is cut after its payload, so the
+            // whole `SockEvent` is never there to read at once).
+            let fixed = &bytes[..SockEvent::FIXED_SIZE];
+            let field = |off: usize| &fixed[off..];
+            let ev = SockFixed {
+                start_ns: read(field(offset_of!(SockEvent, start_ns)))?,
+                ret: read(field(offset_of!(SockEvent, ret)))?,
+                syscall: read(field(offset_of!(SockEvent, syscall)))?,
+                fd: read(field(offset_of!(SockEvent, fd)))?,
+                aux_fd: read(field(offset_of!(SockEvent, aux_fd)))?,
+                payload_len: read(field(offset_of!(SockEvent, payload_len)))?,
+                sock: read(field(offset_of!(SockEvent, sock)))?,
+            };
             let syscall =
                 SyscallId::from_u32(ev.syscall).ok_or(DecodeError::UnknownSyscall(ev.syscall))?;
             let len = ev.payload_len as usize;
