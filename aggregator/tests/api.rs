@@ -492,6 +492,9 @@ async fn insert_data(store: &Store) -> Data {
     ins.end().await.unwrap();
 
     // Engine steps of node-a; 900001 twice (a ReplacingMergeTree duplicate not merged yet).
+    // Instance "1" is the boot id in the requests' batch_id (node-probe's convention); a
+    // restarted run "0-old" reused ids 900001..900003 in the same window and must not be
+    // taken for them.
     let mut ins = db_client(store)
         .insert::<StepRow>("engine_steps")
         .await
@@ -501,7 +504,7 @@ async fn insert_data(store: &Store) -> Data {
         let row = StepRow {
             start: secs(st),
             node: "node-a".into(),
-            engine_instance: "ec-1".into(),
+            engine_instance: "1".into(),
             step_id: s,
             start_unix_ns: st,
             end_unix_ns: st + 30 * MS,
@@ -510,6 +513,15 @@ async fn insert_data(store: &Store) -> Data {
         ins.write(&row).await.unwrap();
         if s == 900_001 {
             ins.write(&row).await.unwrap();
+        }
+        if (900_001..=900_003).contains(&s) {
+            let other = StepRow {
+                engine_instance: "0-old".into(),
+                batch_size: 9,
+                end_unix_ns: st + 5 * MS,
+                ..row
+            };
+            ins.write(&other).await.unwrap();
         }
     }
     ins.end().await.unwrap();
@@ -941,7 +953,12 @@ async fn traces(addr: SocketAddr, d: &Data) {
     assert_eq!(t.steps.len(), 11);
     assert!(!t.steps_truncated);
     for s in &t.steps {
-        assert_eq!(s.engine_instance.as_deref(), Some("ec-1"));
+        assert_eq!(
+            s.engine_instance.as_deref(),
+            Some("1"),
+            "step {}",
+            s.step_id
+        );
         assert_eq!(s.batch_size, Some(3));
         assert_eq!(s.duration_ms, Some(30.0));
         let want: Vec<&String> = match s.step_id {

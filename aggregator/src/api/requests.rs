@@ -161,7 +161,7 @@ resp_bytes, chunks, engine_steps, max_gap_ns, client, server, response_id, x_req
 engine_request_id, gave_up";
 
 /// A row read with [`SUMMARY_COLUMNS`].
-#[derive(Debug, Row, Deserialize)]
+#[derive(Debug, Default, Row, Deserialize)]
 pub(crate) struct SummaryRow {
     pub(crate) trace_id: String,
     pub(crate) start_unix_ns: u64,

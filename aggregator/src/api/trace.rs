@@ -167,6 +167,7 @@ struct DetailRow {
     summary: SummaryRow,
     step_ids: Vec<u64>,
     chunk_offsets_ns: Vec<u64>,
+    batch_id: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -258,7 +259,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     };
     let mut sql = Sql::new("SELECT ");
     sql.push(SUMMARY_COLUMNS)
-        .push(", step_ids, chunk_offsets_ns FROM ")
+        .push(", step_ids, chunk_offsets_ns, batch_id FROM ")
         .push(&store.table("requests"))
         // Explicit PREWHERE: left to itself 18.16 moves the cheaper `start` bounds there, and
         // then reads every column of the window (the table is ordered by model and node first,
@@ -308,7 +309,13 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
             ids.truncate(MAX_STEPS);
         }
         let (node, start, end) = r.node_and_times();
-        let (s, n, cut) = batch_context(store, id, &node, start, end, &ids, t0).await?;
+        let at = StepsOf {
+            node: &node,
+            instance: r.engine_instance(),
+            start,
+            end,
+        };
+        let (s, n, cut) = batch_context(store, id, &at, &ids, t0).await?;
         steps.extend(s);
         neighbours.extend(n);
         candidates_truncated |= cut;
@@ -381,10 +388,28 @@ impl DetailRow {
             self.summary.end_unix_ns,
         )
     }
+
+    /// The engine instance whose step ids this request's refer to: node-probe numbers steps
+    /// per run and names the run by its boot id, the middle part of `batch_id`
+    /// (`node/boot/sequence`). `None` for rows without one.
+    fn engine_instance(&self) -> Option<&str> {
+        let mut parts = self.batch_id.rsplitn(3, '/');
+        let (_seq, boot) = (parts.next()?, parts.next()?);
+        parts.next()?;
+        (!boot.is_empty()).then_some(boot)
+    }
 }
 
-/// The engine steps `ids` (sorted, deduplicated) of the request on `node` during
-/// `[start, end]`, and the other requests that took part in them.
+/// Where a request's engine steps are: its node and engine instance, and its time span.
+struct StepsOf<'a> {
+    node: &'a str,
+    instance: Option<&'a str>,
+    start: u64,
+    end: u64,
+}
+
+/// The engine steps `ids` (sorted, deduplicated) of the request at `at`, and the other
+/// requests that took part in them.
 ///
 /// Step ids grow with time within an engine instance, so both queries select by the id range
 /// `[ids[0], ids[last]]` (never `has(long_constant_array, x)`, which is a linear search per row)
@@ -393,12 +418,11 @@ impl DetailRow {
 async fn batch_context(
     store: &Store,
     id: &str,
-    node: &str,
-    start: u64,
-    end: u64,
+    at: &StepsOf<'_>,
     ids: &[u64],
     t0: u64,
 ) -> Result<(Vec<StepOut>, Vec<Neighbour>, bool), ApiError> {
+    let (node, start, end) = (at.node, at.start, at.end);
     let client = store.client();
     let (lo, hi) = (ids[0], ids[ids.len() - 1]);
     let (from, to) = (start.saturating_sub(STEP_SLACK_NS), end + STEP_SLACK_NS);
@@ -414,11 +438,14 @@ async fn batch_context(
         .push(") AND step_id >= ")
         .arg(Arg::U64(lo))
         .push(" AND step_id <= ")
-        .arg(Arg::U64(hi))
-        // One row per step: ReplacingMergeTree duplicates survive until a merge, and step ids
-        // restart with each node-probe run (engine_instance): prefer the row that lies within
-        // the request.
-        .push(" ORDER BY step_id ASC, (start_unix_ns >= ")
+        .arg(Arg::U64(hi));
+    // One row per step: ReplacingMergeTree duplicates survive until a merge, and step ids
+    // restart with each node-probe run. Prefer the row of the request's own engine instance
+    // (node-probe names it by its boot id; other senders may not), then the row that lies
+    // within the request.
+    sql.push(" ORDER BY step_id ASC, engine_instance = ")
+        .arg(Arg::Str(at.instance.unwrap_or_default().to_string()))
+        .push(" DESC, (start_unix_ns >= ")
         .arg(Arg::U64(from))
         .push(" AND start_unix_ns <= ")
         .arg(Arg::U64(to))
@@ -507,6 +534,20 @@ async fn batch_context(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_instance_from_batch_id() {
+        let row = |b: &str| DetailRow {
+            summary: SummaryRow::default(),
+            step_ids: vec![],
+            chunk_offsets_ns: vec![],
+            batch_id: b.into(),
+        };
+        assert_eq!(row("node-a/3bc8-41/17").engine_instance(), Some("3bc8-41"));
+        assert_eq!(row("").engine_instance(), None);
+        assert_eq!(row("x/17").engine_instance(), None);
+        assert_eq!(row("n//1").engine_instance(), None);
+    }
 
     #[test]
     fn trace_ids() {
