@@ -61,6 +61,8 @@ start() {
 stop() {
   [ -f "$PIDF" ] || { echo "clickhouse not running (no $PIDF)"; return 0; }
   local pid; pid=$(cat "$PIDF")
+  # A pid file that outlived its server (a reboot) may name an unrelated process now.
+  grep -qa clickhouse "/proc/$pid/cmdline" 2>/dev/null || { rm -f "$PIDF"; echo "clickhouse not running"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true

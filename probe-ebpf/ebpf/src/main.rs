@@ -249,7 +249,9 @@ fn copy_payload(scratch: *mut Scratch, shape: BufferShape, buf: u64, len: u64, w
     let base = unsafe { (*scratch).ev.payload.as_mut_ptr() };
     match shape {
         BufferShape::Flat => {
-            let n = bound(want);
+            // `ret` can exceed the buffer (recv with MSG_TRUNC returns the datagram's length):
+            // never read past what the caller passed.
+            let n = bound(if len < want { len } else { want });
             // SAFETY: n <= MAX_PAYLOAD, destination is the payload array.
             let r =
                 unsafe { generated::bpf_probe_read_user(base.cast(), n as u32, buf as *const _) };
@@ -494,7 +496,9 @@ pub fn raw_sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(nr) = rk::<u64>(regs + cfg.offsets.regs_syscall_nr as u64) else {
         return 0;
     };
-    match traced_syscall(nr) {
+    // The low 32 bits: x86-64's `orig_ax` is a long, arm64's `syscallno` an int followed by
+    // other fields.
+    match traced_syscall(u64::from(nr as u32)) {
         None | Some(SyscallId::Close) => 0,
         Some(_) => on_exit(ctx.arg::<i64>(1)) as i32,
     }
