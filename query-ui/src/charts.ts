@@ -13,6 +13,16 @@ export function destroyCharts(): void {
   live.clear();
 }
 
+/** Destroys the charts inside `container` (a section about to be drawn again). */
+export function destroyChartsIn(container: HTMLElement): void {
+  for (const c of live) {
+    if (container.contains(c.el)) {
+      c.u.destroy();
+      live.delete(c);
+    }
+  }
+}
+
 window.addEventListener('resize', () => {
   for (const c of live) c.u.setSize({ width: widthOf(c.el), height: c.height });
 });

@@ -38,8 +38,17 @@ export function parseHash(hash: string): Route {
       return { page: 'requests', params };
     case 'compare':
       return { page: 'compare', params };
-    case 'trace':
-      return { page: 'trace', traceId: decodeURIComponent(parts[1] ?? ''), params };
+    case 'trace': {
+      // A malformed escape (`%zz`) is kept as typed: the trace page then reports it as an
+      // unknown id instead of the app failing to render.
+      let id = parts[1] ?? '';
+      try {
+        id = decodeURIComponent(id);
+      } catch {
+        /* keep the raw text */
+      }
+      return { page: 'trace', traceId: id, params };
+    }
     default:
       return { page: 'overview', params };
   }

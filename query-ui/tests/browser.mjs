@@ -207,12 +207,20 @@ async function functional() {
   await afterClick(page.locator('[data-testid="sort-ttft"]'), 'requests');
   eq('requests: sorted by ttft (first row)', await page.getAttribute('[data-testid="requests-table"] tbody tr[data-trace-id]', 'data-trace-id'), byTtft.requests[0].trace_id);
   check('requests: sort in the URL', page.url().includes('sort=ttft'));
-  if (list.total > 10) {
+  if (list.total > 25) {
     await load(`#/requests?${scope}&limit=25`, 'requests');
     const p2 = await api('requests', { from, to, limit: 25, offset: 25 });
     await afterClick(page.locator('[data-testid="next"]'), 'requests');
     eq('requests: page 2 first row', await page.getAttribute('[data-testid="requests-table"] tbody tr[data-trace-id]', 'data-trace-id'), p2.requests[0]?.trace_id);
+    // Under a relative window, paging pins the window so that rows neither repeat nor vanish.
+    await load('#/requests?range=24h&limit=25', 'requests');
+    await afterClick(page.locator('[data-testid="next"]'), 'requests');
+    const paged = new URL(page.url()).hash;
+    check('requests: paging a relative window pins from/to', /[?&]from=\d+/.test(paged) && /[?&]to=\d+/.test(paged) && !/[?&]range=/.test(paged), paged);
   }
+  // A malformed trace link shows a message instead of a blank page.
+  await load('#/trace/%zz', 'trace');
+  check('trace: malformed link answered with an error', (await page.locator('[data-testid="section-error"], [data-testid="page-error"]').count()) > 0);
   await load(`#/requests?${scope}`, 'requests');
 
   // → The slowest request's trace.
@@ -318,6 +326,16 @@ async function functional() {
   check('compare: B scope shown', ((await text('[data-testid="scope-b"]')) ?? '').length > 0, await text('[data-testid="scope-b"]'));
   await shot('compare');
   await xssClean('compare');
+  if (bModel) {
+    // A filters one model; B is set to "all models" and stays so.
+    await load(`#/compare?${scope}&model=${encodeURIComponent(bModel)}&b_window=same`, 'compare');
+    const gen = Number(await page.getAttribute('#app', 'data-gen'));
+    await page.selectOption('[data-testid="filter-b_model"]', '');
+    await page.waitForFunction((g) => Number(document.getElementById('app').dataset.gen) > g && document.getElementById('app').dataset.state === 'ready', gen);
+    const all = await api('breakdown', { from, to });
+    eq('compare: B "all models" while A filters one', await text('[data-testid="cmp-b-e2e-p99"]'), fmtMs(all.quantiles.find((r) => r.q === 0.99).e2e_ms));
+    eq('compare: B dropdown shows all models', await page.inputValue('[data-testid="filter-b_model"]'), '');
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

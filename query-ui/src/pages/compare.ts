@@ -18,14 +18,18 @@ const B_WINDOWS: [string, string][] = [
   ['custom', 'its own window'],
 ];
 
+/** A `b_` filter value meaning "all", distinct from an absent one ("the same as A"). */
+const ALL = '*';
+
 /** B's scope as plain parameters (`b_model` → `model`), and its window. */
 function scopeB(p: URLSearchParams, a: ResolvedWindow): { params: URLSearchParams; w: ResolvedWindow; mode: string } {
   const mode = B_WINDOWS.some(([k]) => k === p.get('b_window')) ? (p.get('b_window') as string) : 'prev';
   const params = new URLSearchParams();
   for (const f of FILTERS) {
     // B's filters default to A's: comparing windows keeps the scope, comparing models changes one.
+    // `*` is "all" chosen for B while A has a filter.
     const v = p.has(`b_${f}`) ? p.get(`b_${f}`) : p.get(f);
-    if (v) params.set(f, v);
+    if (v && v !== ALL) params.set(f, v);
   }
   let w: ResolvedWindow;
   if (mode === 'same') w = { ...a, range: null };
@@ -48,8 +52,16 @@ export async function compare(root: HTMLElement, ctx: Ctx): Promise<void> {
   const ca = scopeControls(p, wa, go, { title: 'A', testid: 'controls-a' });
   // B's controls edit the b_ parameters; B's filter dropdowns show "same as A" when unset.
   const bParams = new URLSearchParams(p);
-  for (const f of FILTERS) if (!p.has(`b_${f}`) && p.get(f)) bParams.set(`b_${f}`, p.get(f) as string);
-  const cb = scopeControls(bParams, b.w, (np) => go(withParams(np, { b_window: np.get('b_from') || np.get('b_range') ? 'custom' : np.get('b_window') })), {
+  for (const f of FILTERS) {
+    if (!p.has(`b_${f}`) && p.get(f)) bParams.set(`b_${f}`, p.get(f) as string);
+    if (p.get(`b_${f}`) === ALL) bParams.set(`b_${f}`, '');
+  }
+  const goB = (np: URLSearchParams) => {
+    // "All" for B where A filters must stay in the URL (an absent b_ filter means "as A").
+    for (const f of FILTERS) if (!np.get(`b_${f}`) && np.get(f)) np.set(`b_${f}`, ALL);
+    go(withParams(np, { b_window: np.get('b_from') || np.get('b_range') ? 'custom' : np.get('b_window') }));
+  };
+  const cb = scopeControls(bParams, b.w, goB, {
     prefix: 'b_',
     title: 'B',
     testid: 'controls-b',
@@ -57,7 +69,12 @@ export async function compare(root: HTMLElement, ctx: Ctx): Promise<void> {
   const mode = h('select', { 'aria-label': 'B window', 'data-testid': 'b-window' });
   for (const [k, label] of B_WINDOWS) mode.appendChild(new Option(`B window: ${label}`, k));
   mode.value = b.mode;
-  mode.addEventListener('change', () => go(withParams(p, { b_window: mode.value === 'prev' ? null : mode.value })));
+  mode.addEventListener('change', () => {
+    // Leaving "its own window" drops B's window, so that a later B filter change keeps the mode.
+    const changes: Record<string, string | null> = { b_window: mode.value === 'prev' ? null : mode.value };
+    if (mode.value !== 'custom') Object.assign(changes, { b_range: null, b_from: null, b_to: null });
+    go(withParams(p, changes));
+  });
   cb.el.insertBefore(mode, cb.el.children[1] ?? null);
   if (b.mode !== 'custom') cb.el.classList.add('window-inherited');
 

@@ -2,13 +2,13 @@
 // breakdown per percentile and what is different about the slowest requests.
 import { type Breakdown, type FilterValues, get, type Histogram, PHASES, type Timeseries } from '../api';
 import { legend, stackedBar, type Segment } from '../bars';
-import { countChart, histogramChart, LEVEL_COLORS, lineChart } from '../charts';
+import { countChart, destroyChartsIn, histogramChart, LEVEL_COLORS, lineChart } from '../charts';
 import { scopeControls } from '../controls';
 import type { Ctx } from '../ctx';
 import { append, h, section } from '../dom';
 import { fmtCount, fmtDeltaMs, fmtMs, fmtPoints, fmtShare, levelName } from '../format';
 import { fill } from '../load';
-import { apiParams, href, resolveWindow, scopeOf, withParams } from '../state';
+import { apiParams, href, parseHash, resolveWindow, scopeOf, withParams } from '../state';
 
 const METRICS = ['e2e', 'ttft', 'tpot'] as const;
 const METRIC_TITLES: Record<string, string> = { e2e: 'End to end (E2E)', ttft: 'Time to first token (TTFT)', tpot: 'Time per output token (TPOT)' };
@@ -17,7 +17,11 @@ export async function overview(root: HTMLElement, ctx: Ctx): Promise<void> {
   const p = ctx.route.params;
   const w = resolveWindow(p);
   const ap = apiParams(p, w);
-  const go = (np: URLSearchParams) => ctx.go(href('overview', np));
+  // The histogram's choices are rewritten into the URL in place: carry the current ones over.
+  const go = (np: URLSearchParams) => {
+    const now = parseHash(location.hash).params;
+    ctx.go(href('overview', withParams(np, { hist: now.get('hist'), hist_scale: now.get('hist_scale') })));
+  };
   const controls = scopeControls(p, w, go);
 
   const summary = h('div', { class: 'body' });
@@ -118,12 +122,18 @@ function renderTimeseries(el: HTMLElement, t: Timeseries): void {
   );
 }
 
+/** The latest render of each histogram section: an older one's late response is dropped. */
+const histRenders = new WeakMap<HTMLElement, number>();
+
 async function histogramSection(ctx: Ctx, el: HTMLElement, ap: URLSearchParams, p: URLSearchParams): Promise<void> {
   const metric = ['e2e', 'ttft', 'tpot'].includes(p.get('hist') ?? '') ? (p.get('hist') as string) : 'e2e';
   const scale = p.get('hist_scale') === 'linear' ? 'linear' : 'log';
+  const mine = (histRenders.get(el) ?? 0) + 1;
+  histRenders.set(el, mine);
   const body = h('div');
   const pick = (np: URLSearchParams) => {
     ctx.replaceUrl(href('overview', np));
+    destroyChartsIn(el);
     el.replaceChildren();
     void histogramSection(ctx, el, ap, np);
   };
@@ -145,6 +155,7 @@ async function histogramSection(ctx: Ctx, el: HTMLElement, ap: URLSearchParams, 
     body,
     () => get<Histogram>('histogram', q, ctx.signal),
     (hg) => {
+      if (histRenders.get(el) !== mine) return;
       if (hg.count === 0) {
         body.append(h('p', { class: 'muted' }, `No requests with ${metric} in this window.`));
         return;

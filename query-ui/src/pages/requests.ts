@@ -116,17 +116,20 @@ export async function requests(root: HTMLElement, ctx: Ctx): Promise<void> {
       body,
       () => get<RequestList>('requests', q, ctx.signal),
       (list) => {
+        // Paging keeps the window fixed: under a relative window ("last hour") each page
+        // would otherwise end at a new "now", and rows would repeat or go missing.
+        const paged = w.range ? withParams(p, { range: null, from: String(w.from), to: String(w.to) }) : p;
         const first = list.requests.length ? list.offset + 1 : 0;
         const last = list.offset + list.requests.length;
         const pager = h(
           'div',
           { class: 'pager' },
           list.offset > 0
-            ? h('a', { href: href('requests', withParams(p, { offset: String(Math.max(0, list.offset - Number(limit))) })), 'data-testid': 'prev' }, '← previous')
+            ? h('a', { href: href('requests', withParams(paged, { offset: String(Math.max(0, list.offset - Number(limit))) })), 'data-testid': 'prev' }, '← previous')
             : h('span', { class: 'muted' }, '← previous'),
           h('span', { 'data-testid': 'page-info' }, `rows ${fmtCount(first)}–${fmtCount(last)} of ${fmtCount(list.total)}`),
           list.next_offset !== null
-            ? h('a', { href: href('requests', withParams(p, { offset: String(list.next_offset) })), 'data-testid': 'next' }, 'next →')
+            ? h('a', { href: href('requests', withParams(paged, { offset: String(list.next_offset) })), 'data-testid': 'next' }, 'next →')
             : h('span', { class: 'muted' }, 'next →'),
         );
         const rows = list.requests.map((r) => {
