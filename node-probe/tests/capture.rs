@@ -238,13 +238,9 @@ fn unix_pair_all_syscalls_inodes_and_peers_raw_hook() {
     unix_pair_case("raw");
 }
 
-fn unix_pair_case(hook: &str) {
-    let mut fx = start_fixture("unix_pair.py", &[]);
-    let pid = fx.wait_for("fixture pid", T, |v| v.get("pid").is_some())["pid"]
-        .as_u64()
-        .unwrap();
-    let mut probe = start_probe(&["--pid", &pid.to_string(), "--syscall-hook", hook]);
-    fx.send_line("go");
+/// Waits for the unix-pair fixture (already told to go) to finish and checks what the probe
+/// saw of process `pid`, the truncated datagram read included.
+fn check_pair_run(fx: &mut JsonChild, probe: &mut JsonChild, pid: u64) {
     let info = fx.wait_for("pair info", T, |v| v.get("a_fd").is_some());
     let trunc = fx.wait_for("datagram fd", T, |v| v.get("trunc_fd").is_some())["trunc_fd"]
         .as_i64()
@@ -266,6 +262,16 @@ fn unix_pair_case(hook: &str) {
         (Some(100), Some(10))
     );
     assert_eq!(payload(r), (0..10u8).collect::<Vec<_>>());
+}
+
+fn unix_pair_case(hook: &str) {
+    let mut fx = start_fixture("unix_pair.py", &[]);
+    let pid = fx.wait_for("fixture pid", T, |v| v.get("pid").is_some())["pid"]
+        .as_u64()
+        .unwrap();
+    let mut probe = start_probe(&["--pid", &pid.to_string(), "--syscall-hook", hook]);
+    fx.send_line("go");
+    check_pair_run(&mut fx, &mut probe, pid);
 }
 
 #[test]
@@ -322,27 +328,7 @@ fn cmdline_pattern_catches_process_started_later() {
         v["kind"] == "exec" && v["pid"] == pid
     });
     fx.send_line("go");
-    let info = fx.wait_for("pair info", T, |v| v.get("a_fd").is_some());
-    let trunc = fx.wait_for("datagram fd", T, |v| v.get("trunc_fd").is_some())["trunc_fd"]
-        .as_i64()
-        .unwrap();
-    fx.wait_for("done", T, |v| v.get("done").is_some());
-    let b = info["b_fd"].as_i64().unwrap();
-    probe.wait_for("close of b", T, |v| {
-        v["kind"] == "close" && v["pid"] == pid && v["fd"] == b
-    });
-    check_unix_pair(&probe.seen, &info);
-    // recv with MSG_TRUNC returned 100 for a 10-byte buffer: nothing past the buffer is read.
-    let r = probe
-        .seen
-        .iter()
-        .find(|v| v["pid"] == pid && v["fd"] == trunc && v["syscall"] == "recvfrom")
-        .expect("the truncated datagram read");
-    assert_eq!(
-        (r["ret"].as_i64(), r["captured"].as_u64()),
-        (Some(100), Some(10))
-    );
-    assert_eq!(payload(r), (0..10u8).collect::<Vec<_>>());
+    check_pair_run(&mut fx, &mut probe, pid);
 }
 
 #[test]
