@@ -115,6 +115,29 @@ pub fn start_aggregator(db: &str, grpc: u16, http: u16, token: &str, log: Option
     panic!("aggregator did not start (log: {log:?})");
 }
 
+/// Starts node-probe on `pid` (and its children) exporting to the aggregator's gRPC port, with
+/// 200 ms batches and a spool under `dir`; gives it 4 s to attach.
+pub fn start_exporting_probe(pid: &str, grpc: u16, token: &str, node: &str, dir: &Path) -> Child {
+    let c = Command::new(bin("node-probe"))
+        .args([
+            "--pid",
+            pid,
+            "--export",
+            &format!("http://127.0.0.1:{grpc}"),
+            "--token",
+            token,
+        ])
+        .args(["--batch-max-ms", "200", "--node-name", node])
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node-probe");
+    std::thread::sleep(Duration::from_secs(4));
+    c
+}
+
 /// Sends `sig` and reaps the child.
 pub fn kill(c: &mut Child, sig: i32) {
     // SAFETY: a signal to our own child.

@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferscope_loadtests::harness::{bin, free_port, kill, load, repo, sql, wait_count};
+use inferscope_loadtests::harness::{
+    bin, free_port, kill, load, repo, sql, start_exporting_probe, wait_count,
+};
 use serde_json::Value;
 
 fn start(db: &str, grpc: u16, http: u16) -> Child {
@@ -46,23 +48,7 @@ fn chain_survives_outages_and_agrees_with_sql() {
     std::fs::create_dir_all(&dir).unwrap();
     let (grpc, http) = (free_port(), free_port());
     let mut agg = start(&db, grpc, http);
-    let mut probe = Command::new(bin("node-probe"))
-        .args([
-            "--pid",
-            &pid,
-            "--export",
-            &format!("http://127.0.0.1:{grpc}"),
-            "--token",
-            "chain-token",
-        ])
-        .args(["--batch-max-ms", "200", "--node-name", "chain-node"])
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node-probe");
-    std::thread::sleep(Duration::from_secs(4));
+    let mut probe = start_exporting_probe(&pid, grpc, "chain-token", "chain-node", &dir);
     let mut sent: Vec<String> = Vec::new();
 
     // Phase 1: normal.

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use inferscope_loadtests::harness::{
-    bin, ch_url, free_port, kill, load, repo, skip, sql, wait_count,
+    ch_url, free_port, kill, load, repo, skip, sql, start_exporting_probe, wait_count,
 };
 use inferscope_proto::v1::{
     ack::Status as AckStatus, any_value::Value as Av, ingest_client::IngestClient, AnyValue, Batch,
@@ -282,23 +282,7 @@ fn ui_on_the_real_engine() {
                 "the aggregator serves no UI: run scripts/setup.sh ui, then rebuild".into(),
             );
         }
-        let mut probe = Command::new(bin("node-probe"))
-            .args([
-                "--pid",
-                &pid,
-                "--export",
-                &format!("http://127.0.0.1:{grpc}"),
-                "--token",
-                TOKEN,
-            ])
-            .args(["--batch-max-ms", "200", "--node-name", "ui-node"])
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node-probe");
-        std::thread::sleep(Duration::from_secs(4));
+        let mut probe = start_exporting_probe(&pid, grpc, TOKEN, "ui-node", &dir);
         load(&url, 40, 16, &dir.join("load.jsonl"));
         let n = wait_count(&db, 40, Duration::from_secs(60));
         kill(&mut probe, libc::SIGTERM);
@@ -338,18 +322,7 @@ fn ui_on_the_real_engine() {
         eprintln!("screenshots in {}", artifacts().display());
         Ok(())
     };
-    let res = run();
-    kill(&mut agg, libc::SIGTERM);
-    sql(&format!("DROP DATABASE IF EXISTS {db}"));
-    if res.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if let Err(e) = res {
-        panic!(
-            "{TEST}: {e} (aggregator log: {})",
-            dir.join("aggregator.log").display()
-        );
-    }
+    finish(TEST, run(), &mut agg, &db, &dir);
 }
 
 /// Rows of synthetic requests: 1 M over the 3000 s before `base_s`, 4 nodes, 3 models.
@@ -499,16 +472,21 @@ fn ui_responsive_with_1m_requests() {
         }
         Ok(())
     };
-    let res = run();
-    kill(&mut agg, libc::SIGTERM);
+    finish(TEST, run(), &mut agg, &db, &dir);
+}
+
+/// Stops the aggregator, drops the test database, and removes the work folder on success or
+/// fails the test naming the aggregator's log.
+fn finish(test: &str, res: Result<(), String>, agg: &mut Child, db: &str, dir: &Path) {
+    kill(agg, libc::SIGTERM);
     sql(&format!("DROP DATABASE IF EXISTS {db}"));
-    if res.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    if let Err(e) = res {
-        panic!(
-            "{TEST}: {e} (aggregator log: {})",
+    match res {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Err(e) => panic!(
+            "{test}: {e} (aggregator log: {})",
             dir.join("aggregator.log").display()
-        );
+        ),
     }
 }
