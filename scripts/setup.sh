@@ -68,7 +68,8 @@ setup_base() {
   fi
   # python3 runs the test fixtures; tcpdump/tshark give the wire truth; setpriv (util-linux)
   # drops privileges in the non-root test.
-  apt_install python3 tcpdump curl ca-certificates util-linux
+  # bpftool: the uprobe tests count the kernel's BPF links and programs.
+  apt_install python3 tcpdump curl ca-certificates util-linux bpftool
 }
 
 setup_clickhouse() {

@@ -19,6 +19,8 @@ scripts/setup.sh browser   # headless Chromium for the UI's browser tests (loadt
 echo "[test] set-up done in $(( $(date +%s) - t0 ))s"
 
 ENGINE_PORT=${INFERSCOPE_TEST_ENGINE_PORT:-18765}
+# A second instance on the same node, for the two-instance test (real_engine.rs).
+ENGINE2_PORT=${INFERSCOPE_TEST_ENGINE2_PORT:-18766}
 OTLP_PORT=${INFERSCOPE_TEST_OTLP_PORT:-14318}
 RUN=${INFERSCOPE_TEST_DIR:-$HOME/.cache/inferscope/test-run}
 # Where scripts/engine.sh keeps the engine (the same default and overrides).
@@ -28,6 +30,7 @@ COLLECTOR=""
 cleanup() {
   [ -n "$COLLECTOR" ] && kill "$COLLECTOR" 2>/dev/null || true
   [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
+  [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE2_PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -48,10 +51,15 @@ if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
     sleep 0.1
   done
   scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
+  scripts/engine.sh stop "$ENGINE2_PORT" >/dev/null 2>&1 || true
   OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=200 \
     scripts/engine.sh start "$ENGINE_PORT" --otlp-traces-endpoint "http://127.0.0.1:$OTLP_PORT/v1/traces" \
     > "$RUN/engine-start.log" 2>&1 &
   ENGINE_STARTER=$!
+  OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf OTEL_BSP_SCHEDULE_DELAY=200 \
+    scripts/engine.sh start "$ENGINE2_PORT" --otlp-traces-endpoint "http://127.0.0.1:$OTLP_PORT/v1/traces" \
+    > "$RUN/engine2-start.log" 2>&1 &
+  ENGINE2_STARTER=$!
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
@@ -66,6 +74,16 @@ if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
   else
     cat "$RUN/engine-start.log" >&2
     echo "[test] the real engine did not start" >&2
+    exit 1
+  fi
+  if wait "$ENGINE2_STARTER"; then
+    export INFERSCOPE_ENGINE2_URL="http://127.0.0.1:$ENGINE2_PORT"
+    INFERSCOPE_ENGINE2_PID=$(cat "$ENGINE_ROOT/server-$ENGINE2_PORT.pid")
+    export INFERSCOPE_ENGINE2_PID
+    echo "[test] second engine up: $INFERSCOPE_ENGINE2_URL (pid $INFERSCOPE_ENGINE2_PID)"
+  else
+    cat "$RUN/engine2-start.log" >&2
+    echo "[test] the second real engine did not start" >&2
     exit 1
   fi
 fi

@@ -1,5 +1,6 @@
 //! Shared helpers for the benchmarks under `loadtests/src/bin`.
 
+pub mod fidelity;
 pub mod harness;
 pub mod openai;
 pub mod probe;

@@ -7,8 +7,8 @@ use std::mem::offset_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use inferscope_common::{
-    ArrivalEvent, EventHeader, EventKind, ProcEvent, SockEvent, SockInfo, SyscallId, AF_INET,
-    AF_INET6, AF_UNIX, MAX_PAYLOAD,
+    ArrivalEvent, EventHeader, EventKind, ProcEvent, SockEvent, SockInfo, SyscallId, UprobeEvent,
+    AF_INET, AF_INET6, AF_UNIX, MAX_PAYLOAD, UPROBE_ARGS, UPROBE_STACK_WORDS,
 };
 use serde::Serialize;
 
@@ -29,6 +29,9 @@ pub enum DecodeError {
     /// Syscall id unknown to this build.
     #[error("unknown syscall id {0}")]
     UnknownSyscall(u32),
+    /// A uprobe record whose hook id is out of range.
+    #[error("unknown hook id {0}")]
+    UnknownHook(u32),
     /// `payload_len` larger than the record or the maximum.
     #[error("payload length {len} exceeds the {avail} bytes available")]
     PayloadOverrun {
@@ -146,6 +149,31 @@ pub struct ArrivalRecord {
     pub remote: (IpAddr, u16),
     /// `rcv_nxt` after the arrival.
     pub rcv_nxt: u32,
+    /// Network namespace inode of the socket (0 when unknown).
+    pub netns: u32,
+}
+
+/// One probed user-space call by a target (a uprobe hook of the hook table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Hook id ([`crate::hooks::HookId`] value).
+    pub hook: u16,
+    /// Process.
+    pub tgid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// Entry, monotonic ns.
+    pub start_ns: u64,
+    /// Return, monotonic ns (the entry time for hooks without a return probe).
+    pub end_ns: u64,
+    /// Whether a return probe completed the call (`ret` is meaningful).
+    pub paired: bool,
+    /// Return value.
+    pub ret: u64,
+    /// Argument registers at entry.
+    pub args: [u64; UPROBE_ARGS],
+    /// Stack words at entry, from the first stack argument slot.
+    pub stack: [u64; UPROBE_STACK_WORDS],
 }
 
 /// A decoded record.
@@ -157,6 +185,8 @@ pub enum Event {
     Proc(ProcRecord),
     /// Wire-side data arrival.
     Arrival(ArrivalRecord),
+    /// A probed user-space call.
+    Call(CallRecord),
 }
 
 impl Event {
@@ -166,6 +196,7 @@ impl Event {
             Event::Sock(s) => s.kind,
             Event::Proc(p) => p.kind,
             Event::Arrival(_) => EventKind::SockArrival,
+            Event::Call(_) => EventKind::UprobeCall,
         }
     }
 }
@@ -272,6 +303,22 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 local: (local, ev.lport),
                 remote: (remote, ev.rport),
                 rcv_nxt: ev.rcv_nxt,
+                netns: ev.netns,
+            }))
+        }
+        EventKind::UprobeCall => {
+            let ev = read::<UprobeEvent>(bytes)?;
+            let hook = u16::try_from(ev.hook).map_err(|_| DecodeError::UnknownHook(ev.hook))?;
+            Ok(Event::Call(CallRecord {
+                hook,
+                tgid: h.tgid,
+                tid: h.tid,
+                start_ns: if ev.paired != 0 { ev.start_ns } else { h.ts_ns },
+                end_ns: h.ts_ns,
+                paired: ev.paired != 0,
+                ret: ev.ret,
+                args: ev.args,
+                stack: ev.stack,
             }))
         }
         EventKind::ProcExec | EventKind::ProcFork | EventKind::ProcExit => {
@@ -300,6 +347,7 @@ pub fn kind_name(k: EventKind) -> &'static str {
         EventKind::ProcExec => "exec",
         EventKind::ProcFork => "fork",
         EventKind::ProcExit => "exit",
+        EventKind::UprobeCall => "call",
     }
 }
 
@@ -356,7 +404,13 @@ pub struct EventJson<'a> {
     /// Fork: parent pid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ppid: Option<u32>,
-    /// Process name.
+    /// Call: argument registers at entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<[u64; UPROBE_ARGS]>,
+    /// Call: stack words at entry (from the first stack argument slot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<[u64; UPROBE_STACK_WORDS]>,
+    /// Process name (for a `call`: the hook's name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<&'a str>,
 }
@@ -425,6 +479,8 @@ impl<'a> EventJson<'a> {
                     captured: Some(s.payload.len()),
                     payload_hex: with_payload.then(|| hex(&s.payload)),
                     ppid: None,
+                    args: None,
+                    stack: None,
                     comm: None,
                 }
             }
@@ -447,7 +503,32 @@ impl<'a> EventJson<'a> {
                 captured: None,
                 payload_hex: None,
                 ppid: None,
+                args: None,
+                stack: None,
                 comm: None,
+            },
+            Event::Call(c) => EventJson {
+                kind: "call",
+                ts_unix_ns: to_wall(c.end_ns),
+                dur_ns: c.paired.then(|| c.end_ns.saturating_sub(c.start_ns)),
+                pid: c.tgid,
+                tid: c.tid,
+                syscall: None,
+                fd: None,
+                listen_fd: None,
+                ret: c.paired.then_some(c.ret as i64),
+                proto: None,
+                local: None,
+                remote: None,
+                inode: None,
+                peer_inode: None,
+                tcp_seq: None,
+                captured: None,
+                payload_hex: None,
+                ppid: None,
+                args: Some(c.args),
+                stack: Some(c.stack),
+                comm: crate::hooks::hook_name(c.hook),
             },
             Event::Proc(p) => EventJson {
                 kind: kind_name(p.kind),
@@ -468,6 +549,8 @@ impl<'a> EventJson<'a> {
                 captured: None,
                 payload_hex: None,
                 ppid: (p.kind == EventKind::ProcFork).then_some(p.parent_tgid),
+                args: None,
+                stack: None,
                 comm: Some(&p.comm),
             },
         }
@@ -518,7 +601,7 @@ mod tests {
                 inode: 99,
                 peer_inode: 0,
                 tcp_seq: 1234,
-                _pad: 0,
+                netns: 0,
             },
             payload: [0; MAX_PAYLOAD],
         };

@@ -2,7 +2,10 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the data flow. Modules:
 //! * [`kernel`]: privilege checks, BTF offsets and tracepoint formats read at start;
+//! * [`hooks`]: the hook table (every tracepoint and uprobe, declared once);
 //! * [`probe`]: loading/attaching the eBPF programs and their maps;
+//! * [`uprobes`]: uprobes attached per library file as targets map it;
+//! * [`engine`]: engine followers (vLLM, llama.cpp) behind one interface;
 //! * [`targets`]: which processes are traced;
 //! * [`event`]: decoding ring-buffer records into typed events;
 //! * [`requests`]: per-request span trees;
@@ -14,6 +17,7 @@ pub mod clock;
 pub mod engine;
 pub mod event;
 pub mod export;
+pub mod hooks;
 pub mod http;
 pub mod kernel;
 pub mod listen;
@@ -22,3 +26,4 @@ pub mod probe;
 pub mod requests;
 pub mod run;
 pub mod targets;
+pub mod uprobes;

@@ -91,6 +91,9 @@ struct Cli {
     /// Kernel BTF file.
     #[arg(long, default_value = VMLINUX_BTF)]
     btf: PathBuf,
+    /// The host's /proc (node-probe in a pod with the host's /proc mounted, e.g. /host/proc).
+    #[arg(long, default_value = "/proc")]
+    proc_root: PathBuf,
     /// Ship finished requests to this aggregator (gRPC), e.g. http://127.0.0.1:7070 (https://
     /// needs --export-tls-ca).
     #[arg(long, value_name = "URL")]
@@ -141,12 +144,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let selector = Selector::new(
-        std::path::Path::new("/proc"),
-        &cli.pids,
-        &cli.patterns,
-        !cli.no_children,
-    )?;
+    let selector = Selector::new(&cli.proc_root, &cli.pids, &cli.patterns, !cli.no_children)?;
     let ring_bytes = cli
         .ring_mib
         .checked_mul(1 << 20)
@@ -192,6 +190,7 @@ fn real_main() -> anyhow::Result<()> {
         },
         export,
         metrics_listen: cli.metrics_listen,
+        proc_root: cli.proc_root.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -206,6 +205,7 @@ fn real_main() -> anyhow::Result<()> {
         events = ?stats.events,
         decode_errors = ?stats.decode_errors,
         kernel_lost = ?stats.kernel_lost,
+        kernel_drops = ?stats.kernel_drops,
         requests = stats.tracker.requests,
         tracker = ?stats.tracker,
         export = %export,

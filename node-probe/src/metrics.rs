@@ -77,6 +77,8 @@ pub struct Gauges {
     pub targets: usize,
     /// Connections followed.
     pub connections: usize,
+    /// Uprobe attachments.
+    pub uprobes: crate::uprobes::UprobeStats,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -118,6 +120,54 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
         "kind",
         "Kernel events lost because the ring buffer was full, per kind.",
         stats.kernel_lost.iter().map(|(k, n)| (*k, *n)),
+    );
+    labelled(
+        &mut o,
+        "inferscope_probe_kernel_drops_total",
+        "reason",
+        "What the kernel side dropped without a ring record, per reason (a full map, an evicted entry).",
+        stats.kernel_drops.iter().map(|(k, n)| (*k, *n)),
+    );
+    family(
+        &mut o,
+        "inferscope_probe_engine_events_total",
+        "counter",
+        "Engine follower counters, per engine and counter.",
+    );
+    for (engine, what, n) in &stats.engine {
+        let _ = writeln!(
+            o,
+            "inferscope_probe_engine_events_total{{engine=\"{engine}\",counter=\"{what}\"}} {n}"
+        );
+    }
+    let u = gauges.uprobes;
+    single(
+        &mut o,
+        "inferscope_probe_uprobe_files",
+        "gauge",
+        "Library files with uprobes attached.",
+        u.files,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_uprobe_links",
+        "gauge",
+        "Uprobe links held.",
+        u.links,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_uprobe_attach_failures_total",
+        "counter",
+        "Uprobe attachments that failed (symbol missing, file unreadable).",
+        u.failures_total,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_uprobe_releases_total",
+        "counter",
+        "Library files released because no target mapped them any more.",
+        u.released_total,
     );
     let decode: Vec<(String, u64)> = stats
         .decode_errors
@@ -245,6 +295,7 @@ mod tests {
         let page = render(
             &s,
             Gauges {
+                uprobes: Default::default(),
                 targets: 2,
                 connections: 7,
             },

@@ -1,25 +1,26 @@
 //! Loading and attaching the kernel programs, and access to their maps.
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        RawTracePoint, TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use inferscope_common::{
-    EventKind, KernelOffsets, ProbeConfig, SyscallId, TargetInfo, TargetReason, LOSS_SLOTS,
-    MAP_CONFIG, MAP_EVENTS, MAP_LOSS, MAP_SYSCALLS, MAP_TARGETS, MAP_WATCH_PORTS, MAX_PAYLOAD,
-    MAX_SYSCALL_NR,
+    uprobe_cookie, watch_key, DropReason, EventKind, KernelOffsets, ProbeConfig, SyscallId,
+    TargetInfo, TargetReason, LOSS_SLOTS, MAP_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_LOSS,
+    MAP_SYSCALLS, MAP_TARGETS, MAP_WATCH_PORTS, MAX_PAYLOAD, MAX_SYSCALL_NR,
 };
+
+use crate::hooks::{self, Family, Point, UprobeHook, UPROBE_PROGRAM, URETPROBE_PROGRAM};
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
-
-/// Syscalls traced with an enter/exit pair of tracepoints (`close` has only an enter program).
-pub const SOCKET_SYSCALLS: [&str; 11] = [
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept",
-    "accept4", "connect",
-];
 
 /// How the socket syscalls are hooked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,12 +97,21 @@ pub struct ProbeOptions {
     pub syscall_hook: SyscallHook,
 }
 
+/// One attached uprobe link (entry or return program).
+#[derive(Debug)]
+pub struct UprobeLink {
+    program: &'static str,
+    id: UProbeLinkId,
+}
+
 /// Loaded programs and their maps.
 pub struct Probe {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, TargetInfo>,
-    watch_ports: HashMap<MapData, u32, u32>,
+    watch_ports: HashMap<MapData, u64, u32>,
     loss: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+    uprobes_loaded: bool,
     /// Names of programs attached, as `category:name`.
     pub attached: Vec<String>,
 }
@@ -158,6 +168,8 @@ impl Probe {
         let watch_ports = HashMap::try_from(take(&mut ebpf, MAP_WATCH_PORTS)?)
             .map_err(map_err(MAP_WATCH_PORTS))?;
         let loss = PerCpuArray::try_from(take(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
+        let drops =
+            PerCpuArray::try_from(take(&mut ebpf, MAP_DROPS)?).map_err(map_err(MAP_DROPS))?;
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
         Ok((
             Self {
@@ -165,6 +177,8 @@ impl Probe {
                 targets,
                 watch_ports,
                 loss,
+                drops,
+                uprobes_loaded: false,
                 attached: Vec::new(),
             },
             ring,
@@ -205,39 +219,55 @@ impl Probe {
         Ok(())
     }
 
+    /// Attaches every tracepoint and raw tracepoint of a hook-table family, in table order.
+    pub fn attach_family(&mut self, family: Family) -> Result<(), ProbeError> {
+        if family == Family::SyscallsRaw {
+            self.fill_syscall_table()?;
+        }
+        for h in hooks::family(family) {
+            match h.point {
+                Point::Tracepoint { category, name } => {
+                    self.attach_tp(h.program, category, name)?
+                }
+                Point::RawTracepoint { name } => self.attach_raw(h.program, name)?,
+                Point::Uprobe { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches the process-lifecycle programs (fork, exec, exit).
     pub fn attach_lifecycle(&mut self) -> Result<(), ProbeError> {
-        self.attach_raw("sched_process_fork", "sched_process_fork")?;
-        self.attach_raw("sched_process_exec", "sched_process_exec")?;
-        self.attach_tp("sched_process_exit", "sched", "sched_process_exit")
+        self.attach_family(Family::Lifecycle)
     }
 
     /// Attaches the wire-side arrival program (`sk_data_ready`).
     pub fn attach_arrivals(&mut self) -> Result<(), ProbeError> {
-        self.attach_raw("sk_data_ready", "sk_data_ready")
+        self.attach_family(Family::Arrivals)
     }
 
-    /// Timestamps data arrivals on TCP sockets with this local port.
-    pub fn watch_port(&mut self, port: u16) -> Result<(), ProbeError> {
+    /// Timestamps data arrivals on TCP sockets with this local port in network namespace
+    /// `netns` (its inode number).
+    pub fn watch_port(&mut self, netns: u32, port: u16) -> Result<(), ProbeError> {
         self.watch_ports
-            .insert(u32::from(port), 1, 0)
+            .insert(watch_key(netns, port), 1, 0)
             .map_err(map_err(MAP_WATCH_PORTS))
     }
 
-    /// Whether arrivals on `port` are timestamped.
-    pub fn is_watched(&self, port: u16) -> bool {
-        self.watch_ports.get(&u32::from(port), 0).is_ok()
+    /// Whether arrivals on `port` in `netns` are timestamped.
+    pub fn is_watched(&self, netns: u32, port: u16) -> bool {
+        self.watch_ports.get(&watch_key(netns, port), 0).is_ok()
     }
 
     /// Attaches the socket syscall programs the chosen way.
     pub fn attach_syscalls(&mut self, hook: SyscallHook) -> Result<(), ProbeError> {
-        match hook {
-            SyscallHook::Raw => self.attach_raw_syscalls(),
-            SyscallHook::Tracepoint => self.attach_tp_syscalls(),
-        }
+        self.attach_family(match hook {
+            SyscallHook::Raw => Family::SyscallsRaw,
+            SyscallHook::Tracepoint => Family::SyscallsTracepoint,
+        })
     }
 
-    fn attach_raw_syscalls(&mut self) -> Result<(), ProbeError> {
+    fn fill_syscall_table(&mut self) -> Result<(), ProbeError> {
         let mut table: Array<_, u32> = Array::try_from(
             self.ebpf
                 .map_mut(MAP_SYSCALLS)
@@ -255,20 +285,82 @@ impl Probe {
                 .set(nr as u32, sc as u32, 0)
                 .map_err(map_err(MAP_SYSCALLS))?;
         }
-        // Exit first, so an entry recorded is always consumed.
-        self.attach_raw("raw_sys_exit", "sys_exit")?;
-        self.attach_raw("raw_sys_enter", "sys_enter")
+        Ok(())
     }
 
-    fn attach_tp_syscalls(&mut self) -> Result<(), ProbeError> {
-        for sc in SOCKET_SYSCALLS {
-            let enter = format!("sys_enter_{sc}");
-            let exit = format!("sys_exit_{sc}");
-            // Exit first, so an entry recorded is always consumed.
-            self.attach_tp(&exit, "syscalls", &exit)?;
-            self.attach_tp(&enter, "syscalls", &enter)?;
+    fn uprobe_program(&mut self, name: &'static str) -> Result<&mut UProbe, ProbeError> {
+        let perr = |source| ProbeError::Program {
+            name: name.to_string(),
+            source,
+        };
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| ProbeError::Missing(name.into()))?
+            .try_into()
+            .map_err(perr)
+    }
+
+    fn load_uprobes(&mut self) -> Result<(), ProbeError> {
+        if self.uprobes_loaded {
+            return Ok(());
         }
-        self.attach_tp("sys_enter_close", "syscalls", "sys_enter_close")
+        for name in [UPROBE_PROGRAM, URETPROBE_PROGRAM] {
+            let p = self.uprobe_program(name)?;
+            p.load().map_err(|source| ProbeError::Program {
+                name: name.to_string(),
+                source,
+            })?;
+        }
+        self.uprobes_loaded = true;
+        Ok(())
+    }
+
+    /// Attaches one uprobe hook (and its return probe) to the file at `path`, for every process
+    /// that maps it. Returns the links, to give to [`Probe::detach_uprobe`].
+    pub fn attach_uprobe(
+        &mut self,
+        hook: &UprobeHook,
+        path: &Path,
+    ) -> Result<Vec<UprobeLink>, ProbeError> {
+        self.load_uprobes()?;
+        let symbol = hooks::plain_symbol(hook.symbol);
+        let cookie = uprobe_cookie::pack(hook.id as u16, hook.ret);
+        let mut links = Vec::new();
+        // The return probe first, so that an entry saved is always consumed.
+        let programs: &[&'static str] = if hook.ret {
+            &[URETPROBE_PROGRAM, UPROBE_PROGRAM]
+        } else {
+            &[UPROBE_PROGRAM]
+        };
+        for &name in programs {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(symbol),
+                cookie: Some(cookie),
+            };
+            let attached =
+                self.uprobe_program(name)?
+                    .attach(point, path, UProbeScope::AllProcesses);
+            match attached {
+                Ok(id) => links.push(UprobeLink { program: name, id }),
+                Err(source) => {
+                    for l in links {
+                        self.detach_uprobe(l);
+                    }
+                    return Err(ProbeError::Program {
+                        name: format!("{name} at {symbol} in {}", path.display()),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// Releases a uprobe link (absent is fine).
+    pub fn detach_uprobe(&mut self, link: UprobeLink) {
+        if let Ok(p) = self.uprobe_program(link.program) {
+            let _ = p.detach(link.id);
+        }
     }
 
     /// Adds a process to the in-kernel target set.
@@ -303,6 +395,21 @@ impl Probe {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| (k, v.reason))
+            .collect()
+    }
+
+    /// What the kernel side dropped without a record, per reason (summed over CPUs).
+    pub fn kernel_drops(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|&r| {
+                let n: u64 = self
+                    .drops
+                    .get(&(r as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (r, n)
+            })
             .collect()
     }
 

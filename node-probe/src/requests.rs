@@ -6,8 +6,11 @@
 //! [`RequestRecord`]: one trace, a root `http.server` span, phase spans and the engine steps.
 //!
 //! Everything is bounded: connections ([`TrackerConfig::max_conns`], idle ones evicted first),
-//! arrivals per connection, exchanges per connection (see [`crate::http`]), engine requests (see
-//! [`crate::engine::vllm`]); exchanges not finished within the timeout are closed and marked so.
+//! arrivals per connection, exchanges per connection (see [`crate::http`]), engine state (see
+//! [`crate::engine`]); exchanges not finished within the timeout are closed and marked so.
+//!
+//! Connections and arrivals are keyed by network namespace as well as by address: two pods
+//! with the same loopback address and port are two servers.
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
@@ -16,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::WallClock;
-use crate::engine::vllm::{role_from_comm, VllmFollower};
+use crate::engine::{EngineTrace, Engines};
 use crate::event::{ArrivalRecord, Event, SockRecord, SocketId};
 use crate::http::{Bytes, Exchange, HttpConn, Outcome};
 
@@ -70,7 +73,8 @@ pub struct TrackerStats {
     pub early_responses: u64,
 }
 
-type Tuple = ((IpAddr, u16), (IpAddr, u16));
+/// A TCP connection's addresses inside its network namespace: `(netns, local, remote)`.
+type Tuple = (u32, (IpAddr, u16), (IpAddr, u16));
 
 /// A connection's counters that [`TrackerStats`] sums.
 fn conn_counters(h: &HttpConn) -> [u64; 4] {
@@ -130,10 +134,19 @@ pub struct RequestRecord {
     /// Engine request id, when the engine was followed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_request_id: Option<String>,
+    /// Engine name, from the follower that claimed the server process (`vllm`, `llama.cpp`),
+    /// else `openai-compatible`.
+    pub engine: &'static str,
+    /// Engine instance whose steps the request took part in: the engine process's
+    /// `pid:start_ticks` (absent when no step was seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_instance: Option<String>,
     /// Server process.
     pub pid: u32,
     /// Server fd of the connection.
     pub fd: i32,
+    /// Network namespace inode of the connection (0 when unknown).
+    pub netns: u32,
     /// Client `addr:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
@@ -234,19 +247,21 @@ pub struct Tracker {
     cfg: TrackerConfig,
     conns: HashMap<(u32, u64), Conn>,
     arrivals: HashMap<Tuple, VecDeque<(u32, u64)>>,
-    server_ports: HashSet<u16>,
-    new_ports: Vec<u16>,
-    vllm: VllmFollower,
+    /// Listening ports per network namespace.
+    server_ports: HashSet<(u32, u16)>,
+    /// Ports declared on the command line: server ports in every namespace.
+    declared_ports: HashSet<u16>,
+    new_ports: Vec<(u32, u16)>,
+    engines: Engines,
     clock: WallClock,
-    proc_root: std::path::PathBuf,
     exchanges: Vec<Exchange>,
     /// Counters.
     pub stats: TrackerStats,
 }
 
-fn tuple_of(s: &SocketId) -> Option<Tuple> {
-    match *s {
-        SocketId::Inet { local, remote } => Some((local, remote)),
+fn tuple_of(s: &SockRecord) -> Option<Tuple> {
+    match s.socket {
+        SocketId::Inet { local, remote } => Some((s.sock.netns, local, remote)),
         _ => None,
     }
 }
@@ -286,6 +301,82 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
     (ok(t, 32) && ok(s, 16)).then(|| (t.to_ascii_lowercase(), s.to_ascii_lowercase()))
 }
 
+/// The engine-side phase spans of one request (children of `root`) and their durations.
+fn engine_phases(
+    er: &EngineTrace,
+    start: u64,
+    end: u64,
+    root: &str,
+    clock: &WallClock,
+    spans: &mut Vec<SpanJson>,
+) -> Phases {
+    let w = |t: u64| clock.to_wall(t);
+    let mut child =
+        |name: &'static str, a: u64, b: u64, attributes: BTreeMap<&'static str, Value>| {
+            spans.push(SpanJson {
+                name,
+                span_id: span_id(),
+                parent_span_id: Some(root.to_owned()),
+                start_unix_ns: w(a),
+                end_unix_ns: w(b.max(a)),
+                attributes,
+            });
+        };
+    let handed = er.handed_ns;
+    child("frontend", start, handed, BTreeMap::new());
+    let queued = er.core_recv_ns.unwrap_or(handed);
+    let (q, p, d) = match (er.steps.first(), er.steps.last(), er.first_output_ns) {
+        (Some(f), Some(l), _) => {
+            child("queue", queued, f.start_ns, BTreeMap::new());
+            child("prefill", f.start_ns, f.end_ns, BTreeMap::new());
+            child("decode", f.end_ns, l.end_ns, BTreeMap::new());
+            (
+                Some(f.start_ns.saturating_sub(queued)),
+                Some(f.end_ns.saturating_sub(f.start_ns)),
+                Some(l.end_ns.saturating_sub(f.end_ns)),
+            )
+        }
+        (_, _, Some(fo)) => {
+            let lo = er.last_output_ns.unwrap_or(fo);
+            child("prefill", queued, fo, BTreeMap::new());
+            child("decode", fo, lo, BTreeMap::new());
+            (
+                None,
+                Some(fo.saturating_sub(queued)),
+                Some(lo.saturating_sub(fo)),
+            )
+        }
+        _ => (None, None, None),
+    };
+    let delivery = er.last_output_ns.map(|lo| {
+        child("stream_out", lo, end, BTreeMap::new());
+        end.saturating_sub(lo)
+    });
+    let instance = er.instance.map(|i| i.to_string());
+    for s in &er.steps {
+        let mut a = BTreeMap::new();
+        a.insert("engine.step_id", Value::from(s.id));
+        a.insert("engine.batch_size", Value::from(s.batch));
+        a.insert("engine.batch_unit", Value::from(er.batch_unit));
+        if let Some(i) = &instance {
+            a.insert("engine.instance", Value::from(i.clone()));
+        }
+        a.insert("shared", Value::from(true));
+        child("engine.step", s.start_ns, s.end_ns, a);
+    }
+    Phases {
+        frontend: Some(handed.saturating_sub(start)),
+        queue: q,
+        prefill: p,
+        decode: d,
+        delivery,
+        engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
+        engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
+        steps: er.steps.len() as u32,
+        engine_id: er.request_id.clone(),
+    }
+}
+
 impl Tracker {
     /// A tracker converting times with `clock`, reading roles from `proc_root`.
     pub fn new(cfg: TrackerConfig, clock: WallClock, proc_root: &std::path::Path) -> Self {
@@ -294,24 +385,41 @@ impl Tracker {
             conns: HashMap::new(),
             arrivals: HashMap::new(),
             server_ports: HashSet::new(),
+            declared_ports: HashSet::new(),
             new_ports: Vec::new(),
-            vllm: VllmFollower::new(),
+            engines: Engines::new(proc_root),
             clock,
-            proc_root: proc_root.to_owned(),
             exchanges: Vec::new(),
             stats: TrackerStats::default(),
         }
     }
 
-    /// Declares a server port (listening socket of a target).
-    pub fn add_server_port(&mut self, port: u16) {
-        if self.server_ports.insert(port) {
-            self.new_ports.push(port);
+    /// Declares a server port (listening socket of a target) in network namespace `netns`.
+    pub fn add_server_port(&mut self, netns: u32, port: u16) {
+        if self.server_ports.insert((netns, port)) {
+            self.new_ports.push((netns, port));
         }
     }
 
-    /// Server ports learned since the last call (to watch in the kernel).
-    pub fn take_new_ports(&mut self) -> Vec<u16> {
+    /// Declares a server port in every network namespace (`--port`); it is watched in each
+    /// namespace passed to [`Tracker::add_server_port`]'s callers via [`Tracker::declared_ports`].
+    pub fn declare_port(&mut self, port: u16) {
+        self.declared_ports.insert(port);
+    }
+
+    /// Ports declared for every namespace.
+    pub fn declared_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.declared_ports.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn is_server_port(&self, netns: u32, port: u16) -> bool {
+        self.server_ports.contains(&(netns, port)) || self.declared_ports.contains(&port)
+    }
+
+    /// `(netns, port)` server ports learned since the last call (to watch in the kernel).
+    pub fn take_new_ports(&mut self) -> Vec<(u32, u16)> {
         std::mem::take(&mut self.new_ports)
     }
 
@@ -320,9 +428,9 @@ impl Tracker {
         self.conns.len()
     }
 
-    /// Engine follower counters.
-    pub fn engine(&self) -> &VllmFollower {
-        &self.vllm
+    /// The engine followers.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
     }
 
     /// Feeds one event; finished requests are pushed to `out`.
@@ -330,21 +438,13 @@ impl Tracker {
         match ev {
             Event::Sock(s) => match s.sock.family {
                 AF_INET | AF_INET6 if s.sock.sock_type == 1 => self.on_tcp(s, out),
-                inferscope_common::AF_UNIX => {
-                    if !self.vllm.knows(s.tgid) {
-                        let comm = std::fs::read_to_string(
-                            self.proc_root.join(format!("{}/comm", s.tgid)),
-                        )
-                        .unwrap_or_default();
-                        self.vllm.set_role(s.tgid, role_from_comm(comm.trim()));
-                    }
-                    self.vllm.on_unix(s);
-                }
+                inferscope_common::AF_UNIX => self.engines.on_unix(s),
                 _ => {}
             },
             Event::Arrival(a) => self.on_arrival(a),
+            Event::Call(c) => self.engines.on_call(c),
             Event::Proc(p) if p.kind == EventKind::ProcExit => {
-                self.vllm.forget(p.tgid);
+                self.engines.forget(p.tgid);
                 let keys: Vec<_> = self
                     .conns
                     .keys()
@@ -358,12 +458,17 @@ impl Tracker {
                     }
                 }
             }
+            // A new program: whoever claimed the old one is asked again.
+            Event::Proc(p) if p.kind == EventKind::ProcExec => self.engines.forget(p.tgid),
             Event::Proc(_) => {}
         }
     }
 
     fn on_arrival(&mut self, a: &ArrivalRecord) {
-        let q = self.arrivals.entry((a.local, a.remote)).or_default();
+        let q = self
+            .arrivals
+            .entry((a.netns, a.local, a.remote))
+            .or_default();
         if q.len() >= MAX_ARRIVALS {
             q.pop_front();
             self.stats.arrivals_dropped += 1;
@@ -378,16 +483,17 @@ impl Tracker {
 
     fn on_tcp(&mut self, s: &SockRecord, out: &mut Vec<RequestRecord>) {
         let key = (s.tgid, s.sock.inode);
-        let tuple = tuple_of(&s.socket);
+        let tuple = tuple_of(s);
         if s.kind == EventKind::SockAccept {
-            if let Some(((_, lport), _)) = tuple {
-                self.add_server_port(lport);
+            if let Some((netns, (_, lport), _)) = tuple {
+                self.add_server_port(netns, lport);
             }
             self.insert_conn(key, s.fd, tuple, s.end_ns, out);
             return;
         }
         if !self.conns.contains_key(&key) {
-            let is_server = tuple.is_some_and(|((_, lport), _)| self.server_ports.contains(&lport));
+            let is_server =
+                tuple.is_some_and(|(netns, (_, lport), _)| self.is_server_port(netns, lport));
             if !is_server || s.kind == EventKind::SockClose {
                 return;
             }
@@ -540,7 +646,8 @@ impl Tracker {
                 self.drain(&c, out);
             }
         }
-        self.vllm.expire(cutoff);
+        self.engines.expire(cutoff);
+        self.engines.recheck_unclaimed();
     }
 
     /// Ends everything (at shutdown).
@@ -577,7 +684,8 @@ impl Tracker {
     }
 
     fn build(&mut self, pid: u32, fd: i32, tuple: Option<Tuple>, ex: Exchange) -> RequestRecord {
-        let w = |t: u64| self.clock.to_wall(t);
+        let clock = self.clock;
+        let w = |t: u64| clock.to_wall(t);
         let arrival = self
             .arrival_of(tuple, ex.req_first_seq)
             .filter(|&a| a <= ex.req_first_read_ns);
@@ -600,11 +708,8 @@ impl Tracker {
             Some((t, p)) => (t, Some(p)),
             None => (uuid::Uuid::new_v4().simple().to_string(), None),
         };
-        let engine = ex
-            .response_id
-            .as_deref()
-            .and_then(|id| self.vllm.take_for_response(id));
-        if engine.is_none() && ex.response_id.is_some() && self.vllm.stats.adds > 0 {
+        let (engine_name, engine) = self.engines.take_trace(pid, &ex);
+        if engine.is_none() && ex.response_id.is_some() && self.engines.active_for(pid) {
             self.stats.engine_unjoined += 1;
         }
 
@@ -625,70 +730,10 @@ impl Tracker {
             end_unix_ns: w(end),
             attributes: attrs,
         });
-        let mut child =
-            |name: &'static str, a: u64, b: u64, attributes: BTreeMap<&'static str, Value>| {
-                spans.push(SpanJson {
-                    name,
-                    span_id: span_id(),
-                    parent_span_id: Some(root_id.clone()),
-                    start_unix_ns: w(a),
-                    end_unix_ns: w(b.max(a)),
-                    attributes,
-                });
-            };
-        let mut ph = Phases::default();
-        if let Some((er, steps)) = &engine {
-            let handed = er.handed_ns;
-            child("frontend", start, handed, BTreeMap::new());
-            let queued = er.core_recv_ns.unwrap_or(handed);
-            let first_step = steps.first();
-            let last_step = steps.last();
-            let (q, p, d) = match (first_step, last_step, er.first_output_ns) {
-                (Some(f), Some(l), _) => {
-                    child("queue", queued, f.start_ns, BTreeMap::new());
-                    child("prefill", f.start_ns, f.end_ns, BTreeMap::new());
-                    child("decode", f.end_ns, l.end_ns, BTreeMap::new());
-                    (
-                        Some(f.start_ns.saturating_sub(queued)),
-                        Some(f.end_ns.saturating_sub(f.start_ns)),
-                        Some(l.end_ns.saturating_sub(f.end_ns)),
-                    )
-                }
-                (_, _, Some(fo)) => {
-                    let lo = er.last_output_ns.unwrap_or(fo);
-                    child("prefill", queued, fo, BTreeMap::new());
-                    child("decode", fo, lo, BTreeMap::new());
-                    (
-                        None,
-                        Some(fo.saturating_sub(queued)),
-                        Some(lo.saturating_sub(fo)),
-                    )
-                }
-                _ => (None, None, None),
-            };
-            let delivery = er.last_output_ns.map(|lo| {
-                child("stream_out", lo, end, BTreeMap::new());
-                end.saturating_sub(lo)
-            });
-            for s in steps {
-                let mut a = BTreeMap::new();
-                a.insert("engine.step_id", Value::from(s.id));
-                a.insert("engine.batch_size", Value::from(s.batch));
-                a.insert("shared", Value::from(true));
-                child("engine.step", s.start_ns, s.end_ns, a);
-            }
-            ph = Phases {
-                frontend: Some(handed.saturating_sub(start)),
-                queue: q,
-                prefill: p,
-                decode: d,
-                delivery,
-                engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
-                engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
-                steps: steps.len() as u32,
-                engine_id: Some(er.id.clone()),
-            };
-        }
+        let ph = match &engine {
+            Some(er) => engine_phases(er, start, end, &root_id, &self.clock, &mut spans),
+            None => Phases::default(),
+        };
         RequestRecord {
             kind: "request",
             trace_id,
@@ -696,10 +741,13 @@ impl Tracker {
             x_request_id: ex.x_request_id,
             response_id: ex.response_id,
             engine_request_id: ph.engine_id,
+            engine: engine_name,
+            engine_instance: engine.and_then(|e| e.instance).map(|i| i.to_string()),
             pid,
             fd,
-            client: tuple.map(|t| fmt_addr(t.1)),
-            server: tuple.map(|t| fmt_addr(t.0)),
+            netns: tuple.map_or(0, |t| t.0),
+            client: tuple.map(|t| fmt_addr(t.2)),
+            server: tuple.map(|t| fmt_addr(t.1)),
             method: ex.method,
             path: ex.path,
             status: ex.status.unwrap_or(0),

@@ -19,6 +19,7 @@ use crate::metrics::{self, Gauges, MetricsPage};
 use crate::probe::{Probe, ProbeOptions, SyscallHook};
 use crate::requests::{RequestRecord, Tracker, TrackerConfig};
 use crate::targets::{read_proc, scan, Selector};
+use crate::uprobes::Uprobes;
 
 /// How events are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub struct RunConfig {
     pub export: Option<ExportConfig>,
     /// Serve node-probe's own metrics here (`--metrics-listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the host's /proc is (`--proc-root`; `/proc` unless node-probe runs in a pod with
+    /// the host's /proc mounted elsewhere).
+    pub proc_root: PathBuf,
 }
 
 /// Counters kept by the loop, reported at exit.
@@ -69,6 +73,10 @@ pub struct Stats {
     pub decode_errors: BTreeMap<u32, u64>,
     /// Events lost in the kernel (ring full), per kind name.
     pub kernel_lost: BTreeMap<&'static str, u64>,
+    /// What the kernel side dropped without a record, per reason.
+    pub kernel_drops: BTreeMap<&'static str, u64>,
+    /// Engine follower counters: `(engine, counter, value)`.
+    pub engine: Vec<(&'static str, &'static str, u64)>,
     /// Request tracking counters.
     pub tracker: crate::requests::TrackerStats,
     /// Exporter counters, when exporting.
@@ -114,7 +122,8 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         tracefs::field_offset(&tracefs, "sched", "sched_process_exit", "group_dead").unwrap_or(0);
 
     let (mut probe, mut ring) = Probe::load(&opts, offsets)?;
-    let proc_root = Path::new("/proc");
+    let proc_root = cfg.proc_root.as_path();
+    let mut uprobes = Uprobes::new();
     // Lifecycle first, so children forked by targets during the scan are caught in-kernel.
     let initial = cfg.selector.initial(&scan(proc_root));
     for (&pid, &reason) in &initial {
@@ -144,10 +153,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let clock = WallClock::new();
     let mut tracker = Tracker::new(cfg.tracker.clone(), clock, proc_root);
     for &p in &cfg.ports {
-        tracker.add_server_port(p);
+        tracker.declare_port(p);
     }
     discover_ports(&probe, &mut tracker, proc_root);
     watch_new_ports(&mut probe, &mut tracker);
+    sync_uprobes(&mut probe, &mut uprobes, proc_root);
     let targets = probe.targets();
     info!(
         targets = ?targets.keys().collect::<Vec<_>>(),
@@ -204,6 +214,13 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
             *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
             if let Event::Proc(p) = &ev {
                 let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
+                match p.kind {
+                    EventKind::ProcExit => uprobes.forget_pid(&mut probe, p.tgid),
+                    EventKind::ProcExec | EventKind::ProcFork if is_target => {
+                        uprobes.sync_pid(&mut probe, proc_root, p.tgid);
+                    }
+                    _ => {}
+                }
                 // Execs of every process arrive when patterns are in use; print only targets'.
                 if !is_target {
                     continue;
@@ -217,6 +234,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if last_rescan.elapsed() >= cfg.rescan_interval {
             let t = Instant::now();
             sync_targets(&mut probe, &cfg.selector, proc_root);
+            sync_uprobes(&mut probe, &mut uprobes, proc_root);
             // Listening sockets change rarely: look again when the target set changed, or
             // every 30 s (reading a busy engine's fd table is the costliest part of a rescan).
             let targets_now = probe.targets().len();
@@ -244,6 +262,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 let gauges = Gauges {
                     targets: probe.targets().len(),
                     connections: tracker.conns(),
+                    uprobes: uprobes.stats(),
                 };
                 let export = exporter.as_ref().map(|h| h.stats().snapshot());
                 page.publish(metrics::render(&stats, gauges, export.as_ref()));
@@ -262,6 +281,9 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         &mut finished,
     )?;
     out.flush()?;
+    for pid in uprobes.pids() {
+        uprobes.forget_pid(&mut probe, pid);
+    }
     if let (Some(h), Some(e)) = (exporter, &cfg.export) {
         stats.export = Some(h.shutdown(e.drain_timeout));
     }
@@ -276,6 +298,23 @@ fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker) {
         if n > 0 {
             stats.kernel_lost.insert(kind_name(kind), n);
         }
+    }
+    for (reason, n) in probe.kernel_drops() {
+        stats.kernel_drops.insert(reason.name(), n);
+    }
+    stats.engine = tracker.engines().counters();
+}
+
+/// Attaches uprobes for what every target maps now, releases what no target maps any more.
+fn sync_uprobes(probe: &mut Probe, uprobes: &mut Uprobes, proc_root: &Path) {
+    let targets = probe.targets();
+    for pid in uprobes.pids() {
+        if !targets.contains_key(&pid) {
+            uprobes.forget_pid(probe, pid);
+        }
+    }
+    for &pid in targets.keys() {
+        uprobes.sync_pid(probe, proc_root, pid);
     }
 }
 
@@ -343,21 +382,41 @@ fn deliver_requests(
     Ok(any && print)
 }
 
-/// Learns the listening ports of targets from /proc.
+/// Learns the listening ports of targets from /proc, per network namespace; ports declared
+/// with `--port` are server ports in every target's namespace.
 fn discover_ports(probe: &Probe, tracker: &mut Tracker, proc_root: &Path) {
+    let declared = tracker.declared_ports();
     for pid in probe.targets().keys() {
-        for port in listening_ports(proc_root, *pid) {
-            tracker.add_server_port(port);
+        let netns = netns_of(proc_root, *pid);
+        for port in listening_ports(proc_root, *pid)
+            .into_iter()
+            .chain(declared.iter().copied())
+        {
+            tracker.add_server_port(netns, port);
         }
     }
 }
 
+/// The network namespace inode of `pid` (`/proc/PID/ns/net -> net:[N]`), 0 when unreadable.
+pub fn netns_of(proc_root: &Path, pid: u32) -> u32 {
+    std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net"))
+        .ok()
+        .and_then(|l| {
+            l.to_str()?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Tells the kernel to timestamp arrivals on server ports learned since the last call.
 fn watch_new_ports(probe: &mut Probe, tracker: &mut Tracker) {
-    for port in tracker.take_new_ports() {
-        match probe.watch_port(port) {
-            Ok(()) => info!(port, "timestamping arrivals on server port"),
-            Err(e) => warn!(port, error = %e, "cannot watch port"),
+    for (netns, port) in tracker.take_new_ports() {
+        match probe.watch_port(netns, port) {
+            Ok(()) => info!(port, netns, "timestamping arrivals on server port"),
+            Err(e) => warn!(port, netns, error = %e, "cannot watch port"),
         }
     }
 }

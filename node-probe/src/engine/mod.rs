@@ -1,3 +1,276 @@
-//! Engine-specific followers: what happens to a request between the HTTP frontend handing it over
-//! and the tokens coming back. One module per engine; the HTTP layer needs none of them.
+//! Engine followers: what happens to a request between the HTTP frontend handing it over and
+//! the tokens coming back, one module per engine behind [`EngineFollower`]. The HTTP layer needs
+//! none of them; a request of a process no follower claims is an `openai-compatible` request.
+//!
+//! A follower *claims* processes (from their name, command line and parent), consumes the
+//! events it needs (unix IPC, uprobe calls), keeps per-instance state (an instance is one engine
+//! process: pid + start time), and hands the tracker an [`EngineTrace`] for a finished HTTP
+//! exchange. Its counters are exported with node-probe's metrics.
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::event::{CallRecord, SockRecord};
+use crate::http::Exchange;
+
+pub mod llama;
 pub mod vllm;
+
+/// `Resource.engine` of requests no follower claimed.
+pub const GENERIC_ENGINE: &str = "openai-compatible";
+
+/// One engine instance: the engine process's pid and start time (clock ticks since boot, as
+/// `/proc/PID/stat` field 22), which together name one process even across pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct InstanceId {
+    /// Engine process.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+impl fmt::Display for InstanceId {
+    /// `pid:start_ticks`, the form stored as `engine_instance`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.pid, self.start_ticks)
+    }
+}
+
+/// One engine forward step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Unique per instance, also across node-probe restarts (see [`StepIds`]).
+    pub id: u64,
+    /// Step start (monotonic ns).
+    pub start_ns: u64,
+    /// Step end (0 while running).
+    pub end_ns: u64,
+    /// Requests (vLLM) or tokens (llama.cpp, see [`EngineTrace::batch_unit`]) in the step.
+    pub batch: u32,
+}
+
+/// Step ids of one instance: consecutive from the first step's start time in microseconds, so
+/// that a node-probe restarted on the same instance never reuses an id (a step lasts longer
+/// than a microsecond).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepIds {
+    next: u64,
+}
+
+impl StepIds {
+    /// The id of a step starting at `start_ns`.
+    pub fn next(&mut self, start_ns: u64) -> u64 {
+        if self.next == 0 {
+            self.next = (start_ns / 1000).max(1);
+        }
+        let id = self.next;
+        self.next += 1;
+        id
+    }
+}
+
+/// What a process looks like to a follower deciding whether to claim it.
+#[derive(Debug, Clone, Default)]
+pub struct ProcView {
+    /// Pid.
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: u32,
+    /// `comm` (15 bytes at most).
+    pub comm: String,
+    /// Command line, arguments joined by spaces.
+    pub cmdline: String,
+    /// Start time in clock ticks since boot.
+    pub start_ticks: u64,
+}
+
+impl ProcView {
+    /// Reads a process from `proc_root`; `None` when it is gone.
+    pub fn read(proc_root: &Path, pid: u32) -> Option<Self> {
+        let info = crate::targets::read_proc(proc_root, pid)?;
+        let comm = std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+            .unwrap_or_default();
+        Some(Self {
+            pid,
+            ppid: info.ppid,
+            comm: comm.trim_end().to_string(),
+            cmdline: info.cmdline,
+            start_ticks: info.start_ticks,
+        })
+    }
+
+    /// The instance id of this process.
+    pub fn instance(&self) -> InstanceId {
+        InstanceId {
+            pid: self.pid,
+            start_ticks: self.start_ticks,
+        }
+    }
+}
+
+/// What the engine did for one HTTP exchange.
+#[derive(Debug, Clone, Default)]
+pub struct EngineTrace {
+    /// Engine name (`Resource.engine`).
+    pub engine: &'static str,
+    /// The instance whose steps these are (none when no step was seen).
+    pub instance: Option<InstanceId>,
+    /// Engine request id.
+    pub request_id: Option<String>,
+    /// Handed to the engine.
+    pub handed_ns: u64,
+    /// Arrived at the scheduler.
+    pub core_recv_ns: Option<u64>,
+    /// First output back in the frontend (or the first token's step end).
+    pub first_output_ns: Option<u64>,
+    /// Last output back in the frontend (or the last step's end).
+    pub last_output_ns: Option<u64>,
+    /// Steps the request took part in, in order.
+    pub steps: Vec<Step>,
+    /// What `Step::batch` counts: `requests` or `tokens`.
+    pub batch_unit: &'static str,
+}
+
+/// One engine follower.
+pub trait EngineFollower {
+    /// Engine name (`vllm`, `llama.cpp`).
+    fn name(&self) -> &'static str;
+    /// Whether this follower takes `p` (it then sees its events). Asked once per process (again
+    /// after an exec).
+    fn claim(&mut self, p: &ProcView) -> bool;
+    /// A claimed process exited or exec'ed.
+    fn forget(&mut self, pid: u32);
+    /// A unix-socket send or receive by a claimed process.
+    fn on_unix(&mut self, _ev: &SockRecord) {}
+    /// A probed call by a claimed process.
+    fn on_call(&mut self, _ev: &CallRecord) {}
+    /// The engine side of a finished exchange served by claimed process `pid`.
+    fn take_trace(&mut self, pid: u32, ex: &Exchange) -> Option<EngineTrace>;
+    /// Drops state older than `cutoff_ns` that no exchange claimed.
+    fn expire(&mut self, cutoff_ns: u64);
+    /// Whether the follower saw engine traffic (a missing join is then worth counting).
+    fn active(&self) -> bool;
+    /// Counters as `(name, value)`, exported as `node_probe_engine_<name>_total{engine=…}`.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// The followers of one node-probe and which process each claimed.
+pub struct Engines {
+    followers: Vec<Box<dyn EngineFollower + Send>>,
+    /// pid -> index of the follower that claimed it, or `None` (asked, nobody claimed).
+    claims: HashMap<u32, Option<usize>>,
+    proc_root: PathBuf,
+}
+
+/// Processes whose claim is remembered; beyond it the table is cleared (and rebuilt on use).
+const MAX_CLAIMS: usize = 65_536;
+
+impl Engines {
+    /// Every follower this build has.
+    pub fn new(proc_root: &Path) -> Self {
+        Self::with(
+            proc_root,
+            vec![
+                Box::new(vllm::VllmFollower::new()),
+                Box::new(llama::LlamaFollower::new()),
+            ],
+        )
+    }
+
+    /// Given followers (tests).
+    pub fn with(proc_root: &Path, followers: Vec<Box<dyn EngineFollower + Send>>) -> Self {
+        Self {
+            followers,
+            claims: HashMap::new(),
+            proc_root: proc_root.to_owned(),
+        }
+    }
+
+    /// The follower that claimed `pid`, asking each in turn the first time.
+    fn owner(&mut self, pid: u32) -> Option<usize> {
+        if let Some(&c) = self.claims.get(&pid) {
+            return c;
+        }
+        let view = ProcView::read(&self.proc_root, pid)?;
+        self.offer(&view)
+    }
+
+    /// Offers a process to the followers (first claim wins); remembers the answer.
+    pub fn offer(&mut self, view: &ProcView) -> Option<usize> {
+        if self.claims.len() >= MAX_CLAIMS {
+            self.claims.clear();
+        }
+        let owner = self.followers.iter_mut().position(|f| f.claim(view));
+        self.claims.insert(view.pid, owner);
+        owner
+    }
+
+    /// Engine name of `pid`'s requests.
+    pub fn engine_of(&mut self, pid: u32) -> &'static str {
+        match self.owner(pid) {
+            Some(i) => self.followers[i].name(),
+            None => GENERIC_ENGINE,
+        }
+    }
+
+    /// A unix-socket event of a target.
+    pub fn on_unix(&mut self, ev: &SockRecord) {
+        if let Some(i) = self.owner(ev.tgid) {
+            self.followers[i].on_unix(ev);
+        }
+    }
+
+    /// A probed call of a target.
+    pub fn on_call(&mut self, ev: &CallRecord) {
+        if let Some(i) = self.owner(ev.tgid) {
+            self.followers[i].on_call(ev);
+        }
+    }
+
+    /// A process exited or exec'ed: its claim is asked again next time.
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(Some(i)) = self.claims.remove(&pid) {
+            self.followers[i].forget(pid);
+        }
+    }
+
+    /// Forgets processes nobody claimed (their names may have changed since: vLLM renames its
+    /// engine processes after they start).
+    pub fn recheck_unclaimed(&mut self) {
+        self.claims.retain(|_, c| c.is_some());
+    }
+
+    /// The engine side of an exchange served by `pid`: `(engine name, trace)`.
+    pub fn take_trace(&mut self, pid: u32, ex: &Exchange) -> (&'static str, Option<EngineTrace>) {
+        match self.owner(pid) {
+            Some(i) => {
+                let f = &mut self.followers[i];
+                (f.name(), f.take_trace(pid, ex))
+            }
+            None => (GENERIC_ENGINE, None),
+        }
+    }
+
+    /// Whether the follower of `pid` has seen engine traffic.
+    pub fn active_for(&mut self, pid: u32) -> bool {
+        self.owner(pid).is_some_and(|i| self.followers[i].active())
+    }
+
+    /// Expires every follower's state older than `cutoff_ns`.
+    pub fn expire(&mut self, cutoff_ns: u64) {
+        for f in &mut self.followers {
+            f.expire(cutoff_ns);
+        }
+    }
+
+    /// Every follower's counters: `(engine, name, value)`.
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.followers
+            .iter()
+            .flat_map(|f| {
+                let e = f.name();
+                f.counters().into_iter().map(move |(n, v)| (e, n, v))
+            })
+            .collect()
+    }
+}

@@ -17,49 +17,59 @@
 //! by content (ids) and process, never by thread.
 use std::collections::{HashMap, VecDeque};
 
+use super::{EngineFollower, EngineTrace, InstanceId, ProcView, Step, StepIds};
 use crate::event::SockRecord;
+use crate::http::Exchange;
 use inferscope_common::EventKind;
 
 /// Requests followed at once; beyond it the oldest are dropped (counted).
 pub const MAX_INFLIGHT: usize = 65_536;
-/// Engine steps remembered (for attributing outputs and building spans).
+/// Engine steps remembered per instance (for attributing outputs and building spans).
 pub const MAX_STEPS: usize = 65_536;
 /// Steps recorded per request.
 pub const MAX_STEPS_PER_REQUEST: usize = 8192;
+/// Engine instances (EngineCore processes) followed at once.
+pub const MAX_INSTANCES: usize = 1024;
 
 /// Process role in a vLLM deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// API server / frontend.
     Frontend,
-    /// EngineCore (scheduler).
+    /// EngineCore (scheduler); with data parallelism there are several per frontend.
     EngineCore,
-    /// Model-executing worker.
+    /// Model-executing worker (a child of its EngineCore).
     Worker,
 }
 
-/// Role from a process's `comm`.
-pub fn role_from_comm(comm: &str) -> Role {
+/// The role of a vLLM process from its `comm` (vLLM names its processes `VLLM::EngineCore`,
+/// `VLLM::EngineCore_DP0`, `VLLM::Worker`, `VLLM::Worker_TP0`; `comm` keeps 15 bytes), or
+/// `None` for a process that is not one of vLLM's engine processes.
+pub fn role_from_comm(comm: &str) -> Option<Role> {
     if comm.starts_with("VLLM::EngineCor") || comm.starts_with("EngineCore") {
-        Role::EngineCore
-    } else if comm.contains("Worker") {
-        Role::Worker
+        Some(Role::EngineCore)
+    } else if comm.starts_with("VLLM::Worker") || comm.starts_with("VllmWorker") {
+        Some(Role::Worker)
     } else {
-        Role::Frontend
+        None
     }
 }
 
-/// One engine forward step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    /// Sequence number (per node-probe run).
-    pub id: u64,
-    /// Doorbell to the worker.
-    pub start_ns: u64,
-    /// Doorbell back from the worker (0 while running).
-    pub end_ns: u64,
-    /// Requests whose outputs followed this step.
-    pub batch: u32,
+/// Whether a command line is vLLM's API server (`vllm serve …`, `python -m
+/// vllm.entrypoints.openai.api_server …`).
+pub fn is_vllm_frontend(cmdline: &str) -> bool {
+    let mut words = cmdline.split_whitespace();
+    let mut prev_vllm = false;
+    for w in words.by_ref() {
+        if w.starts_with("vllm.entrypoints") {
+            return true;
+        }
+        if prev_vllm && w == "serve" {
+            return true;
+        }
+        prev_vllm = w == "vllm" || w.ends_with("/vllm");
+    }
+    false
 }
 
 /// What the engine did for one request.
@@ -69,6 +79,8 @@ pub struct EngineRequest {
     pub id: String,
     /// API server pid.
     pub frontend_pid: u32,
+    /// The EngineCore that received it (its steps are this request's), once seen.
+    pub core_pid: Option<u32>,
     /// API server handed it to the engine (ZMQ send).
     pub handed_ns: u64,
     /// EngineCore received it.
@@ -79,7 +91,7 @@ pub struct EngineRequest {
     pub last_output_ns: Option<u64>,
     /// Output messages that carried this request.
     pub outputs: u32,
-    /// Steps this request took part in (ids).
+    /// Steps this request took part in (ids on its core's timeline).
     pub steps: Vec<u64>,
     /// An ABORT for it was sent.
     pub aborted: bool,
@@ -98,21 +110,65 @@ pub struct VllmStats {
     pub dropped_inflight: u64,
     /// Requests that expired unjoined.
     pub expired: u64,
+    /// Doorbells of a worker whose EngineCore is not known (not counted as steps).
+    pub orphan_doorbells: u64,
+    /// Instances dropped to stay within [`MAX_INSTANCES`].
+    pub instances_dropped: u64,
 }
 
-/// Follows vLLM requests through the engine.
+/// One EngineCore's step timeline.
+#[derive(Debug)]
+struct Instance {
+    id: InstanceId,
+    steps: VecDeque<Step>,
+    open_step: Option<Step>,
+    ids: StepIds,
+    /// This core's output sends are visible (steps are attributed there).
+    outputs_seen: bool,
+}
+
+impl Instance {
+    fn new(id: InstanceId) -> Self {
+        Self {
+            id,
+            steps: VecDeque::new(),
+            open_step: None,
+            ids: StepIds::default(),
+            outputs_seen: false,
+        }
+    }
+
+    fn step(&self, id: u64) -> Option<Step> {
+        let first = self.steps.front()?.id;
+        let s = *self
+            .steps
+            .get(usize::try_from(id.checked_sub(first)?).ok()?)?;
+        (s.id == id).then_some(s)
+    }
+
+    /// The last step that ended at or before `ts`.
+    fn last_ended_by(&self, ts: u64) -> Option<u64> {
+        self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id)
+    }
+}
+
+/// A claimed process: its role and, for engine processes, the EngineCore it belongs to.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    role: Role,
+    /// EngineCore pid (itself for a core, the parent for a worker; 0 for the frontend).
+    core: u32,
+}
+
+/// Follows vLLM requests through the engine, with one step timeline per EngineCore.
 #[derive(Debug, Default)]
 pub struct VllmFollower {
-    roles: HashMap<u32, Role>,
+    members: HashMap<u32, Member>,
+    instances: HashMap<u32, Instance>,
     inflight: HashMap<Box<[u8]>, EngineRequest>,
     /// HTTP response id -> engine ids (see [`response_ids_of`]).
     by_response: HashMap<String, Vec<Box<[u8]>>>,
     order: VecDeque<(u64, Box<[u8]>)>,
-    steps: VecDeque<Step>,
-    open_step: Option<Step>,
-    next_step: u64,
-    /// EngineCore's output sends are visible (steps are attributed there).
-    core_outputs_seen: bool,
     /// Counters.
     pub stats: VllmStats,
 }
@@ -241,39 +297,59 @@ impl VllmFollower {
         Self::default()
     }
 
-    /// Sets a process's role (from its `comm`).
-    pub fn set_role(&mut self, pid: u32, role: Role) {
-        self.roles.insert(pid, role);
+    /// Declares a process: its role and, for a core, its instance; a worker belongs to the
+    /// core that is its parent (`ppid`).
+    pub fn set_member(&mut self, view: &ProcView, role: Role) {
+        let core = match role {
+            Role::Frontend => 0,
+            Role::EngineCore => {
+                if !self.instances.contains_key(&view.pid) {
+                    if self.instances.len() >= MAX_INSTANCES {
+                        self.drop_idlest_instance();
+                    }
+                    self.instances
+                        .insert(view.pid, Instance::new(view.instance()));
+                }
+                view.pid
+            }
+            Role::Worker => view.ppid,
+        };
+        self.members.insert(view.pid, Member { role, core });
     }
 
-    /// Forgets a process.
-    pub fn forget(&mut self, pid: u32) {
-        self.roles.remove(&pid);
+    fn drop_idlest_instance(&mut self) {
+        let idlest = self
+            .instances
+            .iter()
+            .min_by_key(|(_, i)| i.steps.back().map_or(0, |s| s.end_ns))
+            .map(|(&pid, _)| pid);
+        if let Some(pid) = idlest {
+            self.instances.remove(&pid);
+            self.stats.instances_dropped += 1;
+        }
     }
 
-    fn role(&self, pid: u32) -> Role {
-        self.roles.get(&pid).copied().unwrap_or(Role::Frontend)
+    fn member(&self, pid: u32) -> Member {
+        self.members.get(&pid).copied().unwrap_or(Member {
+            role: Role::Frontend,
+            core: 0,
+        })
     }
 
-    /// Whether a process's role is known.
-    pub fn knows(&self, pid: u32) -> bool {
-        self.roles.contains_key(&pid)
-    }
-
-    /// Feeds a unix-socket send or receive by a target process.
+    /// Feeds a unix-socket send or receive by a claimed process.
     pub fn on_unix(&mut self, ev: &SockRecord) {
         if ev.ret <= 0 {
             return;
         }
-        let role = self.role(ev.tgid);
+        let m = self.member(ev.tgid);
         let send = ev.kind == EventKind::SockSend;
         if ev.ret == 3 {
             if send {
-                self.on_doorbell(role, ev.end_ns);
+                self.on_doorbell(m, ev.end_ns);
             }
             return;
         }
-        match (role, send) {
+        match (m.role, send) {
             (Role::Frontend, true) => self.on_frontend_send(ev),
             (Role::EngineCore, false) => {
                 for (ty, ids) in parse_request_messages(&ev.payload) {
@@ -282,11 +358,12 @@ impl VllmFollower {
                     }
                     if let Some(r) = self.inflight.get_mut(ids[0]) {
                         r.core_recv_ns.get_or_insert(ev.end_ns);
+                        r.core_pid.get_or_insert(m.core);
                     }
                 }
             }
             (Role::Frontend, false) => self.on_outputs(ev.end_ns, &ev.payload),
-            (Role::EngineCore, true) => self.on_core_outputs(ev.end_ns, &ev.payload),
+            (Role::EngineCore, true) => self.on_core_outputs(m.core, ev.end_ns, &ev.payload),
             _ => {}
         }
     }
@@ -343,13 +420,19 @@ impl VllmFollower {
         );
     }
 
-    fn on_doorbell(&mut self, role: Role, ts: u64) {
-        match role {
+    /// A doorbell: from a core, its step starts; from a worker, its core's step ends.
+    fn on_doorbell(&mut self, m: Member, ts: u64) {
+        let Some(inst) = self.instances.get_mut(&m.core) else {
+            if m.role != Role::Frontend {
+                self.stats.orphan_doorbells += 1;
+            }
+            return;
+        };
+        match m.role {
             Role::EngineCore => {
-                if self.open_step.is_none() {
-                    self.next_step += 1;
-                    self.open_step = Some(Step {
-                        id: self.next_step,
+                if inst.open_step.is_none() {
+                    inst.open_step = Some(Step {
+                        id: inst.ids.next(ts),
                         start_ns: ts,
                         end_ns: 0,
                         batch: 0,
@@ -357,15 +440,15 @@ impl VllmFollower {
                 }
             }
             Role::Worker => {
-                if let Some(mut s) = self.open_step.take() {
+                if let Some(mut s) = inst.open_step.take() {
                     s.end_ns = ts;
                     self.stats.steps += 1;
-                    if self.steps.len() >= MAX_STEPS {
-                        self.steps.pop_front();
+                    if inst.steps.len() >= MAX_STEPS {
+                        inst.steps.pop_front();
                     }
-                    self.steps.push_back(s);
-                } else if let Some(last) = self.steps.back_mut() {
-                    // Another worker (tensor parallel) finishing the same step.
+                    inst.steps.push_back(s);
+                } else if let Some(last) = inst.steps.back_mut() {
+                    // Another worker of this core (tensor parallel) finishing the same step.
                     last.end_ns = last.end_ns.max(ts);
                 }
             }
@@ -373,23 +456,30 @@ impl VllmFollower {
         }
     }
 
-    /// EngineCore sent a per-step output message: the step that just ended (the last one
-    /// completed before this send) is the step these requests took part in. Attributing here,
-    /// not when the frontend receives the message, keeps the right step when the engine has
-    /// already run the next one by then (async scheduling, a busy frontend).
-    fn on_core_outputs(&mut self, ts: u64, payload: &[u8]) {
-        self.core_outputs_seen = true;
-        if let Some(step) = self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id) {
-            self.attribute(step, payload);
+    /// A core sent a per-step output message: the step of *that core* that just ended (the
+    /// last one completed before this send) is the step these requests took part in.
+    /// Attributing here, not when the frontend receives the message, keeps the right step when
+    /// the engine has already run the next one by then (async scheduling, a busy frontend).
+    fn on_core_outputs(&mut self, core: u32, ts: u64, payload: &[u8]) {
+        let Some(inst) = self.instances.get_mut(&core) else {
+            return;
+        };
+        inst.outputs_seen = true;
+        if let Some(step) = inst.last_ended_by(ts) {
+            self.attribute(core, step, payload);
         }
     }
 
-    /// Adds `step` to every followed request named in `payload` and counts them as its batch.
-    fn attribute(&mut self, step: u64, payload: &[u8]) {
+    /// Adds `step` of `core` to every followed request named in `payload` and counts them as
+    /// its batch.
+    fn attribute(&mut self, core: u32, step: u64, payload: &[u8]) {
         let mut found = 0u32;
         let inflight = &mut self.inflight;
         for_each_str(payload, |s| {
             if let Some(r) = inflight.get_mut(s) {
+                if *r.core_pid.get_or_insert(core) != core {
+                    return; // another instance's request (named by coincidence)
+                }
                 if r.steps.last() == Some(&step) {
                     return; // named twice in one message
                 }
@@ -400,7 +490,11 @@ impl VllmFollower {
             }
         });
         if found > 0 {
-            if let Some(st) = self.steps.iter_mut().rev().find(|s| s.id == step) {
+            if let Some(st) = self
+                .instances
+                .get_mut(&core)
+                .and_then(|i| i.steps.iter_mut().rev().find(|s| s.id == step))
+            {
                 st.batch += found;
             }
         }
@@ -409,6 +503,12 @@ impl VllmFollower {
     /// The frontend received an output message: when each request's tokens got back.
     fn on_outputs(&mut self, ts: u64, payload: &[u8]) {
         let mut found = 0u32;
+        // Without the core's own sends (another process layout), attribute here: to the
+        // request's core, or to the only core there is.
+        let mut fallback: Option<u32> = None;
+        let single_core = (self.instances.len() == 1)
+            .then(|| self.instances.keys().next().copied())
+            .flatten();
         let inflight = &mut self.inflight;
         for_each_str(payload, |s| {
             if let Some(r) = inflight.get_mut(s) {
@@ -419,22 +519,29 @@ impl VllmFollower {
                 r.first_output_ns.get_or_insert(ts);
                 r.last_output_ns = Some(ts);
                 r.outputs += 1;
+                fallback = fallback.or(r.core_pid).or(single_core);
             }
         });
-        if found > 0 {
-            self.stats.outputs += 1;
-            // Without EngineCore's own sends (another process layout), attribute here.
-            if !self.core_outputs_seen {
-                if let Some(step) = self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id) {
-                    self.attribute(step, payload);
-                }
-            }
+        if found == 0 {
+            return;
+        }
+        self.stats.outputs += 1;
+        let Some(core) = fallback else { return };
+        let step = match self.instances.get(&core) {
+            Some(i) if !i.outputs_seen => i.last_ended_by(ts),
+            _ => None,
+        };
+        if let Some(step) = step {
+            self.attribute(core, step, payload);
         }
     }
 
     /// Removes and returns the engine requests behind an HTTP response id (several when the
-    /// request asked for `n > 1` choices), with the steps they took part in.
-    pub fn take_for_response(&mut self, response_id: &str) -> Option<(EngineRequest, Vec<Step>)> {
+    /// request asked for `n > 1` choices), with the steps they took part in and their instance.
+    pub fn take_for_response(
+        &mut self,
+        response_id: &str,
+    ) -> Option<(EngineRequest, Vec<Step>, Option<InstanceId>)> {
         let mut keys = self.by_response.remove(response_id).unwrap_or_default();
         if let Some(k) = self
             .inflight
@@ -452,33 +559,22 @@ impl VllmFollower {
             self.unindex(&r.id);
             merged = Some(match merged {
                 None => r,
-                Some(mut m) => {
-                    m.handed_ns = m.handed_ns.min(r.handed_ns);
-                    m.core_recv_ns = min_opt(m.core_recv_ns, r.core_recv_ns);
-                    m.first_output_ns = min_opt(m.first_output_ns, r.first_output_ns);
-                    m.last_output_ns = m.last_output_ns.max(r.last_output_ns);
-                    m.outputs += r.outputs;
-                    m.aborted |= r.aborted;
-                    for s in r.steps {
-                        if !m.steps.contains(&s) && m.steps.len() < MAX_STEPS_PER_REQUEST {
-                            m.steps.push(s);
-                        }
-                    }
-                    m.steps.sort_unstable();
-                    m
-                }
+                Some(m) => merge(m, r),
             });
         }
         let r = merged?;
-        let steps = r.steps.iter().filter_map(|&id| self.step(id)).collect();
-        Some((r, steps))
+        let inst = r.core_pid.and_then(|c| self.instances.get(&c));
+        let steps = match inst {
+            Some(i) => r.steps.iter().filter_map(|&id| i.step(id)).collect(),
+            None => Vec::new(),
+        };
+        let id = inst.map(|i| i.id);
+        Some((r, steps, id))
     }
 
-    /// A remembered step by id.
-    pub fn step(&self, id: u64) -> Option<Step> {
-        let first = self.steps.front()?.id;
-        let s = *self.steps.get(id.checked_sub(first)? as usize)?;
-        (s.id == id).then_some(s)
+    /// A remembered step of `core` by id.
+    pub fn step(&self, core: u32, id: u64) -> Option<Step> {
+        self.instances.get(&core)?.step(id)
     }
 
     /// Drops requests handed to the engine before `cutoff_ns` that no response claimed.
@@ -510,6 +606,90 @@ impl VllmFollower {
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }
+
+    /// Instances (EngineCores) followed.
+    pub fn instances(&self) -> usize {
+        self.instances.len()
+    }
+}
+
+/// Two engine requests of one HTTP response (`n > 1`) as one.
+fn merge(mut m: EngineRequest, r: EngineRequest) -> EngineRequest {
+    m.handed_ns = m.handed_ns.min(r.handed_ns);
+    m.core_recv_ns = min_opt(m.core_recv_ns, r.core_recv_ns);
+    m.core_pid = m.core_pid.or(r.core_pid);
+    m.first_output_ns = min_opt(m.first_output_ns, r.first_output_ns);
+    m.last_output_ns = m.last_output_ns.max(r.last_output_ns);
+    m.outputs += r.outputs;
+    m.aborted |= r.aborted;
+    for s in r.steps {
+        if !m.steps.contains(&s) && m.steps.len() < MAX_STEPS_PER_REQUEST {
+            m.steps.push(s);
+        }
+    }
+    m.steps.sort_unstable();
+    m
+}
+
+impl EngineFollower for VllmFollower {
+    fn name(&self) -> &'static str {
+        "vllm"
+    }
+
+    fn claim(&mut self, p: &ProcView) -> bool {
+        let role = match role_from_comm(&p.comm) {
+            Some(r) => r,
+            None if is_vllm_frontend(&p.cmdline) => Role::Frontend,
+            None => return false,
+        };
+        self.set_member(p, role);
+        true
+    }
+
+    fn forget(&mut self, pid: u32) {
+        self.members.remove(&pid);
+        self.instances.remove(&pid);
+    }
+
+    fn on_unix(&mut self, ev: &SockRecord) {
+        VllmFollower::on_unix(self, ev);
+    }
+
+    fn take_trace(&mut self, _pid: u32, ex: &Exchange) -> Option<EngineTrace> {
+        let (r, steps, instance) = self.take_for_response(ex.response_id.as_deref()?)?;
+        Some(EngineTrace {
+            engine: "vllm",
+            instance,
+            request_id: Some(r.id),
+            handed_ns: r.handed_ns,
+            core_recv_ns: r.core_recv_ns,
+            first_output_ns: r.first_output_ns,
+            last_output_ns: r.last_output_ns,
+            steps,
+            batch_unit: "requests",
+        })
+    }
+
+    fn expire(&mut self, cutoff_ns: u64) {
+        VllmFollower::expire(self, cutoff_ns);
+    }
+
+    fn active(&self) -> bool {
+        self.stats.adds > 0
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("adds", s.adds),
+            ("outputs", s.outputs),
+            ("steps", s.steps),
+            ("dropped_inflight", s.dropped_inflight),
+            ("expired", s.expired),
+            ("orphan_doorbells", s.orphan_doorbells),
+            ("instances_dropped", s.instances_dropped),
+        ]
+    }
 }
 
 fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -529,6 +709,22 @@ mod tests {
     /// The ADD message vLLM 0.32 sent for one request (start of it, as captured on the wire).
     const ADD: &[u8] = b"\x01\x01\x00\x02\x00\x00\x00\x00\x00\x00\x01{\xdc\x00\x16\xd9 cmpl-9f0db1b837668a6b-0-8c2050b7\x95\x01\xcd\x01\x1dQ";
     const OUT: &[u8] = b"\x02\x00\x00\x00\x00\x00\x00\x03!\x99\x00\x91\xdc\x00\x12\xd9 cmpl-9f0db1b837668a6b-0-8c2050b7\x91\xcd\x03\x1d\xc0";
+
+    fn view(pid: u32, ppid: u32) -> ProcView {
+        ProcView {
+            pid,
+            ppid,
+            start_ticks: u64::from(pid) * 7,
+            ..Default::default()
+        }
+    }
+
+    /// A follower knowing one deployment: frontend `api`, core `core` and its worker.
+    fn deployment(f: &mut VllmFollower, api: u32, core: u32, worker: u32) {
+        f.set_member(&view(api, 1), Role::Frontend);
+        f.set_member(&view(core, api), Role::EngineCore);
+        f.set_member(&view(worker, core), Role::Worker);
+    }
 
     fn ev(pid: u32, kind: EventKind, ts: u64, payload: &[u8]) -> SockRecord {
         SockRecord {
@@ -590,8 +786,7 @@ mod tests {
     fn follows_one_request_through_steps() {
         let mut f = VllmFollower::new();
         let (api, core, worker) = (10, 11, 12);
-        f.set_role(core, Role::EngineCore);
-        f.set_role(worker, Role::Worker);
+        deployment(&mut f, api, core, worker);
         f.on_unix(&ev(api, EventKind::SockSend, 100, ADD));
         f.on_unix(&ev(core, EventKind::SockRecv, 110, ADD));
         let bell = b"\x00\x01\x00";
@@ -607,7 +802,8 @@ mod tests {
         f.on_unix(&ev(core, EventKind::SockSend, 230, bell));
         f.on_unix(&ev(worker, EventKind::SockSend, 240, bell));
         assert_eq!(f.inflight(), 1);
-        let (r, steps) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+        let (r, steps, inst) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+        assert_eq!(inst.map(|i| i.to_string()), Some("11:77".to_string()));
         assert_eq!((r.handed_ns, r.core_recv_ns), (100, Some(110)));
         assert_eq!(
             (r.first_output_ns, r.last_output_ns, r.outputs),
@@ -633,8 +829,7 @@ mod tests {
     fn steps_attributed_at_the_engine_not_the_frontend() {
         let mut f = VllmFollower::new();
         let (api, core, worker) = (10, 11, 12);
-        f.set_role(core, Role::EngineCore);
-        f.set_role(worker, Role::Worker);
+        deployment(&mut f, api, core, worker);
         f.on_unix(&ev(api, EventKind::SockSend, 100, ADD));
         let bell = b"\x00\x01\x00";
         // step 1: 120..150, outputs sent by the core at 151
@@ -645,11 +840,90 @@ mod tests {
         f.on_unix(&ev(core, EventKind::SockSend, 152, bell));
         f.on_unix(&ev(worker, EventKind::SockSend, 160, bell));
         f.on_unix(&ev(api, EventKind::SockRecv, 170, OUT));
-        let (r, steps) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+        let (r, steps, _) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
         assert_eq!(r.first_output_ns, Some(170));
         assert_eq!(steps.iter().map(|s| s.id).collect::<Vec<_>>(), [1]);
         assert_eq!(steps[0].batch, 1);
-        assert_eq!(f.step(2).unwrap().batch, 0);
+        assert_eq!(f.step(core, 2).unwrap().batch, 0);
+    }
+
+    /// Two engines on one node, their doorbells interleaved: each request gets only its own
+    /// core's steps, and the steps' timings are their core's.
+    #[test]
+    fn two_instances_keep_their_own_steps() {
+        let mut f = VllmFollower::new();
+        deployment(&mut f, 10, 11, 12);
+        deployment(&mut f, 20, 21, 22);
+        let add = |n: &str| {
+            let mut m = vec![0x01, 0x01, 0x00, 0x00, 0x40, 0x91, 0xd9, n.len() as u8];
+            m.extend_from_slice(n.as_bytes());
+            m
+        };
+        let out = |n: &str| {
+            let mut m = vec![0x00, 0x40, 0x91, 0xd9, n.len() as u8];
+            m.extend_from_slice(n.as_bytes());
+            m
+        };
+        let (a, b) = (
+            "cmpl-aaaaaaaaaaaa-0-11111111",
+            "cmpl-bbbbbbbbbbbb-0-22222222",
+        );
+        f.on_unix(&ev(10, EventKind::SockSend, 100, &add(a)));
+        f.on_unix(&ev(20, EventKind::SockSend, 101, &add(b)));
+        f.on_unix(&ev(11, EventKind::SockRecv, 102, &add(a)));
+        f.on_unix(&ev(21, EventKind::SockRecv, 103, &add(b)));
+        let bell = b"\x00\x01\x00";
+        // Core 11 steps at 1000.., core 21 at 1005.. (overlapping), 3 steps each.
+        for k in 0..3u64 {
+            let t = 1000 + k * 100;
+            f.on_unix(&ev(11, EventKind::SockSend, t, bell));
+            f.on_unix(&ev(21, EventKind::SockSend, t + 5, bell));
+            f.on_unix(&ev(12, EventKind::SockSend, t + 40, bell));
+            f.on_unix(&ev(22, EventKind::SockSend, t + 60, bell));
+            f.on_unix(&ev(11, EventKind::SockSend, t + 41, &out(a)));
+            f.on_unix(&ev(21, EventKind::SockSend, t + 61, &out(b)));
+        }
+        let (_, sa, ia) = f.take_for_response("cmpl-aaaaaaaaaaaa").unwrap();
+        let (_, sb, ib) = f.take_for_response("cmpl-bbbbbbbbbbbb").unwrap();
+        assert_eq!(ia.unwrap().pid, 11);
+        assert_eq!(ib.unwrap().pid, 21);
+        assert_eq!(
+            sa.iter()
+                .map(|s| (s.start_ns, s.end_ns))
+                .collect::<Vec<_>>(),
+            [(1000, 1040), (1100, 1140), (1200, 1240)]
+        );
+        assert_eq!(
+            sb.iter()
+                .map(|s| (s.start_ns, s.end_ns))
+                .collect::<Vec<_>>(),
+            [(1005, 1060), (1105, 1160), (1205, 1260)]
+        );
+        assert!(sa.iter().chain(&sb).all(|s| s.batch == 1));
+        assert_eq!(f.stats.steps, 6);
+    }
+
+    #[test]
+    fn roles_and_frontends() {
+        assert_eq!(role_from_comm("VLLM::EngineCor"), Some(Role::EngineCore));
+        assert_eq!(role_from_comm("VLLM::Worker_TP"), Some(Role::Worker));
+        assert_eq!(role_from_comm("ForkPoolWorker-"), None, "not vLLM's");
+        assert_eq!(role_from_comm("python3"), None);
+        assert!(is_vllm_frontend(
+            "/root/.cache/venv/bin/python /root/.cache/venv/bin/vllm serve /m --port 8000"
+        ));
+        assert!(is_vllm_frontend(
+            "python3 -m vllm.entrypoints.openai.api_server --model m"
+        ));
+        assert!(!is_vllm_frontend("python3 my_vllm_tool.py serve"));
+        assert!(!is_vllm_frontend("python3 -m llama_cpp.server --model x"));
+        let mut f = VllmFollower::new();
+        assert!(!f.claim(&ProcView {
+            pid: 5,
+            comm: "ForkPoolWorker-1".into(),
+            cmdline: "python3 celery worker".into(),
+            ..Default::default()
+        }));
     }
 
     #[test]

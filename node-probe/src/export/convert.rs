@@ -13,10 +13,10 @@ use crate::requests::{RequestRecord, SpanJson};
 /// boundary.
 pub const MAX_STRING: usize = 4096;
 
-/// `Resource.engine` for records the engine was followed for.
+/// `Resource.engine` of vLLM's requests.
 pub const ENGINE_VLLM: &str = "vllm";
-/// `Resource.engine` for every other server.
-pub const ENGINE_GENERIC: &str = "openai-compatible";
+/// `Resource.engine` for every server no engine follower claimed.
+pub const ENGINE_GENERIC: &str = crate::engine::GENERIC_ENGINE;
 
 /// Why a record cannot be exported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,26 +146,16 @@ fn attributes(span: &SpanJson) -> Vec<KeyValue> {
         .collect()
 }
 
-/// Whether the engine was followed for this request (selects [`ENGINE_VLLM`]).
-pub fn has_engine_fields(r: &RequestRecord) -> bool {
-    r.engine_request_id.is_some()
-        || r.engine_steps > 0
-        || r.frontend_ns.is_some()
-        || r.engine_e2e_ns.is_some()
-}
-
-/// `Resource.engine` for `r`.
+/// `Resource.engine` for `r`: the engine follower's name (never guessed from the fields).
 pub fn engine_of(r: &RequestRecord) -> &'static str {
-    if has_engine_fields(r) {
-        ENGINE_VLLM
-    } else {
-        ENGINE_GENERIC
-    }
+    r.engine
 }
 
-/// Converts one record; `engine_instance` names the engine steps' instance (node-probe's boot
-/// id: step ids are numbered per node-probe run).
-pub fn convert(r: &RequestRecord, engine_instance: &str) -> Result<Converted, ConvertError> {
+/// Converts one record. Its engine steps carry the record's `engine_instance` (the engine
+/// process's `pid:start_ticks`); `fallback_instance` (node-probe's boot id) names them for a
+/// record that has none.
+pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, ConvertError> {
+    let engine_instance = r.engine_instance.as_deref().unwrap_or(fallback_instance);
     let tid = trace_id(&r.trace_id)?;
     check_time("request", r.start_unix_ns, r.end_unix_ns)?;
     let mut spans = Vec::with_capacity(r.spans.len());
@@ -303,8 +293,15 @@ pub(crate) mod tests {
             x_request_id: Some(format!("req-{n}")),
             response_id: Some(format!("cmpl-{n}")),
             engine_request_id: (steps > 0).then(|| format!("cmpl-{n}-0")),
+            engine: if steps > 0 {
+                ENGINE_VLLM
+            } else {
+                ENGINE_GENERIC
+            },
+            engine_instance: None,
             pid,
             fd: 7,
+            netns: 0,
             client: Some("127.0.0.1:5000".into()),
             server: Some("127.0.0.1:8000".into()),
             method: "POST".into(),

@@ -162,6 +162,12 @@ impl KernelBtf {
             regs_arg1: regs.1,
             regs_arg2: regs.2,
             regs_syscall_nr: regs.3,
+            // Kernels built without network namespaces have an empty `possible_net_t`.
+            skc_net: o("sock", "__sk_common.skc_net.net").unwrap_or(u32::MAX),
+            net_ns_inum: o("net", "ns.inum").unwrap_or(0),
+            regs_sp: o("pt_regs", "sp")?,
+            // x86-64 pushes the return address; arm64 keeps it in the link register.
+            stack_arg_skip: if cfg!(target_arch = "aarch64") { 0 } else { 8 },
             _pad: 0,
         })
     }
@@ -229,6 +235,12 @@ mod tests {
                 (o.regs_arg0, o.regs_arg1, o.regs_arg2, o.regs_syscall_nr),
                 (112, 104, 96, 120)
             );
+            assert_eq!((o.regs_sp, o.stack_arg_skip), (152, 8));
         }
+        assert!(
+            o.skc_net != u32::MAX && o.skc_net < 128,
+            "skc_net in sock_common"
+        );
+        assert!(o.net_ns_inum > 0);
     }
 }

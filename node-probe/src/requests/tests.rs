@@ -45,7 +45,7 @@ fn streamed_request_uses_arrival_time() {
         &tcp(EventKind::SockAccept, 1_000, 9, 0, b"", 40000),
         &mut out,
     );
-    assert!(t.take_new_ports().contains(&8000));
+    assert!(t.take_new_ports().contains(&(0, 8000)));
     // the request arrived at 1_500 (rcv_nxt covers it) but was read at 3_000
     t.on_event(
         &Event::Arrival(ArrivalRecord {
@@ -53,6 +53,7 @@ fn streamed_request_uses_arrival_time() {
             local: ("127.0.0.1".parse().unwrap(), 8000),
             remote: ("127.0.0.1".parse().unwrap(), 40000),
             rcv_nxt: 10_000 + req.len() as u32,
+            netns: 0,
         }),
         &mut out,
     );

@@ -20,8 +20,16 @@ pub const MAP_INFLIGHT: &str = "INFLIGHT";
 /// Per-CPU scratch space where a [`SockEvent`] is assembled before it is copied to the ring.
 pub const MAP_SCRATCH: &str = "SCRATCH";
 
-/// `local port -> 1`: TCP ports on which data arrivals are timestamped ([`EventKind::SockArrival`]).
+/// `watch_key(netns, local port) -> 1`: TCP ports, per network namespace, on which data arrivals
+/// are timestamped ([`EventKind::SockArrival`]).
 pub const MAP_WATCH_PORTS: &str = "WATCH_PORTS";
+/// Per-CPU array of `u64`, indexed by [`DropReason`] value: what the kernel side dropped without
+/// a ring record (a full map, an evicted entry).
+pub const MAP_DROPS: &str = "DROPS";
+/// `UprobeKey -> UprobeInflight`: a probed call's entry, consumed by its return probe (LRU).
+pub const MAP_UPROBE_INFLIGHT: &str = "UPROBE_INFLIGHT";
+/// Capacity of [`MAP_UPROBE_INFLIGHT`] (threads concurrently inside a probed call).
+pub const MAX_UPROBE_INFLIGHT: u32 = 16384;
 /// Array `syscall number -> SyscallId value` (0: not traced), read by the raw `sys_enter` /
 /// `sys_exit` programs. Userspace fills it with the host architecture's numbers.
 pub const MAP_SYSCALLS: &str = "SYSCALLS";
@@ -32,7 +40,9 @@ pub const MAX_SYSCALL_NR: u32 = 512;
 pub const MAX_WATCH_PORTS: u32 = 256;
 
 /// Slots in [`MAP_LOSS`]; every [`EventKind`] value is below this.
-pub const LOSS_SLOTS: u32 = 32;
+pub const LOSS_SLOTS: u32 = 128;
+/// Slots in [`MAP_DROPS`]; every [`DropReason`] value is below this.
+pub const DROP_SLOTS: u32 = 16;
 /// Largest payload prefix a [`SockEvent`] can carry. A power of two.
 pub const MAX_PAYLOAD: usize = 4096;
 /// Default payload prefix captured per socket syscall.
@@ -47,6 +57,17 @@ pub const MAX_INFLIGHT: u32 = 16384;
 pub const COMM_LEN: usize = 16;
 
 /// Stable event kinds. Values are part of the kernel/user ABI: never renumber, only append.
+///
+/// Reserved ranges, one per hook family (a new kind goes in its family's range):
+///
+/// | range | family |
+/// |---|---|
+/// | 1–15 | sockets (syscalls, arrivals) |
+/// | 16–31 | process lifecycle |
+/// | 32–47 | user-space calls (uprobes on engine libraries) |
+/// | 48–95 | GPU runtime and driver (CUDA), reserved |
+/// | 96–111 | collectives (NCCL), reserved |
+/// | 112–127 | reserved |
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -68,6 +89,25 @@ pub enum EventKind {
     ProcFork = 17,
     /// A target process exited and was removed from the target set.
     ProcExit = 18,
+    /// A probed user-space function was called by a target ([`UprobeEvent`]): at its return for
+    /// hooks with a return probe, else at its entry.
+    UprobeCall = 32,
+}
+
+/// First value of each reserved [`EventKind`] range.
+pub mod kind_range {
+    /// Sockets: 1–15.
+    pub const SOCKETS: u32 = 1;
+    /// Process lifecycle: 16–31.
+    pub const PROCESS: u32 = 16;
+    /// User-space calls (uprobes): 32–47.
+    pub const UPROBES: u32 = 32;
+    /// GPU runtime and driver: 48–95 (reserved).
+    pub const GPU: u32 = 48;
+    /// Collectives: 96–111 (reserved).
+    pub const COLLECTIVES: u32 = 96;
+    /// Reserved: 112–127.
+    pub const RESERVED: u32 = 112;
 }
 
 impl EventKind {
@@ -83,8 +123,47 @@ impl EventKind {
             16 => Self::ProcExec,
             17 => Self::ProcFork,
             18 => Self::ProcExit,
+            32 => Self::UprobeCall,
             _ => return None,
         })
+    }
+}
+
+/// Why the kernel side dropped something without writing a record: slots of [`MAP_DROPS`].
+/// Stable values, as [`EventKind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A target's child could not join `TARGETS` at fork (the map was full): it is not traced
+    /// until a rescan adds it.
+    TargetsFull = 1,
+    /// A target's socket syscall returned without its saved entry (`INFLIGHT` evicted it under
+    /// pressure, or it was entered before node-probe attached): that syscall was not reported.
+    InflightMissing = 2,
+    /// A probed call returned without its saved entry (`UPROBE_INFLIGHT` evicted it).
+    UprobeInflightMissing = 3,
+    /// A readv/writev/sendmsg/recvmsg moved data in more than [`MAX_IOV`] iovecs: the payload
+    /// prefix holds only the first ones.
+    IovecsTruncated = 4,
+}
+
+impl DropReason {
+    /// Every reason, for reporting.
+    pub const ALL: [DropReason; 4] = [
+        Self::TargetsFull,
+        Self::InflightMissing,
+        Self::UprobeInflightMissing,
+        Self::IovecsTruncated,
+    ];
+
+    /// Metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TargetsFull => "targets_full",
+            Self::InflightMissing => "inflight_missing",
+            Self::UprobeInflightMissing => "uprobe_inflight_missing",
+            Self::IovecsTruncated => "iovecs_truncated",
+        }
     }
 }
 
@@ -226,8 +305,9 @@ pub struct SockInfo {
     pub peer_inode: u64,
     /// TCP only: `write_seq` after a send, `copied_seq` after a receive (0 otherwise).
     pub tcp_seq: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// Inode number of the socket's network namespace (`/proc/PID/ns/net -> net:[N]`); 0 when
+    /// unknown (a kernel without network namespaces).
+    pub netns: u32,
 }
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 64);
 
@@ -286,8 +366,8 @@ pub struct ArrivalEvent {
     pub raddr: [u8; 16],
     /// `tcp_sock.rcv_nxt` after the arrival.
     pub rcv_nxt: u32,
-    /// Reserved, zero.
-    pub _pad2: u32,
+    /// Network namespace inode (as [`SockInfo::netns`]).
+    pub netns: u32,
 }
 const _: () = assert!(core::mem::size_of::<ArrivalEvent>() == 72);
 
@@ -305,6 +385,77 @@ pub struct ProcEvent {
     pub comm: [u8; COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 48);
+
+/// Argument registers saved by a uprobe (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9).
+pub const UPROBE_ARGS: usize = 6;
+/// Stack words saved by a uprobe, from the first argument slot above the return address
+/// (x86-64: `rsp + 8`, `rsp + 16`, …): where arguments passed by value in memory live.
+pub const UPROBE_STACK_WORDS: usize = 4;
+
+/// The attach cookie of a uprobe: which hook of node-probe's hook table it is, and whether a
+/// return probe completes the call. Packed as `hook | flags << 16`.
+pub mod uprobe_cookie {
+    /// Bits of the hook id.
+    pub const HOOK_MASK: u64 = 0xffff;
+    /// The call is completed by a return probe: the entry is saved, the record written at the
+    /// return.
+    pub const PAIRED: u64 = 1 << 16;
+    /// Packs a cookie.
+    pub const fn pack(hook: u16, paired: bool) -> u64 {
+        hook as u64 | if paired { PAIRED } else { 0 }
+    }
+}
+
+/// One probed user-space call by a target ([`EventKind::UprobeCall`]). `header.ts_ns` is the
+/// return time for paired hooks (the entry time otherwise).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UprobeEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// Hook id (node-probe's hook table), from the attach cookie.
+    pub hook: u32,
+    /// 1 when `ret` and `start_ns` come from a return probe, else 0.
+    pub paired: u32,
+    /// Entry time (monotonic ns).
+    pub start_ns: u64,
+    /// Return value (`rax`), 0 when unpaired.
+    pub ret: u64,
+    /// Argument registers at entry.
+    pub args: [u64; UPROBE_ARGS],
+    /// Stack words at entry, from the first stack argument slot.
+    pub stack: [u64; UPROBE_STACK_WORDS],
+}
+const _: () = assert!(core::mem::size_of::<UprobeEvent>() == 24 + 8 + 8 + 8 + 48 + 32);
+
+/// Key of [`MAP_UPROBE_INFLIGHT`]: one thread inside one hooked function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UprobeKey {
+    /// `bpf_get_current_pid_tgid()`.
+    pub pid_tgid: u64,
+    /// Hook id.
+    pub hook: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Value of [`MAP_UPROBE_INFLIGHT`]: what the entry saw.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UprobeInflight {
+    /// Entry time.
+    pub start_ns: u64,
+    /// Argument registers.
+    pub args: [u64; UPROBE_ARGS],
+    /// Stack words.
+    pub stack: [u64; UPROBE_STACK_WORDS],
+}
+
+/// Key of [`MAP_WATCH_PORTS`] for a local port in a network namespace.
+pub const fn watch_key(netns: u32, port: u16) -> u64 {
+    ((netns as u64) << 16) | port as u64
+}
 
 /// Why a process is in [`MAP_TARGETS`].
 #[repr(u32)]
@@ -413,10 +564,20 @@ pub struct KernelOffsets {
     pub regs_arg2: u32,
     /// `pt_regs` slot holding the syscall number at exit (x86-64 `orig_ax`, arm64 `syscallno`).
     pub regs_syscall_nr: u32,
+    /// `sock.__sk_common.skc_net` (a `possible_net_t` whose first member is the `struct net *`);
+    /// `u32::MAX` on kernels without network namespaces (every socket then has netns 0).
+    pub skc_net: u32,
+    /// `net.ns.inum`.
+    pub net_ns_inum: u32,
+    /// `pt_regs` slot of the user stack pointer at a uprobe (x86-64 `sp`, arm64 `sp`).
+    pub regs_sp: u32,
+    /// Bytes above the stack pointer before the first stack argument at a function's entry
+    /// (x86-64: 8, the return address; arm64: 0).
+    pub stack_arg_skip: u32,
     /// Reserved, zero.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
 
 /// Value of the single [`MAP_CONFIG`] entry.
 #[repr(C)]
@@ -435,7 +596,7 @@ pub struct ProbeConfig {
     /// Kernel layouts.
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16 + 32 * 4);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16 + 36 * 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -445,4 +606,6 @@ mod pod {
     unsafe impl aya::Pod for super::InFlight {}
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::UprobeKey {}
+    unsafe impl aya::Pod for super::UprobeInflight {}
 }

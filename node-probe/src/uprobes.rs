@@ -1,0 +1,242 @@
+//! Uprobes attached as targets map libraries: one attachment per distinct file, released when no
+//! target maps it any more.
+//!
+//! Engines, CUDA and NCCL are often loaded with `dlopen` long after a process starts, so the
+//! libraries a target maps are read from `/proc/PID/maps` when it becomes a target, at exec, at
+//! fork and at every rescan. A file is named by (device, inode) — the same library seen through
+//! different paths or mount namespaces is one file — and opened through `/proc/PID/root/…` so that
+//! a library inside a container is found. Attachments are for all processes (the kernel programs
+//! filter by the target set), so one link per hook per file serves every target that maps it.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::hooks::{self, UprobeHook};
+use crate::probe::{Probe, UprobeLink};
+
+/// A mapped file: (device, inode).
+pub type FileKey = (u64, u64);
+
+/// Counters, exported as metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UprobeStats {
+    /// Files currently attached.
+    pub files: u64,
+    /// Links currently held.
+    pub links: u64,
+    /// Attachments made since start.
+    pub attached_total: u64,
+    /// Files released since start (no target mapped them any more).
+    pub released_total: u64,
+    /// Attach failures (symbol missing, file unreadable).
+    pub failures_total: u64,
+}
+
+struct Attached {
+    path: PathBuf,
+    links: Vec<UprobeLink>,
+    users: HashSet<u32>,
+}
+
+/// The uprobe attachments of one node-probe.
+#[derive(Default)]
+pub struct Uprobes {
+    files: HashMap<FileKey, Attached>,
+    by_pid: HashMap<u32, HashSet<FileKey>>,
+    /// Files that failed to attach, not retried until their users are gone.
+    failed: HashSet<FileKey>,
+    stats: UprobeStats,
+}
+
+/// One mapped file of interest in a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedLib {
+    /// (device, inode).
+    pub key: FileKey,
+    /// Path inside the process's mount namespace.
+    pub path: String,
+}
+
+/// Parses `/proc/PID/maps` content: the distinct files whose name matches some uprobe hook's
+/// library.
+pub fn matching_libs(maps: &str) -> Vec<MappedLib> {
+    let mut out: Vec<MappedLib> = Vec::new();
+    for line in maps.lines() {
+        // addr perms offset dev inode path
+        let mut f = line.splitn(6, ' ');
+        let (Some(_), Some(_), Some(_), Some(dev), Some(inode), Some(path)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start();
+        if !path.starts_with('/') || path.ends_with(" (deleted)") {
+            continue;
+        }
+        let Ok(inode) = inode.parse::<u64>() else {
+            continue;
+        };
+        let Some(dev) = parse_dev(dev) else { continue };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if !hooks::uprobes().any(|h| hooks::library_matches(h.library, name)) {
+            continue;
+        }
+        let key = (dev, inode);
+        if !out.iter().any(|m| m.key == key) {
+            out.push(MappedLib {
+                key,
+                path: path.to_string(),
+            });
+        }
+    }
+    out
+}
+
+fn parse_dev(s: &str) -> Option<u64> {
+    let (maj, min) = s.split_once(':')?;
+    Some((u64::from_str_radix(maj, 16).ok()? << 32) | u64::from_str_radix(min, 16).ok()?)
+}
+
+impl Uprobes {
+    /// Nothing attached.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UprobeStats {
+        let mut s = self.stats;
+        s.files = self.files.len() as u64;
+        s.links = self.files.values().map(|a| a.links.len() as u64).sum();
+        s
+    }
+
+    /// Whether `pid` maps an attached file.
+    pub fn maps_hooked_library(&self, pid: u32) -> bool {
+        self.by_pid.get(&pid).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Reads a target's maps and attaches what it maps and is not yet attached; files it no
+    /// longer maps are released when no other target maps them.
+    pub fn sync_pid(&mut self, probe: &mut Probe, proc_root: &Path, pid: u32) {
+        let maps_path = proc_root.join(pid.to_string()).join("maps");
+        let Ok(maps) = std::fs::read_to_string(&maps_path) else {
+            self.forget_pid(probe, pid);
+            return;
+        };
+        let libs = matching_libs(&maps);
+        let now: HashSet<FileKey> = libs.iter().map(|l| l.key).collect();
+        for lib in &libs {
+            if !self.files.contains_key(&lib.key) && !self.failed.contains(&lib.key) {
+                let root_path = proc_root
+                    .join(pid.to_string())
+                    .join("root")
+                    .join(lib.path.trim_start_matches('/'));
+                self.attach_file(probe, lib, &root_path);
+            }
+            if let Some(a) = self.files.get_mut(&lib.key) {
+                a.users.insert(pid);
+            }
+        }
+        let before = self.by_pid.insert(pid, now.clone()).unwrap_or_default();
+        for gone in before.difference(&now) {
+            self.release_user(probe, *gone, pid);
+        }
+        if self.by_pid.get(&pid).is_some_and(HashSet::is_empty) {
+            self.by_pid.remove(&pid);
+        }
+    }
+
+    fn attach_file(&mut self, probe: &mut Probe, lib: &MappedLib, path: &Path) {
+        let name = lib.path.rsplit('/').next().unwrap_or(&lib.path).to_string();
+        let wanted: Vec<UprobeHook> = hooks::uprobes()
+            .filter(|h| hooks::library_matches(h.library, &name))
+            .collect();
+        let mut links = Vec::new();
+        for h in &wanted {
+            match probe.attach_uprobe(h, path) {
+                Ok(mut l) => {
+                    self.stats.attached_total += 1;
+                    links.append(&mut l);
+                }
+                Err(e) => {
+                    self.stats.failures_total += 1;
+                    warn!(library = %lib.path, symbol = h.symbol, error = %e, "cannot attach uprobe");
+                }
+            }
+        }
+        if links.is_empty() {
+            self.failed.insert(lib.key);
+            return;
+        }
+        info!(library = %lib.path, hooks = wanted.len(), "uprobes attached");
+        self.files.insert(
+            lib.key,
+            Attached {
+                path: path.to_owned(),
+                links,
+                users: HashSet::new(),
+            },
+        );
+    }
+
+    fn release_user(&mut self, probe: &mut Probe, key: FileKey, pid: u32) {
+        let Some(a) = self.files.get_mut(&key) else {
+            return;
+        };
+        a.users.remove(&pid);
+        if !a.users.is_empty() {
+            return;
+        }
+        let a = self.files.remove(&key).expect("present");
+        for l in a.links {
+            probe.detach_uprobe(l);
+        }
+        self.stats.released_total += 1;
+        info!(library = %a.path.display(), "uprobes released (no target maps it)");
+    }
+
+    /// A target is gone: its files are released when no other target maps them.
+    pub fn forget_pid(&mut self, probe: &mut Probe, pid: u32) {
+        let Some(keys) = self.by_pid.remove(&pid) else {
+            return;
+        };
+        for k in keys {
+            self.release_user(probe, k, pid);
+        }
+        // A file that failed may be another build next time.
+        let live: HashSet<FileKey> = self.by_pid.values().flatten().copied().collect();
+        self.failed.retain(|k| live.contains(k));
+    }
+
+    /// Pids holding attachments.
+    pub fn pids(&self) -> Vec<u32> {
+        self.by_pid.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps() {
+        let maps = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 1311 /usr/bin/python3.11
+7f10a0000000-7f10a0100000 r-xp 00010000 fd:01 98765 /opt/venv/lib/python3.11/site-packages/llama_cpp/lib/libllama.so
+7f10a0100000-7f10a0200000 r--p 00110000 fd:01 98765 /opt/venv/lib/python3.11/site-packages/llama_cpp/lib/libllama.so
+7f10b0000000-7f10b0100000 r-xp 00000000 00:2f 12 /tmp/x/libllama.so.0 (deleted)
+7f10c0000000-7f10c0100000 r-xp 00000000 08:10 77 /srv/with space/libllama.so.1
+7f10d0000000-7f10d0100000 r-xp 00000000 fd:01 5 /usr/lib/libllamax.so
+7ffd0000000-7ffd0001000 rw-p 00000000 00:00 0 [stack]
+";
+        let libs = matching_libs(maps);
+        assert_eq!(libs.len(), 2, "{libs:?}");
+        assert_eq!(libs[0].key, ((0xfd << 32) | 1, 98765));
+        assert!(libs[0].path.ends_with("lib/libllama.so"));
+        assert_eq!(libs[1].path, "/srv/with space/libllama.so.1");
+        assert_eq!(libs[1].key, ((8 << 32) | 0x10, 77));
+        assert!(matching_libs("garbage\n\n1 2 3\n").is_empty());
+    }
+}
