@@ -9,11 +9,13 @@
 # clickhouse  Debian's clickhouse-server/-client and a local server on 127.0.0.1 with a data directory
 #             the project owns (INFERSCOPE_CH_DIR, default ~/.cache/inferscope/clickhouse).
 # engine      the real vLLM (CPU build, tiny local model) via scripts/engine.sh setup.
+# llamacpp    the second real engine: llama-cpp-python's server built from source (cached) and a
+#             GGUF of the same tiny model, via scripts/llamacpp.sh setup.
 # ui          the web UI (query-ui/): Node.js (apt only when `node` is missing; Node >= 20.19 from
 #             the npm registry's `node` package when Debian's is older), `npm ci`, the Vite build to
 #             query-ui/dist, which the aggregator embeds; skipped when dist is newer than the sources.
 # browser     headless Debian Chromium (/usr/bin/chromium) for the UI's browser tests.
-# all         base clickhouse ui engine.
+# all         base clickhouse ui engine llamacpp.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${INFERSCOPE_CACHE:-$HOME/.cache/inferscope}
@@ -116,6 +118,13 @@ setup_engine() {
   "$HERE/engine.sh" setup
 }
 
+setup_llamacpp() {
+  # The second real engine (llama-cpp-python's server, built from source, cached): its GGUF is
+  # converted from the tiny model that engine.sh builds, so the engine comes first.
+  setup_engine
+  "$HERE/llamacpp.sh" setup
+}
+
 setup_browser() {
   # Chromium for the browser tests (driven by playwright-core from query-ui's dev dependencies),
   # with fonts so that screenshots are legible.
@@ -126,9 +135,10 @@ case "${1:-default}" in
   base) setup_base ;;
   clickhouse) setup_clickhouse ;;
   engine) setup_engine ;;
+  llamacpp) setup_llamacpp ;;
   ui) setup_ui ;;
   browser) setup_browser ;;
   default) setup_base; setup_clickhouse; setup_ui ;;
-  all) setup_base; setup_clickhouse; setup_ui; setup_engine ;;
-  *) echo "usage: $0 [base|clickhouse|ui|browser|engine|all]" >&2; exit 2 ;;
+  all) setup_base; setup_clickhouse; setup_ui; setup_engine; setup_llamacpp ;;
+  *) echo "usage: $0 [base|clickhouse|ui|browser|engine|llamacpp|all]" >&2; exit 2 ;;
 esac

@@ -15,12 +15,14 @@ command -v cargo >/dev/null || { echo "test.sh: cargo not found: install Rust wi
 t0=$(date +%s)
 scripts/setup.sh
 scripts/setup.sh browser   # headless Chromium for the UI's browser tests (loadtests/tests/ui.rs)
-[ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/setup.sh engine
+[ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/setup.sh llamacpp   # vLLM, then llama.cpp
 echo "[test] set-up done in $(( $(date +%s) - t0 ))s"
 
 ENGINE_PORT=${INFERSCOPE_TEST_ENGINE_PORT:-18765}
 # A second instance on the same node, for the two-instance test (real_engine.rs).
 ENGINE2_PORT=${INFERSCOPE_TEST_ENGINE2_PORT:-18766}
+# The llama.cpp server (llamacpp.rs).
+LLAMA_PORT=${INFERSCOPE_TEST_LLAMACPP_PORT:-18790}
 OTLP_PORT=${INFERSCOPE_TEST_OTLP_PORT:-14318}
 RUN=${INFERSCOPE_TEST_DIR:-$HOME/.cache/inferscope/test-run}
 # Where scripts/engine.sh keeps the engine (the same default and overrides).
@@ -31,6 +33,7 @@ cleanup() {
   [ -n "$COLLECTOR" ] && kill "$COLLECTOR" 2>/dev/null || true
   [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
   [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE2_PORT" >/dev/null 2>&1 || true
+  [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/llamacpp.sh stop "$LLAMA_PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -74,6 +77,17 @@ if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
   else
     cat "$RUN/engine-start.log" >&2
     echo "[test] the real engine did not start" >&2
+    exit 1
+  fi
+  scripts/llamacpp.sh stop "$LLAMA_PORT" >/dev/null 2>&1 || true
+  if scripts/llamacpp.sh start "$LLAMA_PORT" > "$RUN/llamacpp-start.log" 2>&1; then
+    export INFERSCOPE_LLAMACPP_URL="http://127.0.0.1:$LLAMA_PORT"
+    INFERSCOPE_LLAMACPP_PID=$(cat "${XDG_CACHE_HOME:-$HOME/.cache}/inferscope/llamacpp/server-$LLAMA_PORT.pid")
+    export INFERSCOPE_LLAMACPP_PID
+    echo "[test] llama.cpp server up: $INFERSCOPE_LLAMACPP_URL (pid $INFERSCOPE_LLAMACPP_PID)"
+  else
+    cat "$RUN/llamacpp-start.log" >&2
+    echo "[test] the llama.cpp server did not start" >&2
     exit 1
   fi
   if wait "$ENGINE2_STARTER"; then

@@ -195,6 +195,8 @@ fn request(
             vec![]
         },
         batch_id: "test/1/1".into(),
+        engine_instance: String::new(),
+        netns: 0,
     }
 }
 

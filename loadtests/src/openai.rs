@@ -167,7 +167,19 @@ fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
         .post(&format!("{}{path}", c.url))
         .set("Content-Type", "application/json")
         .set("traceparent", &format!("00-{tid}-{:016x}-01", i + 1))
-        .set("x-request-id", &format!("loadgen-{i}-{}", &tid[..8]))
+        // A UUID (the trace id's digits): llama-cpp-python's server refuses any other form
+        // with 400; vLLM takes it as its request id.
+        .set(
+            "x-request-id",
+            &format!(
+                "{}-{}-{}-{}-{}",
+                &tid[..8],
+                &tid[8..12],
+                &tid[12..16],
+                &tid[16..20],
+                &tid[20..]
+            ),
+        )
         .send_string(&body);
     let resp = match resp {
         Ok(r) => r,
@@ -208,6 +220,9 @@ fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
         out.chunks = 1;
     }
     out.e2e_ns = t0.elapsed().as_nanos() as u64;
+    // Read the response to its end (the chunked terminator after `[DONE]`), as a well-behaved
+    // client does: the connection goes back to the pool instead of being dropped mid-response.
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
     out
 }
 

@@ -520,9 +520,12 @@ impl Tracker {
                 }
             }
             EventKind::SockSend if s.ret > 0 => {
+                // A send's bytes leave during the call, and on loopback the receiver is woken
+                // inside it (and may preempt the sender before the call returns): its entry is
+                // the closer bound of when they hit the wire.
                 c.http.on_write(
                     Bytes {
-                        ts_ns: s.end_ns,
+                        ts_ns: s.start_ns,
                         total: s.ret as usize,
                         captured: &s.payload,
                         seq: None,

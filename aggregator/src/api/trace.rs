@@ -168,6 +168,7 @@ struct DetailRow {
     step_ids: Vec<u64>,
     chunk_offsets_ns: Vec<u64>,
     batch_id: String,
+    engine_instance: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -259,7 +260,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     };
     let mut sql = Sql::new("SELECT ");
     sql.push(SUMMARY_COLUMNS)
-        .push(", step_ids, chunk_offsets_ns, batch_id FROM ")
+        .push(", step_ids, chunk_offsets_ns, batch_id, engine_instance FROM ")
         .push(&store.table("requests"))
         // Explicit PREWHERE: left to itself 18.16 moves the cheaper `start` bounds there, and
         // then reads every column of the window (the table is ordered by model and node first,
@@ -389,10 +390,14 @@ impl DetailRow {
         )
     }
 
-    /// The engine instance whose step ids this request's refer to: node-probe numbers steps
-    /// per run and names the run by its boot id, the middle part of `batch_id`
-    /// (`node/boot/sequence`). `None` for rows without one.
+    /// The engine instance whose step ids this request's refer to: the row's own
+    /// `engine_instance` (the engine process's `pid:start_ticks`), else — rows stored before
+    /// that column — the boot id of the node-probe run that numbered them, the middle part of
+    /// `batch_id` (`node/boot/sequence`). `None` for rows with neither.
     fn engine_instance(&self) -> Option<&str> {
+        if !self.engine_instance.is_empty() {
+            return Some(&self.engine_instance);
+        }
         let mut parts = self.batch_id.rsplitn(3, '/');
         let (_seq, boot) = (parts.next()?, parts.next()?);
         parts.next()?;
@@ -542,8 +547,12 @@ mod tests {
             step_ids: vec![],
             chunk_offsets_ns: vec![],
             batch_id: b.into(),
+            engine_instance: String::new(),
         };
         assert_eq!(row("node-a/3bc8-41/17").engine_instance(), Some("3bc8-41"));
+        let mut with = row("node-a/3bc8-41/17");
+        with.engine_instance = "4242:99".into();
+        assert_eq!(with.engine_instance(), Some("4242:99"));
         assert_eq!(row("").engine_instance(), None);
         assert_eq!(row("x/17").engine_instance(), None);
         assert_eq!(row("n//1").engine_instance(), None);

@@ -121,6 +121,7 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
         ("x_request_id", &r.x_request_id),
         ("engine_request_id", &r.engine_request_id),
         ("gave_up", &r.gave_up),
+        ("engine_instance", &r.engine_instance),
     ] {
         check_str(f, s, l)?;
     }

@@ -58,6 +58,8 @@ pub struct RequestRow {
     pub step_ids: Vec<u64>,
     pub chunk_offsets_ns: Vec<u64>,
     pub batch_id: String,
+    pub engine_instance: String,
+    pub netns: u32,
 }
 
 /// A row of `spans`.
@@ -154,6 +156,8 @@ impl RequestRow {
             step_ids: r.step_ids.clone(),
             chunk_offsets_ns: r.chunk_offsets_ns.clone(),
             batch_id: batch_id.to_string(),
+            engine_instance: r.engine_instance.clone(),
+            netns: r.netns,
         }
     }
 }

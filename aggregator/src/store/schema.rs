@@ -93,12 +93,13 @@ pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
     } else {
         ""
     };
-    vec![Migration {
-        version: 1,
-        name: "requests, spans, engine steps, batches, views",
-        statements: vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS {db}.requests (
+    vec![
+        Migration {
+            version: 1,
+            name: "requests, spans, engine steps, batches, views",
+            statements: vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.requests (
     start DateTime,
     start_unix_ns UInt64,
     end_unix_ns UInt64,
@@ -142,9 +143,9 @@ PARTITION BY toYYYYMMDD(start)
 ORDER BY (model, node, start, trace_id)
 {ttl}
 SETTINGS index_granularity = 8192"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {db}.spans (
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.spans (
     start DateTime,
     trace_id String,
     span_id String,
@@ -164,9 +165,9 @@ PARTITION BY toYYYYMMDD(start)
 ORDER BY (trace_id, start_unix_ns)
 {ttl}
 SETTINGS index_granularity = 8192"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {db}.engine_steps (
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.engine_steps (
     start DateTime,
     node {lc},
     engine_instance String,
@@ -179,9 +180,9 @@ PARTITION BY toYYYYMMDD(start)
 ORDER BY (node, engine_instance, step_id)
 {ttl}
 SETTINGS index_granularity = 8192"
-            ),
-            format!(
-                "CREATE TABLE IF NOT EXISTS {db}.ingested_batches (
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.ingested_batches (
     received DateTime,
     node_id String,
     boot_id String,
@@ -191,9 +192,9 @@ SETTINGS index_granularity = 8192"
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(received)
 ORDER BY (node_id, boot_id, sequence)"
-            ),
-            format!(
-                "CREATE VIEW IF NOT EXISTS {db}.requests_ms AS SELECT
+                ),
+                format!(
+                    "CREATE VIEW IF NOT EXISTS {db}.requests_ms AS SELECT
     start, trace_id, node, pid, engine, model, method, path, status, outcome, stream,
     e2e_ns / 1e6 AS e2e_ms, ttft_ns / 1e6 AS ttft_ms, tpot_ns / 1e6 AS tpot_ms,
     frontend_ns / 1e6 AS frontend_ms, queue_ns / 1e6 AS queue_ms, prefill_ns / 1e6 AS prefill_ms,
@@ -202,15 +203,26 @@ ORDER BY (node_id, boot_id, sequence)"
     read_wait_ns / 1e6 AS read_wait_ms, chunks, engine_steps, req_bytes, resp_bytes,
     client, server, response_id, x_request_id
 FROM {db}.requests"
-            ),
-            format!(
-                "CREATE VIEW IF NOT EXISTS {db}.engine_steps_ms AS SELECT
+                ),
+                format!(
+                    "CREATE VIEW IF NOT EXISTS {db}.engine_steps_ms AS SELECT
     start, node, engine_instance, step_id, (end_unix_ns - start_unix_ns) / 1e6 AS duration_ms,
     batch_size
 FROM {db}.engine_steps"
-            ),
-        ],
-    }]
+                ),
+            ],
+        },
+        Migration {
+            version: 2,
+            name: "requests: engine_instance and netns",
+            // One statement, so that a failure leaves the table as it was. Rows stored before
+            // have '' and 0: their steps' instance is the boot id in their batch_id (docs/schema.md).
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN engine_instance String DEFAULT '', \
+             ADD COLUMN netns UInt32 DEFAULT 0"
+            )],
+        },
+    ]
 }
 
 /// Days the batch markers are kept where the server supports TTL: the dedup reload at start

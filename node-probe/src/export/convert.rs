@@ -233,6 +233,8 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
         step_ids,
         chunk_offsets_ns: r.chunk_offsets_ns.clone(),
         read_wait_ns: r.read_wait_ns,
+        engine_instance: clip_opt(&r.engine_instance),
+        netns: r.netns,
     };
     Ok(Converted {
         request,
