@@ -1,0 +1,98 @@
+//! What a uprobe hook costs the engine per probed call: the stand-in `libllama.so` (same symbol
+//! and `llama_batch` layout as llama.cpp's, returning at once) called back to back by a target
+//! that `dlopen`s it, untraced and traced by node-probe (entry + return probe through the hook
+//! table), interleaved rounds; prints ns per call and the difference, the cost per engine step.
+//!
+//! `cargo build --release && sudo target/release/uprobe-cost --probe target/release/node-probe`
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use inferscope_loadtests::{harness, median};
+
+#[derive(Parser)]
+struct Args {
+    /// Interleaved rounds (untraced, traced).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Calls per round.
+    #[arg(long, default_value_t = 200_000)]
+    calls: u64,
+    /// node-probe binary.
+    #[arg(long, default_value = "target/release/node-probe")]
+    probe: PathBuf,
+}
+
+fn build(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let src = harness::repo().join("node-probe/tests/fixtures/c");
+    let lib = dir.join("libllama.so");
+    let bin = dir.join("inferscope-uprobe-cost-caller");
+    for args in [vec!["-shared", "-fPIC", "-O2", "-o"], vec!["-O2", "-o"]] {
+        let (out, file) = if args[0] == "-shared" {
+            (&lib, "libllama_standin.c")
+        } else {
+            (&bin, "dlopen_caller.c")
+        };
+        let st = Command::new("cc")
+            .args(&args)
+            .arg(out)
+            .arg(src.join(file))
+            .arg("-ldl")
+            .status()
+            .context("cc")?;
+        ensure!(st.success(), "cc {file}");
+    }
+    Ok((lib, bin))
+}
+
+/// One round: ns per call of `calls` calls.
+fn round(bin: &Path, lib: &Path, calls: u64) -> anyhow::Result<f64> {
+    let out = Command::new(bin)
+        .arg(lib)
+        .args(["0", "1500", "0", &calls.to_string()])
+        .output()?;
+    ensure!(out.status.success(), "caller failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["ns_per_call"].as_f64().context("ns_per_call")
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    ensure!(harness::is_root(), "uprobe-cost needs root (eBPF)");
+    let dir = std::env::temp_dir().join(format!("inferscope-uprobe-cost-{}", std::process::id()));
+    let (lib, bin) = build(&dir)?;
+    let mut probe = Command::new(&a.probe)
+        .args([
+            "--cmdline",
+            "inferscope-uprobe-cost-caller",
+            "--rescan-s",
+            "0.2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("node-probe")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        // Untraced: the library copy under another name is not a target's.
+        let plain = dir.join("plain-caller");
+        std::fs::copy(&bin, &plain)?;
+        off.push(round(&plain, &lib, a.calls)?);
+        on.push(round(&bin, &lib, a.calls)?);
+    }
+    harness::kill(&mut probe, libc::SIGINT);
+    let (m_off, m_on) = (median(&off), median(&on));
+    println!(
+        "uprobe-cost: {} rounds x {} calls; untraced {m_off:.1} ns/call, traced {m_on:.1} ns/call \
+         (entry + return probe): +{:.0} ns per probed call (rounds: off {off:?}, on {on:?})",
+        a.rounds,
+        a.calls,
+        m_on - m_off
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
