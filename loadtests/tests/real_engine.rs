@@ -24,6 +24,8 @@ use inferscope_loadtests::harness::required;
 use serde_json::Value;
 
 const REQUESTS: usize = 120;
+/// Both tests load the shared engine on :18765 and count its requests: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const VLLM_SPANS: [&str; 7] = [
     "http.server",
     "frontend",
@@ -66,6 +68,7 @@ fn env_or_skip(test: &str, which: &[&str]) -> Option<(Vec<Engine>, PathBuf)> {
 /// Loads every engine at once under one capture and one node-probe; checks each engine's
 /// requests: seen once, complete, wire fidelity, vLLM bracketing. Returns the records.
 fn run_vllm(engines: &[Engine], spans_path: &std::path::Path, label: &str) -> Vec<Value> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!(
         "inferscope-fidelity-{label}-{}",
         std::process::id()

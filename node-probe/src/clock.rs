@@ -1,4 +1,10 @@
 //! Kernel monotonic time (what `bpf_ktime_get_ns` returns) to wall-clock nanoseconds.
+//!
+//! `bpf_ktime_get_ns` is the host's monotonic clock; inside a time namespace (a container with
+//! its own clock offsets) `CLOCK_MONOTONIC` is shifted by the namespace's offset, which
+//! `/proc/self/timens_offsets` states. [`monotonic_ns`] removes it, so that node-probe's clock
+//! and the kernel's agree wherever node-probe runs.
+use std::sync::OnceLock;
 
 fn now(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
@@ -10,9 +16,35 @@ fn now(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Monotonic nanoseconds now (`CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`).
+/// The monotonic offset (ns) of a time namespace from `timens_offsets` text (`monotonic S N`
+/// lines); 0 when absent.
+pub fn parse_timens_monotonic(text: &str) -> i128 {
+    text.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "monotonic").then_some(())?;
+            let s: i128 = w.next()?.parse().ok()?;
+            let n: i128 = w.next()?.parse().ok()?;
+            Some(s * 1_000_000_000 + n)
+        })
+        .unwrap_or(0)
+}
+
+/// This process's time-namespace monotonic offset (0 in the initial namespace, or on kernels
+/// before 5.6 that have no time namespaces).
+pub fn timens_monotonic_offset_ns() -> i128 {
+    static OFFSET: OnceLock<i128> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/timens_offsets")
+            .map(|t| parse_timens_monotonic(&t))
+            .unwrap_or(0)
+    })
+}
+
+/// Host monotonic nanoseconds now: `CLOCK_MONOTONIC` less this process's time-namespace
+/// offset, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    now(libc::CLOCK_MONOTONIC)
+    (now(libc::CLOCK_MONOTONIC) as i128 - timens_monotonic_offset_ns()).max(0) as u64
 }
 
 /// Converts monotonic timestamps to Unix-epoch nanoseconds with one offset taken at start.
@@ -54,6 +86,18 @@ impl Default for WallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_namespace_offsets() {
+        assert_eq!(parse_timens_monotonic("monotonic 0 0\nboottime 0 0\n"), 0);
+        assert_eq!(
+            parse_timens_monotonic("monotonic   -5  250\nboottime 7 0\n"),
+            -5_000_000_000 + 250
+        );
+        assert_eq!(parse_timens_monotonic("garbage"), 0);
+        // In this test's own (initial) namespace there is no offset.
+        assert_eq!(timens_monotonic_offset_ns(), 0);
+    }
 
     #[test]
     fn converts_to_now() {

@@ -3,7 +3,9 @@
 //!
 //! The event loop renders a fresh page about once a second ([`render`]) and publishes it in a
 //! [`MetricsPage`]; a small HTTP server on its own thread serves the latest page. The loop never
-//! waits on a scrape, and a scrape never touches the loop's state.
+//! waits on a scrape, and a scrape never touches the loop's state. `GET /healthz` answers 200
+//! while the loop keeps publishing (a liveness probe), 503 once it has not for
+//! [`STALL_AFTER`].
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,21 +16,33 @@ use tracing::warn;
 use crate::export::ExportSnapshot;
 use crate::run::Stats;
 
-/// The latest rendered page, shared between the loop and the server.
+/// `/healthz` fails when the loop has not published a page for this long.
+pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The latest rendered page and when it was published, shared between the loop and the server.
 #[derive(Debug, Clone, Default)]
-pub struct MetricsPage(Arc<Mutex<String>>);
+pub struct MetricsPage(Arc<Mutex<(String, Option<std::time::Instant>)>>);
 
 impl MetricsPage {
     /// Replaces the page.
     pub fn publish(&self, page: String) {
         if let Ok(mut p) = self.0.lock() {
-            *p = page;
+            *p = (page, Some(std::time::Instant::now()));
         }
     }
 
     /// The current page.
     pub fn get(&self) -> String {
-        self.0.lock().map(|p| p.clone()).unwrap_or_default()
+        self.0.lock().map(|p| p.0.clone()).unwrap_or_default()
+    }
+
+    /// Whether the loop published within [`STALL_AFTER`].
+    pub fn healthy(&self) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|p| p.1)
+            .is_some_and(|t| t.elapsed() < STALL_AFTER)
     }
 }
 
@@ -45,18 +59,36 @@ pub fn serve(addr: SocketAddr, page: MetricsPage) -> std::io::Result<SocketAddr>
         .name("metrics".into())
         .spawn(move || {
             rt.block_on(async move {
-                let app = Router::new().route(
-                    "/metrics",
-                    get(move || {
-                        let page = page.clone();
-                        async move {
-                            (
-                                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                                page.get(),
-                            )
-                        }
-                    }),
-                );
+                let health = page.clone();
+                let app = Router::new()
+                    .route(
+                        "/healthz",
+                        get(move || {
+                            let ok = health.healthy();
+                            async move {
+                                if ok {
+                                    (axum::http::StatusCode::OK, "ok\n")
+                                } else {
+                                    (
+                                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                        "event loop stalled\n",
+                                    )
+                                }
+                            }
+                        }),
+                    )
+                    .route(
+                        "/metrics",
+                        get(move || {
+                            let page = page.clone();
+                            async move {
+                                (
+                                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                                    page.get(),
+                                )
+                            }
+                        }),
+                    );
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
                         if let Err(e) = axum::serve(l, app).await {
@@ -349,6 +381,28 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
         assert!(body.contains("inferscope_probe_targets 3"), "{body}");
         assert!(body.contains("text/plain; version=0.0.4"), "{body}");
+        let get = |path: &str| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut b = String::new();
+            let _ = s.read_to_string(&mut b);
+            b
+        };
+        assert!(
+            get("/healthz").starts_with("HTTP/1.1 200"),
+            "fresh page: healthy"
+        );
+        // A loop that stopped publishing: the page's time is older than STALL_AFTER.
+        if let Ok(mut p) = page.0.lock() {
+            p.1 = std::time::Instant::now().checked_sub(STALL_AFTER * 2);
+        }
+        let stalled = get("/healthz");
+        assert!(stalled.starts_with("HTTP/1.1 503"), "{stalled}");
+        assert!(stalled.contains("event loop stalled"), "{stalled}");
     }
 
     #[test]

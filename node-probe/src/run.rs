@@ -151,6 +151,13 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
             SyscallHook::Tracepoint => "cannot attach the syscalls:* tracepoints",
         })?;
     let clock = WallClock::new();
+    let timens = crate::clock::timens_monotonic_offset_ns();
+    if timens != 0 {
+        info!(
+            monotonic_offset_ns = timens as i64,
+            "running in a time namespace: its monotonic offset is removed from kernel timestamps"
+        );
+    }
     let mut tracker = Tracker::new(cfg.tracker.clone(), clock, proc_root);
     for &p in &cfg.ports {
         tracker.declare_port(p);

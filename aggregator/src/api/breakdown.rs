@@ -25,8 +25,8 @@ pub const MAX_QUANTILES: usize = 8;
 /// The median cohort: e2e between these quantiles.
 pub const MEDIAN_COHORT: (f64, f64) = (0.4, 0.6);
 
-/// The phase columns, in pipeline order.
-pub const PHASES: [&str; 5] = ["frontend", "queue", "prefill", "decode", "delivery"];
+/// The phase columns, in pipeline order (declared once, in the proto crate).
+pub use inferscope_proto::PHASES;
 
 /// Validated parameters.
 #[derive(Debug, Clone)]
