@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use inferscope_common::{DEFAULT_PAYLOAD_CAP, MAX_PAYLOAD};
 use node_probe::export::{
     default_spool_dir, hostname, Compression, ExportConfig, DEFAULT_SPOOL_DIR,
@@ -30,8 +30,12 @@ enum ExportCompression {
 /// inferscope node probe: traces the socket traffic of inference processes with eBPF, without
 /// touching them.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Cli {
+    /// Read options from this JSON file (keys: the long options; flags given here override it,
+    /// repeatable ones add to it). See node-probe's `config` module docs.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Trace this process (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
@@ -143,8 +147,39 @@ fn main() {
     }
 }
 
+/// argv with the `--config FILE` options placed before the command line's own.
+fn argv_with_config() -> anyhow::Result<Vec<String>> {
+    let argv: Vec<String> = std::env::args().collect();
+    let path = argv.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--config=").map(str::to_string).or_else(|| {
+            (a == "--config")
+                .then(|| argv.get(i + 1).cloned())
+                .flatten()
+        })
+    });
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let options: Vec<node_probe::config::OptionSpec> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| {
+            Some(node_probe::config::OptionSpec {
+                long: a.get_long()?.to_string(),
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect();
+    let file = node_probe::config::args_from_file(std::path::Path::new(&path), &options)?;
+    Ok(argv[..1]
+        .iter()
+        .cloned()
+        .chain(file)
+        .chain(argv[1..].iter().cloned())
+        .collect())
+}
+
 fn real_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(argv_with_config()?);
     let selector = Selector::new(&cli.proc_root, &cli.pids, &cli.patterns, !cli.no_children)?;
     let ring_bytes = cli
         .ring_mib

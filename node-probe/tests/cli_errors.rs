@@ -119,3 +119,55 @@ fn non_root_user_gets_privilege_error() {
         "{e}"
     );
 }
+
+#[test]
+fn config_file_applies_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("node-probe.json");
+    let cfg = f.to_str().unwrap();
+    std::fs::write(&f, r#"{"bogus_key": 1}"#).unwrap();
+    let o = run(&["--config", cfg, "--pid", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown key \"bogus_key\""),
+        "{}",
+        stderr(&o)
+    );
+    // The file's value is used...
+    let me = std::process::id().to_string();
+    std::fs::write(&f, r#"{"ring-mib": 3}"#).unwrap();
+    let o = run(&["--config", cfg, "--pid", &me]);
+    assert!(
+        stderr(&o).contains("--ring-mib 3 must be a power of two"),
+        "{}",
+        stderr(&o)
+    );
+    // ...and a flag on the command line wins over it.
+    std::fs::write(&f, r#"{"ring-mib": 8, "pid": [4000000000]}"#).unwrap();
+    let o = run(&["--config", cfg, "--ring-mib", "5"]);
+    assert!(
+        stderr(&o).contains("no such process: pid 4000000000"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--config", cfg, "--pid", &me, "--ring-mib=5"]);
+    assert!(
+        stderr(&o).contains("no such process: pid 4000000000"),
+        "repeatable options add: {}",
+        stderr(&o)
+    );
+    std::fs::write(&f, r#"{"ring-mib": 8}"#).unwrap();
+    let o = run(&["--config", cfg, "--pid", &me, "--ring-mib", "5"]);
+    assert!(
+        stderr(&o).contains("--ring-mib 5 must be a power of two"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--config", "/nonexistent/x.json", "--pid", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("config /nonexistent/x.json"),
+        "{}",
+        stderr(&o)
+    );
+}
