@@ -16,7 +16,7 @@ OUT=${OUT:-$HOME/.cache/inferscope/demo}; mkdir -p "$OUT"
 TOKEN=${INFERSCOPE_TOKEN:-demo-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 scripts/setup.sh all
-cargo build --release -p node-probe -p inferscope-aggregator -p inferscope-loadtests
+cargo build --release -p node-probe -p inferscope-aggregator -p inferscope-cli -p inferscope-loadtests
 scripts/clickhouse.sh start
 
 # Aggregator (restarted if one from an earlier demo is still up).

@@ -196,8 +196,21 @@ fn request(
         },
         batch_id: "test/1/1".into(),
         engine_instance: String::new(),
-        netns: 0,
+        netns: 4026531840,
+        client_ip: "10.0.0.9".into(),
+        client_port: 50000,
+        server_ip: "10.0.0.1".into(),
+        server_port: 8000,
+        req_tcp_seq: Some(1000),
+        resp_tcp_seq: None,
     }
+}
+
+/// The span context of step `s` of instance "1" on node-a: stored for even ids, derived by
+/// the aggregator for odd ones (as for steps stored before migration 4).
+fn step_ctx(s: u64) -> (String, String) {
+    let (t, sp) = inferscope_api::step_context("node-a", "1", s);
+    (t.to_string(), sp.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -455,8 +468,20 @@ async fn insert_data(store: &Store) -> Data {
             &[],
         ),
     ];
+    // The first five steps as older node-probes sent them (an `engine.step` child per request);
+    // the others only linked from the root span (stored once, in engine_steps).
     for (k, s) in steps.iter().enumerate() {
         let st = t + 13 * MS + k as u64 * 40 * MS;
+        if k >= 5 {
+            let (lt, ls) = step_ctx(*s);
+            let root = spans
+                .iter_mut()
+                .find(|x| x.name == "http.server" && x.node == "node-a")
+                .unwrap();
+            root.link_trace_ids.push(lt);
+            root.link_span_ids.push(ls);
+            continue;
+        }
         spans.push(span(
             SPECIAL,
             100 + k as u64,
@@ -511,6 +536,17 @@ async fn insert_data(store: &Store) -> Data {
             start_unix_ns: st,
             end_unix_ns: st + 30 * MS,
             batch_size: 3,
+            trace_id: if s % 2 == 0 {
+                step_ctx(s).0
+            } else {
+                String::new()
+            },
+            span_id: if s % 2 == 0 {
+                step_ctx(s).1
+            } else {
+                String::new()
+            },
+            batch_unit: String::new(),
         };
         ins.write(&row).await.unwrap();
         if s == 900_001 {
@@ -830,7 +866,7 @@ async fn request_list(store: &Store, addr: SocketAddr, d: &Data) {
             assert!(r.e2e_ms <= last, "not sorted: {} after {last}", r.e2e_ms);
             last = r.e2e_ms;
             assert!(
-                seen.insert((r.trace_id.clone(), r.node.clone())),
+                seen.insert((r.trace_id, r.node.clone())),
                 "page overlap: {}",
                 r.trace_id
             );
@@ -951,6 +987,45 @@ async fn traces(addr: SocketAddr, d: &Data) {
         .unwrap();
     assert_eq!(engine_row.step_ids.len(), 11);
     assert_eq!(engine_row.request.queue_ms, Some(10.0));
+    // Structured endpoints and sequence numbers of the row.
+    let ce = engine_row.client_endpoint.as_ref().unwrap();
+    assert_eq!(
+        (ce.ip.as_str(), ce.port, ce.netns),
+        ("10.0.0.9", 50000, 4026531840)
+    );
+    assert_eq!(engine_row.server_endpoint.as_ref().unwrap().port, 8000);
+    assert_eq!(
+        (engine_row.req_tcp_seq, engine_row.resp_tcp_seq),
+        (Some(1000), None)
+    );
+    // One engine.step child of the engine's root per step, whether it was stored as a span
+    // (older senders) or only once in engine_steps and linked from the root.
+    let root = t
+        .spans
+        .iter()
+        .find(|s| s.node == "node-a" && s.name == "http.server")
+        .unwrap();
+    let step_spans: Vec<_> = t.spans.iter().filter(|s| s.name == "engine.step").collect();
+    assert_eq!(step_spans.len(), 11);
+    assert!(step_spans
+        .iter()
+        .all(|s| s.parent_span_id == Some(root.span_id)));
+    for st in t.steps.iter().filter(|s| s.step_id >= 900_005) {
+        let (lt, ls) = step_ctx(st.step_id);
+        assert_eq!(
+            (st.trace_id.unwrap(), st.span_id.unwrap()),
+            (lt.parse().unwrap(), ls.parse().unwrap())
+        );
+        let sp = step_spans
+            .iter()
+            .find(|s| s.span_id == st.span_id.unwrap())
+            .expect("step span");
+        assert_eq!(sp.attributes["engine.step_id"], st.step_id.to_string());
+        assert_eq!(sp.attributes["engine.batch_size"], "3");
+        assert_eq!(sp.attributes["engine.batch_unit"], "requests");
+        assert_eq!(Some(sp.start_unix_ns), st.start_unix_ns);
+        assert!(root.links.iter().any(|l| l.span_id == sp.span_id));
+    }
     // 11 steps, deduplicated, each with timing from engine_steps and its batch neighbours.
     assert_eq!(t.steps.len(), 11);
     assert!(!t.steps_truncated);
@@ -1112,9 +1187,27 @@ async fn schema_doc_queries(store: &Store) {
 // ---------------------------------------------------------------------------------------------
 // CLI
 
+/// The `inferscope` binary of this build (crate `inferscope-cli`, which links no server code):
+/// next to this test's `deps/` folder. `cargo test --workspace` builds it (the crate has
+/// integration tests of its own).
+fn cli_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("inferscope"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p inferscope-cli` (or test the workspace)",
+        bin.display()
+    );
+    bin
+}
+
 async fn cli(args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_inferscope"))
+        let out = Command::new(cli_binary())
             .args(&args)
             .env_remove("INFERSCOPE_API")
             .output()

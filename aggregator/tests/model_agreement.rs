@@ -106,7 +106,7 @@ fn ui_agrees() {
 
 #[test]
 fn cli_agrees() {
-    let cli = repo_file("aggregator/src/bin/inferscope.rs");
+    let cli = repo_file("cli/src/main.rs");
     for p in PHASES {
         let quoted = format!("\"{p}\"");
         assert!(

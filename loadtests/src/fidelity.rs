@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::bin;
-use crate::wire::{read_pcap_file, request_times, sse_timeline};
+use crate::wire::{read_pcap_file, request_times, sse_timeline, stream_base_seq};
 
 /// One engine server under test.
 #[derive(Debug, Clone)]
@@ -184,7 +184,8 @@ pub fn by_trace(records: &[Value], pid: u32) -> HashMap<&str, Vec<&Value>> {
     m
 }
 
-/// Every request sent appears exactly once, complete, with `spans` among its span names.
+/// Every request sent appears exactly once, complete, with `spans` among its span names
+/// (`engine.step`: the record lists steps, each linked from its root span).
 pub fn check_once(sent: &[Value], traces: &HashMap<&str, Vec<&Value>>, spans: &[&str]) {
     for s in sent {
         let t = s["trace_id"].as_str().unwrap();
@@ -203,12 +204,36 @@ pub fn check_once(sent: &[Value], traces: &HashMap<&str, Vec<&Value>>, spans: &[
             .map(|s| s["name"].as_str().unwrap())
             .collect();
         for want in spans {
+            if *want == "engine.step" {
+                check_step_links(t, r);
+                continue;
+            }
             assert!(
                 names.contains(want),
                 "trace {t} lacks span {want}: {names:?}"
             );
         }
         assert_eq!(r["stream"].as_bool(), s["stream"].as_bool());
+    }
+}
+
+/// A record's steps: at least one, each exported once and linked from the root span.
+fn check_step_links(t: &str, r: &Value) {
+    let steps = r["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    assert!(!steps.is_empty(), "trace {t} has no engine steps: {r}");
+    assert_eq!(r["engine_steps"].as_u64(), Some(steps.len() as u64), "{r}");
+    let links = r["spans"][0]["links"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for s in steps {
+        assert!(
+            links
+                .iter()
+                .any(|l| l["span_id"] == s["span_id"] && l["trace_id"] == s["trace_id"]),
+            "trace {t}: step {} not linked from the root span",
+            s["step_id"]
+        );
     }
 }
 
@@ -221,6 +246,9 @@ pub struct WireDiffs {
     pub e2e: Vec<f64>,
     /// Start differences.
     pub start: Vec<f64>,
+    /// Requests whose request and response first-byte TCP sequence numbers equal the
+    /// capture's.
+    pub seq_matched: usize,
 }
 
 impl WireDiffs {
@@ -230,9 +258,18 @@ impl WireDiffs {
         // chunked body was parsed to its end.
         let cap = read_pcap_file(pcap, port, usize::MAX).expect("read pcap");
         let mut wire: HashMap<(u16, usize), (u64, u64, u64)> = HashMap::new();
+        let mut wire_seq: HashMap<(u16, usize), (u32, u32)> = HashMap::new();
         for (cport, conn) in &cap.connections {
             let tl = sse_timeline(&conn.server);
             let reqs = request_times(&conn.client, &tl.responses);
+            let server_base = stream_base_seq(
+                &conn
+                    .server
+                    .iter()
+                    .map(|s| (s.ts_unix_ns, s.seq, s.len))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or(0);
             for (i, (resp, req)) in tl.responses.iter().zip(reqs).enumerate() {
                 let Some(req) = req else { continue };
                 let first = if resp.event_stream {
@@ -245,6 +282,10 @@ impl WireDiffs {
                 wire.insert(
                     (*cport, i),
                     (req.first_byte_unix_ns, first, resp.last_byte_unix_ns),
+                );
+                wire_seq.insert(
+                    (*cport, i),
+                    (req.first_seq, server_base.wrapping_add(resp.offset as u32)),
                 );
             }
         }
@@ -282,6 +323,18 @@ impl WireDiffs {
                     );
                 }
                 d.start.push(ms(g("start_unix_ns") - w0 as i128));
+                // The first bytes' sequence numbers name the same bytes as the capture's.
+                let (rq, rs) = wire_seq[&(*cport, i)];
+                let seq = |k: &str| r[k].as_u64().map(|v| v as u32);
+                if seq("req_tcp_seq") == Some(rq) && seq("resp_tcp_seq") == Some(rs) {
+                    d.seq_matched += 1;
+                } else {
+                    eprintln!(
+                        "TCP seq differs: conn {cport} #{i}: ours {:?}/{:?}, wire {rq}/{rs}",
+                        seq("req_tcp_seq"),
+                        seq("resp_tcp_seq")
+                    );
+                }
             }
         }
         d
@@ -316,6 +369,16 @@ impl WireDiffs {
         assert!(
             e2e_ok >= 99.0,
             "[{label}] E2E within 0.5 ms of the wire for only {e2e_ok:.1}%"
+        );
+        eprintln!(
+            "[{label}] TCP sequence numbers of the first request and response bytes equal the capture's for {} of {}",
+            self.seq_matched,
+            self.ttft.len()
+        );
+        assert_eq!(
+            self.seq_matched,
+            self.ttft.len(),
+            "[{label}] every request's TCP sequence numbers match the capture"
         );
     }
 }

@@ -500,6 +500,17 @@ struct Span {
     end: u64,
 }
 
+/// The TCP sequence number of stream offset 0 of [`stream_offsets`] (the lowest seen).
+pub fn stream_base_seq(items: &[(u64, u32, u32)]) -> Option<u32> {
+    let first = items.iter().min_by_key(|x| x.0)?;
+    let lo = items
+        .iter()
+        .map(|x| x.1.wrapping_sub(first.1) as i32)
+        .min()
+        .unwrap_or(0);
+    Some(first.1.wrapping_add(lo as u32))
+}
+
 /// Stream offsets of segments given as `(ts, seq, len)`: sequence numbers unwrapped relative to
 /// the earliest-captured segment, shifted so that the lowest is 0.
 fn stream_offsets(items: &[(u64, u32, u32)]) -> Vec<u64> {
@@ -1275,6 +1286,8 @@ pub struct RequestTiming {
     pub last_byte_unix_ns: u64,
     /// Request bytes (first transmissions only).
     pub bytes: u64,
+    /// TCP sequence number of its first byte.
+    pub first_seq: u32,
 }
 
 /// Pairs client→server bytes with `responses` (from [`sse_timeline`] on the same connection):
@@ -1292,6 +1305,7 @@ pub fn request_times(
         .map(|c| (c.ts_unix_ns, c.seq, c.len))
         .collect();
     let offsets = stream_offsets(&items);
+    let base = stream_base_seq(&items).unwrap_or(0);
     // In sequence order, which is send order.
     let spans = first_transmissions(&items, &offsets);
     let mut out: Vec<Option<RequestTiming>> = vec![None; responses.len()];
@@ -1317,6 +1331,7 @@ pub fn request_times(
                     first_byte_unix_ns: ts,
                     last_byte_unix_ns: ts,
                     bytes: len,
+                    first_seq: base.wrapping_add(sp.start as u32),
                 });
             }
         }

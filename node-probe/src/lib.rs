@@ -13,9 +13,7 @@
 //! * [`run`]: the event loop tying them together;
 //! * [`metrics`]: node-probe's own counters on `GET /metrics`;
 //! * [`clock`]: kernel monotonic time to wall time;
-//! * [`config`]: the optional `--config FILE`.
 pub mod clock;
-pub mod config;
 pub mod engine;
 pub mod event;
 pub mod export;

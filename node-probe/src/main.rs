@@ -149,33 +149,10 @@ fn main() {
 
 /// argv with the `--config FILE` options placed before the command line's own.
 fn argv_with_config() -> anyhow::Result<Vec<String>> {
-    let argv: Vec<String> = std::env::args().collect();
-    let path = argv.iter().enumerate().find_map(|(i, a)| {
-        a.strip_prefix("--config=").map(str::to_string).or_else(|| {
-            (a == "--config")
-                .then(|| argv.get(i + 1).cloned())
-                .flatten()
-        })
-    });
-    let Some(path) = path else {
-        return Ok(argv);
-    };
-    let options: Vec<node_probe::config::OptionSpec> = Cli::command()
-        .get_arguments()
-        .filter_map(|a| {
-            Some(node_probe::config::OptionSpec {
-                long: a.get_long()?.to_string(),
-                takes_value: a.get_action().takes_values(),
-            })
-        })
-        .collect();
-    let file = node_probe::config::args_from_file(std::path::Path::new(&path), &options)?;
-    Ok(argv[..1]
-        .iter()
-        .cloned()
-        .chain(file)
-        .chain(argv[1..].iter().cloned())
-        .collect())
+    Ok(inferscope_config::argv_with_config(
+        &Cli::command(),
+        std::env::args().collect(),
+    )?)
 }
 
 fn real_main() -> anyhow::Result<()> {

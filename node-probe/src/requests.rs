@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
+use inferscope_api::{SpanId, TraceId};
 use inferscope_common::{EventKind, AF_INET, AF_INET6};
 use serde::Serialize;
 use serde_json::Value;
@@ -99,13 +100,13 @@ struct Conn {
 /// One span of a request's tree.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpanJson {
-    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`, `engine.step`.
+    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`.
     pub name: &'static str,
-    /// 16 hex chars.
-    pub span_id: String,
+    /// 16 hex chars in JSON.
+    pub span_id: SpanId,
     /// Parent span (absent for the root).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<SpanId>,
     /// Start, Unix ns.
     pub start_unix_ns: u64,
     /// End, Unix ns.
@@ -113,6 +114,49 @@ pub struct SpanJson {
     /// Attributes.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<&'static str, Value>,
+    /// Links to the engine steps the request took part in (root span only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkJson>,
+}
+
+/// A link from a request's span to an engine step's span.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkJson {
+    /// The step's trace.
+    pub trace_id: TraceId,
+    /// The step's span.
+    pub span_id: SpanId,
+    /// `engine.step_id`.
+    pub attributes: BTreeMap<&'static str, Value>,
+}
+
+/// One engine step, exported once (by [`crate::export`]) however many requests it served;
+/// each of them lists it here and links to it from its root span.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepJson {
+    /// Unique per engine instance.
+    pub step_id: u64,
+    /// The step's own trace and span ([`inferscope_api::step_context`]).
+    pub trace_id: TraceId,
+    /// The step's span.
+    pub span_id: SpanId,
+    /// Start, Unix ns.
+    pub start_unix_ns: u64,
+    /// End, Unix ns.
+    pub end_unix_ns: u64,
+    /// Requests (vLLM) or tokens (llama.cpp) in the step.
+    pub batch_size: u32,
+    /// What `batch_size` counts: `requests` or `tokens`.
+    pub batch_unit: &'static str,
+}
+
+/// A connection endpoint inside its network namespace (the record's `netns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
 }
 
 /// One finished request: the documented `--requests` output (one JSON object per line).
@@ -120,11 +164,11 @@ pub struct SpanJson {
 pub struct RequestRecord {
     /// Always `"request"`.
     pub kind: &'static str,
-    /// 32 lowercase hex chars: from the incoming `traceparent`, else generated.
-    pub trace_id: String,
+    /// 32 lowercase hex chars in JSON: from the incoming `traceparent`, else generated.
+    pub trace_id: TraceId,
     /// Parent span id from `traceparent`, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<SpanId>,
     /// Incoming `x-request-id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub x_request_id: Option<String>,
@@ -153,6 +197,19 @@ pub struct RequestRecord {
     /// Server `addr:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// The client's address, structured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_endpoint: Option<Endpoint>,
+    /// The server's address, structured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_endpoint: Option<Endpoint>,
+    /// TCP sequence number of the request's first byte (the client's send sequence), when
+    /// known: with the connection's endpoints it names the same bytes on both hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub req_tcp_seq: Option<u32>,
+    /// TCP sequence number of the response's first byte (the server's send sequence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resp_tcp_seq: Option<u32>,
     /// HTTP method.
     pub method: String,
     /// HTTP path.
@@ -224,6 +281,9 @@ pub struct RequestRecord {
     pub engine_e2e_ns: Option<u64>,
     /// Engine steps the request took part in.
     pub engine_steps: u32,
+    /// Those steps, in order (the root span links to each).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepJson>,
     /// The span tree.
     pub spans: Vec<SpanJson>,
 }
@@ -238,7 +298,7 @@ struct Phases {
     delivery: Option<u64>,
     engine_ttft: Option<u64>,
     engine_e2e: Option<u64>,
-    steps: u32,
+    steps: Vec<StepJson>,
     engine_id: Option<String>,
 }
 
@@ -255,6 +315,8 @@ pub struct Tracker {
     engines: Engines,
     clock: WallClock,
     exchanges: Vec<Exchange>,
+    /// What makes engine-step ids unique beyond this host: its kernel boot id.
+    step_scope: String,
     /// Counters.
     pub stats: TrackerStats,
 }
@@ -273,41 +335,48 @@ fn fmt_addr((ip, port): (IpAddr, u16)) -> String {
     }
 }
 
-fn span_id() -> String {
-    let u = uuid::Uuid::new_v4();
-    let b = u.as_bytes();
-    hex(&b[..8])
+/// A new random span id (never zero: a v4 UUID has fixed non-zero version bits in its second
+/// half, and the first half is random).
+fn span_id() -> SpanId {
+    let b = *uuid::Uuid::new_v4().as_bytes();
+    let id = SpanId::from_slice(&b[..8]).expect("8 bytes");
+    if id.is_valid() {
+        id
+    } else {
+        SpanId::from_slice(&b[8..]).expect("8 bytes")
+    }
 }
 
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
+/// A new random trace id (a v4 UUID: never zero).
+fn new_trace_id() -> TraceId {
+    TraceId::from_bytes(*uuid::Uuid::new_v4().as_bytes())
+}
+
+/// The host's kernel boot id under `proc_root` (a random id when it cannot be read).
+fn host_boot_id(proc_root: &std::path::Path) -> String {
+    std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// Parses a W3C `traceparent`: returns (trace id, parent span id) when valid.
-pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
+pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId)> {
     let parts: Vec<&str> = v.trim().split('-').collect();
     if parts.len() < 4 || parts[0].len() != 2 || parts[0] == "ff" {
         return None;
     }
-    let (t, s) = (parts[1], parts[2]);
-    let ok = |x: &str, n: usize| {
-        x.len() == n && x.bytes().all(|c| c.is_ascii_hexdigit()) && x.bytes().any(|c| c != b'0')
-    };
-    (ok(t, 32) && ok(s, 16)).then(|| (t.to_ascii_lowercase(), s.to_ascii_lowercase()))
+    Some((parts[1].parse().ok()?, parts[2].parse().ok()?))
 }
 
-/// The engine-side phase spans of one request (children of `root`) and their durations.
+/// The engine-side phase spans of one request (children of `root`), their durations and the
+/// request's engine steps (ids scoped by `step_scope`, see [`inferscope_api::step_context`]).
 fn engine_phases(
     er: &EngineTrace,
-    start: u64,
-    end: u64,
-    root: &str,
-    clock: &WallClock,
+    (start, end): (u64, u64),
+    root: SpanId,
+    (clock, step_scope): (&WallClock, &str),
     spans: &mut Vec<SpanJson>,
 ) -> Phases {
     let w = |t: u64| clock.to_wall(t);
@@ -316,10 +385,11 @@ fn engine_phases(
             spans.push(SpanJson {
                 name,
                 span_id: span_id(),
-                parent_span_id: Some(root.to_owned()),
+                parent_span_id: Some(root),
                 start_unix_ns: w(a),
                 end_unix_ns: w(b.max(a)),
                 attributes,
+                links: Vec::new(),
             });
         };
     let handed = er.handed_ns;
@@ -352,18 +422,23 @@ fn engine_phases(
         child("stream_out", lo, end, BTreeMap::new());
         end.saturating_sub(lo)
     });
-    let instance = er.instance.map(|i| i.to_string());
-    for s in &er.steps {
-        let mut a = BTreeMap::new();
-        a.insert("engine.step_id", Value::from(s.id));
-        a.insert("engine.batch_size", Value::from(s.batch));
-        a.insert("engine.batch_unit", Value::from(er.batch_unit));
-        if let Some(i) = &instance {
-            a.insert("engine.instance", Value::from(i.clone()));
-        }
-        a.insert("shared", Value::from(true));
-        child("engine.step", s.start_ns, s.end_ns, a);
-    }
+    let instance = er.instance.map(|i| i.to_string()).unwrap_or_default();
+    let steps = er
+        .steps
+        .iter()
+        .map(|s| {
+            let (trace_id, span_id) = inferscope_api::step_context(step_scope, &instance, s.id);
+            StepJson {
+                step_id: s.id,
+                trace_id,
+                span_id,
+                start_unix_ns: w(s.start_ns),
+                end_unix_ns: w(s.end_ns.max(s.start_ns)),
+                batch_size: s.batch,
+                batch_unit: er.batch_unit,
+            }
+        })
+        .collect();
     Phases {
         frontend: Some(handed.saturating_sub(start)),
         queue: q,
@@ -372,7 +447,7 @@ fn engine_phases(
         delivery,
         engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
         engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
-        steps: er.steps.len() as u32,
+        steps,
         engine_id: er.request_id.clone(),
     }
 }
@@ -390,6 +465,7 @@ impl Tracker {
             engines: Engines::new(proc_root),
             clock,
             exchanges: Vec::new(),
+            step_scope: host_boot_id(proc_root),
             stats: TrackerStats::default(),
         }
     }
@@ -523,12 +599,14 @@ impl Tracker {
                 // A send's bytes leave during the call, and on loopback the receiver is woken
                 // inside it (and may preempt the sender before the call returns): its entry is
                 // the closer bound of when they hit the wire.
+                // `write_seq` after the call: the first byte written is `ret` before it.
+                let seq = (s.sock.tcp_seq != 0).then(|| s.sock.tcp_seq.wrapping_sub(s.ret as u32));
                 c.http.on_write(
                     Bytes {
                         ts_ns: s.start_ns,
                         total: s.ret as usize,
                         captured: &s.payload,
-                        seq: None,
+                        seq,
                     },
                     &mut self.exchanges,
                 );
@@ -709,7 +787,7 @@ impl Tracker {
         });
         let (trace_id, parent) = match ex.traceparent.as_deref().and_then(parse_traceparent) {
             Some((t, p)) => (t, Some(p)),
-            None => (uuid::Uuid::new_v4().simple().to_string(), None),
+            None => (new_trace_id(), None),
         };
         let (engine_name, engine) = self.engines.take_trace(pid, &ex);
         if engine.is_none() && ex.response_id.is_some() && self.engines.active_for(pid) {
@@ -727,16 +805,19 @@ impl Tracker {
         }
         spans.push(SpanJson {
             name: "http.server",
-            span_id: root_id.clone(),
-            parent_span_id: parent.clone(),
+            span_id: root_id,
+            parent_span_id: parent,
             start_unix_ns: w(start),
             end_unix_ns: w(end),
             attributes: attrs,
+            links: Vec::new(),
         });
+        let scope = (&self.clock, self.step_scope.as_str());
         let ph = match &engine {
-            Some(er) => engine_phases(er, start, end, &root_id, &self.clock, &mut spans),
+            Some(er) => engine_phases(er, (start, end), root_id, scope, &mut spans),
             None => Phases::default(),
         };
+        spans[0].links = ph.steps.iter().map(step_link).collect();
         RequestRecord {
             kind: "request",
             trace_id,
@@ -751,6 +832,16 @@ impl Tracker {
             netns: tuple.map_or(0, |t| t.0),
             client: tuple.map(|t| fmt_addr(t.2)),
             server: tuple.map(|t| fmt_addr(t.1)),
+            client_endpoint: tuple.map(|t| Endpoint {
+                ip: t.2 .0,
+                port: t.2 .1,
+            }),
+            server_endpoint: tuple.map(|t| Endpoint {
+                ip: t.1 .0,
+                port: t.1 .1,
+            }),
+            req_tcp_seq: ex.req_first_seq,
+            resp_tcp_seq: ex.resp_first_seq,
             method: ex.method,
             path: ex.path,
             status: ex.status.unwrap_or(0),
@@ -783,9 +874,21 @@ impl Tracker {
             delivery_ns: ph.delivery,
             engine_ttft_ns: ph.engine_ttft,
             engine_e2e_ns: ph.engine_e2e,
-            engine_steps: ph.steps,
+            engine_steps: ph.steps.len() as u32,
+            steps: ph.steps,
             spans,
         }
+    }
+}
+
+/// The link from a request's root span to one of its steps.
+fn step_link(s: &StepJson) -> LinkJson {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("engine.step_id", Value::from(s.step_id));
+    LinkJson {
+        trace_id: s.trace_id,
+        span_id: s.span_id,
+        attributes,
     }
 }
 

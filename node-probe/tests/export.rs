@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use inferscope_api::{SpanId, TraceId};
 use inferscope_proto::v1::ingest_server::{Ingest, IngestServer};
 use inferscope_proto::v1::{ack::Status as AckStatus, Ack, Batch};
 use node_probe::export::{Compression, ExportConfig, ExportHandle, Exporter};
-use node_probe::requests::{RequestRecord, SpanJson};
+use node_probe::requests::{LinkJson, RequestRecord, SpanJson, StepJson};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -240,27 +241,39 @@ fn now_ns() -> u64 {
 fn record(n: u64) -> RequestRecord {
     let start = now_ns();
     let end = start + 3_000_000;
-    let root = format!("{:016x}", 0x1_0000 + n);
+    let root = SpanId::from_bytes((0x1_0000 + n).to_be_bytes());
+    let (step_trace, step_span) = inferscope_api::step_context("host", "1:1", n / 3);
+    let step = StepJson {
+        step_id: n / 3,
+        trace_id: step_trace,
+        span_id: step_span,
+        start_unix_ns: start + 10,
+        end_unix_ns: start + 20,
+        batch_size: 3,
+        batch_unit: "requests",
+    };
     let spans = vec![
         SpanJson {
             name: "http.server",
-            span_id: root.clone(),
+            span_id: root,
             parent_span_id: None,
             start_unix_ns: start,
             end_unix_ns: end,
             attributes: BTreeMap::from([("http.method", Value::from("POST"))]),
+            links: vec![LinkJson {
+                trace_id: step_trace,
+                span_id: step_span,
+                attributes: BTreeMap::from([("engine.step_id", Value::from(n / 3))]),
+            }],
         },
         SpanJson {
-            name: "engine.step",
-            span_id: format!("{:016x}", 0x2_0000 + n),
+            name: "frontend",
+            span_id: SpanId::from_bytes((0x2_0000 + n).to_be_bytes()),
             parent_span_id: Some(root),
-            start_unix_ns: start + 10,
-            end_unix_ns: start + 20,
-            attributes: BTreeMap::from([
-                ("engine.step_id", Value::from(n / 3)),
-                ("engine.batch_size", Value::from(3)),
-                ("shared", Value::from(true)),
-            ]),
+            start_unix_ns: start,
+            end_unix_ns: start + 1_000,
+            attributes: BTreeMap::new(),
+            links: Vec::new(),
         },
     ];
     RequestRecord {
@@ -277,6 +290,10 @@ fn record(n: u64) -> RequestRecord {
         netns: 0,
         client: Some("127.0.0.1:40000".into()),
         server: Some("127.0.0.1:8000".into()),
+        client_endpoint: None,
+        server_endpoint: None,
+        req_tcp_seq: None,
+        resp_tcp_seq: None,
         method: "POST".into(),
         path: "/v1/completions".into(),
         status: 200,
@@ -306,12 +323,13 @@ fn record(n: u64) -> RequestRecord {
         engine_ttft_ns: None,
         engine_e2e_ns: None,
         engine_steps: 1,
+        steps: vec![step],
         spans,
     }
 }
 
-fn trace_id(n: u64) -> String {
-    format!("{:032x}", 0xfeed_0000_0000u64 + n)
+fn trace_id(n: u64) -> TraceId {
+    format!("{:032x}", 0xfeed_0000_0000u64 + n).parse().unwrap()
 }
 
 fn cfg(url: &str) -> ExportConfig {
@@ -366,7 +384,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 fn expect_ids(ns: impl IntoIterator<Item = u64>) -> Vec<String> {
-    sorted(ns.into_iter().map(trace_id).collect())
+    sorted(ns.into_iter().map(|n| trace_id(n).to_string()).collect())
 }
 
 /// Sends 205 records (21 batches) at once with `window` batches in memory: beyond it they are
@@ -753,10 +771,10 @@ fn invalid_records_are_skipped() {
     let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
     let h = Exporter::start(cfg(&server.url())).expect("start");
     let mut bad = record(1);
-    bad.trace_id = "not-hex".into();
+    bad.trace_id = TraceId::default();
     h.send(bad);
     let mut bad = record(2);
-    bad.spans[1].parent_span_id = Some("xyz".into());
+    bad.spans[1].parent_span_id = Some(SpanId::default());
     h.send(bad);
     send_all(&h, 3..8);
     let stats = h.stats();

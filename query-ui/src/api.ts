@@ -110,9 +110,21 @@ export interface RequestList {
   requests: RequestSummary[];
 }
 
+export interface Endpoint {
+  ip: string;
+  port: number;
+  netns: number;
+}
+
 export interface RequestDetail extends RequestSummary {
   step_ids: number[];
   chunk_offsets_ms: number[];
+  engine_instance: string | null;
+  client_endpoint: Endpoint | null;
+  server_endpoint: Endpoint | null;
+  /** TCP sequence numbers of the request's and the response's first bytes. */
+  req_tcp_seq: number | null;
+  resp_tcp_seq: number | null;
 }
 
 export interface Span {
@@ -138,6 +150,11 @@ export interface Step {
   offset_ms: number | null;
   duration_ms: number | null;
   batch_size: number | null;
+  /** `requests` (vLLM) or `tokens` (llama.cpp). */
+  batch_unit: string | null;
+  /** The step's own span (the `engine.step` span under each request's root has this id). */
+  span_id: string | null;
+  trace_id: string | null;
   shared_with_count: number;
   shared_with: string[];
 }

@@ -3,37 +3,18 @@
 use axum::extract::State;
 use axum::Json;
 use clickhouse::Row;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::params::Window;
+use super::params::{Window, WindowExt as _};
 use super::sql::Sql;
 use super::{params_of, ApiState, QueryPairs};
 use crate::error::ApiError;
 use crate::store::Store;
 
+pub use inferscope_api::filters::FilterValues;
+
 /// Most values returned per list.
 pub const MAX_VALUES: usize = 1000;
-
-/// The `/api/v1/filters` response. Lists are sorted; empty strings are left out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FilterValues {
-    /// The window queried.
-    pub window: Window,
-    /// Requests in the window.
-    pub count: u64,
-    /// Models.
-    pub models: Vec<String>,
-    /// Nodes.
-    pub nodes: Vec<String>,
-    /// Engines.
-    pub engines: Vec<String>,
-    /// HTTP statuses.
-    pub statuses: Vec<u16>,
-    /// Outcomes.
-    pub outcomes: Vec<String>,
-    /// A list was cut at 1000 values.
-    pub truncated: bool,
-}
 
 #[derive(Row, Deserialize)]
 struct Row5 {

@@ -69,6 +69,18 @@ pub fn ns_to_ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// A stored trace id as its type. Ingest stores only validated ids, so this parses; a row
+/// written around ingest shows as the all-zero id rather than failing the query.
+pub fn stored_trace_id(s: &str) -> inferscope_api::TraceId {
+    s.parse().unwrap_or_default()
+}
+
+/// A stored span id as its type (`None` for `""`, a root without a caller; see
+/// [`stored_trace_id`]).
+pub fn stored_span_id(s: &str) -> Option<inferscope_api::SpanId> {
+    s.parse().ok()
+}
+
 /// All HTTP routes.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()

@@ -4,7 +4,6 @@
 //! `invalid "limit": 0 is outside 1..=1000`. Unknown and repeated parameters are rejected, so a
 //! typo is an error rather than a silently ignored filter. An empty value (`model=`) means the
 //! parameter is absent.
-use serde::{Deserialize, Serialize};
 
 use super::sql::{Arg, Sql};
 use super::time::{format_rfc3339, now_ns, parse_instant};
@@ -189,33 +188,20 @@ fn parse_quantile(name: &str, v: &str) -> Result<f64, ApiError> {
     Ok(q)
 }
 
-/// A validated time window `[from, to)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Window {
-    /// Start, RFC 3339 UTC.
-    pub from: String,
-    /// End (exclusive), RFC 3339 UTC.
-    pub to: String,
-    /// Start, Unix ns.
-    pub from_unix_ns: u64,
-    /// End (exclusive), Unix ns.
-    pub to_unix_ns: u64,
-}
+pub use inferscope_api::Window;
 
-impl Window {
-    /// A window from Unix nanoseconds.
-    pub fn new(from_unix_ns: u64, to_unix_ns: u64) -> Self {
-        Self {
-            from: format_rfc3339(from_unix_ns),
-            to: format_rfc3339(to_unix_ns),
-            from_unix_ns,
-            to_unix_ns,
-        }
-    }
-
+/// The aggregator's side of a [`Window`]: parsing it from parameters, bounding a query by it.
+pub trait WindowExt: Sized {
     /// From the `from`/`to` parameters: both optional (default: the hour before `to`, `to`
     /// defaults to now), `from < to`, at most 31 days wide.
-    pub fn from_params(p: &Params) -> Result<Self, ApiError> {
+    fn from_params(p: &Params) -> Result<Self, ApiError>;
+    /// Appends `start`/`start_unix_ns` bounds: the `start` (DateTime) bound lets ClickHouse
+    /// skip partitions and granules, the nanosecond bound makes the window exact.
+    fn push_where(&self, sql: &mut Sql);
+}
+
+impl WindowExt for Window {
+    fn from_params(p: &Params) -> Result<Self, ApiError> {
         let instant = |name: &str| -> Result<Option<u64>, ApiError> {
             p.get(name)
                 .map(|v| {
@@ -262,9 +248,7 @@ impl Window {
         Ok(Self::new(from, to))
     }
 
-    /// Appends `start`/`start_unix_ns` bounds: the `start` (DateTime) bound lets ClickHouse
-    /// skip partitions and granules, the nanosecond bound makes the window exact.
-    pub fn push_where(&self, sql: &mut Sql) {
+    fn push_where(&self, sql: &mut Sql) {
         let from_s = self.from_unix_ns / 1_000_000_000;
         let to_s = self.to_unix_ns.div_ceil(1_000_000_000);
         sql.push("start >= toDateTime(")

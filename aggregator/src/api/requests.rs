@@ -2,14 +2,16 @@
 use axum::extract::State;
 use axum::Json;
 use clickhouse::Row;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::params::{Filters, Params, Window};
+use super::params::{Filters, Params};
 use super::sql::{Arg, Sql};
 use super::time::format_rfc3339;
 use super::{ns_to_ms, params_of, ApiState, QueryPairs};
 use crate::error::ApiError;
 use crate::store::Store;
+
+pub use inferscope_api::requests::{RequestList, RequestSummary};
 
 /// Rows per page when `limit` is not given.
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -77,81 +79,6 @@ impl RequestsQuery {
     }
 }
 
-/// One request, durations in milliseconds (`null`: unknown).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestSummary {
-    /// W3C trace id (32 hex).
-    pub trace_id: String,
-    /// Start, RFC 3339.
-    pub start: String,
-    /// Start, Unix ns.
-    pub start_unix_ns: u64,
-    /// End, Unix ns.
-    pub end_unix_ns: u64,
-    /// Node.
-    pub node: String,
-    /// Server process.
-    pub pid: u32,
-    /// Engine kind.
-    pub engine: String,
-    /// Model.
-    pub model: String,
-    /// HTTP method.
-    pub method: String,
-    /// HTTP path.
-    pub path: String,
-    /// HTTP status (0: no response).
-    pub status: u16,
-    /// `complete`, `client_abort`, `server_close`, `timeout`, `lost`.
-    pub outcome: String,
-    /// Streamed response requested.
-    pub stream: bool,
-    /// End to end.
-    pub e2e_ms: f64,
-    /// Time to first token.
-    pub ttft_ms: f64,
-    /// Time per output token.
-    pub tpot_ms: Option<f64>,
-    /// Frontend phase.
-    pub frontend_ms: Option<f64>,
-    /// Queue phase.
-    pub queue_ms: Option<f64>,
-    /// Prefill phase.
-    pub prefill_ms: Option<f64>,
-    /// Decode phase.
-    pub decode_ms: Option<f64>,
-    /// Delivery phase.
-    pub delivery_ms: Option<f64>,
-    /// Engine: handed over → first output back.
-    pub engine_ttft_ms: Option<f64>,
-    /// Engine: handed over → last output back.
-    pub engine_e2e_ms: Option<f64>,
-    /// Time in the socket before the server read the request.
-    pub read_wait_ms: f64,
-    /// Request bytes.
-    pub req_bytes: u64,
-    /// Response bytes.
-    pub resp_bytes: u64,
-    /// SSE content events.
-    pub chunks: u32,
-    /// Engine steps taken part in.
-    pub engine_steps: u32,
-    /// Largest gap between content events.
-    pub max_gap_ms: f64,
-    /// Client `addr:port`.
-    pub client: String,
-    /// Server `addr:port`.
-    pub server: String,
-    /// Response `id`.
-    pub response_id: String,
-    /// `x-request-id` header.
-    pub x_request_id: String,
-    /// Engine's request id.
-    pub engine_request_id: String,
-    /// Why following stopped, if it did.
-    pub gave_up: String,
-}
-
 /// The columns read for a [`RequestSummary`], in [`SummaryRow`] order.
 pub(crate) const SUMMARY_COLUMNS: &str =
     "trace_id, start_unix_ns, end_unix_ns, node, pid, engine, \
@@ -204,7 +131,7 @@ impl From<SummaryRow> for RequestSummary {
         let opt = |v: Option<u64>| v.map(ns_to_ms);
         Self {
             start: format_rfc3339(r.start_unix_ns),
-            trace_id: r.trace_id,
+            trace_id: super::stored_trace_id(&r.trace_id),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,
             node: r.node,
@@ -240,27 +167,6 @@ impl From<SummaryRow> for RequestSummary {
             gave_up: r.gave_up,
         }
     }
-}
-
-/// The `/api/v1/requests` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestList {
-    /// The window queried.
-    pub window: Window,
-    /// Requests matching the filters (all pages).
-    pub total: u64,
-    /// Offset of this page.
-    pub offset: u64,
-    /// Page size asked for.
-    pub limit: u64,
-    /// Offset of the next page; `null` on the last one (or past the largest accepted offset).
-    pub next_offset: Option<u64>,
-    /// Sort key.
-    pub sort: String,
-    /// `desc` or `asc`.
-    pub order: String,
-    /// This page.
-    pub requests: Vec<RequestSummary>,
 }
 
 /// Handler.

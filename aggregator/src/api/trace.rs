@@ -10,140 +10,26 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::Json;
 use clickhouse::Row;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::params::{Params, Window, MAX_WINDOW_NS};
-use super::requests::{RequestSummary, SummaryRow, SUMMARY_COLUMNS};
+use super::params::{Params, Window, WindowExt as _, MAX_WINDOW_NS};
+use super::requests::{SummaryRow, SUMMARY_COLUMNS};
 use super::sql::{Arg, Sql};
 use super::time::now_ns;
-use super::{ns_to_ms, params_of, ApiState, QueryPairs};
+use super::{ns_to_ms, params_of, stored_span_id, stored_trace_id, ApiState, QueryPairs};
 use crate::error::{ApiError, ErrorCode};
 use crate::store::Store;
+use inferscope_api::{step_context, SpanId, TraceId};
 
-/// Most spans returned (decode-heavy requests have one `engine.step` span per step).
-pub const MAX_SPANS: u64 = 20_000;
-/// Most engine steps looked up per request row.
-pub const MAX_STEPS: usize = 4096;
-/// Most trace ids listed per shared step.
-pub const MAX_SHARED_IDS: u64 = 32;
-/// Most batched-with requests listed.
-pub const MAX_NEIGHBOURS: u64 = 100;
-/// Requests that shared a step started at most this long before this one.
-pub const NEIGHBOUR_LOOKBACK_S: u64 = 3600;
-/// Most concurrent requests examined for shared steps, per request row.
-pub const MAX_CANDIDATES: u64 = 5000;
+pub use inferscope_api::trace::{
+    Endpoint, Neighbour, RequestDetail, SpanLinkOut, SpanOut, StepOut, Trace, MAX_CANDIDATES,
+    MAX_NEIGHBOURS, MAX_SHARED_IDS, MAX_SPANS, MAX_STEPS, NEIGHBOUR_LOOKBACK_S,
+};
 /// Slack around a request when reading its node's engine steps (same clock: only rounding).
 const STEP_SLACK_NS: u64 = 5_000_000_000;
 /// Slack around the span time range when reading `requests` and `engine_steps` (clock skew
 /// between nodes, the `start` column's one-second resolution).
 const SLACK_S: u64 = 300;
-
-/// A span.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpanOut {
-    /// 16 hex.
-    pub span_id: String,
-    /// 16 hex, empty for a root without a caller.
-    pub parent_span_id: String,
-    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`, `engine.step`, ...
-    pub name: String,
-    /// Node that recorded it.
-    pub node: String,
-    /// Process.
-    pub pid: u32,
-    /// Start, Unix ns.
-    pub start_unix_ns: u64,
-    /// End, Unix ns.
-    pub end_unix_ns: u64,
-    /// Start relative to the trace's first span (ms).
-    pub offset_ms: f64,
-    /// Duration (ms).
-    pub duration_ms: f64,
-    /// Attributes (values as strings).
-    pub attributes: BTreeMap<String, String>,
-    /// Links to spans of other traces.
-    pub links: Vec<SpanLinkOut>,
-}
-
-/// A span link.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpanLinkOut {
-    /// 32 hex.
-    pub trace_id: String,
-    /// 16 hex.
-    pub span_id: String,
-}
-
-/// A request row of the trace, with its per-request arrays.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestDetail {
-    /// The summary fields.
-    #[serde(flatten)]
-    pub request: RequestSummary,
-    /// Engine steps it took part in.
-    pub step_ids: Vec<u64>,
-    /// SSE content events, offsets from the start (ms).
-    pub chunk_offsets_ms: Vec<f64>,
-}
-
-/// An engine step of the trace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StepOut {
-    /// Node.
-    pub node: String,
-    /// Step id (unique per node and engine instance).
-    pub step_id: u64,
-    /// Engine instance (`null`: the step itself was not stored).
-    pub engine_instance: Option<String>,
-    /// Start, Unix ns.
-    pub start_unix_ns: Option<u64>,
-    /// End, Unix ns.
-    pub end_unix_ns: Option<u64>,
-    /// Start relative to the trace's first span (ms).
-    pub offset_ms: Option<f64>,
-    /// Duration (ms).
-    pub duration_ms: Option<f64>,
-    /// Requests in the step's batch, as recorded by the engine.
-    pub batch_size: Option<u32>,
-    /// Other stored requests that took part in this step.
-    pub shared_with_count: u64,
-    /// Their trace ids (at most 32).
-    pub shared_with: Vec<String>,
-}
-
-/// Another request batched with this one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Neighbour {
-    /// The request.
-    #[serde(flatten)]
-    pub request: RequestSummary,
-    /// Steps it shared with this trace.
-    pub shared_steps: u64,
-}
-
-/// The `/api/v1/traces/{trace_id}` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trace {
-    /// The id, lowercase.
-    pub trace_id: String,
-    /// Nodes that recorded spans or requests of this trace.
-    pub nodes: Vec<String>,
-    /// Request rows (one per node that served it).
-    pub requests: Vec<RequestDetail>,
-    /// Spans, by start time (parents before children at equal starts), across nodes.
-    pub spans: Vec<SpanOut>,
-    /// More than [`MAX_SPANS`] spans exist.
-    pub spans_truncated: bool,
-    /// Engine steps the requests took part in, by node and step id.
-    pub steps: Vec<StepOut>,
-    /// A request had more than [`MAX_STEPS`] steps.
-    pub steps_truncated: bool,
-    /// Other requests that shared steps with this trace, most shared first (at most 100).
-    pub batched_with: Vec<Neighbour>,
-    /// More than [`MAX_CANDIDATES`] concurrent requests were examined: `shared_with` and
-    /// `batched_with` may be incomplete.
-    pub batched_with_truncated: bool,
-}
 
 #[derive(Row, Deserialize)]
 struct SpanRowOut {
@@ -162,13 +48,20 @@ struct SpanRowOut {
 
 // Nested rows are read field after field; this relies on the store's client being created
 // with `with_validation(false)` (plain RowBinary), which `Store::open` does.
-#[derive(Row, Deserialize)]
+#[derive(Row, Deserialize, Default)]
 struct DetailRow {
     summary: SummaryRow,
     step_ids: Vec<u64>,
     chunk_offsets_ns: Vec<u64>,
     batch_id: String,
     engine_instance: String,
+    netns: u32,
+    client_ip: String,
+    client_port: u16,
+    server_ip: String,
+    server_port: u16,
+    req_tcp_seq: Option<u32>,
+    resp_tcp_seq: Option<u32>,
 }
 
 #[derive(Row, Deserialize)]
@@ -184,6 +77,20 @@ struct StepRowOut {
     start_unix_ns: u64,
     end_unix_ns: u64,
     batch_size: u32,
+    trace_id: String,
+    span_id: String,
+    batch_unit: String,
+}
+
+impl StepRowOut {
+    /// The step's span context: as stored, else (steps stored before migration 4) derived
+    /// from the node name, the instance and the step id.
+    fn context(&self, node: &str) -> (TraceId, SpanId) {
+        match (self.trace_id.parse(), self.span_id.parse()) {
+            (Ok(t), Ok(s)) => (t, s),
+            _ => step_context(node, &self.engine_instance, self.step_id),
+        }
+    }
 }
 
 /// Validates a trace id: 32 hex digits (any case), returned lowercase.
@@ -260,7 +167,10 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     };
     let mut sql = Sql::new("SELECT ");
     sql.push(SUMMARY_COLUMNS)
-        .push(", step_ids, chunk_offsets_ns, batch_id, engine_instance FROM ")
+        .push(
+            ", step_ids, chunk_offsets_ns, batch_id, engine_instance, netns, client_ip, \
+             client_port, server_ip, server_port, req_tcp_seq, resp_tcp_seq FROM ",
+        )
         .push(&store.table("requests"))
         // Explicit PREWHERE: left to itself 18.16 moves the cheaper `start` bounds there, and
         // then reads every column of the window (the table is ordered by model and node first,
@@ -328,7 +238,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     });
     neighbours.truncate(MAX_NEIGHBOURS as usize);
 
-    let spans: Vec<SpanOut> = span_rows
+    let mut spans: Vec<SpanOut> = span_rows
         .into_iter()
         .map(|s| SpanOut {
             offset_ms: ms_between(t0, s.start_unix_ns),
@@ -338,10 +248,13 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
                 .link_trace_ids
                 .into_iter()
                 .zip(s.link_span_ids)
-                .map(|(trace_id, span_id)| SpanLinkOut { trace_id, span_id })
+                .map(|(t, s)| SpanLinkOut {
+                    trace_id: stored_trace_id(&t),
+                    span_id: stored_span_id(&s).unwrap_or_default(),
+                })
                 .collect(),
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
+            span_id: stored_span_id(&s.span_id).unwrap_or_default(),
+            parent_span_id: stored_span_id(&s.parent_span_id),
             name: s.name,
             node: s.node,
             pid: s.pid,
@@ -349,12 +262,27 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
             end_unix_ns: s.end_unix_ns,
         })
         .collect();
+    step_spans(&mut spans, &steps, t0);
     let requests: Vec<RequestDetail> = rows
         .into_iter()
-        .map(|r| RequestDetail {
-            chunk_offsets_ms: r.chunk_offsets_ns.iter().map(|&n| ns_to_ms(n)).collect(),
-            step_ids: r.step_ids,
-            request: r.summary.into(),
+        .map(|r| {
+            let endpoint = |ip: &str, port| {
+                (!ip.is_empty()).then(|| Endpoint {
+                    ip: ip.to_string(),
+                    port,
+                    netns: r.netns,
+                })
+            };
+            RequestDetail {
+                chunk_offsets_ms: r.chunk_offsets_ns.iter().map(|&n| ns_to_ms(n)).collect(),
+                engine_instance: r.engine_instance().map(str::to_string),
+                client_endpoint: endpoint(&r.client_ip, r.client_port),
+                server_endpoint: endpoint(&r.server_ip, r.server_port),
+                req_tcp_seq: r.req_tcp_seq,
+                resp_tcp_seq: r.resp_tcp_seq,
+                step_ids: r.step_ids,
+                request: r.summary.into(),
+            }
         })
         .collect();
     let mut nodes: Vec<String> = spans
@@ -365,7 +293,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     nodes.sort();
     nodes.dedup();
     Ok(Trace {
-        trace_id: id.to_string(),
+        trace_id: stored_trace_id(id),
         nodes,
         requests,
         spans,
@@ -405,6 +333,82 @@ impl DetailRow {
     }
 }
 
+/// Adds an `engine.step` child span under its request's root span for each stored step that
+/// has none: a step is stored once (`engine_steps`) and linked from each request's root, and
+/// the trace shows it as a child of each, as when it was copied into every request.
+fn step_spans(spans: &mut Vec<SpanOut>, steps: &[StepOut], t0: u64) {
+    let shown: std::collections::HashSet<(String, String)> = spans
+        .iter()
+        .filter(|s| s.name == "engine.step")
+        .filter_map(|s| Some((s.node.clone(), s.attributes.get("engine.step_id")?.clone())))
+        .collect();
+    let mut added = Vec::new();
+    for st in steps {
+        let (Some(start), Some(end), Some(span_id)) =
+            (st.start_unix_ns, st.end_unix_ns, st.span_id)
+        else {
+            continue;
+        };
+        if shown.contains(&(st.node.clone(), st.step_id.to_string())) {
+            continue;
+        }
+        // The root that links to it, else the node's root span.
+        let root = spans
+            .iter()
+            .find(|s| s.node == st.node && s.links.iter().any(|l| l.span_id == span_id))
+            .or_else(|| {
+                spans
+                    .iter()
+                    .find(|s| s.node == st.node && s.name == "http.server")
+            });
+        let Some(root) = root else { continue };
+        let mut attributes = BTreeMap::new();
+        attributes.insert("engine.step_id".to_string(), st.step_id.to_string());
+        if let Some(b) = st.batch_size {
+            attributes.insert("engine.batch_size".to_string(), b.to_string());
+        }
+        if let Some(u) = &st.batch_unit {
+            attributes.insert("engine.batch_unit".to_string(), u.clone());
+        }
+        if let Some(i) = &st.engine_instance {
+            attributes.insert("engine.instance".to_string(), i.clone());
+        }
+        attributes.insert("shared".to_string(), "true".to_string());
+        added.push(SpanOut {
+            span_id,
+            parent_span_id: Some(root.span_id),
+            name: "engine.step".to_string(),
+            node: st.node.clone(),
+            pid: root.pid,
+            start_unix_ns: start,
+            end_unix_ns: end,
+            offset_ms: ms_between(t0, start),
+            duration_ms: ms_between(start, end),
+            attributes,
+            links: Vec::new(),
+        });
+    }
+    if added.is_empty() {
+        return;
+    }
+    spans.extend(added);
+    // The order the spans query gives: start, longest first, node, id.
+    spans.sort_by(|a, b| {
+        (
+            a.start_unix_ns,
+            std::cmp::Reverse(a.end_unix_ns),
+            &a.node,
+            a.span_id,
+        )
+            .cmp(&(
+                b.start_unix_ns,
+                std::cmp::Reverse(b.end_unix_ns),
+                &b.node,
+                b.span_id,
+            ))
+    });
+}
+
 /// Where a request's engine steps are: its node and engine instance, and its time span.
 struct StepsOf<'a> {
     node: &'a str,
@@ -431,8 +435,10 @@ async fn batch_context(
     let client = store.client();
     let (lo, hi) = (ids[0], ids[ids.len() - 1]);
     let (from, to) = (start.saturating_sub(STEP_SLACK_NS), end + STEP_SLACK_NS);
-    let mut sql =
-        Sql::new("SELECT engine_instance, step_id, start_unix_ns, end_unix_ns, batch_size FROM ");
+    let mut sql = Sql::new(
+        "SELECT engine_instance, step_id, start_unix_ns, end_unix_ns, batch_size, \
+                  trace_id, span_id, batch_unit FROM ",
+    );
     sql.push(&store.table("engine_steps"))
         .push(" WHERE node = ")
         .arg(Arg::Str(node.to_string()))
@@ -528,8 +534,17 @@ async fn batch_context(
                 offset_ms: f.map(|f| ms_between(t0, f.start_unix_ns)),
                 duration_ms: f.map(|f| ms_between(f.start_unix_ns, f.end_unix_ns)),
                 batch_size: f.map(|f| f.batch_size),
+                batch_unit: f.map(|f| {
+                    if f.batch_unit.is_empty() {
+                        "requests".to_string()
+                    } else {
+                        f.batch_unit.clone()
+                    }
+                }),
+                span_id: f.map(|f| f.context(node).1),
+                trace_id: f.map(|f| f.context(node).0),
                 shared_with_count: s.0,
-                shared_with: s.1,
+                shared_with: s.1.iter().map(|t| stored_trace_id(t)).collect(),
             }
         })
         .collect();
@@ -548,6 +563,7 @@ mod tests {
             chunk_offsets_ns: vec![],
             batch_id: b.into(),
             engine_instance: String::new(),
+            ..DetailRow::default()
         };
         assert_eq!(row("node-a/3bc8-41/17").engine_instance(), Some("3bc8-41"));
         let mut with = row("node-a/3bc8-41/17");

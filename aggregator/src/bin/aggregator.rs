@@ -3,15 +3,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use inferscope_aggregator::ingest::writer::WriterConfig;
 use inferscope_aggregator::server::{serve, ServerConfig};
 use inferscope_aggregator::store::StoreConfig;
 
 /// inferscope aggregator: gRPC ingest from node-probes, ClickHouse storage, HTTP query API.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_override_self = true)]
 struct Cli {
+    /// Configuration file: a JSON object of these long options (`{"http-listen": "0.0.0.0:7071"}`);
+    /// flags given here override it, unknown keys are an error.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// gRPC ingest address.
     #[arg(long, default_value = "127.0.0.1:7070")]
     grpc_listen: SocketAddr,
@@ -63,7 +67,15 @@ async fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
+    let argv =
+        match inferscope_config::argv_with_config(&Cli::command(), std::env::args().collect()) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("aggregator: error: {e}");
+                std::process::exit(2);
+            }
+        };
+    let cli = Cli::parse_from(argv);
     let cfg = ServerConfig {
         grpc_listen: cli.grpc_listen,
         http_listen: cli.http_listen,

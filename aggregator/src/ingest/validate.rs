@@ -131,6 +131,23 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
             format!("e2e {} exceeds end - start", r.e2e_ns),
         ));
     }
+    for (f, e) in [
+        ("client_endpoint", &r.client_endpoint),
+        ("server_endpoint", &r.server_endpoint),
+    ] {
+        if let Some(e) = e {
+            if !matches!(e.ip.len(), 4 | 16) || e.port > u32::from(u16::MAX) {
+                return Err(bad(
+                    "bad_endpoint",
+                    format!(
+                        "{f}: ip of {} bytes (want 4 or 16), port {}",
+                        e.ip.len(),
+                        e.port
+                    ),
+                ));
+            }
+        }
+    }
     if r.step_ids.len() > 1_000_000 || r.chunk_offsets_ns.len() > 100_000 {
         return Err(bad(
             "too_many_items",
@@ -237,6 +254,19 @@ pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
                 l,
             )?;
             check_str("engine_instance", &s.engine_instance, l)?;
+            check_str("batch_unit", &s.batch_unit, l)?;
+            // Older senders send no span context; a present one is a valid W3C pair.
+            let ctx_ok = (s.trace_id.is_empty() && s.span_id.is_empty())
+                || (s.trace_id.len() == 16
+                    && s.span_id.len() == 8
+                    && s.trace_id.iter().any(|&b| b != 0)
+                    && s.span_id.iter().any(|&b| b != 0));
+            if !ctx_ok {
+                return Err(bad(
+                    "bad_span_id",
+                    "engine step trace_id/span_id must be empty or 16 and 8 bytes, not all zero",
+                ));
+            }
         }
     }
     Ok(())
@@ -326,6 +356,29 @@ mod tests {
             (
                 "bad_status",
                 Box::new(|b| b.resources[0].requests[0].status = 70000),
+            ),
+            (
+                "bad_endpoint",
+                Box::new(|b| {
+                    b.resources[0].requests[0].client_endpoint =
+                        Some(inferscope_proto::v1::Endpoint {
+                            ip: vec![1; 5],
+                            port: 1,
+                            netns: 0,
+                        })
+                }),
+            ),
+            (
+                "bad_span_id",
+                Box::new(|b| {
+                    b.resources[0].steps = vec![inferscope_proto::v1::EngineStep {
+                        step_id: 1,
+                        start_unix_ns: NOW - 10,
+                        end_unix_ns: NOW,
+                        trace_id: vec![1; 16],
+                        ..Default::default()
+                    }]
+                }),
             ),
             (
                 "string_too_long",

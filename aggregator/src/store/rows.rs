@@ -1,6 +1,10 @@
 //! Rows of the ClickHouse tables, and their construction from validated `inferscope.v1` messages.
 use clickhouse::Row;
-use inferscope_proto::v1::{any_value::Value, EngineStep, KeyValue, Request, Resource, Span};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use inferscope_proto::v1::{
+    any_value::Value, Endpoint, EngineStep, KeyValue, Request, Resource, Span,
+};
 use serde::{Deserialize, Serialize};
 
 /// Lowercase hex.
@@ -60,6 +64,12 @@ pub struct RequestRow {
     pub batch_id: String,
     pub engine_instance: String,
     pub netns: u32,
+    pub client_ip: String,
+    pub client_port: u16,
+    pub server_ip: String,
+    pub server_port: u16,
+    pub req_tcp_seq: Option<u32>,
+    pub resp_tcp_seq: Option<u32>,
 }
 
 /// A row of `spans`.
@@ -91,6 +101,9 @@ pub struct StepRow {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub batch_size: u32,
+    pub trace_id: String,
+    pub span_id: String,
+    pub batch_unit: String,
 }
 
 /// A row of `ingested_batches`.
@@ -114,10 +127,33 @@ fn value_string(kv: &KeyValue) -> String {
     }
 }
 
+/// An endpoint's address as text (`""` when absent) and port (0).
+fn endpoint_columns(e: &Option<Endpoint>) -> (String, u16) {
+    let Some(e) = e else {
+        return (String::new(), 0);
+    };
+    let ip = if let Ok(b) = <[u8; 4]>::try_from(e.ip.as_slice()) {
+        Ipv4Addr::from(b).to_string()
+    } else if let Ok(b) = <[u8; 16]>::try_from(e.ip.as_slice()) {
+        Ipv6Addr::from(b).to_string()
+    } else {
+        String::new()
+    };
+    (ip, u16::try_from(e.port).unwrap_or(0))
+}
+
 impl RequestRow {
     /// From a validated request of `res`.
     pub fn from_proto(r: &Request, res: &Resource, batch_id: &str) -> Self {
+        let (client_ip, client_port) = endpoint_columns(&r.client_endpoint);
+        let (server_ip, server_port) = endpoint_columns(&r.server_endpoint);
         Self {
+            client_ip,
+            client_port,
+            server_ip,
+            server_port,
+            req_tcp_seq: r.req_tcp_seq,
+            resp_tcp_seq: r.resp_tcp_seq,
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,
@@ -195,6 +231,9 @@ impl StepRow {
             start_unix_ns: s.start_unix_ns,
             end_unix_ns: s.end_unix_ns,
             batch_size: s.batch_size,
+            trace_id: hex(&s.trace_id),
+            span_id: hex(&s.span_id),
+            batch_unit: s.batch_unit.clone(),
         }
     }
 }

@@ -222,6 +222,29 @@ FROM {db}.engine_steps"
              ADD COLUMN netns UInt32 DEFAULT 0"
             )],
         },
+        Migration {
+            version: 3,
+            name: "requests: structured endpoints and TCP sequence numbers",
+            // One statement per migration (a failure leaves the table as it was). Rows stored
+            // before: '' / 0 / NULL; `client`/`server` (addr:port text) are still written for
+            // one release (docs/schema.md).
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN client_ip String DEFAULT '', \
+             ADD COLUMN client_port UInt16 DEFAULT 0, ADD COLUMN server_ip String DEFAULT '', \
+             ADD COLUMN server_port UInt16 DEFAULT 0, \
+             ADD COLUMN req_tcp_seq Nullable(UInt32), ADD COLUMN resp_tcp_seq Nullable(UInt32)"
+            )],
+        },
+        Migration {
+            version: 4,
+            name: "engine_steps: span context and batch unit",
+            // Steps stored before have '': the trace API derives their span ids
+            // (inferscope_api::step_context over the node name).
+            statements: vec![format!(
+                "ALTER TABLE {db}.engine_steps ADD COLUMN trace_id String DEFAULT '', \
+             ADD COLUMN span_id String DEFAULT '', ADD COLUMN batch_unit String DEFAULT ''"
+            )],
+        },
     ]
 }
 

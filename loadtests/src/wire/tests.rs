@@ -414,15 +414,24 @@ fn check_capture(cap: &Capture, e: &Expect) {
             Some(RequestTiming {
                 first_byte_unix_ns: e.req0.0,
                 last_byte_unix_ns: e.req0.1,
-                bytes: e.req0.2
+                bytes: e.req0.2,
+                first_seq: 1001,
             }),
             Some(RequestTiming {
                 first_byte_unix_ns: e.req1.0,
                 last_byte_unix_ns: e.req1.1,
-                bytes: e.req1.2
+                bytes: e.req1.2,
+                first_seq: 1001 + e.req0.2 as u32,
             }),
         ]
     );
+    // The server stream starts at its ISN + 1, across the wrap.
+    let segs: Vec<(u64, u32, u32)> = c
+        .server
+        .iter()
+        .map(|s| (s.ts_unix_ns, s.seq, s.len))
+        .collect();
+    assert_eq!(stream_base_seq(&segs), Some(0xffff_ffc1));
 
     let v6 = &cap.connections[&40001];
     assert_eq!(v6.client_ip, IpAddr::V6(Ipv6Addr::LOCALHOST));

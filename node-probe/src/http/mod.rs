@@ -85,6 +85,8 @@ pub struct Exchange {
     pub req_bytes: u64,
     /// First write of the response (syscall exit).
     pub resp_first_ns: Option<u64>,
+    /// TCP sequence number of the response's first byte, when known.
+    pub resp_first_seq: Option<u32>,
     /// Write that completed the response.
     pub resp_last_ns: Option<u64>,
     /// Response bytes (head + body, as written).
@@ -454,6 +456,9 @@ impl HttpConn {
             };
             if front.resp_first_ns.is_none() {
                 front.resp_first_ns = Some(b.ts_ns);
+                // Bytes of this write before the response (the end of the previous one).
+                let before = b.total - (data.len() + unc);
+                front.resp_first_seq = b.seq.map(|s| s.wrapping_add(before as u32));
             }
             front.resp_last_ns = Some(b.ts_ns);
             match &mut self.resp {

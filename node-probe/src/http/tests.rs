@@ -16,7 +16,7 @@ fn wr(c: &mut HttpConn, ts: u64, data: &[u8]) -> Vec<Exchange> {
             ts_ns: ts,
             total: data.len(),
             captured: data,
-            seq: None,
+            seq: Some(5000),
         },
         &mut out,
     );
@@ -106,6 +106,9 @@ fn keep_alive_and_pipelining_with_content_length() {
     assert_eq!(out[0].req_bytes, a.len() as u64);
     assert_eq!(out[1].req_bytes, b.len() as u64);
     assert_eq!(out[1].req_first_seq, Some(1000 + a.len() as u32));
+    // Both responses in one write: the second starts where the first ends.
+    assert_eq!(out[0].resp_first_seq, Some(5000));
+    assert_eq!(out[1].resp_first_seq, Some(5000 + r1.len() as u32));
     assert!(c.idle());
     // the connection keeps working
     rd(&mut c, 20, b"GET /health HTTP/1.1\r\n\r\n");

@@ -1,7 +1,7 @@
 // Trace: one request as a waterfall across processes and nodes (http.server root, frontend,
 // queue, prefill, decode, stream_out, the engine steps with their batches), token chunk ticks,
 // and every attribute of the clicked span.
-import { get, type RequestDetail, type Span, type Step, type Trace } from '../api';
+import { get, type Endpoint, type RequestDetail, type Span, type Step, type Trace } from '../api';
 import type { Ctx } from '../ctx';
 import { h, replace, section } from '../dom';
 import { fmtCount, fmtMs, fmtTimeMs, fmtTimeNs } from '../format';
@@ -103,6 +103,7 @@ function requestCard(r: RequestDetail): HTMLElement {
     ['decode', fmtMs(r.decode_ms)],
     ['delivery', fmtMs(r.delivery_ms)],
     ['chunks / steps', `${r.chunks} / ${r.engine_steps}`],
+    ['connection', fmtConnection(r)],
   ];
   const all = Object.entries(r).filter(([k]) => k !== 'chunk_offsets_ms' && k !== 'step_ids');
   return h(
@@ -119,7 +120,7 @@ function requestCard(r: RequestDetail): HTMLElement {
         h(
           'tbody',
           null,
-          all.map(([k, v]) => h('tr', null, h('th', null, k), h('td', null, v === null ? '—' : String(v)))),
+          all.map(([k, v]) => h('tr', null, h('th', null, k), h('td', null, v === null ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v)))),
           h('tr', null, h('th', null, 'step_ids'), h('td', null, r.step_ids.join(', '))),
           h('tr', null, h('th', null, 'chunk_offsets_ms'), h('td', null, r.chunk_offsets_ms.map((x) => x.toFixed(2)).join(', '))),
         ),
@@ -368,4 +369,11 @@ function batchedSection(t: Trace): HTMLElement {
       ),
     ),
   );
+}
+
+/** `client → server` with the first bytes' TCP sequence numbers (how hops on two hosts are joined). */
+function fmtConnection(r: RequestDetail): string {
+  const ep = (e: Endpoint | null, text: string) => (e ? (e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`) : text || '?');
+  const seq = (n: number | null) => (n === null ? '—' : String(n));
+  return `${ep(r.client_endpoint, r.client)} → ${ep(r.server_endpoint, r.server)} (seq req ${seq(r.req_tcp_seq)}, resp ${seq(r.resp_tcp_seq)})`;
 }

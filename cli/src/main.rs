@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use inferscope_aggregator::api::breakdown::{level_name, Breakdown, Cohort, PhaseDiff, PhaseMean};
-use inferscope_aggregator::api::filters::FilterValues;
-use inferscope_aggregator::api::requests::{RequestList, RequestSummary};
-use inferscope_aggregator::api::trace::{SpanOut, StepOut, Trace};
+use inferscope_api::breakdown::{level_name, Breakdown, Cohort, PhaseDiff, PhaseMean};
+use inferscope_api::filters::FilterValues;
+use inferscope_api::requests::{RequestList, RequestSummary};
+use inferscope_api::trace::{SpanOut, StepOut, Trace};
+use inferscope_api::SpanId;
 
 /// Engine steps listed in a trace table; longer lists show the longest steps.
 const MAX_STEP_ROWS: usize = 30;
@@ -573,7 +574,7 @@ fn print_requests(l: &RequestList, filters: &str) {
     for r in &l.requests {
         t.row(vec![
             r.start.clone(),
-            r.trace_id.clone(),
+            r.trace_id.to_string(),
             r.node.clone(),
             r.model.clone(),
             r.status.to_string(),
@@ -663,23 +664,23 @@ fn span_label(s: &SpanOut) -> String {
 
 /// The span tree, depth first; consecutive `engine.step` children are folded into one line.
 fn print_spans(spans: &[SpanOut]) {
-    let ids: HashMap<(&str, &str), usize> = spans
+    let ids: HashMap<(&str, SpanId), usize> = spans
         .iter()
         .enumerate()
-        .map(|(i, s)| ((s.node.as_str(), s.span_id.as_str()), i))
+        .map(|(i, s)| ((s.node.as_str(), s.span_id), i))
         .collect();
-    let by_id: HashMap<&str, usize> = spans
+    let by_id: HashMap<SpanId, usize> = spans
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.span_id.as_str(), i))
+        .map(|(i, s)| (s.span_id, i))
         .collect();
     let mut children: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     let mut roots = Vec::new();
     for (i, s) in spans.iter().enumerate() {
         // Parent on the same node first, then anywhere (a caller on another node).
-        let parent = ids
-            .get(&(s.node.as_str(), s.parent_span_id.as_str()))
-            .or_else(|| by_id.get(s.parent_span_id.as_str()))
+        let parent = s
+            .parent_span_id
+            .and_then(|p| ids.get(&(s.node.as_str(), p)).or_else(|| by_id.get(&p)))
             .filter(|&&p| p != i);
         match parent {
             Some(&p) => children.entry(p).or_default().push(i),
@@ -795,7 +796,7 @@ fn print_trace(tr: &Trace) {
         for s in shown {
             let with = match s.shared_with.as_slice() {
                 [] => String::new(),
-                [one] => one.clone(),
+                [one] => one.to_string(),
                 [first, ..] => format!("{first} +{}", s.shared_with_count - 1),
             };
             t.row(vec![
@@ -819,7 +820,7 @@ fn print_trace(tr: &Trace) {
         );
         for n in &tr.batched_with {
             t.row(vec![
-                n.request.trace_id.clone(),
+                n.request.trace_id.to_string(),
                 n.request.model.clone(),
                 n.request.status.to_string(),
                 ms(n.request.e2e_ms),

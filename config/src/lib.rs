@@ -1,5 +1,6 @@
-//! node-probe's optional configuration file (`--config FILE`): a JSON object whose keys are
-//! node-probe's long options and whose values are theirs, e.g.
+//! The optional configuration file of inferscope's daemons (`node-probe --config FILE`,
+//! `aggregator --config FILE`): **one format for both**, a JSON object whose keys are the
+//! program's long options and whose values are theirs, e.g.
 //!
 //! ```json
 //! { "cmdline": ["vllm serve"], "metrics-listen": "127.0.0.1:9465", "requests": true }
@@ -8,6 +9,8 @@
 //! The file becomes command-line arguments placed *before* the real ones, so a flag given on the
 //! command line overrides the file (options that repeat, like `pid`, add to it). An unknown key,
 //! a value of the wrong shape, or unreadable JSON is an error naming the file and the key.
+//! Programs call [`argv_with_config`] with their clap command (built with
+//! `args_override_self = true`, so that a later flag replaces an earlier one).
 use std::path::Path;
 
 use serde_json::Value;
@@ -24,7 +27,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// A key that is no option.
-    #[error("config {path}: unknown key {key:?} (keys are node-probe's long options, e.g. \"metrics-listen\")")]
+    #[error("config {path}: unknown key {key:?} (keys are the long options, as in --help)")]
     UnknownKey {
         /// File.
         path: String,
@@ -117,6 +120,43 @@ pub fn args_from_str(
     Ok(args)
 }
 
+/// `argv` with the options of its `--config FILE` (if any) placed right after the program name,
+/// for the options of `cmd`.
+pub fn argv_with_config(
+    cmd: &clap::Command,
+    argv: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let path = argv.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--config=").map(str::to_string).or_else(|| {
+            (a == "--config")
+                .then(|| argv.get(i + 1).cloned())
+                .flatten()
+        })
+    });
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let file = args_from_file(Path::new(&path), &option_specs(cmd))?;
+    Ok(argv[..1.min(argv.len())]
+        .iter()
+        .cloned()
+        .chain(file)
+        .chain(argv.iter().skip(1).cloned())
+        .collect())
+}
+
+/// The long options of `cmd` as a file may set them.
+pub fn option_specs(cmd: &clap::Command) -> Vec<OptionSpec> {
+    cmd.get_arguments()
+        .filter_map(|a| {
+            Some(OptionSpec {
+                long: a.get_long()?.to_string(),
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +213,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn command_line_after_file() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Parser, Debug)]
+        #[command(args_override_self = true)]
+        struct C {
+            #[arg(long)]
+            config: Option<String>,
+            #[arg(long, default_value = "a")]
+            listen: String,
+            #[arg(long)]
+            verbose: bool,
+        }
+        let dir = std::env::temp_dir().join(format!("inferscope-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.json");
+        std::fs::write(&f, r#"{"listen": "file", "verbose": true}"#).unwrap();
+        let argv = |extra: &[&str]| {
+            let mut v = vec!["p".to_string(), format!("--config={}", f.display())];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            argv_with_config(&C::command(), v).unwrap()
+        };
+        let c = C::parse_from(argv(&[]));
+        assert_eq!((c.listen.as_str(), c.verbose), ("file", true));
+        let c = C::parse_from(argv(&["--listen", "flag"]));
+        assert_eq!(c.listen, "flag");
+        std::fs::write(&f, r#"{"config": "x"}"#).unwrap();
+        let e = argv_with_config(
+            &C::command(),
+            vec!["p".into(), "--config".into(), f.display().to_string()],
+        );
+        assert!(matches!(e, Err(ConfigError::UnknownKey { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,0 +1,155 @@
+//! `GET /api/v1/traces/{trace_id}`: a trace's requests, spans and engine steps.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{SpanId, TraceId};
+use crate::requests::RequestSummary;
+
+/// Most spans returned (decode-heavy requests have one `engine.step` span per step).
+pub const MAX_SPANS: u64 = 20_000;
+/// Most engine steps looked up per request row.
+pub const MAX_STEPS: usize = 4096;
+/// Most trace ids listed per shared step.
+pub const MAX_SHARED_IDS: u64 = 32;
+/// Most batched-with requests listed.
+pub const MAX_NEIGHBOURS: u64 = 100;
+/// Requests that shared a step started at most this long before this one.
+pub const NEIGHBOUR_LOOKBACK_S: u64 = 3600;
+/// Most concurrent requests examined for shared steps, per request row.
+pub const MAX_CANDIDATES: u64 = 5000;
+/// A span.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanOut {
+    /// 16 hex.
+    pub span_id: SpanId,
+    /// 16 hex, empty for a root without a caller.
+    #[serde(with = "crate::ids::empty_is_none")]
+    pub parent_span_id: Option<SpanId>,
+    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`, `engine.step`, ...
+    pub name: String,
+    /// Node that recorded it.
+    pub node: String,
+    /// Process.
+    pub pid: u32,
+    /// Start, Unix ns.
+    pub start_unix_ns: u64,
+    /// End, Unix ns.
+    pub end_unix_ns: u64,
+    /// Start relative to the trace's first span (ms).
+    pub offset_ms: f64,
+    /// Duration (ms).
+    pub duration_ms: f64,
+    /// Attributes (values as strings).
+    pub attributes: BTreeMap<String, String>,
+    /// Links to spans of other traces.
+    pub links: Vec<SpanLinkOut>,
+}
+
+/// A span link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpanLinkOut {
+    /// 32 hex.
+    pub trace_id: TraceId,
+    /// 16 hex.
+    pub span_id: SpanId,
+}
+
+/// A request row of the trace, with its per-request arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestDetail {
+    /// The summary fields.
+    #[serde(flatten)]
+    pub request: RequestSummary,
+    /// Engine steps it took part in.
+    pub step_ids: Vec<u64>,
+    /// SSE content events, offsets from the start (ms).
+    pub chunk_offsets_ms: Vec<f64>,
+    /// The engine instance whose steps `step_ids` are (`pid:start_ticks`; `null`: unknown).
+    pub engine_instance: Option<String>,
+    /// The client's endpoint on the server's host (`null`: not recorded).
+    pub client_endpoint: Option<Endpoint>,
+    /// The server's endpoint.
+    pub server_endpoint: Option<Endpoint>,
+    /// TCP sequence number of the request's first byte (the client's send sequence).
+    pub req_tcp_seq: Option<u32>,
+    /// TCP sequence number of the response's first byte (the server's send sequence).
+    pub resp_tcp_seq: Option<u32>,
+}
+
+/// A connection endpoint as its host's network namespace sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// IPv4 or IPv6 address, as text.
+    pub ip: String,
+    /// Port.
+    pub port: u16,
+    /// Network namespace inode (0: unknown).
+    pub netns: u32,
+}
+
+/// An engine step of the trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOut {
+    /// Node.
+    pub node: String,
+    /// Step id (unique per node and engine instance).
+    pub step_id: u64,
+    /// Engine instance (`null`: the step itself was not stored).
+    pub engine_instance: Option<String>,
+    /// Start, Unix ns.
+    pub start_unix_ns: Option<u64>,
+    /// End, Unix ns.
+    pub end_unix_ns: Option<u64>,
+    /// Start relative to the trace's first span (ms).
+    pub offset_ms: Option<f64>,
+    /// Duration (ms).
+    pub duration_ms: Option<f64>,
+    /// Requests in the step's batch, as recorded by the engine.
+    pub batch_size: Option<u32>,
+    /// What `batch_size` counts: `requests` or `tokens` (`null`: not stored).
+    pub batch_unit: Option<String>,
+    /// The step's own span (it is exported once, as a span of its own trace; the request's
+    /// root span links to it).
+    pub span_id: Option<SpanId>,
+    /// The step's trace.
+    pub trace_id: Option<TraceId>,
+    /// Other stored requests that took part in this step.
+    pub shared_with_count: u64,
+    /// Their trace ids (at most 32).
+    pub shared_with: Vec<TraceId>,
+}
+
+/// Another request batched with this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Neighbour {
+    /// The request.
+    #[serde(flatten)]
+    pub request: RequestSummary,
+    /// Steps it shared with this trace.
+    pub shared_steps: u64,
+}
+
+/// The `/api/v1/traces/{trace_id}` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The id, lowercase.
+    pub trace_id: TraceId,
+    /// Nodes that recorded spans or requests of this trace.
+    pub nodes: Vec<String>,
+    /// Request rows (one per node that served it).
+    pub requests: Vec<RequestDetail>,
+    /// Spans, by start time (parents before children at equal starts), across nodes.
+    pub spans: Vec<SpanOut>,
+    /// More than [`MAX_SPANS`] spans exist.
+    pub spans_truncated: bool,
+    /// Engine steps the requests took part in, by node and step id.
+    pub steps: Vec<StepOut>,
+    /// A request had more than [`MAX_STEPS`] steps.
+    pub steps_truncated: bool,
+    /// Other requests that shared steps with this trace, most shared first (at most 100).
+    pub batched_with: Vec<Neighbour>,
+    /// More than [`MAX_CANDIDATES`] concurrent requests were examined: `shared_with` and
+    /// `batched_with` may be incomplete.
+    pub batched_with_truncated: bool,
+}
