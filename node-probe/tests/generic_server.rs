@@ -82,6 +82,7 @@ fn any_openai_server_without_engine_code() {
 
     // Keep-alive: streamed completion, non-streamed chat, embeddings, 404, 400 on one connection.
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let cport = c.local_addr().unwrap().port();
     let tp = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n";
     c.write_all(
         post(
@@ -248,6 +249,37 @@ fn any_openai_server_without_engine_code() {
         let p: Vec<_> = s.iter().filter(|v| v["model"] == m).collect();
         assert_eq!(p.len(), 1, "pipelined {m}");
         assert_eq!(p[0]["status"], 200);
+    }
+    // One keep-alive connection: structured endpoints, and each message's first byte follows
+    // the previous message's last one in its direction's TCP sequence space.
+    let mut conn: Vec<&Value> = seen
+        .iter()
+        .filter(|v| v["client_endpoint"]["port"] == cport)
+        .collect();
+    conn.sort_by_key(|v| v["start_unix_ns"].as_u64());
+    assert_eq!(conn.len(), 7, "{conn:?}");
+    for v in &conn {
+        assert_eq!(v["client_endpoint"]["ip"], "127.0.0.1");
+        assert_eq!(v["server_endpoint"]["port"], port);
+        assert_eq!(v["client"], format!("127.0.0.1:{cport}"));
+    }
+    for w in conn.windows(2) {
+        let seq = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}")) as u32;
+        let bytes = |v: &Value, k: &str| v[k].as_u64().unwrap() as u32;
+        assert_eq!(
+            seq(w[1], "req_tcp_seq"),
+            seq(w[0], "req_tcp_seq").wrapping_add(bytes(w[0], "req_bytes")),
+            "request bytes are contiguous: {} then {}",
+            w[0],
+            w[1]
+        );
+        assert_eq!(
+            seq(w[1], "resp_tcp_seq"),
+            seq(w[0], "resp_tcp_seq").wrapping_add(bytes(w[0], "resp_bytes")),
+            "response bytes are contiguous: {} then {}",
+            w[0],
+            w[1]
+        );
     }
     let ab: Vec<_> = s.iter().filter(|v| v["model"] == "m-abort").collect();
     assert_eq!(ab.len(), 1);
