@@ -101,5 +101,13 @@ if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
     exit 1
   fi
 fi
-cargo test --no-fail-fast
+export INFERSCOPE_FIGURES="$RUN/figures.txt"
+rm -f "$INFERSCOPE_FIGURES"
+status=0
+cargo test --no-fail-fast || status=$?
+if [ -s "$INFERSCOPE_FIGURES" ]; then
+  echo "[test] figures measured by the tests:"
+  sed 's/^/[test]   /' "$INFERSCOPE_FIGURES"
+fi
+[ "$status" = 0 ] || exit "$status"
 echo "[test] all done in $(( $(date +%s) - t0 ))s"

@@ -35,8 +35,14 @@ pub struct ServerConfig {
     pub writer: WriterConfig,
     /// Batches queued for the writer at most.
     pub queue: usize,
-    /// Largest accepted gRPC message.
+    /// Largest accepted gRPC message (after decompression).
     pub max_message_bytes: usize,
+    /// Largest estimated decoded size of one batch (checked on the wire before decoding).
+    pub max_decoded_bytes: usize,
+    /// Export streams open at once.
+    pub max_streams: usize,
+    /// HTTP/2 streams per client connection.
+    pub max_streams_per_connection: u32,
     /// Encoded bytes of batches waiting for storage, at most (raised to `max_message_bytes`).
     pub queue_bytes: usize,
 }
@@ -63,20 +69,29 @@ pub async fn serve(
     ));
 
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-    let svc = IngestServer::new(IngestService::new(
-        tx,
-        metrics.clone(),
-        dedup,
-        Limits::default(),
-        cfg.token.clone(),
-        stopping,
-        cfg.queue_bytes.max(cfg.max_message_bytes),
-    ))
+    let limits = Limits::default();
+    inferscope_proto::codec::set_decode_limits(inferscope_proto::codec::DecodeLimits {
+        max_rows: limits.max_rows as u64,
+        max_decoded_bytes: cfg.max_decoded_bytes as u64,
+    });
+    let svc = IngestServer::new(
+        IngestService::new(
+            tx,
+            metrics.clone(),
+            dedup,
+            limits,
+            cfg.token.clone(),
+            stopping,
+            cfg.queue_bytes.max(cfg.max_message_bytes),
+        )
+        .with_max_streams(cfg.max_streams),
+    )
     .accept_compressed(CompressionEncoding::Gzip)
     .accept_compressed(CompressionEncoding::Zstd)
     .send_compressed(CompressionEncoding::Gzip)
     .max_decoding_message_size(cfg.max_message_bytes);
-    let mut grpc = tonic::transport::Server::builder();
+    let mut grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(cfg.max_streams_per_connection.max(1)));
     if let Some((cert, key)) = &cfg.tls {
         let cert = std::fs::read(cert)
             .with_context(|| format!("read TLS certificate {}", cert.display()))?;

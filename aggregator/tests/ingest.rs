@@ -242,6 +242,9 @@ impl Agg {
             },
             queue: 64,
             max_message_bytes: 4 << 20,
+            max_decoded_bytes: 32 << 20,
+            max_streams: 64,
+            max_streams_per_connection: 8,
             queue_bytes: 64 << 20,
         };
         let mut cfg = cfg;
@@ -596,5 +599,67 @@ async fn queue_is_bounded_by_bytes() {
         )),
         "{m}"
     );
+    agg.stop().await;
+}
+
+/// Streams beyond `max_streams` are refused with RESOURCE_EXHAUSTED (counted); a slot frees when
+/// a stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_cap_are_refused() {
+    if !ch_available() {
+        return;
+    }
+    let agg = Agg::start_with("streams", |c| c.max_streams = 1).await;
+    let open = |n: u8| {
+        let grpc = agg.grpc;
+        async move {
+            let mut client = IngestClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect");
+            let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(4);
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut()
+                .insert("authorization", "Bearer s3cret".parse().unwrap());
+            let r = client.export(req).await;
+            if let Ok(resp) = r {
+                tx.send(batch(u64::from(n), 1, n)).await.unwrap();
+                let mut acks = resp.into_inner();
+                let first = tokio::time::timeout(Duration::from_secs(20), acks.next())
+                    .await
+                    .expect("answer in time");
+                return (Some((tx, acks)), first.map(|r| r.map(|a| a.status)));
+            }
+            (None, Some(r.map(|_| 0)))
+        }
+    };
+    let (held, first) = open(1).await;
+    assert!(
+        matches!(first, Some(Ok(s)) if s == AckStatus::Stored as i32),
+        "{first:?}"
+    );
+    let (_, second) = open(2).await;
+    match second {
+        Some(Err(s)) => {
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s}");
+            assert!(s.message().contains("too many ingest streams"), "{s}");
+        }
+        other => panic!("second stream not refused: {other:?}"),
+    }
+    let metrics = ureq_get(&format!("http://{}/metrics", agg.http));
+    assert!(
+        metrics.contains("inferscope_batches_rejected_total{reason=\"too_many_streams\"} 1"),
+        "{metrics}"
+    );
+    drop(held);
+    // The slot frees once the first stream's task ends.
+    let t = std::time::Instant::now();
+    loop {
+        if let (_, Some(Ok(s))) = open(3).await {
+            assert_eq!(s, AckStatus::Stored as i32);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "slot never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     agg.stop().await;
 }

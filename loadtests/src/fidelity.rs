@@ -13,6 +13,23 @@ use serde_json::Value;
 use crate::harness::bin;
 use crate::wire::{read_pcap_file, request_times, sse_timeline, stream_base_seq};
 
+/// Prints a measured figure and appends it to the file `$INFERSCOPE_FIGURES` when set
+/// (`scripts/test.sh` prints that file at the end, so CI logs carry the figures of tests that
+/// passed).
+pub fn figure(line: &str) {
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("INFERSCOPE_FIGURES") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 /// One engine server under test.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -345,7 +362,7 @@ impl WireDiffs {
     pub fn assert_fidelity(&self, label: &str, requests: usize) {
         let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
         let (ttft_ok, e2e_ok) = (pct_within(&self.ttft, 0.5), pct_within(&self.e2e, 0.5));
-        eprintln!(
+        figure(&format!(
             "[{label}] wire fidelity over {} requests: TTFT within 0.5 ms {ttft_ok:.1}% (|diff| p50 {:.3} ms, p99 {:.3} ms); \
              E2E within 0.5 ms {e2e_ok:.1}% (|diff| p50 {:.3}, p99 {:.3}; signed min {:.3}, max {:.3}); start offset p50 {:.3} ms",
             self.ttft.len(),
@@ -356,7 +373,7 @@ impl WireDiffs {
             quantile(&self.e2e, 0.0),
             quantile(&self.e2e, 1.0),
             quantile(&self.start, 0.5),
-        );
+        ));
         assert_eq!(
             self.ttft.len(),
             requests,
@@ -370,11 +387,11 @@ impl WireDiffs {
             e2e_ok >= 99.0,
             "[{label}] E2E within 0.5 ms of the wire for only {e2e_ok:.1}%"
         );
-        eprintln!(
+        figure(&format!(
             "[{label}] TCP sequence numbers of the first request and response bytes equal the capture's for {} of {}",
             self.seq_matched,
             self.ttft.len()
-        );
+        ));
         assert_eq!(
             self.seq_matched,
             self.ttft.len(),
@@ -428,7 +445,7 @@ pub fn assert_vllm_bracketing(
         dp.push((g("prefill_ns") - ns("gen_ai.latency.time_in_model_prefill")) as f64 / 1e6);
         dd.push((g("decode_ns") - ns("gen_ai.latency.time_in_model_decode")) as f64 / 1e6);
     }
-    eprintln!(
+    figure(&format!(
         "[{label}] engine bracketing over {n} vLLM spans: TTFT inside {:.1}%, E2E inside {:.1}%; \
          ours minus vLLM: queue p50 {:.2} ms, prefill p50 {:.2} ms, decode p50 {:.2} ms (p90 |diff| {:.2} ms)",
         ttft_in as f64 * 100.0 / n.max(1) as f64,
@@ -437,7 +454,7 @@ pub fn assert_vllm_bracketing(
         quantile(&dp, 0.5),
         quantile(&dd, 0.5),
         quantile(&dd.iter().map(|x| x.abs()).collect::<Vec<_>>(), 0.9),
-    );
+    ));
     assert!(
         n as f64 >= sent.len() as f64 * 0.99,
         "[{label}] vLLM exported spans for only {n} of {}",

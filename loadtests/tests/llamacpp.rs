@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use inferscope_loadtests::fidelity::{
-    by_trace, check_once, instance_of, load_all, start_capture, start_probe, stop, Engine,
+    by_trace, check_once, figure, instance_of, load_all, start_capture, start_probe, stop, Engine,
     WireDiffs,
 };
 use inferscope_loadtests::harness::{free_port, required};
@@ -144,7 +144,7 @@ fn llamacpp_spans_match_wire_and_carry_decode_steps() {
     let overlaps = all_steps.windows(2).filter(|w| w[1].0 < w[0].1).count();
     assert_eq!(overlaps, 0, "steps of different requests overlap");
     let c = follower_counters(&page);
-    eprintln!(
+    figure(&format!(
         "[llama.cpp] {} requests, {} steps linked of {} llama_decode calls seen; prompt-step batch p50 {} tokens; counters {c:?}",
         mine.len(),
         all_steps.len(),
@@ -153,7 +153,7 @@ fn llamacpp_spans_match_wire_and_carry_decode_steps() {
             first_batch.sort_unstable();
             first_batch.get(first_batch.len() / 2).copied().unwrap_or(0)
         }
-    );
+    ));
     assert_eq!(
         c.get("steps_linked").copied(),
         Some(all_steps.len() as u64),

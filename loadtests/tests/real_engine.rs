@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use inferscope_loadtests::fidelity::{
-    assert_vllm_bracketing, by_trace, check_once, children, instance_of, load_all, otlp_spans,
-    start_capture, start_probe, stop, Engine, WireDiffs,
+    assert_vllm_bracketing, by_trace, check_once, children, figure, instance_of, load_all,
+    otlp_spans, start_capture, start_probe, stop, Engine, WireDiffs,
 };
 use inferscope_loadtests::harness::required;
 use serde_json::Value;
@@ -161,10 +161,10 @@ fn two_vllm_instances_on_one_node_keep_their_own_steps() {
         crossed, 0,
         "{crossed} steps shared by requests of both instances"
     );
-    eprintln!(
+    figure(&format!(
         "[two] {} distinct steps over 2 instances ({} and {}), none shared across instances",
         shared.len(),
         cores[0],
         cores[1]
-    );
+    ));
 }

@@ -2,9 +2,11 @@
 //!
 //! Generated at build time from `proto/inferscope/v1/inferscope.proto` by protox + prost/tonic;
 //! see the .proto file for the meaning of every field.
-#![allow(missing_docs, clippy::all)]
 
-/// Version 1 of the protocol.
+pub mod codec;
+
+/// Version 1 of the protocol (generated).
+#[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("inferscope.v1");
 }

@@ -56,6 +56,15 @@ struct Cli {
     /// Commit when this many requests are pending.
     #[arg(long, default_value_t = 50_000)]
     flush_rows: u64,
+    /// Largest gRPC message accepted, MiB (after decompression; node-probe's batches stay under 8).
+    #[arg(long, default_value_t = 16)]
+    max_message_mib: usize,
+    /// Largest estimated decoded size of one batch, MiB (checked before decoding).
+    #[arg(long, default_value_t = 32)]
+    max_decoded_mib: usize,
+    /// Ingest streams open at once (one per node-probe); beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    max_streams: usize,
 }
 
 #[tokio::main]
@@ -94,7 +103,10 @@ async fn main() {
             period: Duration::from_millis(cli.flush_ms.max(10)),
         },
         queue: 1024,
-        max_message_bytes: 32 << 20,
+        max_message_bytes: cli.max_message_mib.clamp(1, 1024) << 20,
+        max_decoded_bytes: cli.max_decoded_mib.clamp(1, 4096) << 20,
+        max_streams: cli.max_streams,
+        max_streams_per_connection: 8,
         queue_bytes: 256 << 20,
     };
     let shutdown = async {

@@ -36,7 +36,13 @@ pub struct IngestService {
     token: Option<Arc<str>>,
     stopping: watch::Receiver<bool>,
     budget: Arc<Semaphore>,
+    /// Export streams open at once, at most (beyond: RESOURCE_EXHAUSTED).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
 }
+
+/// Export streams open at once when [`IngestService::with_max_streams`] is not called.
+pub const DEFAULT_MAX_STREAMS: usize = 64;
 
 impl IngestService {
     /// A service queueing to `tx`; `token` is the bearer token nodes must present (none: open).
@@ -61,7 +67,19 @@ impl IngestService {
             token: token.map(Into::into),
             stopping,
             budget: Arc::new(Semaphore::new(queue_bytes.min(Semaphore::MAX_PERMITS))),
+            streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
+    }
+
+    /// At most `n` Export streams at once (every node holds one): a stream beyond is refused
+    /// with RESOURCE_EXHAUSTED (the node retries with backoff), so that memory held by streams
+    /// being decoded stays bounded.
+    pub fn with_max_streams(mut self, n: usize) -> Self {
+        let n = n.clamp(1, Semaphore::MAX_PERMITS);
+        self.streams = Arc::new(Semaphore::new(n));
+        self.max_streams = n;
+        self
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -189,11 +207,19 @@ impl Ingest for IngestService {
         req: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         self.authorize(&req)?;
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.reject("too_many_streams");
+            Status::resource_exhausted(format!(
+                "too many ingest streams open (max {}): retry later",
+                self.max_streams
+            ))
+        })?;
         let mut stream = req.into_inner();
         let (acks_tx, acks_rx) = mpsc::channel(1024);
         let this = self.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let msg = tokio::select! {
                     m = stream.message() => m,
@@ -215,7 +241,14 @@ impl Ingest for IngestService {
                     }
                     Err(status) => {
                         // Undecodable or oversized message: end the stream with a clear status.
-                        this.metrics.reject("undecodable");
+                        // The codec refuses batches too large to decode before decoding them
+                        // (inferscope_proto::codec), with a `batch_too_large:` message.
+                        let reason = if status.message().starts_with("batch_too_large") {
+                            "batch_too_large"
+                        } else {
+                            "undecodable"
+                        };
+                        this.metrics.reject(reason);
                         let _ = acks_tx.send(Err(status)).await;
                         break;
                     }
