@@ -103,13 +103,11 @@ async fn send(addr: SocketAddr, msg: Vec<u8>) -> Status {
     let path = PathAndQuery::from_static("/inferscope.v1.Ingest/Export");
     match grpc.streaming(req, path, RawCodec).await {
         Err(s) => s,
-        Ok(resp) => {
-            match resp.into_inner().message().await {
-                Ok(Some(a)) => panic!("acknowledged: {a:?}"),
-                Ok(None) => panic!("stream ended without a status"),
-                Err(s) => s,
-            }
-        }
+        Ok(resp) => match resp.into_inner().message().await {
+            Ok(Some(a)) => panic!("acknowledged: {a:?}"),
+            Ok(None) => panic!("stream ended without a status"),
+            Err(s) => s,
+        },
     }
 }
 
