@@ -15,9 +15,40 @@ pub mod window;
 pub use ids::{step_context, SpanId, TraceId};
 pub use window::Window;
 
+/// `s` with every control character (C0, DEL, C1) written as `\u{..}`: strings that clients of
+/// the engine choose (model, path, ids, attribute values) are stored this way by the aggregator
+/// and printed this way by the CLI, so that no reader's terminal or log can be steered (cursor
+/// moves, colours, titles, forged lines). Text without control characters is unchanged.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The request phases, in pipeline order: **the one declaration**. Each is a `{phase}_ns` field
 /// of `Request` (and a `{phase}_ns` column of `requests`), a `{phase}` span of node-probe's
 /// request tree (`delivery` is the `stream_out` span), a `{phase}_ms` value of the query API
 /// (`aggregator/openapi.yaml`), the UI's `PHASES` (`query-ui/src/api.ts`) and a CLI column.
 /// `aggregator/tests/model_agreement.rs` fails when any of them disagrees with this list.
 pub const PHASES: [&str; 5] = ["frontend", "queue", "prefill", "decode", "delivery"];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_controls_only() {
+        use super::escape_controls as e;
+        assert_eq!(e("llama-8b"), "llama-8b");
+        assert_eq!(e("模型 é"), "模型 é");
+        assert_eq!(e("m\u{1b}]0;x\u{7}"), "m\\u{1b}]0;x\\u{7}");
+        assert_eq!(e("a\nb\u{9b}c\u{7f}"), "a\\u{a}b\\u{9b}c\\u{7f}");
+    }
+}

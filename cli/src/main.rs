@@ -386,6 +386,11 @@ struct Table {
     rows: Vec<Vec<String>>,
 }
 
+/// A string of the API as printed: control characters escaped (see `escape_controls`).
+fn safe(s: &str) -> String {
+    inferscope_api::escape_controls(s)
+}
+
 impl Table {
     fn new(head: &[&'static str], left: &[usize]) -> Self {
         Self {
@@ -395,8 +400,9 @@ impl Table {
         }
     }
 
+    /// A row; every cell is [`safe`] (cells hold strings clients of the engine chose).
     fn row(&mut self, r: Vec<String>) {
-        self.rows.push(r);
+        self.rows.push(r.into_iter().map(|c| safe(&c)).collect());
     }
 
     fn render(&self) -> String {
@@ -744,7 +750,7 @@ fn print_spans(spans: &[SpanOut]) {
 }
 
 fn print_trace(tr: &Trace) {
-    println!("trace {} on {}", tr.trace_id, tr.nodes.join(", "));
+    println!("trace {} on {}", tr.trace_id, safe(&tr.nodes.join(", ")));
     if !tr.requests.is_empty() {
         println!("\nrequests (ms):");
         let rs: Vec<RequestSummary> = tr.requests.iter().map(|r| r.request.clone()).collect();
@@ -841,7 +847,7 @@ fn print_filters(f: &FilterValues) {
         if v.is_empty() {
             "-".to_string()
         } else {
-            v.join(", ")
+            safe(&v.join(", "))
         }
     };
     println!("models:   {}", list(&f.models));
@@ -958,6 +964,17 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(safe("llama-8b"), "llama-8b");
+        assert_eq!(safe("m\u{1b}]0;pwned\u{7}x"), "m\\u{1b}]0;pwned\\u{7}x");
+        assert_eq!(safe("a\nb\u{9b}c\u{7f}"), "a\\u{a}b\\u{9b}c\\u{7f}");
+        assert_eq!(safe("模型 é"), "模型 é");
+        let mut t = Table::new(&["model"], &[0]);
+        t.row(vec!["\u{1b}[2J".into()]);
+        assert!(!t.render().contains('\u{1b}'), "{}", t.render());
+    }
 
     #[test]
     fn since() {

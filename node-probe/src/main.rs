@@ -12,7 +12,7 @@ use node_probe::export::{
 use node_probe::kernel::btf::VMLINUX_BTF;
 use node_probe::probe::{ProbeOptions, SyscallHook};
 use node_probe::run::{run, PrintFormat, RunConfig};
-use node_probe::targets::Selector;
+use node_probe::targets::{Selector, UidRule};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
@@ -43,12 +43,23 @@ struct Cli {
     /// ones started later.
     #[arg(long = "cmdline", value_name = "REGEX")]
     patterns: Vec<String>,
+    /// `--cmdline` selects processes of this user id too (repeatable; default: root's only, so
+    /// that a local user cannot have their process traced). `--pid` is not restricted.
+    #[arg(long = "cmdline-uid", value_name = "UID")]
+    cmdline_uids: Vec<u32>,
+    /// `--cmdline` selects any user's processes.
+    #[arg(long, conflicts_with = "cmdline_uids")]
+    cmdline_any_uid: bool,
     /// Do not trace descendants of targets.
     #[arg(long)]
     no_children: bool,
     /// Print every event to stdout.
     #[arg(long)]
     print_events: bool,
+    /// Keep request targets' query strings as sent (by default only their keys are kept:
+    /// values such as `?api-key=…` are credentials).
+    #[arg(long)]
+    keep_query_strings: bool,
     /// Print every finished request as one JSON object per line (see docs/request-format.md).
     #[arg(long)]
     requests: bool,
@@ -157,7 +168,17 @@ fn argv_with_config() -> anyhow::Result<Vec<String>> {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(argv_with_config()?);
-    let selector = Selector::new(&cli.proc_root, &cli.pids, &cli.patterns, !cli.no_children)?;
+    let uids = if cli.cmdline_any_uid {
+        UidRule::Any
+    } else {
+        UidRule::Only(
+            std::iter::once(0)
+                .chain(cli.cmdline_uids.iter().copied())
+                .collect(),
+        )
+    };
+    let selector =
+        Selector::new(&cli.proc_root, &cli.pids, &cli.patterns, !cli.no_children)?.with_uids(uids);
     let ring_bytes = cli
         .ring_mib
         .checked_mul(1 << 20)
@@ -200,6 +221,7 @@ fn real_main() -> anyhow::Result<()> {
         tracker: node_probe::requests::TrackerConfig {
             timeout_ns: cli.request_timeout_s.max(1).saturating_mul(1_000_000_000),
             max_conns: cli.max_connections.max(16),
+            keep_query_strings: cli.keep_query_strings,
         },
         export,
         metrics_listen: cli.metrics_listen,

@@ -36,6 +36,8 @@ pub struct TrackerConfig {
     pub timeout_ns: u64,
     /// Connections followed at once.
     pub max_conns: usize,
+    /// Keep request targets' query strings (`?api-key=…`); by default only their keys are kept.
+    pub keep_query_strings: bool,
 }
 
 impl Default for TrackerConfig {
@@ -43,7 +45,27 @@ impl Default for TrackerConfig {
         Self {
             timeout_ns: 300_000_000_000,
             max_conns: 32_768,
+            keep_query_strings: false,
         }
+    }
+}
+
+/// A request target with its query's values removed: `/v1/x?api-key=s3&b=2` → `/v1/x?api-key&b`
+/// (values can be credentials; keys say what was passed). Fragments are dropped too.
+pub fn redact_query(target: &str) -> String {
+    let target = target.split('#').next().unwrap_or(target);
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_owned();
+    };
+    let keys: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split('=').next().unwrap_or(kv))
+        .collect();
+    if keys.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", keys.join("&"))
     }
 }
 
@@ -798,7 +820,12 @@ impl Tracker {
         let mut spans = Vec::new();
         let mut attrs = BTreeMap::new();
         attrs.insert("http.method", Value::from(ex.method.clone()));
-        attrs.insert("http.target", Value::from(ex.path.clone()));
+        let path = if self.cfg.keep_query_strings {
+            ex.path.clone()
+        } else {
+            redact_query(&ex.path)
+        };
+        attrs.insert("http.target", Value::from(path.clone()));
         attrs.insert("http.status_code", Value::from(ex.status.unwrap_or(0)));
         if let Some(m) = &ex.model {
             attrs.insert("gen_ai.request.model", Value::from(m.clone()));
@@ -843,7 +870,7 @@ impl Tracker {
             req_tcp_seq: ex.req_first_seq,
             resp_tcp_seq: ex.resp_first_seq,
             method: ex.method,
-            path: ex.path,
+            path,
             status: ex.status.unwrap_or(0),
             outcome: ex.outcome.unwrap_or(Outcome::Complete).as_str(),
             gave_up: ex.gave_up,

@@ -344,10 +344,16 @@ fn on_proc_event(
             let Some(p) = read_proc(proc_root, tgid) else {
                 return false;
             };
-            if !sel.matches(&p.cmdline) {
+            if !sel.matches(&p) {
                 return false;
             }
-            info!(pid = tgid, cmdline = %p.cmdline, "new target (pattern)");
+            // The program only: arguments can hold secrets.
+            info!(
+                pid = tgid,
+                program = crate::targets::program_of(&p.cmdline),
+                uid = p.uid,
+                "new target (pattern)"
+            );
             match probe.add_target(tgid, TargetReason::Pattern, sel.follow_children) {
                 Ok(()) => true,
                 Err(e) => {

@@ -51,6 +51,8 @@ pub struct ProcInfo {
     pub start_ticks: u64,
     /// Exited and not yet reaped (state `Z` or `X`).
     pub dead: bool,
+    /// Effective user id (owner of `/proc/PID`).
+    pub uid: u32,
 }
 
 /// Reads one process from `proc_root` (normally `/proc`); `None` if it is gone or a kernel
@@ -66,6 +68,7 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcInfo> {
     let ppid = f.next()?.parse().ok()?;
     let start_ticks = f.nth(17)?.parse().ok()?;
     let dead = state == "Z" || state == "X";
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).ok()?);
     let raw = std::fs::read(dir.join("cmdline")).ok()?;
     let cmdline = raw
         .split(|&b| b == 0)
@@ -79,7 +82,35 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcInfo> {
         cmdline,
         start_ticks,
         dead,
+        uid,
     })
+}
+
+/// The program of a command line, for logs: the file name of its first word. Arguments (which
+/// can hold API keys) are never logged.
+pub fn program_of(cmdline: &str) -> &str {
+    let first = cmdline.split(' ').next().unwrap_or_default();
+    first.rsplit('/').next().unwrap_or(first)
+}
+
+/// Whose processes `--cmdline` patterns may select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UidRule {
+    /// Only processes of these users. The default is root's (`[0]`): a local user cannot start a
+    /// process that root's node-probe would trace and export. `--cmdline-uid` adds users.
+    Only(Vec<u32>),
+    /// Any user's (`--cmdline-any-uid`).
+    Any,
+}
+
+impl UidRule {
+    /// Whether a process of `uid` may be selected by a pattern.
+    pub fn allows(&self, uid: u32) -> bool {
+        match self {
+            Self::Only(v) => v.contains(&uid),
+            Self::Any => true,
+        }
+    }
 }
 
 /// All live processes under `proc_root` (zombies are left out: they run nothing and their pid
@@ -111,6 +142,8 @@ pub struct Selector {
     /// Named processes: pid and start time (a later process reusing the pid is not one).
     pids: Vec<(u32, u64)>,
     patterns: Vec<Regex>,
+    /// Whose processes patterns may select (named pids are traced whoever owns them).
+    uids: UidRule,
     /// Whether descendants of targets are traced.
     pub follow_children: bool,
     /// A pid never to trace (node-probe itself).
@@ -151,6 +184,7 @@ impl Selector {
         Ok(Self {
             pids: named,
             patterns,
+            uids: UidRule::Only(vec![0]),
             follow_children,
             exclude: std::process::id(),
         })
@@ -161,9 +195,16 @@ impl Selector {
         !self.patterns.is_empty()
     }
 
-    /// Whether a command line matches any pattern.
-    pub fn matches(&self, cmdline: &str) -> bool {
-        self.patterns.iter().any(|r| r.is_match(cmdline))
+    /// Whose processes patterns select (default: root's only).
+    pub fn with_uids(mut self, uids: UidRule) -> Self {
+        self.uids = uids;
+        self
+    }
+
+    /// Whether a process is selected by a pattern: its command line matches one and its user
+    /// is allowed.
+    pub fn matches(&self, p: &ProcInfo) -> bool {
+        self.uids.allows(p.uid) && self.patterns.iter().any(|r| r.is_match(&p.cmdline))
     }
 
     /// The target set for a snapshot of processes: named pids, pattern matches, and (when
@@ -176,7 +217,7 @@ impl Selector {
             }
             if self.pids.contains(&(p.pid, p.start_ticks)) {
                 out.insert(p.pid, TargetReason::Pid);
-            } else if self.matches(&p.cmdline) {
+            } else if self.matches(p) {
                 out.insert(p.pid, TargetReason::Pattern);
             }
         }
@@ -210,6 +251,7 @@ mod tests {
             cmdline: cmd.into(),
             start_ticks: u64::from(pid) * 10,
             dead: false,
+            uid: 0,
         }
     }
 
@@ -217,6 +259,7 @@ mod tests {
         Selector {
             pids: pids.iter().map(|&p| (p, u64::from(p) * 10)).collect(),
             patterns: pats.iter().map(|s| Regex::new(s).unwrap()).collect(),
+            uids: UidRule::Only(vec![0]),
             follow_children: children,
             exclude: 999,
         }
@@ -248,6 +291,28 @@ mod tests {
         reused[4].start_ticks += 1;
         let t = sel(&[20], &[], true).initial(&reused);
         assert!(t.is_empty(), "{t:?}");
+    }
+
+    #[test]
+    fn patterns_select_only_allowed_users() {
+        let mut theirs = p(30, 1, "/usr/bin/python3 -m vllm serve --api-key sk-123");
+        theirs.uid = 1000;
+        let procs = vec![p(10, 1, "vllm serve m"), theirs];
+        let t = sel(&[], &["vllm serve"], true).initial(&procs);
+        assert_eq!(
+            t.keys().copied().collect::<Vec<_>>(),
+            vec![10],
+            "root's only"
+        );
+        let s = sel(&[], &["vllm serve"], true).with_uids(UidRule::Only(vec![0, 1000]));
+        assert_eq!(s.initial(&procs).len(), 2);
+        let s = sel(&[], &["vllm serve"], true).with_uids(UidRule::Any);
+        assert_eq!(s.initial(&procs).len(), 2);
+        // A named pid is traced whoever owns it.
+        let t = sel(&[30], &[], true).initial(&procs);
+        assert_eq!(t.keys().copied().collect::<Vec<_>>(), vec![30]);
+        assert_eq!(program_of(&procs[1].cmdline), "python3");
+        assert_eq!(program_of("vllm serve m"), "vllm");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub fn hex(b: &[u8]) -> String {
         })
 }
 
+pub use inferscope_api::escape_controls;
+
 fn secs(ns: u64) -> u32 {
     (ns / 1_000_000_000).min(u32::MAX as u64) as u32
 }
@@ -158,14 +160,14 @@ impl RequestRow {
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,
             trace_id: hex(&r.trace_id),
-            node: res.node.clone(),
+            node: escape_controls(&res.node),
             pid: res.pid,
-            engine: res.engine.clone(),
-            model: r.model.clone(),
-            method: r.method.clone(),
-            path: r.path.clone(),
+            engine: escape_controls(&res.engine),
+            model: escape_controls(&r.model),
+            method: escape_controls(&r.method),
+            path: escape_controls(&r.path),
             status: r.status as u16,
-            outcome: r.outcome.clone(),
+            outcome: escape_controls(&r.outcome),
             stream: u8::from(r.stream),
             e2e_ns: r.e2e_ns,
             ttft_ns: r.ttft_ns,
@@ -183,16 +185,16 @@ impl RequestRow {
             chunks: r.chunks,
             engine_steps: r.engine_steps,
             max_gap_ns: r.max_gap_ns,
-            client: r.client.clone(),
-            server: r.server.clone(),
-            response_id: r.response_id.clone(),
-            x_request_id: r.x_request_id.clone(),
-            engine_request_id: r.engine_request_id.clone(),
-            gave_up: r.gave_up.clone(),
+            client: escape_controls(&r.client),
+            server: escape_controls(&r.server),
+            response_id: escape_controls(&r.response_id),
+            x_request_id: escape_controls(&r.x_request_id),
+            engine_request_id: escape_controls(&r.engine_request_id),
+            gave_up: escape_controls(&r.gave_up),
             step_ids: r.step_ids.clone(),
             chunk_offsets_ns: r.chunk_offsets_ns.clone(),
             batch_id: batch_id.to_string(),
-            engine_instance: r.engine_instance.clone(),
+            engine_instance: escape_controls(&r.engine_instance),
             netns: r.netns,
         }
     }
@@ -206,13 +208,21 @@ impl SpanRow {
             trace_id: hex(&s.trace_id),
             span_id: hex(&s.span_id),
             parent_span_id: hex(&s.parent_span_id),
-            name: s.name.clone(),
+            name: escape_controls(&s.name),
             start_unix_ns: s.start_unix_ns,
             end_unix_ns: s.end_unix_ns,
             node: res.node.clone(),
             pid: res.pid,
-            attr_keys: s.attributes.iter().map(|kv| kv.key.clone()).collect(),
-            attr_values: s.attributes.iter().map(value_string).collect(),
+            attr_keys: s
+                .attributes
+                .iter()
+                .map(|kv| escape_controls(&kv.key))
+                .collect(),
+            attr_values: s
+                .attributes
+                .iter()
+                .map(|kv| escape_controls(&value_string(kv)))
+                .collect(),
             link_trace_ids: s.links.iter().map(|l| hex(&l.trace_id)).collect(),
             link_span_ids: s.links.iter().map(|l| hex(&l.span_id)).collect(),
             batch_id: batch_id.to_string(),
@@ -235,5 +245,24 @@ impl StepRow {
             span_id: hex(&s.span_id),
             batch_unit: s.batch_unit.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_strings_are_stored_with_controls_escaped() {
+        assert_eq!(escape_controls("tiny-llm"), "tiny-llm");
+        assert_eq!(escape_controls("m\u{1b}[31mred"), "m\\u{1b}[31mred");
+        let r = Request {
+            model: "a\u{7}b".into(),
+            path: "/v1/x\r\nX: y".into(),
+            ..Default::default()
+        };
+        let row = RequestRow::from_proto(&r, &Resource::default(), "b");
+        assert_eq!(row.model, "a\\u{7}b");
+        assert_eq!(row.path, "/v1/x\\u{d}\\u{a}X: y");
     }
 }

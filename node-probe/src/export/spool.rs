@@ -7,7 +7,7 @@
 //! [`Spool::open`]; leftover temporary files (a crash mid-write) are deleted there.
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::DirBuilderExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// Extension of spool files.
@@ -173,7 +173,14 @@ impl Spool {
         let tmp = self.dir.join(format!(".{key}{TMP}"));
         let dst = self.path(key);
         let res = (|| {
-            let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+            // Owner-only: a batch holds request metadata (paths, ids, models).
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
             f.write_all(data).map_err(io("write", &tmp))?;
             f.sync_data().map_err(io("sync", &tmp))?;
             std::fs::rename(&tmp, &dst).map_err(io("rename", &dst))

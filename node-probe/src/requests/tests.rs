@@ -155,6 +155,7 @@ fn many_idle_connections_stay_bounded() {
         TrackerConfig {
             timeout_ns: 1_000,
             max_conns: 1_000,
+            ..TrackerConfig::default()
         },
         WallClock::new(),
         std::path::Path::new("/nonexistent"),
@@ -187,4 +188,13 @@ fn traceparent_validation() {
     assert!(parse_traceparent("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").is_none());
     assert!(parse_traceparent("00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01").is_none());
     assert!(parse_traceparent("garbage").is_none());
+}
+
+#[test]
+fn query_values_are_redacted_to_keys() {
+    assert_eq!(redact_query("/v1/completions"), "/v1/completions");
+    assert_eq!(redact_query("/v1/x?api-key=s3cret&b=2"), "/v1/x?api-key&b");
+    assert_eq!(redact_query("/v1/x?flag&&k="), "/v1/x?flag&k");
+    assert_eq!(redact_query("/v1/x?"), "/v1/x");
+    assert_eq!(redact_query("/v1/x?a=1#frag=2"), "/v1/x?a");
 }

@@ -1,0 +1,97 @@
+//! `--cmdline` selects only root's processes by default: a local user cannot start a process
+//! that matches the pattern and have root's node-probe trace and export it, neither one running
+//! when node-probe starts nor one exec'ed later. `--cmdline-uid` opts a user in.
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+
+const MARKER: &str = "inferscope-uid-target-marker";
+
+/// A Python process that sends on a unix socket pair every 20 ms for 20 s; as `uid` when given.
+fn talker(uid: Option<u32>) -> Child {
+    let code = "import socket,sys,time\na,b=socket.socketpair()\nfor _ in range(1000):\n    a.send(b'x'); b.recv(1); time.sleep(0.02)\n";
+    let mut cmd = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={u}"),
+                &format!("--regid={u}"),
+                "--clear-groups",
+                // The system Python: a user's own (pyenv under /root) is not theirs to run.
+                "/usr/bin/python3",
+            ]);
+            c
+        }
+        None => Command::new("python3"),
+    };
+    cmd.args(["-c", code, MARKER])
+        .spawn()
+        .expect("spawn talker")
+}
+
+fn pids_seen(probe: &JsonChild) -> std::collections::HashSet<u64> {
+    probe
+        .seen
+        .iter()
+        .filter(|v| v["kind"] == "send" || v["kind"] == "recv")
+        .filter_map(|v| v["pid"].as_u64())
+        .collect()
+}
+
+struct Kill(Vec<Child>);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn other_users_processes_are_not_targeted_by_default() {
+    if !bpf_or_skip("other_users_processes_are_not_targeted_by_default") {
+        return;
+    }
+    let mut kids = Kill(vec![talker(None), talker(Some(65534))]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut probe = start_probe(&["--cmdline", MARKER]);
+    // One of each started after node-probe: the exec path.
+    kids.0.push(talker(None));
+    kids.0.push(talker(Some(65534)));
+    probe.drain_for(Duration::from_secs(3));
+    let seen = pids_seen(&probe);
+    let ids: Vec<u64> = kids.0.iter().map(|c| u64::from(c.id())).collect();
+    for c in &mut kids.0 {
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "talker {} still running",
+            c.id()
+        );
+    }
+    let owner = |pid: u64| {
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}")).unwrap())
+    };
+    assert_eq!((owner(ids[1]), owner(ids[3])), (65534, 65534));
+    assert!(
+        seen.contains(&ids[0]) && seen.contains(&ids[2]),
+        "root's talkers traced: {seen:?} {ids:?}"
+    );
+    assert!(
+        !seen.contains(&ids[1]) && !seen.contains(&ids[3]),
+        "nobody's talkers not traced: {seen:?} {ids:?}"
+    );
+    drop(probe);
+
+    // Opted in.
+    let mut probe = start_probe(&["--cmdline", MARKER, "--cmdline-uid", "65534"]);
+    probe.drain_for(Duration::from_secs(2));
+    let seen = pids_seen(&probe);
+    assert!(
+        seen.contains(&ids[1]),
+        "with --cmdline-uid 65534: {seen:?} {ids:?}"
+    );
+}
