@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tonic::codec::CompressionEncoding;
 use tracing::info;
 
-use crate::api::{router, ApiState};
+use crate::api::{router_with_access, ApiState};
 use crate::ingest::dedup::Dedup;
 use crate::ingest::validate::Limits;
 use crate::ingest::writer::{run_writer, WriterConfig};
@@ -29,6 +29,12 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Bearer token nodes must present.
     pub token: Option<String>,
+    /// Read-only token of the HTTP side (API, UI, metrics); none: open to whoever can reach it.
+    pub api_token: Option<String>,
+    /// Host names the HTTP side answers to besides IP literals and localhost.
+    pub allowed_hosts: Vec<String>,
+    /// Serve ingest or the HTTP side on a non-loopback address without a token.
+    pub allow_unauthenticated: bool,
     /// TLS certificate and key (PEM) for gRPC.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Writer commit policy.
@@ -47,11 +53,33 @@ pub struct ServerConfig {
     pub queue_bytes: usize,
 }
 
+/// Refuses to listen beyond loopback without credentials: an open ingest port lets anyone write
+/// rows, an open HTTP port lets anyone read every trace.
+fn refuse_open_doors(cfg: &ServerConfig) -> anyhow::Result<()> {
+    if cfg.allow_unauthenticated {
+        return Ok(());
+    }
+    if !cfg.grpc_listen.ip().is_loopback() && cfg.token.is_none() {
+        anyhow::bail!(
+            "refusing to accept ingest on {} without a token: set --token-file (or INFERSCOPE_TOKEN),              or pass --allow-unauthenticated",
+            cfg.grpc_listen
+        );
+    }
+    if !cfg.http_listen.ip().is_loopback() && cfg.api_token.is_none() {
+        anyhow::bail!(
+            "refusing to serve the query API and UI on {} without an API token: set --api-token-file              (or INFERSCOPE_API_TOKEN), or pass --allow-unauthenticated",
+            cfg.http_listen
+        );
+    }
+    Ok(())
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    refuse_open_doors(&cfg)?;
     let store = Store::open(&cfg.store, Duration::from_secs(60))
         .await
         .with_context(|| format!("cannot use ClickHouse at {}", cfg.store.url))?;
@@ -117,7 +145,8 @@ pub async fn serve(
         .await
         .with_context(|| format!("bind HTTP {}", cfg.http_listen))?;
     info!(grpc = %grpc_addr, http = %cfg.http_listen, "aggregator listening");
-    let app = router(ApiState { store, metrics });
+    let access = crate::api::access::Access::new(cfg.api_token.clone(), &cfg.allowed_hosts);
+    let app = router_with_access(ApiState { store, metrics }, access);
     let http_task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -234,6 +234,9 @@ impl Agg {
                 retention_days: 0,
             },
             token: Some("s3cret".into()),
+            api_token: None,
+            allowed_hosts: Vec::new(),
+            allow_unauthenticated: false,
             tls: None,
             writer: WriterConfig {
                 max_rows: 10_000,

@@ -39,6 +39,14 @@ struct Cli {
         default_value = "http://127.0.0.1:7071"
     )]
     api: String,
+    /// The aggregator's read-only API token, when it has one (sent as `Authorization: Bearer`).
+    #[arg(
+        long,
+        global = true,
+        env = "INFERSCOPE_API_TOKEN",
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -237,11 +245,13 @@ impl FilterArgs {
 struct Api {
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl Api {
-    fn new(base: &str, timeout: Duration) -> Self {
+    fn new(base: &str, timeout: Duration, token: Option<String>) -> Self {
         Self {
+            token: token.filter(|t| !t.is_empty()),
             base: base.trim_end_matches('/').to_string(),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(5).min(timeout))
@@ -254,6 +264,9 @@ impl Api {
     fn get(&self, path: &str, query: &[(&'static str, String)]) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.get(&url);
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
         for (k, v) in query {
             req = req.query(k, v);
         }
@@ -877,7 +890,11 @@ fn print_json(body: &str) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Api::new(&cli.api, Duration::from_secs(cli.timeout_s.max(1)));
+    let api = Api::new(
+        &cli.api,
+        Duration::from_secs(cli.timeout_s.max(1)),
+        cli.api_token.clone(),
+    );
     let json = cli.output == Output::Json;
     match cli.cmd {
         Cmd::Breakdown {

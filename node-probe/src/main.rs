@@ -117,9 +117,16 @@ struct Cli {
     /// This node's name in exported data (default: the host name).
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
-    /// Bearer token for the aggregator.
+    /// Bearer token for the aggregator (prefer --token-file or the environment: a command line is
+    /// readable by every local user).
     #[arg(long, env = "INFERSCOPE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the aggregator token (first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Send the token over plain http:// to an aggregator that is not on this host.
+    #[arg(long)]
+    allow_plaintext_token: bool,
     /// PEM CA certificate to trust for an https:// aggregator.
     #[arg(long, value_name = "PATH")]
     export_tls_ca: Option<PathBuf>,
@@ -267,7 +274,17 @@ fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
         }
     };
     let mut cfg = ExportConfig::new(url, cli.node_name.clone().unwrap_or_else(hostname));
-    cfg.token = cli.token.clone().filter(|t| !t.is_empty());
+    cfg.token = match &cli.token_file {
+        Some(f) => {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read --token-file {}: {e}", f.display()))?;
+            let t = s.lines().next().unwrap_or_default().trim().to_string();
+            anyhow::ensure!(!t.is_empty(), "--token-file {} is empty", f.display());
+            Some(t)
+        }
+        None => cli.token.clone().filter(|t| !t.is_empty()),
+    };
+    cfg.allow_plaintext_token = cli.allow_plaintext_token;
     cfg.tls_ca = cli.export_tls_ca.clone();
     cfg.compression = match cli.export_compression {
         ExportCompression::Zstd => Compression::Zstd,

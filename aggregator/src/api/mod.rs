@@ -27,6 +27,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
+pub mod access;
 pub mod breakdown;
 pub mod filters;
 pub mod histogram;
@@ -81,8 +82,14 @@ pub fn stored_span_id(s: &str) -> Option<inferscope_api::SpanId> {
     s.parse().ok()
 }
 
-/// All HTTP routes.
+/// All HTTP routes, open to anyone who can reach them with an allowed `Host` (see
+/// [`router_with_access`]).
 pub fn router(state: ApiState) -> Router {
+    router_with_access(state, access::Access::default())
+}
+
+/// All HTTP routes behind [`access::check`].
+pub fn router_with_access(state: ApiState, a: access::Access) -> Router {
     let v1 = Router::new()
         .route("/breakdown", get(breakdown::handler))
         .route("/requests", get(requests::handler))
@@ -99,6 +106,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/assets/{*path}", get(ui::assets))
         .nest("/api/v1", v1)
         .with_state(state)
+        .route(
+            "/login",
+            get(access::login_page)
+                .post(access::login)
+                .with_state(a.clone()),
+        )
+        .layer(axum::middleware::from_fn_with_state(a, access::check))
 }
 
 async fn api_not_found(uri: Uri) -> ApiError {

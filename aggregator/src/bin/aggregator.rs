@@ -38,9 +38,27 @@ struct Cli {
     /// ClickHouse password.
     #[arg(long, env = "INFERSCOPE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     clickhouse_password: Option<String>,
-    /// Bearer token node-probes must present.
+    /// Bearer token node-probes must present (prefer --token-file or the environment: a command
+    /// line is readable by every local user).
     #[arg(long, env = "INFERSCOPE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the ingest token (first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Read-only token for the query API, UI and /metrics (`Authorization: Bearer`, or a browser
+    /// login at /login).
+    #[arg(long, env = "INFERSCOPE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// File holding the API token (first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "api_token")]
+    api_token_file: Option<PathBuf>,
+    /// A host name the HTTP side answers to (repeatable), besides IP addresses and localhost:
+    /// any other `Host` is refused (DNS rebinding guard).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
+    /// Listen beyond loopback without tokens (refused otherwise).
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// TLS certificate (PEM) for the gRPC port; needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -65,6 +83,27 @@ struct Cli {
     /// Ingest streams open at once (one per node-probe); beyond, RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     max_streams: usize,
+}
+
+/// A secret from its flag/environment value or its file (first line, trimmed); exits with a
+/// clear line when the file cannot be read or is empty.
+fn secret(value: Option<String>, file: Option<&std::path::Path>) -> Option<String> {
+    let Some(f) = file else {
+        return value.filter(|v| !v.is_empty());
+    };
+    match std::fs::read_to_string(f) {
+        Ok(s) if !s.trim().is_empty() => {
+            Some(s.lines().next().unwrap_or_default().trim().to_string())
+        }
+        Ok(_) => {
+            eprintln!("aggregator: error: {} is empty", f.display());
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("aggregator: error: cannot read {}: {e}", f.display());
+            std::process::exit(2);
+        }
+    }
 }
 
 #[tokio::main]
@@ -95,7 +134,10 @@ async fn main() {
             password: cli.clickhouse_password,
             retention_days: cli.retention_days,
         },
-        token: cli.token,
+        token: secret(cli.token, cli.token_file.as_deref()),
+        api_token: secret(cli.api_token, cli.api_token_file.as_deref()),
+        allowed_hosts: cli.allowed_hosts,
+        allow_unauthenticated: cli.allow_unauthenticated,
         tls: cli.tls_cert.zip(cli.tls_key),
         writer: WriterConfig {
             max_rows: cli.flush_rows.max(1),

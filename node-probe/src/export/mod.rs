@@ -76,6 +76,12 @@ pub enum ExportError {
     /// The token cannot be sent as a header value.
     #[error("the export token must be printable ASCII")]
     Token,
+    /// A token would cross the network in clear text.
+    #[error("refusing to send the token over plain http:// to {host} (anyone on the path could read it): use https:// with --export-tls-ca, or pass --allow-plaintext-token")]
+    PlaintextToken {
+        /// The aggregator's host.
+        host: String,
+    },
     /// Empty or overlong node name.
     #[error("the node name must be 1 to 256 bytes, not {0:?}")]
     NodeName(String),
@@ -122,6 +128,8 @@ pub struct ExportConfig {
     pub connect_timeout: Duration,
     /// How often the counters are logged (when they changed).
     pub stats_interval: Duration,
+    /// Send the token over plain `http://` to a non-loopback aggregator (refused otherwise).
+    pub allow_plaintext_token: bool,
 }
 
 impl ExportConfig {
@@ -145,14 +153,37 @@ impl ExportConfig {
             ack_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(30),
+            allow_plaintext_token: false,
         }
     }
+}
+
+/// The host of an `http://` URL when it is not a loopback address or `localhost` (a token sent
+/// there crosses a network in clear text).
+pub fn plaintext_remote_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let bare = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| bare.to_string())
 }
 
 impl ExportConfig {
     /// Checks the URL, TLS, token and node name (what [`Exporter::start`] checks before it
     /// touches the spool), so that a command line can be refused before anything is loaded.
     pub fn validate(&self) -> Result<(), ExportError> {
+        if self.token.is_some() && !self.allow_plaintext_token {
+            if let Some(host) = plaintext_remote_host(&self.url) {
+                return Err(ExportError::PlaintextToken { host });
+            }
+        }
         if self.node_name.is_empty() || self.node_name.len() > 256 {
             return Err(ExportError::NodeName(self.node_name.clone()));
         }
@@ -425,6 +456,36 @@ pub fn default_spool_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_stay_off_plaintext_networks() {
+        assert_eq!(
+            plaintext_remote_host("http://10.0.0.5:7070"),
+            Some("10.0.0.5".into())
+        );
+        assert_eq!(
+            plaintext_remote_host("http://agg.example/x"),
+            Some("agg.example".into())
+        );
+        for ok in [
+            "http://127.0.0.1:7070",
+            "http://localhost:7070",
+            "http://[::1]:7070",
+            "https://agg.example",
+        ] {
+            assert_eq!(plaintext_remote_host(ok), None, "{ok}");
+        }
+        let mut c = ExportConfig::new("http://10.0.0.5:7070", "n");
+        assert!(c.validate().is_ok(), "no token: nothing to leak");
+        c.token = Some("t".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("refusing to send the token over plain http:// to 10.0.0.5"),
+            "{e}"
+        );
+        c.allow_plaintext_token = true;
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn snapshot_display_is_key_value() {
