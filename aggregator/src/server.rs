@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tonic::codec::CompressionEncoding;
 use tracing::info;
 
-use crate::api::{router_with_access, ApiState};
+use crate::api::{router_with_limits, ApiState};
 use crate::ingest::dedup::Dedup;
 use crate::ingest::validate::Limits;
 use crate::ingest::writer::{run_writer, WriterConfig};
@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Serve ingest or the HTTP side on a non-loopback address without a token.
     pub allow_unauthenticated: bool,
+    /// Query-API calls at once (beyond: 429).
+    pub max_queries: usize,
     /// TLS certificate and key (PEM) for gRPC.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Writer commit policy.
@@ -146,7 +148,11 @@ pub async fn serve(
         .with_context(|| format!("bind HTTP {}", cfg.http_listen))?;
     info!(grpc = %grpc_addr, http = %cfg.http_listen, "aggregator listening");
     let access = crate::api::access::Access::new(cfg.api_token.clone(), &cfg.allowed_hosts);
-    let app = router_with_access(ApiState { store, metrics }, access);
+    let app = router_with_limits(
+        ApiState { store, metrics },
+        access,
+        crate::api::limit::QueryLimit::new(cfg.max_queries),
+    );
     let http_task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -237,6 +237,7 @@ impl Agg {
             api_token: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
+            max_queries: 8,
             tls: None,
             writer: WriterConfig {
                 max_rows: 10_000,

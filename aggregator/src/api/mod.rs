@@ -31,6 +31,7 @@ pub mod access;
 pub mod breakdown;
 pub mod filters;
 pub mod histogram;
+pub mod limit;
 pub mod params;
 pub mod requests;
 pub mod sql;
@@ -88,8 +89,14 @@ pub fn router(state: ApiState) -> Router {
     router_with_access(state, access::Access::default())
 }
 
-/// All HTTP routes behind [`access::check`].
+/// All HTTP routes behind [`access::check`], the query routes behind the default
+/// [`limit::QueryLimit`].
 pub fn router_with_access(state: ApiState, a: access::Access) -> Router {
+    router_with_limits(state, a, limit::QueryLimit::default())
+}
+
+/// All HTTP routes behind [`access::check`], the query routes behind `q`.
+pub fn router_with_limits(state: ApiState, a: access::Access, q: limit::QueryLimit) -> Router {
     let v1 = Router::new()
         .route("/breakdown", get(breakdown::handler))
         .route("/requests", get(requests::handler))
@@ -97,7 +104,8 @@ pub fn router_with_access(state: ApiState, a: access::Access) -> Router {
         .route("/filters", get(filters::handler))
         .route("/timeseries", get(timeseries::handler))
         .route("/histogram", get(histogram::handler))
-        .fallback(api_not_found);
+        .fallback(api_not_found)
+        .layer(axum::middleware::from_fn_with_state(q, limit::limit));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

@@ -12,6 +12,11 @@ use crate::error::{ApiError, ErrorCode};
 
 /// Seconds a query may run before ClickHouse cancels it.
 pub const MAX_EXECUTION_SECS: u32 = 30;
+/// Memory one query may use on the server (bytes) before ClickHouse stops it.
+pub const MAX_QUERY_MEMORY: u64 = 2 << 30;
+/// ClickHouse `priority` of queries (lower is more urgent; ingest runs at
+/// [`crate::ingest::writer::INGEST_PRIORITY`]): while an insert runs, queries wait.
+pub const QUERY_PRIORITY: u32 = 10;
 
 /// A bound value.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +94,10 @@ impl Sql {
                 Arg::U64s(v) => q.bind(v.as_slice()),
             };
         }
+        // Each setting exists on 18.16 and current servers.
         q.with_setting("max_execution_time", MAX_EXECUTION_SECS.to_string())
+            .with_setting("max_memory_usage", MAX_QUERY_MEMORY.to_string())
+            .with_setting("priority", QUERY_PRIORITY.to_string())
     }
 
     /// Runs the query and decodes every row. `what` names it in logs and errors.

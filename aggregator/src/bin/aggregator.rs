@@ -59,6 +59,10 @@ struct Cli {
     /// Listen beyond loopback without tokens (refused otherwise).
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Query-API calls at once; more are answered 429 at once (ingest has its own connection
+    /// settings and a higher ClickHouse priority).
+    #[arg(long, default_value_t = 8)]
+    max_queries: usize,
     /// TLS certificate (PEM) for the gRPC port; needs --tls-key.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -138,6 +142,7 @@ async fn main() {
         api_token: secret(cli.api_token, cli.api_token_file.as_deref()),
         allowed_hosts: cli.allowed_hosts,
         allow_unauthenticated: cli.allow_unauthenticated,
+        max_queries: cli.max_queries,
         tls: cli.tls_cert.zip(cli.tls_key),
         writer: WriterConfig {
             max_rows: cli.flush_rows.max(1),

@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::store::rows::{BatchRow, RequestRow, SpanRow, StepRow};
 use crate::store::Store;
 
+/// ClickHouse `priority` of inserts: more urgent than any query.
+pub const INGEST_PRIORITY: u32 = 1;
+
 /// Longest wait for ClickHouse to take one chunk of an insert.
 const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for ClickHouse to confirm an insert.
@@ -71,7 +74,12 @@ struct Inserters {
 impl Inserters {
     fn new(store: &Store, cfg: &WriterConfig) -> Self {
         // Inserters escape the table name as one identifier: set the database on the client.
-        let c = store.client().clone().with_database(&store.database);
+        // Ingest outranks queries (see crate::api::sql::QUERY_PRIORITY).
+        let c = store
+            .client()
+            .clone()
+            .with_database(&store.database)
+            .with_setting("priority", INGEST_PRIORITY.to_string());
         // A hung ClickHouse (frozen host, dropped packets) fails the commit instead of stalling
         // the writer, and with it every node's acks, for as long as TCP keeps trying.
         let t = (Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
