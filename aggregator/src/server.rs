@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Bearer token nodes must present.
     pub token: Option<String>,
+    /// Per-node tokens `(token, node name)`: batches sent with one must be that node's.
+    pub node_tokens: Vec<(String, String)>,
     /// Read-only token of the HTTP side (API, UI, metrics); none: open to whoever can reach it.
     pub api_token: Option<String>,
     /// Host names the HTTP side answers to besides IP literals and localhost.
@@ -61,7 +63,7 @@ fn refuse_open_doors(cfg: &ServerConfig) -> anyhow::Result<()> {
     if cfg.allow_unauthenticated {
         return Ok(());
     }
-    if !cfg.grpc_listen.ip().is_loopback() && cfg.token.is_none() {
+    if !cfg.grpc_listen.ip().is_loopback() && cfg.token.is_none() && cfg.node_tokens.is_empty() {
         anyhow::bail!(
             "refusing to accept ingest on {} without a token: set --token-file (or INFERSCOPE_TOKEN),              or pass --allow-unauthenticated",
             cfg.grpc_listen
@@ -114,7 +116,8 @@ pub async fn serve(
             stopping,
             cfg.queue_bytes.max(cfg.max_message_bytes),
         )
-        .with_max_streams(cfg.max_streams),
+        .with_max_streams(cfg.max_streams)
+        .with_node_tokens(cfg.node_tokens.clone()),
     )
     .accept_compressed(CompressionEncoding::Gzip)
     .accept_compressed(CompressionEncoding::Zstd)

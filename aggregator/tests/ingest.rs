@@ -234,6 +234,10 @@ impl Agg {
                 retention_days: 0,
             },
             token: Some("s3cret".into()),
+            node_tokens: vec![
+                ("tok-a".into(), "node-a".into()),
+                ("tok-b".into(), "node-b".into()),
+            ],
             api_token: None,
             allowed_hosts: Vec::new(),
             allow_unauthenticated: false,
@@ -665,5 +669,44 @@ async fn streams_beyond_the_cap_are_refused() {
         assert!(t.elapsed() < Duration::from_secs(10), "slot never freed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    agg.stop().await;
+}
+
+/// A per-node token sends that node's batches only: another node's name (or batch ids) is
+/// refused as `node_mismatch` and claims nothing; the rightful node's batch is then stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_bind_batches_to_their_node() {
+    if !ch_available() {
+        return;
+    }
+    let agg = Agg::start("node_tokens").await;
+    // node-b's token sending node-a's batch 1 (its ids).
+    let acks = send(agg.grpc, Some("tok-b"), vec![batch(1, 2, 3)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Rejected as i32, "{acks:?}");
+    assert!(acks[0].message.starts_with("node_mismatch"), "{acks:?}");
+    // A resource naming another node inside a batch of its own name.
+    let mut b = batch(2, 1, 3);
+    b.node_id = "node-b".into();
+    let acks = send(agg.grpc, Some("tok-b"), vec![b]).await.unwrap();
+    assert_eq!(acks[0].status, AckStatus::Rejected as i32, "{acks:?}");
+    // node-a's own token: batch 1 is stored (nothing was claimed by node-b's attempt).
+    let acks = send(agg.grpc, Some("tok-a"), vec![batch(1, 2, 3)])
+        .await
+        .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
+    // Unknown token.
+    let e = send(agg.grpc, Some("tok-x"), vec![batch(3, 1, 3)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // An empty batch is refused.
+    let mut empty = batch(4, 0, 3);
+    empty.resources[0].spans.clear();
+    let acks = send(agg.grpc, Some("tok-a"), vec![empty]).await.unwrap();
+    assert!(acks[0].message.starts_with("empty_batch"), "{acks:?}");
+    let metrics = ureq_get(&format!("http://{}/metrics", agg.http));
+    assert!(metrics.contains("reason=\"node_mismatch\"} 2"), "{metrics}");
     agg.stop().await;
 }

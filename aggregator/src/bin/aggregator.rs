@@ -45,6 +45,10 @@ struct Cli {
     /// File holding the ingest token (first line).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// Per-node ingest tokens: a file of `NODE TOKEN` lines (`#` comments). A node's token lets
+    /// it send batches for that node name only.
+    #[arg(long, value_name = "FILE")]
+    node_tokens_file: Option<PathBuf>,
     /// Read-only token for the query API, UI and /metrics (`Authorization: Bearer`, or a browser
     /// login at /login).
     #[arg(long, env = "INFERSCOPE_API_TOKEN", hide_env_values = true)]
@@ -110,6 +114,28 @@ fn secret(value: Option<String>, file: Option<&std::path::Path>) -> Option<Strin
     }
 }
 
+/// `NODE TOKEN` lines of a per-node token file.
+fn node_tokens(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next(), w.next()) {
+            (Some(node), Some(token), None) => out.push((token.to_string(), node.to_string())),
+            _ => return Err(format!("{}:{}: want `NODE TOKEN`", path.display(), i + 1)),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{} lists no node", path.display()));
+    }
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -139,6 +165,14 @@ async fn main() {
             retention_days: cli.retention_days,
         },
         token: secret(cli.token, cli.token_file.as_deref()),
+        node_tokens: match cli.node_tokens_file.as_deref().map(node_tokens) {
+            None => Vec::new(),
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                eprintln!("aggregator: error: {e}");
+                std::process::exit(2);
+            }
+        },
         api_token: secret(cli.api_token, cli.api_token_file.as_deref()),
         allowed_hosts: cli.allowed_hosts,
         allow_unauthenticated: cli.allow_unauthenticated,

@@ -34,6 +34,8 @@ pub struct IngestService {
     dedup: Arc<Dedup>,
     limits: Limits,
     token: Option<Arc<str>>,
+    /// Per-node tokens: token → the only node name its batches may carry.
+    node_tokens: Arc<[(String, Arc<str>)]>,
     stopping: watch::Receiver<bool>,
     budget: Arc<Semaphore>,
     /// Export streams open at once, at most (beyond: RESOURCE_EXHAUSTED).
@@ -65,6 +67,7 @@ impl IngestService {
             dedup,
             limits,
             token: token.map(Into::into),
+            node_tokens: Arc::from(Vec::new()),
             stopping,
             budget: Arc::new(Semaphore::new(queue_bytes.min(Semaphore::MAX_PERMITS))),
             streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
@@ -82,25 +85,49 @@ impl IngestService {
         self
     }
 
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(want) = &self.token else {
-            return Ok(());
-        };
+    /// Per-node credentials: each `(token, node)` lets its holder send batches for `node` only
+    /// (`node_id` and every resource's `node`), so that no node can write under another's name
+    /// or claim another's batch ids. A shared token, if also set, is still accepted (unbound).
+    pub fn with_node_tokens(mut self, tokens: Vec<(String, String)>) -> Self {
+        self.node_tokens = tokens
+            .into_iter()
+            .map(|(t, n)| (t, Arc::from(n.as_str())))
+            .collect();
+        self
+    }
+
+    /// The stream's identity: `Ok(None)` for an open service or the shared token, `Ok(Some(node))`
+    /// for a per-node token.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<Option<Arc<str>>, Status> {
+        if self.token.is_none() && self.node_tokens.is_empty() {
+            return Ok(None);
+        }
         let got = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        // Constant-time comparison of equal-length tokens.
-        let ok = got.is_some_and(|g| {
-            g.len() == want.len()
-                && g.bytes()
-                    .zip(want.bytes())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0
-        });
-        if ok {
-            Ok(())
+        // Constant-time comparison of equal-length tokens; every per-node token is compared.
+        let same = |want: &str| {
+            got.is_some_and(|g| {
+                g.len() == want.len()
+                    && g.bytes()
+                        .zip(want.bytes())
+                        .fold(0u8, |a, (x, y)| a | (x ^ y))
+                        == 0
+            })
+        };
+        let mut node = None;
+        for (t, n) in self.node_tokens.iter() {
+            if same(t) {
+                node = Some(n.clone());
+            }
+        }
+        if node.is_some() {
+            return Ok(node);
+        }
+        if self.token.as_deref().is_some_and(same) {
+            Ok(None)
         } else {
             self.metrics.unauthenticated.fetch_add(1, Relaxed);
             Err(ErrorCode::Unauthenticated.status(
@@ -110,7 +137,7 @@ impl IngestService {
     }
 
     /// Handles one batch; the ack is sent on `acks` when known.
-    async fn handle(&self, b: Batch, acks: mpsc::Sender<Result<Ack, Status>>) {
+    async fn handle(&self, b: Batch, node: Option<&str>, acks: mpsc::Sender<Result<Ack, Status>>) {
         self.metrics.batches_received.fetch_add(1, Relaxed);
         let seq = b.sequence;
         let ack = move |status: AckStatus, message: String| Ack {
@@ -122,7 +149,7 @@ impl IngestService {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        if let Err(e) = validate(&b, now, &self.limits) {
+        if let Err(e) = validate(&b, now, &self.limits).and_then(|()| bound_to(&b, node)) {
             self.metrics.reject(e.reason);
             debug!(reason = e.reason, message = %e.message, node = %b.node_id, "batch rejected");
             let _ = acks
@@ -206,7 +233,7 @@ impl Ingest for IngestService {
         &self,
         req: Request<Streaming<Batch>>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        self.authorize(&req)?;
+        let node = self.authorize(&req)?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             self.metrics.reject("too_many_streams");
             Status::resource_exhausted(format!(
@@ -232,7 +259,7 @@ impl Ingest for IngestService {
                     }
                 };
                 match msg {
-                    Ok(Some(b)) => this.handle(b, acks_tx.clone()).await,
+                    Ok(Some(b)) => this.handle(b, node.as_deref(), acks_tx.clone()).await,
                     Ok(None) => break,
                     Err(status) if is_transport(&status) => {
                         // The client went away (reset, cancel): not bad input.
@@ -257,6 +284,28 @@ impl Ingest for IngestService {
         });
         Ok(Response::new(ReceiverStream::new(acks_rx)))
     }
+}
+
+/// A batch sent with a per-node token must be that node's: its `node_id` and every resource's
+/// `node` (else REJECTED `node_mismatch`; the batch id it names is not claimed).
+fn bound_to(b: &Batch, node: Option<&str>) -> Result<(), validate::Invalid> {
+    let Some(n) = node else {
+        return Ok(());
+    };
+    let foreign = b.node_id != n
+        || b.resources
+            .iter()
+            .any(|r| r.resource.as_ref().is_some_and(|res| res.node != n));
+    if foreign {
+        return Err(validate::Invalid {
+            reason: "node_mismatch",
+            message: format!(
+                "this token is node {n:?}'s; the batch is node {:?}'s",
+                b.node_id
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a stream error is the transport failing (client gone), not the client's input.

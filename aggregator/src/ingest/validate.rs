@@ -223,6 +223,11 @@ pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
         .iter()
         .map(|r| r.requests.len() + r.spans.len() + r.steps.len())
         .sum();
+    if b.resources.iter().all(|r| r.requests.is_empty()) {
+        // Nothing to store; node-probe never sends one. Refused so that no id is claimed by a
+        // batch that carries nothing.
+        return Err(bad("empty_batch", "a batch carries at least one request"));
+    }
     if rows > l.max_rows {
         return Err(bad(
             "batch_too_large",
@@ -324,6 +329,8 @@ mod tests {
             ("bad_batch_id", Box::new(|b| b.node_id = "a/b".into())),
             ("bad_batch_id", Box::new(|b| b.boot_id = "b/c".into())),
             ("missing_field", Box::new(|b| b.sequence = 0)),
+            ("empty_batch", Box::new(|b| b.resources[0].requests.clear())),
+            ("empty_batch", Box::new(|b| b.resources.clear())),
             (
                 "missing_field",
                 Box::new(|b| b.resources[0].resource = None),
