@@ -106,7 +106,7 @@ fn ui_agrees() {
 
 #[test]
 fn cli_agrees() {
-    let cli = repo_file("cli/src/main.rs");
+    let cli = repo_file("cli/src/print.rs");
     for p in PHASES {
         let quoted = format!("\"{p}\"");
         assert!(

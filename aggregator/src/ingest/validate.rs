@@ -16,6 +16,9 @@ pub struct Limits {
     pub max_future_ns: u64,
     /// Oldest accepted timestamp age, ns.
     pub max_age_ns: u64,
+    /// Widest span of start times within one batch, ns: a batch is written to the daily
+    /// partitions its rows fall in, so rows spread over many days would make many parts.
+    pub max_spread_ns: u64,
 }
 
 impl Default for Limits {
@@ -26,6 +29,7 @@ impl Default for Limits {
             max_string: 4096,
             max_future_ns: 3_600 * 1_000_000_000,
             max_age_ns: 30 * 24 * 3_600 * 1_000_000_000,
+            max_spread_ns: 24 * 3_600 * 1_000_000_000,
         }
     }
 }
@@ -199,6 +203,29 @@ fn check_span(s: &Span, now: u64, l: &Limits) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The rows of one resource start within [`Limits::max_spread_ns`] of each other (node-probe's
+/// batches span seconds; the request timeout bounds a request's own length).
+fn check_spread(rd: &inferscope_proto::v1::ResourceData, l: &Limits) -> Result<(), Invalid> {
+    let starts = rd
+        .requests
+        .iter()
+        .map(|r| r.start_unix_ns)
+        .chain(rd.spans.iter().map(|s| s.start_unix_ns))
+        .chain(rd.steps.iter().map(|s| s.start_unix_ns));
+    let (lo, hi) = starts.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    if hi > lo && hi - lo > l.max_spread_ns {
+        return Err(bad(
+            "timestamps_spread",
+            format!(
+                "rows of one batch start {:.1} h apart (max {:.0} h): send them in batches of their own",
+                (hi - lo) as f64 / 3.6e12,
+                l.max_spread_ns as f64 / 3.6e12
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a whole batch against `now` (Unix ns).
 pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
     if b.node_id.is_empty() || b.node_id.len() > 256 {
@@ -250,6 +277,7 @@ pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
         for s in &rd.spans {
             check_span(s, now, l)?;
         }
+        check_spread(rd, l)?;
         for s in &rd.steps {
             check_time(
                 "engine step",
@@ -363,6 +391,16 @@ mod tests {
             (
                 "bad_status",
                 Box::new(|b| b.resources[0].requests[0].status = 70000),
+            ),
+            (
+                "timestamps_spread",
+                Box::new(|b| {
+                    let mut r = b.resources[0].requests[0].clone();
+                    r.start_unix_ns -= 3 * 24 * 3_600 * 1_000_000_000;
+                    r.end_unix_ns = r.start_unix_ns + 1_000_000;
+                    r.e2e_ns = 1_000_000;
+                    b.resources[0].requests.push(r);
+                }),
             ),
             (
                 "bad_endpoint",
