@@ -20,9 +20,10 @@ cargo build --release -p node-probe -p inferscope-aggregator -p inferscope-cli -
 scripts/clickhouse.sh start
 
 # Aggregator (restarted if one from an earlier demo is still up).
+# The token travels in the environment, never on a command line (readable by every local user).
+export INFERSCOPE_TOKEN="$TOKEN"
 pkill -f "target/release/aggregator .*--http-listen $HTTP" 2>/dev/null || true
-target/release/aggregator --grpc-listen "$GRPC" --http-listen "$HTTP" --token "$TOKEN" \
-  > "$OUT/aggregator.log" 2>&1 &
+target/release/aggregator --grpc-listen "$GRPC" --http-listen "$HTTP" > "$OUT/aggregator.log" 2>&1 &
 AGG=$!
 until curl -sf "http://$HTTP/healthz" >/dev/null; do
   kill -0 $AGG 2>/dev/null || { cat "$OUT/aggregator.log" >&2; exit 1; }; sleep 0.3
@@ -30,7 +31,7 @@ done
 
 scripts/engine.sh start "$PORT"
 target/release/node-probe --cmdline "vllm serve .* --port $PORT" --export "http://$GRPC" \
-  --token "$TOKEN" --batch-max-ms 500 --requests > "$OUT/requests.jsonl" 2> "$OUT/probe.log" &
+  --batch-max-ms 500 --requests > "$OUT/requests.jsonl" 2> "$OUT/probe.log" &
 PROBE=$!
 trap 'kill -TERM $PROBE 2>/dev/null || true' EXIT
 until grep -qs "node-probe attached" "$OUT/probe.log"; do
@@ -50,5 +51,5 @@ echo
 echo "UI:         http://$HTTP/"
 echo "API:        http://$HTTP/api/v1/breakdown   (OpenAPI: http://$HTTP/openapi.yaml)"
 echo "SQL:        scripts/clickhouse.sh client -q 'SELECT * FROM inferscope.requests_ms ORDER BY e2e_ms DESC LIMIT 5'"
-echo "aggregator: pid $AGG, log $OUT/aggregator.log (token in \$INFERSCOPE_TOKEN or the log command line)"
+echo "aggregator: pid $AGG, log $OUT/aggregator.log (ingest token: $INFERSCOPE_TOKEN as set above)"
 echo "stop:       kill $AGG; scripts/engine.sh stop $PORT; scripts/clickhouse.sh stop"
