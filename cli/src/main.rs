@@ -322,6 +322,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // `inferscope … | head` ends quietly when the reader goes away, as command-line tools do
+    // (Rust ignores SIGPIPE, so each print would fail and panic instead).
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -23,3 +23,19 @@ fn usage_and_unreachable() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot reach the aggregator"), "{err}");
 }
+
+/// Output into a closed pipe ends the program quietly (SIGPIPE), not with a panic.
+#[test]
+fn closed_pipe_is_quiet() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferscope"))
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the program writes
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
