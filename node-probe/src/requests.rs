@@ -14,15 +14,23 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
-use inferscope_api::{SpanId, TraceId};
+use inferscope_api::TraceId;
 use inferscope_common::{EventKind, AF_INET, AF_INET6};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::WallClock;
-use crate::engine::{EngineTrace, Engines};
+use crate::engine::Engines;
 use crate::event::{ArrivalRecord, Event, SockRecord, SocketId};
 use crate::http::{Bytes, Exchange, HttpConn, Outcome};
+use phases::{engine_phases, span_id, step_link, Phases};
+
+mod phases;
+mod record;
+
+pub use record::{
+    parse_traceparent, redact_query, Endpoint, LinkJson, RequestRecord, SpanJson, StepJson,
+};
 
 const ECONNRESET: i64 = 104;
 const EPIPE: i64 = 32;
@@ -47,25 +55,6 @@ impl Default for TrackerConfig {
             max_conns: 32_768,
             keep_query_strings: false,
         }
-    }
-}
-
-/// A request target with its query's values removed: `/v1/x?api-key=s3&b=2` → `/v1/x?api-key&b`
-/// (values can be credentials; keys say what was passed). Fragments are dropped too.
-pub fn redact_query(target: &str) -> String {
-    let target = target.split('#').next().unwrap_or(target);
-    let Some((path, query)) = target.split_once('?') else {
-        return target.to_owned();
-    };
-    let keys: Vec<&str> = query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split('=').next().unwrap_or(kv))
-        .collect();
-    if keys.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", keys.join("&"))
     }
 }
 
@@ -119,211 +108,6 @@ struct Conn {
     gave_up_counted: bool,
 }
 
-/// One span of a request's tree.
-#[derive(Debug, Clone, Serialize)]
-pub struct SpanJson {
-    /// `http.server`, `frontend`, `queue`, `prefill`, `decode`, `stream_out`.
-    pub name: &'static str,
-    /// 16 hex chars in JSON.
-    pub span_id: SpanId,
-    /// Parent span (absent for the root).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<SpanId>,
-    /// Start, Unix ns.
-    pub start_unix_ns: u64,
-    /// End, Unix ns.
-    pub end_unix_ns: u64,
-    /// Attributes.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<&'static str, Value>,
-    /// Links to the engine steps the request took part in (root span only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub links: Vec<LinkJson>,
-}
-
-/// A link from a request's span to an engine step's span.
-#[derive(Debug, Clone, Serialize)]
-pub struct LinkJson {
-    /// The step's trace.
-    pub trace_id: TraceId,
-    /// The step's span.
-    pub span_id: SpanId,
-    /// `engine.step_id`.
-    pub attributes: BTreeMap<&'static str, Value>,
-}
-
-/// One engine step, exported once (by [`crate::export`]) however many requests it served;
-/// each of them lists it here and links to it from its root span.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StepJson {
-    /// Unique per engine instance.
-    pub step_id: u64,
-    /// The step's own trace and span ([`inferscope_api::step_context`]).
-    pub trace_id: TraceId,
-    /// The step's span.
-    pub span_id: SpanId,
-    /// Start, Unix ns.
-    pub start_unix_ns: u64,
-    /// End, Unix ns.
-    pub end_unix_ns: u64,
-    /// Requests (vLLM) or tokens (llama.cpp) in the step.
-    pub batch_size: u32,
-    /// What `batch_size` counts: `requests` or `tokens`.
-    pub batch_unit: &'static str,
-}
-
-/// A connection endpoint inside its network namespace (the record's `netns`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Endpoint {
-    /// Address.
-    pub ip: IpAddr,
-    /// Port.
-    pub port: u16,
-}
-
-/// One finished request: the documented `--requests` output (one JSON object per line).
-#[derive(Debug, Clone, Serialize)]
-pub struct RequestRecord {
-    /// Always `"request"`.
-    pub kind: &'static str,
-    /// 32 lowercase hex chars in JSON: from the incoming `traceparent`, else generated.
-    pub trace_id: TraceId,
-    /// Parent span id from `traceparent`, when there was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<SpanId>,
-    /// Incoming `x-request-id`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub x_request_id: Option<String>,
-    /// `id` of the response (e.g. `cmpl-…`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_id: Option<String>,
-    /// Engine request id, when the engine was followed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine_request_id: Option<String>,
-    /// Engine name, from the follower that claimed the server process (`vllm`, `llama.cpp`),
-    /// else `openai-compatible`.
-    pub engine: &'static str,
-    /// Engine instance whose steps the request took part in: the engine process's
-    /// `pid:start_ticks` (absent when no step was seen).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine_instance: Option<String>,
-    /// Server process.
-    pub pid: u32,
-    /// Server fd of the connection.
-    pub fd: i32,
-    /// Network namespace inode of the connection (0 when unknown).
-    pub netns: u32,
-    /// Client `addr:port`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    /// Server `addr:port`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
-    /// The client's address, structured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_endpoint: Option<Endpoint>,
-    /// The server's address, structured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_endpoint: Option<Endpoint>,
-    /// TCP sequence number of the request's first byte (the client's send sequence), when
-    /// known: with the connection's endpoints it names the same bytes on both hosts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub req_tcp_seq: Option<u32>,
-    /// TCP sequence number of the response's first byte (the server's send sequence).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resp_tcp_seq: Option<u32>,
-    /// HTTP method.
-    pub method: String,
-    /// HTTP path.
-    pub path: String,
-    /// Response status (0 when none was sent).
-    pub status: u16,
-    /// `complete`, `client_abort`, `server_close`, `timeout`, `lost`.
-    pub outcome: &'static str,
-    /// Why the content stopped being followed, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gave_up: Option<&'static str>,
-    /// Model from the request body.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// `stream` from the request body.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    /// Response was `text/event-stream`.
-    pub sse: bool,
-    /// Request bytes.
-    pub req_bytes: u64,
-    /// Response bytes.
-    pub resp_bytes: u64,
-    /// Wire start: the request's first byte reached the host (or was first read).
-    pub start_unix_ns: u64,
-    /// Last response byte written.
-    pub end_unix_ns: u64,
-    /// Where `start_unix_ns` comes from: `arrival` (kernel receive path) or `read`.
-    pub start_source: &'static str,
-    /// Time the request waited in the socket before the server read it.
-    pub read_wait_ns: u64,
-    /// Wire end-to-end.
-    pub e2e_ns: u64,
-    /// Wire time to first token: start → first SSE content event (non-streamed: first response
-    /// byte).
-    pub ttft_ns: u64,
-    /// Mean time per output chunk after the first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tpot_ns: Option<u64>,
-    /// SSE content events.
-    pub chunks: u64,
-    /// Largest gap between consecutive chunks.
-    pub max_gap_ns: u64,
-    /// Offsets of the SSE content events from `start_unix_ns` (first 4096).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub chunk_offsets_ns: Vec<u64>,
-    /// `data: [DONE]` seen.
-    pub done: bool,
-    /// Start → handed to the engine.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frontend_ns: Option<u64>,
-    /// Arrived at the scheduler → first step it ran in.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_ns: Option<u64>,
-    /// The step that produced its first token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefill_ns: Option<u64>,
-    /// First token's step end → last token's step end.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub decode_ns: Option<u64>,
-    /// Last output received by the frontend → last byte written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery_ns: Option<u64>,
-    /// Handed to the engine → first output back in the frontend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine_ttft_ns: Option<u64>,
-    /// Handed to the engine → last output back in the frontend.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub engine_e2e_ns: Option<u64>,
-    /// Engine steps the request took part in.
-    pub engine_steps: u32,
-    /// Those steps, in order (the root span links to each).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<StepJson>,
-    /// The span tree.
-    pub spans: Vec<SpanJson>,
-}
-
-/// Engine-side phase durations of one request.
-#[derive(Debug, Default)]
-struct Phases {
-    frontend: Option<u64>,
-    queue: Option<u64>,
-    prefill: Option<u64>,
-    decode: Option<u64>,
-    delivery: Option<u64>,
-    engine_ttft: Option<u64>,
-    engine_e2e: Option<u64>,
-    steps: Vec<StepJson>,
-    engine_id: Option<String>,
-}
-
 /// Builds request records from events.
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -357,18 +141,6 @@ fn fmt_addr((ip, port): (IpAddr, u16)) -> String {
     }
 }
 
-/// A new random span id (never zero: a v4 UUID has fixed non-zero version bits in its second
-/// half, and the first half is random).
-fn span_id() -> SpanId {
-    let b = *uuid::Uuid::new_v4().as_bytes();
-    let id = SpanId::from_slice(&b[..8]).expect("8 bytes");
-    if id.is_valid() {
-        id
-    } else {
-        SpanId::from_slice(&b[8..]).expect("8 bytes")
-    }
-}
-
 /// A new random trace id (a v4 UUID: never zero).
 fn new_trace_id() -> TraceId {
     TraceId::from_bytes(*uuid::Uuid::new_v4().as_bytes())
@@ -381,97 +153,6 @@ fn host_boot_id(proc_root: &std::path::Path) -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-/// Parses a W3C `traceparent`: returns (trace id, parent span id) when valid.
-pub fn parse_traceparent(v: &str) -> Option<(TraceId, SpanId)> {
-    let parts: Vec<&str> = v.trim().split('-').collect();
-    if parts.len() < 4 || parts[0].len() != 2 || parts[0] == "ff" {
-        return None;
-    }
-    Some((parts[1].parse().ok()?, parts[2].parse().ok()?))
-}
-
-/// The engine-side phase spans of one request (children of `root`), their durations and the
-/// request's engine steps (ids scoped by `step_scope`, see [`inferscope_api::step_context`]).
-fn engine_phases(
-    er: &EngineTrace,
-    (start, end): (u64, u64),
-    root: SpanId,
-    (clock, step_scope): (&WallClock, &str),
-    spans: &mut Vec<SpanJson>,
-) -> Phases {
-    let w = |t: u64| clock.to_wall(t);
-    let mut child =
-        |name: &'static str, a: u64, b: u64, attributes: BTreeMap<&'static str, Value>| {
-            spans.push(SpanJson {
-                name,
-                span_id: span_id(),
-                parent_span_id: Some(root),
-                start_unix_ns: w(a),
-                end_unix_ns: w(b.max(a)),
-                attributes,
-                links: Vec::new(),
-            });
-        };
-    let handed = er.handed_ns;
-    child("frontend", start, handed, BTreeMap::new());
-    let queued = er.core_recv_ns.unwrap_or(handed);
-    let (q, p, d) = match (er.steps.first(), er.steps.last(), er.first_output_ns) {
-        (Some(f), Some(l), _) => {
-            child("queue", queued, f.start_ns, BTreeMap::new());
-            child("prefill", f.start_ns, f.end_ns, BTreeMap::new());
-            child("decode", f.end_ns, l.end_ns, BTreeMap::new());
-            (
-                Some(f.start_ns.saturating_sub(queued)),
-                Some(f.end_ns.saturating_sub(f.start_ns)),
-                Some(l.end_ns.saturating_sub(f.end_ns)),
-            )
-        }
-        (_, _, Some(fo)) => {
-            let lo = er.last_output_ns.unwrap_or(fo);
-            child("prefill", queued, fo, BTreeMap::new());
-            child("decode", fo, lo, BTreeMap::new());
-            (
-                None,
-                Some(fo.saturating_sub(queued)),
-                Some(lo.saturating_sub(fo)),
-            )
-        }
-        _ => (None, None, None),
-    };
-    let delivery = er.last_output_ns.map(|lo| {
-        child("stream_out", lo, end, BTreeMap::new());
-        end.saturating_sub(lo)
-    });
-    let instance = er.instance.map(|i| i.to_string()).unwrap_or_default();
-    let steps = er
-        .steps
-        .iter()
-        .map(|s| {
-            let (trace_id, span_id) = inferscope_api::step_context(step_scope, &instance, s.id);
-            StepJson {
-                step_id: s.id,
-                trace_id,
-                span_id,
-                start_unix_ns: w(s.start_ns),
-                end_unix_ns: w(s.end_ns.max(s.start_ns)),
-                batch_size: s.batch,
-                batch_unit: er.batch_unit,
-            }
-        })
-        .collect();
-    Phases {
-        frontend: Some(handed.saturating_sub(start)),
-        queue: q,
-        prefill: p,
-        decode: d,
-        delivery,
-        engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
-        engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
-        steps,
-        engine_id: er.request_id.clone(),
-    }
 }
 
 impl Tracker {
@@ -905,17 +586,6 @@ impl Tracker {
             steps: ph.steps,
             spans,
         }
-    }
-}
-
-/// The link from a request's root span to one of its steps.
-fn step_link(s: &StepJson) -> LinkJson {
-    let mut attributes = BTreeMap::new();
-    attributes.insert("engine.step_id", Value::from(s.step_id));
-    LinkJson {
-        trace_id: s.trace_id,
-        span_id: s.span_id,
-        attributes,
     }
 }
 
