@@ -51,6 +51,17 @@ impl ErrorCode {
     }
 }
 
+/// Whether a presented secret equals the expected one, in time independent of where they differ
+/// (for equal lengths): the one comparison of tokens, for ingest and the HTTP side alike.
+pub fn same_secret(presented: &str, want: &str) -> bool {
+    presented.len() == want.len()
+        && presented
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// An error with its code, for HTTP handlers (renders as `{"error": {"code", "message"}}`).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -64,13 +64,7 @@ impl Access {
         let Some(want) = &self.token else {
             return true;
         };
-        presented.is_some_and(|g| {
-            g.len() == want.len()
-                && g.bytes()
-                    .zip(want.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        })
+        presented.is_some_and(|g| crate::error::same_secret(g, want))
     }
 }
 

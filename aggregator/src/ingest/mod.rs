@@ -108,15 +108,7 @@ impl IngestService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         // Constant-time comparison of equal-length tokens; every per-node token is compared.
-        let same = |want: &str| {
-            got.is_some_and(|g| {
-                g.len() == want.len()
-                    && g.bytes()
-                        .zip(want.bytes())
-                        .fold(0u8, |a, (x, y)| a | (x ^ y))
-                        == 0
-            })
-        };
+        let same = |want: &str| got.is_some_and(|g| crate::error::same_secret(g, want));
         let mut node = None;
         for (t, n) in self.node_tokens.iter() {
             if same(t) {
