@@ -2,10 +2,18 @@
 //! and bpf-linker, and leaves the object in OUT_DIR for `include_bytes_aligned!`.
 //!
 //! `INFERSCOPE_EBPF_TOOLCHAIN` selects a toolchain other than `nightly` (e.g. a dated nightly).
+//! `INFERSCOPE_EBPF_STUB=1` leaves an empty object instead (for the fuzz targets under `fuzz/`,
+//! whose instrumented build cannot build a BPF target): such a node-probe refuses to load.
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=INFERSCOPE_EBPF_TOOLCHAIN");
+    println!("cargo:rerun-if-env-changed=INFERSCOPE_EBPF_STUB");
+    if std::env::var("INFERSCOPE_EBPF_STUB").as_deref() == Ok("1") {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("probe-ebpf");
+        std::fs::write(&out, b"").context("writing the stub object")?;
+        return Ok(());
+    }
     let toolchain = std::env::var("INFERSCOPE_EBPF_TOOLCHAIN").ok();
     let toolchain = match toolchain.as_deref() {
         Some(t) if !t.is_empty() => aya_build::Toolchain::Custom(t),

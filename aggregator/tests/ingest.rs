@@ -710,3 +710,158 @@ async fn node_tokens_bind_batches_to_their_node() {
     assert!(metrics.contains("reason=\"node_mismatch\"} 2"), "{metrics}");
     agg.stop().await;
 }
+
+/// Status of a GET (curl), 0 when it could not connect.
+fn http_status(url: &str) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "60",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Sends `batches` on one stream, one every `gap`; the time from each send to its ack, and
+/// any ack that was not STORED.
+async fn paced(
+    grpc: SocketAddr,
+    batches: Vec<Batch>,
+    gap: Duration,
+) -> (Vec<Duration>, Vec<(u64, i32)>) {
+    let mut client = IngestClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let n = batches.len();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let sent_in = std::sync::Arc::clone(&sent);
+    let stream = tokio_stream::iter(batches).then(move |b| {
+        let sent = std::sync::Arc::clone(&sent_in);
+        async move {
+            tokio::time::sleep(gap).await;
+            sent.lock()
+                .unwrap()
+                .insert(b.sequence, std::time::Instant::now());
+            b
+        }
+    });
+    let mut req = tonic::Request::new(stream);
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    let mut acks = client.export(req).await.expect("export").into_inner();
+    let (mut lat, mut bad) = (Vec::new(), Vec::new());
+    while lat.len() + bad.len() < n {
+        let a = match tokio::time::timeout(Duration::from_secs(60), acks.next()).await {
+            Ok(Some(Ok(a))) => a,
+            other => panic!("ack stream ended: {other:?}"),
+        };
+        let t0 = sent.lock().unwrap().get(&a.sequence).copied();
+        if a.status == AckStatus::Stored as i32 {
+            lat.push(t0.map_or(Duration::ZERO, |t| t.elapsed()));
+        } else {
+            bad.push((a.sequence, a.status));
+        }
+    }
+    (lat, bad)
+}
+
+fn pctl(v: &mut [Duration], q: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A burst of month-wide exact-quantile breakdowns over millions of rows, from more clients than
+/// the query cap, while a node keeps sending: every batch is stored at its first attempt, the
+/// queries beyond the cap are answered 429, and the others succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn month_wide_query_burst_does_not_fail_inserts() {
+    if !ch_available() {
+        return;
+    }
+    let rows: u64 = std::env::var("INFERSCOPE_BURST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000_000);
+    let agg = Agg::start("burst").await;
+    let db = agg.db.clone();
+    // Rows over the last 30 days, generated server-side.
+    let now_s = now_ns() / 1_000_000_000;
+    let month = 30 * 86_400u64;
+    let step_ns = month * 1_000_000_000 / rows;
+    let t = std::time::Instant::now();
+    sql(&format!(
+        "INSERT INTO {db}.requests (start, start_unix_ns, end_unix_ns, trace_id, node, pid, engine, model, method, path, status, outcome, stream, \
+         e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, prefill_ns, decode_ns, delivery_ns, chunks, engine_steps) \
+         SELECT toDateTime(intDiv(s, 1000000000)), s, s + 100000000, lower(hex(sipHash128(toString(number)))), \
+         concat('node-', toString(number % 4)), 1, 'vllm', 'month', 'POST', '/v1/completions', 200, 'complete', 1, \
+         50000000 + (number * 7919) % 400000000, 10000000 + (number * 104729) % 90000000, 5000000, 2000000 + number % 3000000, \
+         (number * 31) % 50000000, 3000000 + number % 7000000, 30000000 + (number * 13) % 300000000, 1000000 + number % 2000000, 32, 32 \
+         FROM (SELECT number, ({now_s} - {month}) * 1000000000 + number * {step_ns} AS s FROM system.numbers LIMIT {rows})"
+    ))
+    .await;
+    eprintln!(
+        "burst: {rows} rows over 30 days generated in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Quiet: ack latency with no queries.
+    let quiet: Vec<Batch> = (1..=10).map(|s| batch(s, 200, 9)).collect();
+    let (mut quiet_lat, bad) = paced(agg.grpc, quiet, Duration::from_millis(200)).await;
+    assert!(bad.is_empty(), "quiet: {bad:?}");
+
+    // The burst: 24 clients × 2 month-wide breakdowns with exact quantiles, against a cap of 8.
+    let url = format!(
+        "http://{}/api/v1/breakdown?from={}&to={}&quantiles=0.5,0.9,0.99,0.999",
+        agg.http,
+        now_s - month - 60,
+        now_s + 60
+    );
+    let burst_start = std::time::Instant::now();
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || (0..2).map(|_| http_status(&url)).collect::<Vec<u16>>())
+        })
+        .collect();
+    let during: Vec<Batch> = (11..=50).map(|s| batch(s, 200, 9)).collect();
+    let (mut burst_lat, bad) = paced(agg.grpc, during, Duration::from_millis(200)).await;
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    let burst_s = burst_start.elapsed().as_secs_f64();
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let busy = statuses.iter().filter(|&&s| s == 429).count();
+    let other: Vec<&u16> = statuses.iter().filter(|&&s| s != 200 && s != 429).collect();
+    eprintln!(
+        "burst: {} queries in {burst_s:.1} s: {ok} answered, {busy} refused 429, others {other:?}; \
+         ack latency quiet p50 {:?} max {:?}, during the burst p50 {:?} p99 {:?} max {:?}",
+        statuses.len(),
+        pctl(&mut quiet_lat, 0.5),
+        pctl(&mut quiet_lat, 1.0),
+        pctl(&mut burst_lat, 0.5),
+        pctl(&mut burst_lat, 0.99),
+        pctl(&mut burst_lat, 1.0),
+    );
+    assert!(
+        bad.is_empty(),
+        "inserts failed or were retried during the burst: {bad:?}"
+    );
+    assert_eq!(burst_lat.len(), 40);
+    assert!(ok >= 1, "no query answered: {statuses:?}");
+    assert!(busy >= 1, "the cap never refused: {statuses:?}");
+    assert!(other.is_empty(), "queries failed otherwise: {other:?}");
+    let stored = count(&db, "requests").await;
+    assert_eq!(stored, rows + 50 * 200);
+    agg.stop().await;
+}

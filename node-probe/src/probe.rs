@@ -138,6 +138,11 @@ impl Probe {
                 opts.ring_bytes
             )));
         }
+        if OBJECT.is_empty() {
+            return Err(ProbeError::Missing(
+                "kernel programs: this build skipped them (INFERSCOPE_EBPF_STUB=1)".into(),
+            ));
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, opts.ring_bytes)
             .load(OBJECT)?;

@@ -907,3 +907,133 @@ fn missing_ack_reopens_the_stream() {
         vec![2]
     );
 }
+
+/// Spool files of `dir`, oldest first.
+fn spool_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "batch"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Drill: spool files truncated, overwritten with garbage and emptied between two runs are
+/// refused by their checks, moved to `corrupt/` and counted; the intact ones are delivered once.
+#[test]
+fn damaged_spool_files_are_quarantined_and_the_rest_delivered() {
+    init_logs();
+    let addr = free_addr();
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&format!("http://{addr}"));
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c.clone()).expect("start");
+    send_all(&h, 0..50);
+    let s = h.shutdown(Duration::from_millis(100));
+    assert_eq!(s.batches_closed, 5, "{s}");
+    let files = spool_paths(spool.path());
+    assert_eq!(files.len(), 5);
+    // One cut in the middle of its payload (a prefix of a protobuf can still decode), one
+    // overwritten with garbage of the same length, one emptied (a full disk at a bad moment).
+    let len = std::fs::metadata(&files[1]).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[1])
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate");
+    std::fs::write(&files[2], vec![0xff; len as usize]).expect("garbage");
+    std::fs::write(&files[3], b"").expect("empty");
+
+    let fake = Fake::new(stored());
+    let _server = Server::start(&fake, addr);
+    let h = Exporter::start(c).expect("restart");
+    let stats = h.stats();
+    wait_until("delivery and quarantine", Duration::from_secs(10), || {
+        let s = stats.snapshot();
+        s.records_delivered == 20 && s.spool_corrupt == 3
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    assert_eq!(
+        sorted(fake.stored_trace_ids()),
+        expect_ids((0..10).chain(40..50))
+    );
+    assert_eq!((s.spool_corrupt, s.batches_dropped), (3, 3), "{s}");
+    assert_eq!(spool_files(spool.path()), 0);
+    let quarantined = spool_paths(&spool.path().join("corrupt"));
+    let names = |v: &[std::path::PathBuf]| -> Vec<_> {
+        v.iter()
+            .map(|p| p.file_name().map(|n| n.to_owned()))
+            .collect()
+    };
+    assert_eq!(names(&quarantined), names(&files[1..4]));
+}
+
+/// Drill: a full disk under the spool (a 16 KiB tmpfs) while the aggregator is away. Writes that
+/// fail are counted, batches stay in memory while the window has room, the rest are dropped and
+/// counted; every batch not counted as dropped is delivered once the aggregator is back. Needs
+/// root (mount); required when `INFERSCOPE_REQUIRE_BPF=1`.
+#[test]
+fn full_disk_under_the_spool_is_counted_not_silent() {
+    init_logs();
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() != Ok("1"),
+            "full-disk drill required but not root"
+        );
+        eprintln!("SKIPPED full_disk_under_the_spool_is_counted_not_silent: needs root");
+        return;
+    }
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "inferscope-full"])
+        .arg(mnt.path())
+        .status()
+        .expect("mount")
+        .success();
+    assert!(ok, "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.path().to_owned());
+    let addr = free_addr();
+    let mut c = cfg(&format!("http://{addr}"));
+    c.spool_dir = Some(mnt.path().join("spool"));
+    c.spool_max_bytes = 1 << 30;
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    wait_until("first connect failure", Duration::from_secs(5), || {
+        stats.snapshot().connect_errors >= 1
+    });
+    const N: u64 = 400;
+    send_all(&h, 0..N);
+    wait_until("all batches closed", Duration::from_secs(10), || {
+        stats.snapshot().batches_closed == N / 10
+    });
+    let s = stats.snapshot();
+    assert!(s.spool_errors >= 1, "the disk never filled: {s}");
+    assert!(s.batches_dropped >= 1, "{s}");
+    let fake = Fake::new(stored());
+    let _server = Server::start(&fake, addr);
+    let want = N - 10 * s.batches_dropped;
+    wait_until("delivery", Duration::from_secs(15), || {
+        stats.snapshot().records_delivered == want
+    });
+    let s = h.shutdown(Duration::from_secs(5));
+    let ids = fake.stored_trace_ids();
+    assert_eq!(ids.len() as u64, want, "{s}");
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicates stored");
+    eprintln!(
+        "full-disk drill: {N} records, {} batches spooled, {} spool write errors, {} batches dropped (counted), {want} delivered",
+        s.spooled, s.spool_errors, s.batches_dropped
+    );
+}

@@ -285,8 +285,10 @@ counters! {
     spool_evicted,
     /// Bytes in the spool now.
     spool_bytes,
-    /// Spool write/read/decode failures.
+    /// Spool write/read/delete failures (a full disk, permissions).
     spool_errors,
+    /// Spool files that failed their checks or did not decode: moved to `corrupt/`, batch dropped.
+    spool_corrupt,
     /// Batches lost: no room in memory and none on disk (spool missing, failing or evicted).
     batches_dropped,
     /// Connection attempts after the first.

@@ -1,6 +1,13 @@
 //! The disk spool: one protobuf-encoded `Batch` per file, written atomically (temporary file,
 //! fsync, rename), with a size cap enforced by evicting the oldest files.
 //!
+//! Each file is framed: [`MAGIC`], the payload length (u64 LE) and its CRC-32 (u32 LE), then the
+//! payload. A truncated protobuf can still decode (to a batch with fewer rows, which would then be
+//! acknowledged and its missing rows lost without a trace), so [`Spool::read`] refuses a file whose
+//! length or checksum does not match, and the exporter moves it aside with [`Spool::quarantine`]
+//! instead of deleting it. Files without the magic are the unframed files of earlier versions and
+//! are returned as they are (their decode is the only check they get).
+//!
 //! File names are `<run start ns, 20 digits>-<sequence, 20 digits>-<boot id>.batch`, so the
 //! lexical order of the keys (names without the extension) is the order in which the batches
 //! were made, across runs: oldest first. Files left by an earlier run are picked up by
@@ -14,6 +21,15 @@ use std::path::{Path, PathBuf};
 const EXT: &str = "batch";
 /// Suffix of temporary files.
 const TMP: &str = ".tmp";
+/// First bytes of a framed spool file (format 1).
+pub const MAGIC: &[u8; 8] = b"ISPOOL1\n";
+/// Magic, length and checksum.
+const HEADER: usize = 8 + 8 + 4;
+/// Subdirectory for files that failed their checks.
+pub const QUARANTINE_DIR: &str = "corrupt";
+/// Quarantined files kept (oldest deleted beyond this), so that a disk full of bad files stays
+/// bounded.
+pub const QUARANTINE_KEEP: usize = 32;
 
 /// A spool operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +43,14 @@ pub enum SpoolError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// A spool file failed its length or checksum check, or is empty.
+    #[error("spool file {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What did not match.
+        reason: String,
     },
     /// A single batch larger than the whole spool.
     #[error("batch of {size} bytes exceeds the spool cap of {cap} bytes")]
@@ -159,7 +183,7 @@ impl Spool {
     /// Writes `data` under `key` atomically, then evicts the oldest other files as needed to
     /// stay within the cap (a failed write evicts nothing); returns the evicted keys.
     pub fn write(&mut self, key: &str, data: &[u8]) -> Result<Vec<String>, SpoolError> {
-        let size = data.len() as u64;
+        let size = (HEADER + data.len()) as u64;
         if size > self.max_bytes {
             return Err(SpoolError::TooLarge {
                 size,
@@ -181,7 +205,9 @@ impl Spool {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(io("create", &tmp))?;
-            f.write_all(data).map_err(io("write", &tmp))?;
+            f.write_all(&frame_header(data))
+                .and_then(|()| f.write_all(data))
+                .map_err(io("write", &tmp))?;
             f.sync_data().map_err(io("sync", &tmp))?;
             std::fs::rename(&tmp, &dst).map_err(io("rename", &dst))
         })();
@@ -199,10 +225,47 @@ impl Spool {
         Ok(self.evict_except(Some(key)))
     }
 
-    /// Reads the batch stored under `key`.
+    /// Reads the batch stored under `key`: the payload of a framed file whose length and
+    /// checksum match, or an earlier version's unframed file as it is.
     pub fn read(&self, key: &str) -> Result<Vec<u8>, SpoolError> {
         let p = self.path(key);
-        std::fs::read(&p).map_err(io("read", &p))
+        let mut data = std::fs::read(&p).map_err(io("read", &p))?;
+        match unframe(&data) {
+            Ok(Some(range)) => {
+                data.truncate(range.end);
+                data.drain(..range.start);
+                Ok(data)
+            }
+            Ok(None) => Ok(data),
+            Err(reason) => Err(SpoolError::Corrupt { path: p, reason }),
+        }
+    }
+
+    /// Moves the file under `key` into the quarantine subdirectory (keeping at most
+    /// [`QUARANTINE_KEEP`] files there, oldest deleted first) and forgets it; returns its new
+    /// path. A file that cannot be moved is deleted, so a bad file is never read twice.
+    pub fn quarantine(&mut self, key: &str) -> Result<PathBuf, SpoolError> {
+        if let Some(size) = self.files.remove(key) {
+            self.bytes -= size;
+        }
+        let src = self.path(key);
+        let qdir = self.dir.join(QUARANTINE_DIR);
+        let dst = qdir.join(format!("{key}.{EXT}"));
+        let moved = create_dir(&qdir).and_then(|()| std::fs::rename(&src, &dst));
+        if let Err(e) = moved {
+            let _ = std::fs::remove_file(&src);
+            return Err(io("quarantine", &src)(e));
+        }
+        let mut kept: Vec<PathBuf> = std::fs::read_dir(&qdir)
+            .map_err(io("list", &qdir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        kept.sort();
+        let excess = kept.len().saturating_sub(QUARANTINE_KEEP);
+        for old in &kept[..excess] {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(dst)
     }
 
     /// Deletes the batch stored under `key`; returns whether it was there.
@@ -250,6 +313,45 @@ impl Spool {
     }
 }
 
+/// The header of a framed file holding `data`.
+fn frame_header(data: &[u8]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    h[16..].copy_from_slice(&crc32fast::hash(data).to_le_bytes());
+    h
+}
+
+/// The payload's range in a framed file, `None` for an unframed (earlier version's) file, or why
+/// the file is corrupt.
+fn unframe(file: &[u8]) -> Result<Option<std::ops::Range<usize>>, String> {
+    if file.is_empty() {
+        return Err("empty file".into());
+    }
+    if !file.starts_with(MAGIC) {
+        // A prefix of the magic is a framed file cut inside its header.
+        if MAGIC.starts_with(file) {
+            return Err(format!("{} bytes, cut inside the header", file.len()));
+        }
+        return Ok(None);
+    }
+    let Some(h) = file.get(..HEADER) else {
+        return Err(format!("{} bytes, cut inside the header", file.len()));
+    };
+    let len = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(h[16..].try_into().unwrap_or_default());
+    let have = (file.len() - HEADER) as u64;
+    if have != len {
+        return Err(format!("payload is {have} bytes, header says {len}"));
+    }
+    let payload = &file[HEADER..];
+    let got = crc32fast::hash(payload);
+    if got != crc {
+        return Err(format!("checksum {got:08x}, header says {crc:08x}"));
+    }
+    Ok(Some(HEADER..file.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +377,11 @@ mod tests {
         assert_eq!(key_sequence(&key(1, 2, "a-b-c")), Some(2));
     }
 
+    /// Bytes a payload of `n` bytes takes on disk.
+    const fn on_disk(n: u64) -> u64 {
+        HEADER as u64 + n
+    }
+
     #[test]
     fn write_read_remove() {
         let d = tempfile::tempdir().expect("tempdir");
@@ -284,11 +391,13 @@ mod tests {
         let k = key(1, 1, "b");
         assert!(s.write(&k, b"hello").expect("write").is_empty());
         assert!(s.contains(&k));
-        assert_eq!(s.bytes(), 5);
+        assert_eq!(s.bytes(), on_disk(5));
         assert_eq!(s.read(&k).expect("read"), b"hello");
+        let file = std::fs::read(dir.join(format!("{k}.batch"))).expect("file");
+        assert!(file.starts_with(MAGIC));
         // Rewriting the same key replaces it.
         s.write(&k, b"hi").expect("write");
-        assert_eq!(s.bytes(), 2);
+        assert_eq!(s.bytes(), on_disk(2));
         assert_eq!(names(&dir), vec![format!("{k}.batch")]);
         assert!(s.remove(&k).expect("remove"));
         assert!(!s.remove(&k).expect("remove"));
@@ -300,23 +409,24 @@ mod tests {
     #[test]
     fn cap_evicts_oldest() {
         let d = tempfile::tempdir().expect("tempdir");
-        let mut s = Spool::open(d.path(), 25).expect("open");
+        let mut s = Spool::open(d.path(), on_disk(10) * 2 + 5).expect("open");
         assert!(s.write(&key(1, 1, "b"), &[0u8; 10]).expect("w").is_empty());
         assert!(s.write(&key(1, 2, "b"), &[0u8; 10]).expect("w").is_empty());
         let ev = s.write(&key(1, 3, "b"), &[0u8; 10]).expect("w");
         assert_eq!(ev, vec![key(1, 1, "b")]);
-        // 3 × 10 > 25: the first was evicted to make room for the third.
+        // Three files do not fit: the first was evicted to make room for the third.
         assert_eq!(s.len(), 2);
-        assert_eq!(s.bytes(), 20);
+        assert_eq!(s.bytes(), on_disk(10) * 2);
         let keys: Vec<&str> = s.keys().collect();
         assert_eq!(keys, vec![key(1, 2, "b"), key(1, 3, "b")]);
-        let ev = s.write(&key(1, 4, "b"), &[0u8; 20]).expect("w");
+        let ev = s.write(&key(1, 4, "b"), &[0u8; 40]).expect("w");
         assert_eq!(ev, vec![key(1, 2, "b"), key(1, 3, "b")]);
-        assert_eq!(s.bytes(), 20);
+        assert_eq!(s.bytes(), on_disk(40));
         assert_eq!(names(d.path()), vec![format!("{}.batch", key(1, 4, "b"))]);
+        let big = on_disk(10) * 2 + 6 - HEADER as u64;
         assert!(matches!(
-            s.write(&key(1, 5, "b"), &[0u8; 26]),
-            Err(SpoolError::TooLarge { size: 26, cap: 25 })
+            s.write(&key(1, 5, "b"), &vec![0u8; big as usize]),
+            Err(SpoolError::TooLarge { .. })
         ));
         assert_eq!(s.len(), 1);
     }
@@ -336,18 +446,78 @@ mod tests {
         let mut s = Spool::open(d.path(), 1 << 20).expect("reopen");
         let keys: Vec<String> = s.keys().map(str::to_owned).collect();
         assert_eq!(keys, vec![key(1, 1, "old"), key(1, 2, "old")]);
-        assert_eq!(s.bytes(), 6);
+        assert_eq!(s.bytes(), on_disk(3) * 2);
         assert_eq!(s.read(&keys[0]).expect("read"), b"one");
         assert!(!d.path().join(".x.tmp").exists());
         // A smaller cap on the next start evicts the oldest.
         drop(s);
-        s = Spool::open(d.path(), 4).expect("reopen");
+        s = Spool::open(d.path(), on_disk(3)).expect("reopen");
         assert_eq!(s.evict_over_cap(), vec![key(1, 1, "old")]);
         assert_eq!(s.len(), 1);
         assert!(!d
             .path()
             .join(format!("{}.batch", key(1, 1, "old")))
             .exists());
+    }
+
+    /// Writes one good file, damages it with `damage`, reopens and reads it.
+    fn read_damaged(damage: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>, SpoolError> {
+        let d = tempfile::tempdir().expect("tempdir");
+        let k = key(1, 1, "b");
+        Spool::open(d.path(), 1 << 20)
+            .expect("open")
+            .write(&k, b"a batch of some length")
+            .expect("w");
+        let p = d.path().join(format!("{k}.batch"));
+        let mut bytes = std::fs::read(&p).expect("r");
+        damage(&mut bytes);
+        std::fs::write(&p, &bytes).expect("w");
+        Spool::open(d.path(), 1 << 20).expect("reopen").read(&k)
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let corrupt = |r: Result<Vec<u8>, SpoolError>| match r {
+            Err(SpoolError::Corrupt { reason, .. }) => reason,
+            other => panic!("not refused: {other:?}"),
+        };
+        // Cut anywhere (inside the header or the payload), emptied, or a bit flipped.
+        for cut in [0, 3, 8, 15, HEADER, HEADER + 1, HEADER + 21] {
+            let why = corrupt(read_damaged(|b| b.truncate(cut)));
+            assert!(!why.is_empty(), "cut at {cut}");
+        }
+        assert_eq!(corrupt(read_damaged(Vec::clear)), "empty file");
+        let why = corrupt(read_damaged(|b| b[HEADER + 4] ^= 1));
+        assert!(why.starts_with("checksum"), "{why}");
+        let why = corrupt(read_damaged(|b| b.extend_from_slice(b"more")));
+        assert!(why.contains("header says 22"), "{why}");
+        // An earlier version's unframed file is passed through for the decoder to judge.
+        assert_eq!(
+            read_damaged(|b| *b = b"legacy".to_vec()).expect("legacy"),
+            b"legacy"
+        );
+    }
+
+    #[test]
+    fn quarantine_moves_aside_and_stays_bounded() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(d.path(), 1 << 20).expect("open");
+        let n = QUARANTINE_KEEP as u64 + 3;
+        for i in 1..=n {
+            s.write(&key(1, i, "b"), b"x").expect("w");
+        }
+        for i in 1..=n {
+            let to = s.quarantine(&key(1, i, "b")).expect("quarantine");
+            assert!(to.exists());
+        }
+        assert!(s.is_empty());
+        assert_eq!(s.bytes(), 0);
+        let q = names(&d.path().join(QUARANTINE_DIR));
+        assert_eq!(q.len(), QUARANTINE_KEEP);
+        // The newest are kept.
+        assert_eq!(q.last(), Some(&format!("{}.batch", key(1, n, "b"))));
+        // The quarantine is not read back as spooled batches on the next start.
+        assert!(Spool::open(d.path(), 1 << 20).expect("reopen").is_empty());
     }
 
     #[test]

@@ -312,6 +312,7 @@ impl Worker {
         };
         let now = Instant::now();
         let mut bad = Vec::new();
+        let mut corrupt = Vec::new();
         let mut broken = false;
         let mut wake: Option<Instant> = None;
         for (key, slot) in self.pending.iter_mut() {
@@ -326,8 +327,11 @@ impl Worker {
                 continue;
             }
             if slot.batch.is_none() {
+                // Memory is full: send the newer batches held there first (their acks make room),
+                // never wait on them for this older one on disk (that wait would never end when
+                // the spool could not take them: a full disk).
                 if self.mem >= self.window {
-                    break;
+                    continue;
                 }
                 let Some(sp) = self.spool.as_ref() else {
                     bad.push(key.clone());
@@ -347,9 +351,9 @@ impl Worker {
                         }
                     }
                     Err(e) => {
-                        add(&self.stats.spool_errors, 1);
-                        warn!(error = %e, "unreadable spooled batch; deleted");
-                        bad.push(key.clone());
+                        add(&self.stats.spool_corrupt, 1);
+                        warn!(error = %e, "unreadable spooled batch: moved to the quarantine");
+                        corrupt.push(key.clone());
                         continue;
                     }
                 }
@@ -366,6 +370,19 @@ impl Worker {
             add(&self.stats.batches_sent, 1);
         }
         self.retry_wake = wake;
+        if let Some(sp) = self.spool.as_mut() {
+            for k in &corrupt {
+                self.pending.remove(k);
+                match sp.quarantine(k) {
+                    Ok(to) => warn!(path = %to.display(), "quarantined spool file"),
+                    Err(e) => {
+                        add(&self.stats.spool_errors, 1);
+                        warn!(error = %e, "cannot quarantine spool file; deleted");
+                    }
+                }
+                add(&self.stats.batches_dropped, 1);
+            }
+        }
         for k in bad {
             if let Some(slot) = self.pending.remove(&k) {
                 if slot.batch.is_some() {
@@ -574,6 +591,7 @@ fn log_stats(msg: &'static str, s: &ExportSnapshot, pending: usize) {
         spool_evicted = s.spool_evicted,
         spool_bytes = s.spool_bytes,
         spool_errors = s.spool_errors,
+        spool_corrupt = s.spool_corrupt,
         batches_dropped = s.batches_dropped,
         reconnects = s.reconnects,
         connect_errors = s.connect_errors,
