@@ -105,6 +105,8 @@ export INFERSCOPE_FIGURES="$RUN/figures.txt"
 rm -f "$INFERSCOPE_FIGURES"
 status=0
 cargo test --no-fail-fast || status=$?
+# A short run of every fuzz target (fuzz/README.md); its figures join the others.
+scripts/fuzz.sh run >>"$INFERSCOPE_FIGURES" 2>"$RUN/fuzz.log" || { tail -40 "$RUN/fuzz.log" >&2; status=1; }
 if [ -s "$INFERSCOPE_FIGURES" ]; then
   echo "[test] figures measured by the tests:"
   sed 's/^/[test]   /' "$INFERSCOPE_FIGURES"

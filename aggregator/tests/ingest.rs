@@ -843,8 +843,8 @@ async fn month_wide_query_burst_does_not_fail_inserts() {
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let busy = statuses.iter().filter(|&&s| s == 429).count();
     let other: Vec<&u16> = statuses.iter().filter(|&&s| s != 200 && s != 429).collect();
-    eprintln!(
-        "burst: {} queries in {burst_s:.1} s: {ok} answered, {busy} refused 429, others {other:?}; \
+    let line = format!(
+        "query burst: {} queries in {burst_s:.1} s: {ok} answered, {busy} refused 429, others {other:?}; \
          ack latency quiet p50 {:?} max {:?}, during the burst p50 {:?} p99 {:?} max {:?}",
         statuses.len(),
         pctl(&mut quiet_lat, 0.5),
@@ -853,6 +853,17 @@ async fn month_wide_query_burst_does_not_fail_inserts() {
         pctl(&mut burst_lat, 0.99),
         pctl(&mut burst_lat, 1.0),
     );
+    eprintln!("{line}");
+    if let Ok(p) = std::env::var("INFERSCOPE_FIGURES") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
     assert!(
         bad.is_empty(),
         "inserts failed or were retried during the burst: {bad:?}"

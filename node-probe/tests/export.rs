@@ -4,6 +4,8 @@
 //! The fake records every batch it receives, stores each (node, boot, sequence) once (a second
 //! STORED answer becomes DUPLICATE, as in the real aggregator), and answers acks as scripted,
 //! after a per-sequence delay so that acks arrive out of order.
+mod common;
+
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -1032,8 +1034,8 @@ fn full_disk_under_the_spool_is_counted_not_silent() {
     assert_eq!(ids.len() as u64, want, "{s}");
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "duplicates stored");
-    eprintln!(
+    common::figure(&format!(
         "full-disk drill: {N} records, {} batches spooled, {} spool write errors, {} batches dropped (counted), {want} delivered",
         s.spooled, s.spool_errors, s.batches_dropped
-    );
+    ));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bpf_or_skip, payload, start_fixture, start_probe, JsonChild};
+use common::{bpf_or_skip, figure, payload, start_fixture, start_probe, JsonChild};
 use inferscope_common::{MAX_INFLIGHT, MAX_IOV};
 use serde_json::Value;
 
@@ -170,11 +170,15 @@ fn inflight_pressure_is_counted_not_silent() {
     // Well inside the map: every recv is reported.
     let small = 2_000;
     let (got, drops) = block_and_release(&mut fx, &mut probe, pid, &metrics, small);
-    eprintln!("{small} threads blocked in recv: {got} reported, {drops} counted as dropped");
+    figure(&format!(
+        "INFLIGHT pressure: {small} threads blocked in recv: {got} reported, {drops} counted as dropped"
+    ));
     assert_eq!((got, drops), (small, 0));
     // Beyond it: the evicted entries are counted, and nothing is silent.
     let (got, drops) = block_and_release(&mut fx, &mut probe, pid, &metrics, big);
-    eprintln!("{big} threads blocked in recv: {got} reported, {drops} counted as dropped");
+    figure(&format!(
+        "INFLIGHT pressure: {big} threads blocked in recv: {got} reported, {drops} counted as dropped"
+    ));
     // The fixture's main thread, blocked in read(stdin) meanwhile, may lose its entry too.
     assert!(
         (big..=big + 2).contains(&(got + drops)),

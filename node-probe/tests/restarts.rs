@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bpf_or_skip, start_fixture, start_probe};
+use common::{bpf_or_skip, figure, start_fixture, start_probe};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -101,13 +101,13 @@ fn restart_drills_leave_nothing_behind_and_reattach_within_a_second() {
         let _ = probe.child.wait();
     }
     let left = leftovers(&base);
-    eprintln!(
+    figure(&format!(
         "probe kill -9 drill: {n} cycles; start to ready p50 {:?} max {:?}; left in the kernel: {} programs, {} links",
         pctl(&mut starts, 0.5),
         pctl(&mut starts, 1.0),
         left.0.len(),
         left.1.len()
-    );
+    ));
     assert_eq!(
         left,
         (vec![], vec![]),
@@ -154,10 +154,10 @@ fn restart_drills_leave_nothing_behind_and_reattach_within_a_second() {
         pctl(&mut reattach, 0.99),
         pctl(&mut reattach, 1.0),
     );
-    eprintln!(
+    figure(&format!(
         "target kill -9 drill: {n} cycles; spawn to traced (exec seen by the probe) p50 {p50:?} p99 {p99:?} max {max:?}; \
          programs/links added meanwhile: {grew:?}"
-    );
+    ));
     assert_eq!(grew, (0, 0), "programs/links grew with target restarts");
     assert!(max < Duration::from_secs(1), "re-attach took {max:?}");
     drop(probe);

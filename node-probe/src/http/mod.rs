@@ -437,6 +437,9 @@ impl HttpConn {
         if self.gave_up.is_some() {
             if let Some(front) = self.pending.front_mut() {
                 front.resp_bytes += b.total as u64;
+                // A response that began after following stopped still has a first write (fuzzing
+                // found exchanges with a last write and no first).
+                front.resp_first_ns.get_or_insert(b.ts_ns);
                 front.resp_last_ns = Some(b.ts_ns);
             }
             return;

@@ -375,3 +375,37 @@ fn chunked_request_ending_at_the_capture_boundary_gives_up_on_the_rest() {
     });
     assert_eq!(c.gave_up, Some("pipelined request not captured"));
 }
+
+/// Found by the `http_conn` fuzz target: a response that began after following stopped had a
+/// last write and no first one.
+#[test]
+fn response_after_give_up_has_a_first_write() {
+    let mut c = HttpConn::new();
+    let head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n{\"mo";
+    c.on_read(Bytes {
+        ts_ns: 10,
+        total: head.len() + 12_513,
+        captured: head,
+        seq: None,
+    });
+    let mut out = Vec::new();
+    let garbage = b"t}rue}\x01z\x00\x00gsna/1.1 200 OK\r\nContentT\n\r\n\x00";
+    for ts in [20, 30] {
+        c.on_write(
+            Bytes {
+                ts_ns: ts,
+                total: garbage.len() + 5_626,
+                captured: garbage,
+                seq: None,
+            },
+            &mut out,
+        );
+    }
+    c.on_close(40, &mut out);
+    assert!(!out.is_empty());
+    for e in &out {
+        if let Some(last) = e.resp_last_ns {
+            assert!(e.resp_first_ns.is_some_and(|f| f <= last), "{e:?}");
+        }
+    }
+}

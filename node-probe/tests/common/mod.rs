@@ -183,3 +183,19 @@ pub fn payload(v: &Value) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
         .collect()
 }
+
+/// Prints a measured figure and appends it to `$INFERSCOPE_FIGURES` (scripts/test.sh lists them
+/// at the end of a run).
+pub fn figure(line: &str) {
+    eprintln!("{line}");
+    if let Ok(p) = std::env::var("INFERSCOPE_FIGURES") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
