@@ -46,8 +46,8 @@ run() {
       exit 1
     fi
     local n s
-    n=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
-    s=$(grep -m1 'stat::average_exec_per_sec' "$log" | awk '{print $2}')
+    n=$(grep 'stat::number_of_executed_units' "$log" | tail -1 | awk '{print $NF}')
+    s=$(grep 'stat::average_exec_per_sec' "$log" | tail -1 | awk '{print $NF}')
     echo "[fuzz] $t: $n executions clean ($s/s), corpus $(ls "fuzz/corpus/$t" | wc -l) inputs"
   done
 }
