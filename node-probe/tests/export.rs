@@ -371,13 +371,11 @@ fn send_all(h: &ExportHandle, ns: impl IntoIterator<Item = u64>) {
 }
 
 fn spool_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
-                .count()
-        })
-        .unwrap_or(0)
+    if dir.is_dir() {
+        spool_paths(dir).len()
+    } else {
+        0
+    }
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
