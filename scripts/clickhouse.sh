@@ -52,7 +52,10 @@ start() {
   if alive; then echo "clickhouse already serving on 127.0.0.1:$HTTP (tcp $TCP)"; return 0; fi
   command -v clickhouse-server >/dev/null || { echo "clickhouse-server not installed: run scripts/setup.sh clickhouse" >&2; exit 1; }
   write_config
-  nohup clickhouse-server --config-file="$DIR/config.xml" --pid-file="$PIDF" >"$DIR/log/stdout.log" 2>&1 &
+  # The pid file is written here: 18.16 ignores --pid-file (it reads --pidfile), current
+  # releases the reverse; nohup execs the server, so $! is its pid.
+  nohup clickhouse-server --config-file="$DIR/config.xml" >"$DIR/log/stdout.log" 2>&1 &
+  echo $! > "$PIDF"
   for _ in $(seq 1 60); do alive && break; sleep 0.5; done
   alive || { tail -20 "$DIR/log/server.err.log" "$DIR/log/stdout.log" >&2 || true; echo "clickhouse did not start" >&2; exit 1; }
   echo "clickhouse serving on http://127.0.0.1:$HTTP (tcp $TCP), data in $DIR/data"

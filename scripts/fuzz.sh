@@ -4,6 +4,8 @@
 #   scripts/fuzz.sh setup          nightly + cargo-fuzz (cached in ~/.cargo/bin)
 #   scripts/fuzz.sh run [RUNS]     every target: FUZZ_SECONDS (default 20) each, or RUNS executions
 #                                  each; prints one figure line per target; fails on a crash
+#   scripts/fuzz.sh cmin           minimizes each working corpus (fuzz/corpus/, ignored) into the
+#                                  committed one (fuzz/seeds/), which every run starts from
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NIGHTLY=${INFERSCOPE_NIGHTLY:-nightly}
@@ -16,8 +18,12 @@ setup() {
 }
 
 seeds() {
-  local d=fuzz/corpus
+  local d=fuzz/corpus t
   mkdir -p $d/http_conn $d/sse_scan $d/vllm_ipc $d/ring_record $d/ingest_batch
+  # The committed, minimized corpus (scripts/fuzz.sh cmin) first; then the hand-written seeds.
+  for t in $TARGETS; do
+    [ -d "fuzz/seeds/$t" ] && cp -n fuzz/seeds/"$t"/* "$d/$t/" 2>/dev/null || true
+  done
   # http_conn ops: [op][len lo][len hi][extra][data]; op 0 read, 1 write.
   local req='POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 27\r\n\r\n{"model":"m","stream":true}'
   local resp='HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n1a\r\ndata: {"id":"cmpl-1","x":1}\r\n\r\n0\r\n\r\n'
@@ -52,8 +58,22 @@ run() {
   done
 }
 
+cmin() {
+  local t n
+  seeds
+  for t in $TARGETS; do
+    cargo +"$NIGHTLY" fuzz cmin --sanitizer none --release "$t" "fuzz/corpus/$t" -- -max_len=8192 \
+      >"fuzz/target/$t.cmin.log" 2>&1 || { tail -20 "fuzz/target/$t.cmin.log" >&2; exit 1; }
+    rm -rf "fuzz/seeds/$t"; mkdir -p "fuzz/seeds/$t"
+    cp fuzz/corpus/"$t"/* "fuzz/seeds/$t/"
+    n=$(ls "fuzz/seeds/$t" | wc -l)
+    echo "[fuzz] $t: minimized corpus $n inputs, $(du -sk "fuzz/seeds/$t" | cut -f1) KiB"
+  done
+}
+
 case "${1:-run}" in
   setup) setup ;;
   run) shift; setup; run "${1:-0}" ;;
-  *) echo "usage: $0 setup|run [RUNS]" >&2; exit 2 ;;
+  cmin) setup; mkdir -p fuzz/target; cmin ;;
+  *) echo "usage: $0 setup|run [RUNS]|cmin" >&2; exit 2 ;;
 esac

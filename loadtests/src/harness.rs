@@ -28,7 +28,7 @@ pub fn ch_url() -> String {
 /// Runs one SQL statement over HTTP; the trimmed body (an error text on failure).
 pub fn sql(q: &str) -> String {
     let out = Command::new("curl")
-        .args(["-sS", "--data-binary", q, &ch_url()])
+        .args(["-sS", "-m", "60", "--data-binary", q, &ch_url()])
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -116,9 +116,11 @@ pub fn start_aggregator(db: &str, grpc: u16, http: u16, token: &str, log: Option
 }
 
 /// Starts node-probe on `pid` (and its children) exporting to the aggregator's gRPC port, with
-/// 200 ms batches and a spool under `dir`; gives it 4 s to attach.
+/// 200 ms batches and a spool under `dir`; returns once it has attached (its log, under `dir`,
+/// says so). Its log is kept as `dir/probe-PID.log`.
 pub fn start_exporting_probe(pid: &str, grpc: u16, token: &str, node: &str, dir: &Path) -> Child {
-    let c = Command::new(bin("node-probe"))
+    use std::io::{BufRead, Write};
+    let mut c = Command::new(bin("node-probe"))
         .args([
             "--pid",
             pid,
@@ -130,11 +132,34 @@ pub fn start_exporting_probe(pid: &str, grpc: u16, token: &str, node: &str, dir:
         .args(["--batch-max-ms", "200", "--node-name", node])
         .arg("--spool-dir")
         .arg(dir.join("spool"))
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("node-probe");
-    std::thread::sleep(Duration::from_secs(4));
+    let err = c.stderr.take().expect("stderr");
+    let log = dir.join(format!("probe-{}.log", c.id()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = log.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::create(path).ok();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("node-probe attached") {
+                let _ = tx.send(());
+            }
+            if let Some(f) = f.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!(
+            "node-probe did not attach within 60 s (log {})",
+            log.display()
+        );
+    }
     c
 }
 
@@ -159,29 +184,96 @@ pub fn wait_count(db: &str, want: u64, timeout: Duration) -> u64 {
     }
 }
 
+/// The `loadgen` command against `url` (8 clients, `max_tokens` each), its per-request log to
+/// `log`.
+fn loadgen(url: &str, n: u64, max_tokens: u32, log: &Path) -> Command {
+    let mut c = Command::new(bin("loadgen"));
+    c.args([
+        "--url",
+        url,
+        "--requests",
+        &n.to_string(),
+        "--concurrency",
+        "8",
+    ])
+    .args(["--max-tokens", &max_tokens.to_string()])
+    .arg("--trace-log")
+    .arg(log)
+    .stdout(Stdio::null());
+    c
+}
+
 /// Runs `loadgen` against `url` (8 clients, `max_tokens` each), writing its per-request log to
 /// `log`; returns the trace ids sent, in the log's order.
 pub fn load(url: &str, n: u64, max_tokens: u32, log: &Path) -> Vec<String> {
-    let st = Command::new(bin("loadgen"))
-        .args([
-            "--url",
-            url,
-            "--requests",
-            &n.to_string(),
-            "--concurrency",
-            "8",
-        ])
-        .args(["--max-tokens", &max_tokens.to_string()])
-        .arg("--trace-log")
-        .arg(log)
-        .stdout(Stdio::null())
-        .status()
-        .expect("loadgen");
+    let st = loadgen(url, n, max_tokens, log).status().expect("loadgen");
     assert!(st.success(), "loadgen failed");
+    read_trace_log(log)
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect()
+}
+
+/// One request of a `loadgen --trace-log` file: its trace id and client-side wall-clock span.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The trace id the client sent.
+    pub trace_id: String,
+    /// When the client started it (Unix ns).
+    pub start_ns: u64,
+    /// When the client saw its end (Unix ns).
+    pub end_ns: u64,
+}
+
+/// Reads a `loadgen --trace-log` file.
+pub fn read_trace_log(log: &Path) -> Vec<Sent> {
     std::fs::read_to_string(log)
         .expect("loadgen log")
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["trace_id"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            let start_ns = v["start_unix_ns"].as_u64()?;
+            Some(Sent {
+                trace_id: v["trace_id"].as_str()?.to_string(),
+                start_ns,
+                end_ns: start_ns + v["e2e_ns"].as_u64().unwrap_or(0),
+            })
+        })
         .collect()
+}
+
+/// Keeps the engine under load for `dur`: a `loadgen` round of `per_round` requests every
+/// `pace` (at most `max_rounds` rounds), logs under `dir` named `tag-N.jsonl`; returns every
+/// request sent. Returns no earlier than `dur`, however fast the engine answers.
+pub fn load_for(
+    url: &str,
+    dur: Duration,
+    pace: Duration,
+    per_round: u64,
+    max_rounds: usize,
+    dir: &Path,
+    tag: &str,
+) -> Vec<Sent> {
+    let t = Instant::now();
+    let mut sent = Vec::new();
+    for round in 0..max_rounds {
+        let due = pace * round as u32;
+        if due >= dur {
+            break;
+        }
+        std::thread::sleep(due.saturating_sub(t.elapsed()));
+        let log = dir.join(format!("{tag}-{round}.jsonl"));
+        load(url, per_round, 8, &log);
+        sent.extend(read_trace_log(&log));
+    }
+    std::thread::sleep(dur.saturating_sub(t.elapsed()));
+    sent
+}
+
+/// Unix time now in ns.
+pub fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -146,6 +146,10 @@ struct Cli {
     /// Spool size cap in MiB (the oldest batches are evicted beyond it).
     #[arg(long, default_value_t = 256)]
     spool_max_mib: u64,
+    /// Do not write each batch to the spool before sending it. By default every batch is on
+    /// disk until acknowledged, so a probe killed with SIGKILL loses only its open batch.
+    #[arg(long)]
+    no_spool_write_ahead: bool,
     /// At shutdown, keep sending for up to this many seconds, then spool what is left.
     #[arg(long, default_value_t = 5.0)]
     export_drain_s: f64,
@@ -295,6 +299,7 @@ fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
     cfg.batch.max_age = Duration::from_millis(cli.batch_max_ms);
     cfg.spool_dir = spool_dir;
     cfg.spool_max_bytes = cli.spool_max_mib.saturating_mul(1 << 20);
+    cfg.write_ahead = !cli.no_spool_write_ahead;
     cfg.drain_timeout = Duration::from_secs_f64(cli.export_drain_s);
     cfg.validate()?;
     Ok(cfg)

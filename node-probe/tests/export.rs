@@ -642,7 +642,10 @@ fn wrong_token_is_retried_with_backoff() {
     let s = h.shutdown(Duration::from_millis(200));
     assert!(s.unauthenticated >= 6 && s.reconnects >= 5, "{s}");
     assert_eq!(s.records_delivered, 0);
-    assert!(s.spooled >= 1 && spool_files(spool.path()) == 1, "{s}");
+    assert!(
+        s.spooled + s.journaled >= 1 && spool_files(spool.path()) == 1,
+        "{s}"
+    );
     let log = fake.log();
     assert!(log.stored.is_empty() && log.received.is_empty());
     // Backoff: the delays between attempts grow (20 ms doubling, jittered to [d/2, d]).
@@ -1036,4 +1039,61 @@ fn full_disk_under_the_spool_is_counted_not_silent() {
         "full-disk drill: {N} records, {} batches spooled, {} spool write errors, {} batches dropped (counted), {want} delivered",
         s.spooled, s.spool_errors, s.batches_dropped
     ));
+}
+
+/// Copies the spool files of `from` into `to` (what a SIGKILL would leave on disk).
+fn snapshot_spool(from: &Path, to: &Path) {
+    for p in spool_paths(from) {
+        std::fs::copy(&p, to.join(p.file_name().expect("name"))).expect("copy");
+    }
+}
+
+/// Write-ahead: every closed batch is on disk while it waits for its ack, so a probe killed at
+/// that moment loses nothing closed: the next run (here, on a copy of the spool taken while
+/// the batches were in flight) resends them. Without write-ahead, nothing is on disk.
+#[test]
+fn written_ahead_batches_survive_a_kill() {
+    init_logs();
+    for write_ahead in [true, false] {
+        let hung = Fake::new(Box::new(|_, _| AckStatus::Unspecified));
+        let server = Server::start(&hung, "127.0.0.1:0".parse().expect("addr"));
+        let spool = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg(&server.url());
+        c.spool_dir = Some(spool.path().to_owned());
+        c.write_ahead = write_ahead;
+        let h = Exporter::start(c.clone()).expect("start");
+        send_all(&h, 0..25);
+        let stats = h.stats();
+        wait_until("3 batches sent", Duration::from_secs(10), || {
+            stats.snapshot().batches_sent == 3
+        });
+        let s = stats.snapshot();
+        let left = tempfile::tempdir().expect("tempdir");
+        snapshot_spool(spool.path(), left.path());
+        h.shutdown(Duration::from_millis(50));
+        drop(server);
+        if !write_ahead {
+            assert_eq!((s.journaled, spool_files(left.path())), (0, 0), "{s}");
+            continue;
+        }
+        assert_eq!((s.journaled, s.spooled), (3, 0), "{s}");
+        assert_eq!(spool_files(left.path()), 3);
+
+        let fake = Fake::new(stored());
+        let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
+        c.url = server.url();
+        c.spool_dir = Some(left.path().to_owned());
+        let h = Exporter::start(c).expect("restart");
+        let stats = h.stats();
+        wait_until("resent", Duration::from_secs(10), || {
+            stats.snapshot().records_delivered == 25
+        });
+        h.shutdown(Duration::from_secs(5));
+        assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..25));
+        assert_eq!(
+            spool_files(left.path()),
+            0,
+            "settled batches leave the spool"
+        );
+    }
 }

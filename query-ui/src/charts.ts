@@ -69,6 +69,33 @@ const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 720
 
 const timeLegend = (_u: uPlot, v: number | null) => (v === null || v === undefined ? '—' : `${fmtTimeS(v)} UTC`);
 
+/** Below this many values a series draws a point at each of them. */
+const FEW_POINTS = 60;
+
+/** Where a series draws points: at every value when it has few (null: all), else at the values
+ * with no neighbour to draw a line to, which would otherwise not show at all (a window whose
+ * requests all fall in one bucket). */
+export function pointIndices(values: (number | null | undefined)[]): number[] | null {
+  const has = (i: number) => values[i] !== null && values[i] !== undefined;
+  let n = 0;
+  for (let i = 0; i < values.length; i++) if (has(i)) n++;
+  if (n < FEW_POINTS) return null;
+  const out: number[] = [];
+  for (let i = 0; i < values.length; i++) if (has(i) && !has(i - 1) && !has(i + 1)) out.push(i);
+  return out;
+}
+
+/** An x range that is never empty: a single bucket gets half a bucket's room either side. */
+function xRange(step: number) {
+  return (_u: uPlot, min: number, max: number): uPlot.Range.MinMax =>
+    min === max ? [min - step / 2, max + step / 2] : [min, max];
+}
+
+/** Bucket width of `xs` (seconds): the gap between the first two, else a minute. */
+function stepOf(xs: number[]): number {
+  return xs.length > 1 ? Math.max(1, xs[1] - xs[0]) : 60;
+}
+
 /** Lines over time (x: Unix seconds), y in ms starting at 0. */
 export function lineChart(el: HTMLElement, xs: number[], series: LineSeries[], height = 220): uPlot {
   const opts: uPlot.Options = {
@@ -76,7 +103,7 @@ export function lineChart(el: HTMLElement, xs: number[], series: LineSeries[], h
     height,
     tzDate: utc,
     scales: {
-      x: { time: true },
+      x: { time: true, range: xRange(stepOf(xs)) },
       y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.08 : 1] },
     },
     axes: [
@@ -90,7 +117,7 @@ export function lineChart(el: HTMLElement, xs: number[], series: LineSeries[], h
         stroke: s.color,
         width: 1.5,
         spanGaps: false,
-        points: { show: xs.length < 60, size: 4 },
+        points: { show: true, size: 4, filter: pointIndices(s.values) },
         value: (_u: uPlot, v: number | null) => fmtMs(v),
       })),
     ],
@@ -107,7 +134,10 @@ export function countChart(el: HTMLElement, xs: number[], counts: number[], heig
     width: widthOf(el),
     height,
     tzDate: utc,
-    scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+    scales: {
+      x: { time: true, range: xRange(stepOf(xs)) },
+      y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] },
+    },
     axes: [
       { stroke: '#555', grid: { stroke: '#eee' }, values: timeAxis, incrs: TIME_INCRS },
       { stroke: '#555', grid: { stroke: '#eee' }, size: 64 },

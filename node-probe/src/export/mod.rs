@@ -10,6 +10,8 @@
 //! * batches are streamed with compression and the bearer token ([`client`]); acks (possibly out
 //!   of order) settle them: STORED/DUPLICATE delivered, REJECTED dropped and counted, RETRY resent
 //!   later with a per-batch backoff;
+//! * with write-ahead (the default) each closed batch is also written to the spool before its
+//!   first send, so that a killed probe loses only its open batch;
 //! * at most `window` batches are held in memory; beyond it, or while the aggregator is
 //!   unreachable, batches go to the disk [`spool`] (size-capped, oldest evicted first). Spooled
 //!   batches, including those of earlier runs, are resent oldest first after (re)connecting,
@@ -116,6 +118,10 @@ pub struct ExportConfig {
     pub spool_dir: Option<PathBuf>,
     /// Spool size cap in bytes.
     pub spool_max_bytes: u64,
+    /// Write every closed batch to the spool before its first send (without fsync): a probe
+    /// killed with SIGKILL then loses only its open batch and unfinished requests; the next run
+    /// resends the rest. No effect without a spool.
+    pub write_ahead: bool,
     /// How long [`run`](crate::run::run) lets the exporter drain at shutdown.
     pub drain_timeout: Duration,
     /// First reconnect delay (and first resend delay after a RETRY ack).
@@ -134,7 +140,8 @@ pub struct ExportConfig {
 
 impl ExportConfig {
     /// Defaults: zstd, 512 requests or 1 s per batch, a 65 536-record queue, 16 batches in
-    /// memory, no spool, 256 MiB spool cap, 5 s drain, backoff 100 ms doubling to 30 s.
+    /// memory, no spool, 256 MiB spool cap, write-ahead on, 5 s drain, backoff 100 ms doubling to 5 s
+    /// (so that an aggregator back after an outage gets every node within about 5 s).
     pub fn new(url: impl Into<String>, node_name: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -147,9 +154,10 @@ impl ExportConfig {
             window: 16,
             spool_dir: None,
             spool_max_bytes: 256 << 20,
+            write_ahead: true,
             drain_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(30),
@@ -204,6 +212,7 @@ impl std::fmt::Debug for ExportConfig {
             .field("window", &self.window)
             .field("spool_dir", &self.spool_dir)
             .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("write_ahead", &self.write_ahead)
             .field("drain_timeout", &self.drain_timeout)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
@@ -279,8 +288,10 @@ counters! {
     retried,
     /// Requests in batches acknowledged STORED or DUPLICATE.
     records_delivered,
-    /// Batches written to the spool.
+    /// Batches written to the spool because memory was full or the aggregator unreachable.
     spooled,
+    /// Batches written ahead to the spool before their first send (write-ahead).
+    journaled,
     /// Spool files evicted to stay within the cap (oldest first).
     spool_evicted,
     /// Bytes in the spool now.

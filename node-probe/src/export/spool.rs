@@ -180,9 +180,21 @@ impl Spool {
         evicted
     }
 
-    /// Writes `data` under `key` atomically, then evicts the oldest other files as needed to
-    /// stay within the cap (a failed write evicts nothing); returns the evicted keys.
+    /// Writes `data` under `key` atomically and durably (fsync), then evicts the oldest other
+    /// files as needed to stay within the cap (a failed write evicts nothing); returns the
+    /// evicted keys.
     pub fn write(&mut self, key: &str, data: &[u8]) -> Result<Vec<String>, SpoolError> {
+        self.write_with(key, data, true)
+    }
+
+    /// [`Spool::write`], with `sync: false` skipping the fsync: the file survives the process
+    /// (a SIGKILL) but not a power loss. For write-ahead copies of batches still in memory.
+    pub fn write_with(
+        &mut self,
+        key: &str,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<Vec<String>, SpoolError> {
         let size = (HEADER + data.len()) as u64;
         if size > self.max_bytes {
             return Err(SpoolError::TooLarge {
@@ -208,7 +220,9 @@ impl Spool {
             f.write_all(&frame_header(data))
                 .and_then(|()| f.write_all(data))
                 .map_err(io("write", &tmp))?;
-            f.sync_data().map_err(io("sync", &tmp))?;
+            if sync {
+                f.sync_data().map_err(io("sync", &tmp))?;
+            }
             std::fs::rename(&tmp, &dst).map_err(io("rename", &dst))
         })();
         if let Err(e) = res {

@@ -41,6 +41,15 @@ struct Slot {
     requests: usize,
 }
 
+/// Why a batch is written to the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpoolWrite {
+    /// It cannot stay in memory (window full, aggregator unreachable, shutdown): fsynced.
+    Overflow,
+    /// A write-ahead copy of a batch that stays in memory: not fsynced.
+    Ahead,
+}
+
 type Connecting = Pin<Box<dyn Future<Output = Result<Stream, ConnectError>> + Send>>;
 
 /// The connection.
@@ -79,6 +88,7 @@ pub(super) struct Worker {
     mem: usize,
     window: usize,
     spool: Option<Spool>,
+    write_ahead: bool,
     reachable: bool,
     connector: Connector,
     backoff: Backoff,
@@ -118,6 +128,7 @@ impl Worker {
             mem: 0,
             window: cfg.window.max(1),
             spool,
+            write_ahead: cfg.write_ahead,
             reachable: true,
             connector,
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
@@ -214,9 +225,12 @@ impl Worker {
             requests,
         };
         if self.reachable && self.mem < self.window {
+            if self.write_ahead && self.spool.is_some() {
+                slot.on_disk = self.spool_write(&key, &batch, SpoolWrite::Ahead);
+            }
             slot.batch = Some(batch);
             self.mem += 1;
-        } else if self.spool_write(&key, &batch) {
+        } else if self.spool_write(&key, &batch, SpoolWrite::Overflow) {
             slot.on_disk = true;
         } else if self.mem < self.window {
             slot.batch = Some(batch);
@@ -235,11 +249,12 @@ impl Worker {
 
     /// Writes `batch` to the spool; returns whether it is there. Evicted batches that were
     /// only on disk are lost (counted).
-    fn spool_write(&mut self, key: &str, batch: &Batch) -> bool {
+    fn spool_write(&mut self, key: &str, batch: &Batch, why: SpoolWrite) -> bool {
         let Some(sp) = self.spool.as_mut() else {
             return false;
         };
-        let res = sp.write(key, &batch.encode_to_vec());
+        let sync = why == SpoolWrite::Overflow;
+        let res = sp.write_with(key, &batch.encode_to_vec(), sync);
         self.update_spool_bytes();
         let evicted = match res {
             Ok(ev) => ev,
@@ -269,7 +284,10 @@ impl Worker {
                 "spool full: evicted the oldest batches"
             );
         }
-        add(&self.stats.spooled, 1);
+        match why {
+            SpoolWrite::Overflow => add(&self.stats.spooled, 1),
+            SpoolWrite::Ahead => add(&self.stats.journaled, 1),
+        }
         true
     }
 
@@ -293,7 +311,7 @@ impl Worker {
             let Some(batch) = slot.batch.take() else {
                 continue;
             };
-            let ok = self.spool_write(&k, &batch);
+            let ok = self.spool_write(&k, &batch, SpoolWrite::Overflow);
             if let Some(slot) = self.pending.get_mut(&k) {
                 if ok {
                     slot.on_disk = true;
@@ -588,6 +606,7 @@ fn log_stats(msg: &'static str, s: &ExportSnapshot, pending: usize) {
         retried = s.retried,
         records_delivered = s.records_delivered,
         spooled = s.spooled,
+        journaled = s.journaled,
         spool_evicted = s.spool_evicted,
         spool_bytes = s.spool_bytes,
         spool_errors = s.spool_errors,
