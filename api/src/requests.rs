@@ -51,6 +51,10 @@ pub struct RequestSummary {
     pub delivery_ms: Option<f64>,
     /// Engine: handed over → first output back.
     pub engine_ttft_ms: Option<f64>,
+    /// Time to first visible text (first SSE event with non-empty text or a tool call; `ttft_ms`
+    /// counts the first event carrying a token, empty or not). Streams only.
+    #[serde(default)]
+    pub first_text_ms: Option<f64>,
     /// Engine: handed over → last output back.
     pub engine_e2e_ms: Option<f64>,
     /// Time in the socket before the server read the request.

@@ -194,8 +194,8 @@ pub(crate) fn print_requests(l: &RequestList, filters: &str) {
 pub(crate) fn print_request_rows(rs: &[RequestSummary], steps: &[usize]) {
     let mut t = Table::new(
         &[
-            "node", "engine", "model", "status", "outcome", "e2e", "ttft", "frontend", "queue",
-            "prefill", "decode", "delivery", "steps",
+            "node", "engine", "model", "status", "outcome", "e2e", "ttft", "first text",
+            "frontend", "queue", "prefill", "decode", "delivery", "steps",
         ],
         &[0, 1, 2, 4],
     );
@@ -208,6 +208,7 @@ pub(crate) fn print_request_rows(rs: &[RequestSummary], steps: &[usize]) {
             r.outcome.clone(),
             ms(r.e2e_ms),
             ms(r.ttft_ms),
+            ms_opt(r.first_text_ms),
             ms_opt(r.frontend_ms),
             ms_opt(r.queue_ms),
             ms_opt(r.prefill_ms),

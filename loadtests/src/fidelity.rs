@@ -261,6 +261,10 @@ pub struct WireDiffs {
     pub ttft: Vec<f64>,
     /// E2E differences.
     pub e2e: Vec<f64>,
+    /// Time-to-first-visible-text differences (streamed responses with visible text).
+    pub first_text: Vec<f64>,
+    /// Streamed responses where one side saw visible text and the other did not.
+    pub first_text_unmatched: usize,
     /// Start differences.
     pub start: Vec<f64>,
     /// Requests whose request and response first-byte TCP sequence numbers equal the
@@ -276,6 +280,7 @@ impl WireDiffs {
         let cap = read_pcap_file(pcap, port, usize::MAX).expect("read pcap");
         let mut wire: HashMap<(u16, usize), (u64, u64, u64)> = HashMap::new();
         let mut wire_seq: HashMap<(u16, usize), (u32, u32)> = HashMap::new();
+        let mut wire_text: HashMap<(u16, usize), Option<u64>> = HashMap::new();
         for (cport, conn) in &cap.connections {
             let tl = sse_timeline(&conn.server);
             let reqs = request_times(&conn.client, &tl.responses);
@@ -299,6 +304,12 @@ impl WireDiffs {
                 wire.insert(
                     (*cport, i),
                     (req.first_byte_unix_ns, first, resp.last_byte_unix_ns),
+                );
+                wire_text.insert(
+                    (*cport, i),
+                    resp.event_stream
+                        .then(|| resp.first_text().map(|e| e.ts_unix_ns))
+                        .flatten(),
                 );
                 wire_seq.insert(
                     (*cport, i),
@@ -340,6 +351,16 @@ impl WireDiffs {
                     );
                 }
                 d.start.push(ms(g("start_unix_ns") - w0 as i128));
+                match (r["first_text_ns"].as_u64(), wire_text[&(*cport, i)]) {
+                    (Some(ours), Some(wt)) => d
+                        .first_text
+                        .push(ms(ours as i128 - (wt as i128 - w0 as i128))),
+                    (None, None) => {}
+                    (ours, wt) => {
+                        d.first_text_unmatched += 1;
+                        eprintln!("first text: conn {cport} #{i}: ours {ours:?}, wire {wt:?}");
+                    }
+                }
                 // The first bytes' sequence numbers name the same bytes as the capture's.
                 let (rq, rs) = wire_seq[&(*cport, i)];
                 let seq = |k: &str| r[k].as_u64().map(|v| v as u32);
@@ -386,6 +407,22 @@ impl WireDiffs {
         assert!(
             e2e_ok >= 99.0,
             "[{label}] E2E within 0.5 ms of the wire for only {e2e_ok:.1}%"
+        );
+        let text_ok = pct_within(&self.first_text, 0.5);
+        figure(&format!(
+            "[{label}] time to first visible text within 0.5 ms of the wire {text_ok:.1}% of {} streamed requests (|diff| p50 {:.3} ms, p99 {:.3} ms); {} seen on one side only",
+            self.first_text.len(),
+            quantile(&abs(&self.first_text), 0.5),
+            quantile(&abs(&self.first_text), 0.99),
+            self.first_text_unmatched
+        ));
+        assert_eq!(
+            self.first_text_unmatched, 0,
+            "[{label}] visible text seen by one side only"
+        );
+        assert!(
+            self.first_text.is_empty() || text_ok >= 99.0,
+            "[{label}] first visible text within 0.5 ms of the wire for only {text_ok:.1}%"
         );
         figure(&format!(
             "[{label}] TCP sequence numbers of the first request and response bytes equal the capture's for {} of {}",

@@ -207,6 +207,11 @@ fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
                 if data.trim() == "[DONE]" {
                     break;
                 }
+                // Token events only, as node-probe counts them (docs/request-format.md).
+                let (token, _) = crate::wire::event_payload(Some(data.trim().as_bytes()));
+                if !token {
+                    continue;
+                }
                 if out.chunks == 0 {
                     out.ttft_ns = t0.elapsed().as_nanos() as u64;
                 }

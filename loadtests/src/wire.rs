@@ -739,6 +739,41 @@ pub struct SseEvent {
     pub offset: u64,
     /// Content or `[DONE]`.
     pub kind: SseKind,
+    /// A content event carrying a generated token ([`event_payload`]).
+    pub token: bool,
+    /// A content event carrying visible text or a tool call.
+    pub visible: bool,
+}
+
+/// What one `data:` value carries, read as JSON (an oracle written apart from node-probe's
+/// bounded scanner): (token, visible). A token is a `text` or a `delta` `content`,
+/// `reasoning_content` or `reasoning` string of some choice (empty or not), or a non-empty
+/// `delta.tool_calls`; visible: one of those strings non-empty, or a tool call. A value that is
+/// not JSON, or was not captured whole (`None`), counts as a token of unknown visibility.
+pub fn event_payload(value: Option<&[u8]>) -> (bool, bool) {
+    let Some(v) = value.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()) else {
+        return (true, false);
+    };
+    let (mut token, mut visible) = (false, false);
+    let choices = v["choices"].as_array().cloned().unwrap_or_default();
+    for c in &choices {
+        let delta = &c["delta"];
+        let texts = [
+            &c["text"],
+            &delta["content"],
+            &delta["reasoning_content"],
+            &delta["reasoning"],
+        ];
+        for t in texts.iter().filter_map(|t| t.as_str()) {
+            token = true;
+            visible |= !t.is_empty();
+        }
+        if delta["tool_calls"].as_array().is_some_and(|a| !a.is_empty()) {
+            token = true;
+            visible = true;
+        }
+    }
+    (token, visible)
 }
 
 /// One HTTP/1.x response found in a server stream.
@@ -775,9 +810,19 @@ impl HttpResponse {
         self.events.iter().filter(|e| e.kind == SseKind::Data)
     }
 
-    /// The first content event: the wire's time to first token.
+    /// The token events (content events carrying a generated token).
+    pub fn token_events(&self) -> impl Iterator<Item = &SseEvent> + '_ {
+        self.data_events().filter(|e| e.token)
+    }
+
+    /// The first token event: the wire's time to first token.
     pub fn first_data(&self) -> Option<&SseEvent> {
-        self.data_events().next()
+        self.token_events().next()
+    }
+
+    /// The first event with visible text: the wire's time to first visible text.
+    pub fn first_text(&self) -> Option<&SseEvent> {
+        self.data_events().find(|e| e.visible)
     }
 
     /// The `data: [DONE]` event, if any.
@@ -807,8 +852,17 @@ pub struct SseTimeline {
 /// Finds SSE `data:` lines across a body, fed in byte ranges of the stream.
 struct SseScanner {
     state: ScanState,
-    events: Vec<(u64, SseKind)>,
+    events: Vec<ScannedEvent>,
+    /// The current `data:` value, up to [`MAX_VALUE`] bytes; `None` once bytes were lost or it
+    /// grew beyond.
+    value: Option<Vec<u8>>,
 }
+
+/// A `data:` line: where it began, its kind, (token, visible).
+type ScannedEvent = (u64, SseKind, (bool, bool));
+
+/// Longest `data:` value kept for [`event_payload`].
+const MAX_VALUE: usize = 1 << 16;
 
 #[derive(Clone, Copy)]
 enum ScanState {
@@ -831,6 +885,7 @@ impl SseScanner {
         Self {
             state: ScanState::LineStart,
             events: Vec::new(),
+            value: Some(Vec::new()),
         }
     }
 
@@ -840,6 +895,17 @@ impl SseScanner {
         } else {
             SseKind::Data
         }
+    }
+
+    /// Ends the `data:` line that began at `start` (its first bytes in `head`).
+    fn end_value(&mut self, start: u64, head: &[u8]) {
+        let kind = Self::classify(head);
+        let payload = match kind {
+            SseKind::Done => (false, false),
+            SseKind::Data => event_payload(self.value.as_deref()),
+        };
+        self.events.push((start, kind, payload));
+        self.value = Some(Vec::new());
     }
 
     /// Feeds body bytes `[a, b)` of the stream. `boundary`: `a` starts an HTTP chunk, where an
@@ -891,6 +957,7 @@ impl SseScanner {
             ScanState::Unknown => ScanState::Unknown,
             ScanState::Field { start, n } if c == DATA_FIELD[usize::from(n)] => {
                 if usize::from(n) + 1 == DATA_FIELD.len() {
+                    self.value = Some(Vec::new());
                     ScanState::Value {
                         start,
                         buf: [0; 8],
@@ -903,11 +970,17 @@ impl SseScanner {
             ScanState::Field { .. } if newline => ScanState::LineStart,
             ScanState::Field { .. } => ScanState::Mid,
             ScanState::Value { start, buf, n } if newline => {
-                self.events
-                    .push((start, Self::classify(&buf[..usize::from(n)])));
+                self.end_value(start, &buf[..usize::from(n)]);
                 ScanState::LineStart
             }
             ScanState::Value { start, mut buf, n } => {
+                if let Some(v) = self.value.as_mut() {
+                    if v.len() < MAX_VALUE {
+                        v.push(c);
+                    } else {
+                        self.value = None;
+                    }
+                }
                 if usize::from(n) < buf.len() {
                     buf[usize::from(n)] = c;
                     ScanState::Value {
@@ -916,9 +989,8 @@ impl SseScanner {
                         n: n + 1,
                     }
                 } else {
-                    // Longer than any `[DONE]` line: content.
-                    self.events.push((start, SseKind::Data));
-                    ScanState::Mid
+                    // Longer than any `[DONE]` line: content; its bytes go on into `value`.
+                    ScanState::Value { start, buf, n }
                 }
             }
         };
@@ -927,17 +999,16 @@ impl SseScanner {
     /// Bytes that were not stored follow.
     fn unknown(&mut self) {
         if let ScanState::Value { start, buf, n } = self.state {
-            self.events
-                .push((start, Self::classify(&buf[..usize::from(n)])));
+            self.value = None;
+            self.end_value(start, &buf[..usize::from(n)]);
         }
         self.state = ScanState::Unknown;
     }
 
     /// The body ended: an event without a final line break still counts.
-    fn finish(&mut self) -> Vec<(u64, SseKind)> {
+    fn finish(&mut self) -> Vec<ScannedEvent> {
         if let ScanState::Value { start, buf, n } = self.state {
-            self.events
-                .push((start, Self::classify(&buf[..usize::from(n)])));
+            self.end_value(start, &buf[..usize::from(n)]);
         }
         self.state = ScanState::LineStart;
         std::mem::take(&mut self.events)
@@ -1257,11 +1328,13 @@ pub fn sse_timeline(server: &[ServerSegment]) -> SseTimeline {
         resp.events = scan
             .finish()
             .into_iter()
-            .filter_map(|(offset, kind)| {
+            .filter_map(|(offset, kind, (token, visible))| {
                 Some(SseEvent {
                     ts_unix_ns: s.ts_at(offset)?,
                     offset,
                     kind,
+                    token,
+                    visible,
                 })
             })
             .collect();

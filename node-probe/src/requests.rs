@@ -566,6 +566,7 @@ impl Tracker {
             read_wait_ns: ex.req_first_read_ns.saturating_sub(start),
             e2e_ns: end.saturating_sub(start),
             ttft_ns: first_token.map(|t| t.saturating_sub(start)).unwrap_or(0),
+            first_text_ns: ex.first_text_ns.map(|t| t.saturating_sub(start)),
             tpot_ns: tpot,
             chunks: ex.chunks,
             max_gap_ns: gaps.iter().copied().max().unwrap_or(0),

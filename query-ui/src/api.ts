@@ -85,6 +85,8 @@ export interface RequestSummary {
   delivery_ms: number | null;
   engine_ttft_ms: number | null;
   engine_e2e_ms: number | null;
+  /** Time to first visible text (streams; older rows: absent). */
+  first_text_ms?: number | null;
   read_wait_ms: number;
   req_bytes: number;
   resp_bytes: number;

@@ -85,7 +85,7 @@ pub(crate) const SUMMARY_COLUMNS: &str =
 model, method, path, status, outcome, stream, e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, \
 prefill_ns, decode_ns, delivery_ns, engine_ttft_ns, engine_e2e_ns, read_wait_ns, req_bytes, \
 resp_bytes, chunks, engine_steps, max_gap_ns, client, server, response_id, x_request_id, \
-engine_request_id, gave_up";
+engine_request_id, gave_up, first_text_ns";
 
 /// A row read with [`SUMMARY_COLUMNS`].
 #[derive(Debug, Default, Row, Deserialize)]
@@ -124,6 +124,7 @@ pub(crate) struct SummaryRow {
     pub(crate) x_request_id: String,
     pub(crate) engine_request_id: String,
     pub(crate) gave_up: String,
+    pub(crate) first_text_ns: Option<u64>,
 }
 
 impl From<SummaryRow> for RequestSummary {
@@ -152,6 +153,7 @@ impl From<SummaryRow> for RequestSummary {
             decode_ms: opt(r.decode_ns),
             delivery_ms: opt(r.delivery_ns),
             engine_ttft_ms: opt(r.engine_ttft_ns),
+            first_text_ms: opt(r.first_text_ns),
             engine_e2e_ms: opt(r.engine_e2e_ns),
             read_wait_ms: ns_to_ms(r.read_wait_ns),
             req_bytes: r.req_bytes,

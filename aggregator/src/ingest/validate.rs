@@ -135,6 +135,12 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
             format!("e2e {} exceeds end - start", r.e2e_ns),
         ));
     }
+    if r.first_text_ns.is_some_and(|t| t > r.e2e_ns) {
+        return Err(bad(
+            "inconsistent_durations",
+            format!("first_text {:?} exceeds e2e {}", r.first_text_ns, r.e2e_ns),
+        ));
+    }
     for (f, e) in [
         ("client_endpoint", &r.client_endpoint),
         ("server_endpoint", &r.server_endpoint),

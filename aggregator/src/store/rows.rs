@@ -72,6 +72,7 @@ pub struct RequestRow {
     pub server_port: u16,
     pub req_tcp_seq: Option<u32>,
     pub resp_tcp_seq: Option<u32>,
+    pub first_text_ns: Option<u64>,
 }
 
 /// A row of `spans`.
@@ -156,6 +157,7 @@ impl RequestRow {
             server_port,
             req_tcp_seq: r.req_tcp_seq,
             resp_tcp_seq: r.resp_tcp_seq,
+            first_text_ns: r.first_text_ns,
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,

@@ -245,6 +245,27 @@ FROM {db}.engine_steps"
              ADD COLUMN span_id String DEFAULT '', ADD COLUMN batch_unit String DEFAULT ''"
             )],
         },
+        Migration {
+            version: 5,
+            name: "requests: time to first visible text",
+            // NULL for requests stored before, and for non-streamed ones.
+            statements: vec![
+                format!("ALTER TABLE {db}.requests ADD COLUMN first_text_ns Nullable(UInt64)"),
+                format!("DROP TABLE IF EXISTS {db}.requests_ms"),
+                format!(
+                    "CREATE VIEW IF NOT EXISTS {db}.requests_ms AS SELECT
+    start, trace_id, node, pid, engine, model, method, path, status, outcome, stream,
+    e2e_ns / 1e6 AS e2e_ms, ttft_ns / 1e6 AS ttft_ms, first_text_ns / 1e6 AS first_text_ms,
+    tpot_ns / 1e6 AS tpot_ms,
+    frontend_ns / 1e6 AS frontend_ms, queue_ns / 1e6 AS queue_ms, prefill_ns / 1e6 AS prefill_ms,
+    decode_ns / 1e6 AS decode_ms, delivery_ns / 1e6 AS delivery_ms,
+    engine_ttft_ns / 1e6 AS engine_ttft_ms, engine_e2e_ns / 1e6 AS engine_e2e_ms,
+    read_wait_ns / 1e6 AS read_wait_ms, chunks, engine_steps, req_bytes, resp_bytes,
+    client, server, response_id, x_request_id
+FROM {db}.requests"
+                ),
+            ],
+        },
     ]
 }
 

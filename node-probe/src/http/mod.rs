@@ -13,6 +13,7 @@
 //! [`MAX_CHUNK_TIMES`] chunk timestamps per exchange.
 pub mod chunked;
 pub mod scan;
+pub mod token;
 
 use std::collections::VecDeque;
 
@@ -93,9 +94,11 @@ pub struct Exchange {
     pub resp_bytes: u64,
     /// Response is `text/event-stream`.
     pub sse: bool,
-    /// SSE content events seen.
+    /// SSE token events seen (`data:` events carrying a generated token, [`token`]).
     pub chunks: u64,
-    /// Timestamps of the first [`MAX_CHUNK_TIMES`] content events.
+    /// Time of the first SSE event with visible text (or a tool call).
+    pub first_text_ns: Option<u64>,
+    /// Timestamps of the first [`MAX_CHUNK_TIMES`] token events.
     pub chunk_ns: Vec<u64>,
     /// `data: [DONE]` seen.
     pub done_marker: bool,
@@ -538,10 +541,15 @@ impl HttpConn {
                     let is_sse = front.sse;
                     let mut content = |x: &[u8], front: &mut Exchange, resync: bool| {
                         let mut on = |kind, t| match kind {
-                            SseLine::Content => {
-                                front.chunks += 1;
-                                if front.chunk_ns.len() < MAX_CHUNK_TIMES {
-                                    front.chunk_ns.push(t);
+                            SseLine::Content(p) => {
+                                if p.token {
+                                    front.chunks += 1;
+                                    if front.chunk_ns.len() < MAX_CHUNK_TIMES {
+                                        front.chunk_ns.push(t);
+                                    }
+                                }
+                                if p.visible && front.first_text_ns.is_none() {
+                                    front.first_text_ns = Some(t);
                                 }
                             }
                             SseLine::Done => {

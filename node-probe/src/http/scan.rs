@@ -1,27 +1,39 @@
-//! Bounded, allocation-free scanners over streamed body bytes: SSE line classification and a JSON
-//! field finder. Both keep constant-size state and can be fed any split of the input.
+//! Bounded, allocation-free scanners over streamed body bytes: SSE line classification (with what
+//! each event carries, [`super::token`]) and a JSON field finder. Both keep constant-size state and
+//! can be fed any split of the input.
+pub use super::token::Payload;
+use super::token::TokenScan;
 
 /// Kind of an SSE line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SseLine {
-    /// `data: …` carrying content.
-    Content,
+    /// `data: …` other than `[DONE]`, with what it carries.
+    Content(Payload),
     /// `data: [DONE]`.
     Done,
 }
+
+/// What a `data:` line whose bytes were partly lost is taken to carry: a token (the event count
+/// stays right for servers that send one token per event), of unknown visibility.
+pub const UNKNOWN_PAYLOAD: Payload = Payload {
+    token: true,
+    visible: false,
+};
 
 /// Bytes kept of a line before it is classified: one more than `data: [DONE]\r`, so that a
 /// CRLF-terminated `[DONE]` line reaches its `\n` before it could be taken for content.
 const PREFIX: usize = 14;
 
-/// Classifies SSE lines as they stream by; reports each `data:` line once, with the timestamp of
-/// the feed in which the line began.
+/// Classifies SSE lines as they stream by; reports each `data:` line once, at its end, with the
+/// timestamp of the feed in which the line began.
 #[derive(Debug, Clone)]
 pub struct SseScanner {
     buf: [u8; PREFIX],
     len: u8,
-    classified: bool,
+    /// The line is known to be content (`data:`, not `[DONE]`), or known not to matter.
+    classified: Option<bool>,
     line_start_ts: u64,
+    tokens: TokenScan,
 }
 
 impl Default for SseScanner {
@@ -36,19 +48,30 @@ impl SseScanner {
         Self {
             buf: [0; PREFIX],
             len: 0,
-            classified: false,
+            classified: None,
             line_start_ts: 0,
+            tokens: TokenScan::new(),
         }
     }
 
-    /// Bytes of the current line were lost: a line already known to be `data:` still counts as
-    /// a content event (a `[DONE]` line is too short to be cut); the next byte starts a line.
+    /// Bytes of the current line were lost: a `data:` line still counts as a content event
+    /// carrying [`UNKNOWN_PAYLOAD`] (a `[DONE]` line is too short to be cut); the next byte
+    /// starts a line.
     pub fn resync(&mut self, on: &mut impl FnMut(SseLine, u64)) {
-        if !self.classified && self.buf[..self.len as usize].starts_with(b"data:") {
-            on(SseLine::Content, self.line_start_ts);
+        let data = match self.classified {
+            Some(content) => content,
+            None => self.buf[..self.len as usize].starts_with(b"data:"),
+        };
+        if data {
+            on(SseLine::Content(UNKNOWN_PAYLOAD), self.line_start_ts);
         }
+        self.new_line();
+    }
+
+    fn new_line(&mut self) {
         self.len = 0;
-        self.classified = false;
+        self.classified = None;
+        self.tokens = TokenScan::new();
     }
 
     fn classify(&self) -> Option<SseLine> {
@@ -58,7 +81,7 @@ impl SseScanner {
         if rest == b"[DONE]" {
             Some(SseLine::Done)
         } else {
-            Some(SseLine::Content)
+            Some(SseLine::Content(self.tokens.payload()))
         }
     }
 
@@ -66,37 +89,48 @@ impl SseScanner {
     pub fn feed(&mut self, ts: u64, data: &[u8], on: &mut impl FnMut(SseLine, u64)) {
         for &b in data {
             if b == b'\n' {
-                if !self.classified {
-                    let l = self.buf[..self.len as usize]
-                        .strip_suffix(b"\r")
-                        .map(|s| s.len());
-                    if let Some(l) = l {
-                        self.len = l as u8;
-                    }
-                    if let Some(kind) = self.classify() {
-                        on(kind, self.line_start_ts);
-                    }
-                }
-                self.len = 0;
-                self.classified = false;
+                self.end_line(on);
                 continue;
             }
-            if self.classified {
-                continue;
+            match self.classified {
+                Some(true) => {
+                    self.tokens.feed(&[b]);
+                    continue;
+                }
+                Some(false) => continue,
+                None => {}
             }
             if self.len == 0 {
                 self.line_start_ts = ts;
             }
+            self.tokens.feed(&[b]);
             self.buf[self.len as usize] = b;
             self.len += 1;
             if self.len as usize == PREFIX {
                 // Long enough to decide; a longer line is never [DONE].
-                if let Some(kind) = self.classify() {
-                    on(kind, self.line_start_ts);
-                }
-                self.classified = true;
+                self.classified = Some(self.buf.starts_with(b"data:"));
             }
         }
+    }
+
+    fn end_line(&mut self, on: &mut impl FnMut(SseLine, u64)) {
+        let kind = match self.classified {
+            Some(true) => Some(SseLine::Content(self.tokens.payload())),
+            Some(false) => None,
+            None => {
+                if let Some(l) = self.buf[..self.len as usize]
+                    .strip_suffix(b"\r")
+                    .map(|s| s.len())
+                {
+                    self.len = l as u8;
+                }
+                self.classify()
+            }
+        };
+        if let Some(kind) = kind {
+            on(kind, self.line_start_ts);
+        }
+        self.new_line();
     }
 }
 
@@ -243,25 +277,67 @@ mod tests {
         v
     }
 
+    /// A content line carrying no token.
+    const C: SseLine = SseLine::Content(Payload {
+        token: false,
+        visible: false,
+    });
+
     #[test]
     fn sse_lines() {
         let v = lines(&[b"data: {\"id\":1}\n\n", b"data: [DONE]\n\n"]);
-        assert_eq!(v, [(SseLine::Content, 0), (SseLine::Done, 1)]);
+        assert_eq!(v, [(C, 0), (SseLine::Done, 1)]);
         // split mid-prefix, CRLF line ends, no space after colon, comments and event lines
         let v = lines(&[b"da", b"ta:[DONE]\r\n", b": ping\n", b"event: x\ndata: y\n"]);
-        assert_eq!(v, [(SseLine::Done, 0), (SseLine::Content, 3)]);
+        assert_eq!(v, [(SseLine::Done, 0), (C, 3)]);
         // a content line that starts like DONE
         let v = lines(&[b"data: [DONE]x\n"]);
-        assert_eq!(v, [(SseLine::Content, 0)]);
+        assert_eq!(v, [(C, 0)]);
         // CRLF events with a space (sse-starlette's default), in one write or split at the CR
         let v = lines(&[b"data: {\"a\":1}\r\n\r\ndata: [DONE]\r\n\r\n"]);
-        assert_eq!(v, [(SseLine::Content, 0), (SseLine::Done, 0)]);
+        assert_eq!(v, [(C, 0), (SseLine::Done, 0)]);
         let v = lines(&[b"data: [DONE]\r", b"\n\r\n"]);
         assert_eq!(v, [(SseLine::Done, 0)]);
         let v = lines(&[b"data: [DONE]\rx\n"]);
-        assert_eq!(v, [(SseLine::Content, 0)]);
+        assert_eq!(v, [(C, 0)]);
         let v = lines(&[b"data: [DONE"]);
         assert!(v.is_empty());
+    }
+
+    /// Each event's payload is reported at its line's end, whatever the split.
+    #[test]
+    fn sse_payloads() {
+        let stream: &[u8] = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\r\n\r\n\
+            data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n\
+            data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+            data: [DONE]\n\n";
+        let empty = Payload {
+            token: true,
+            visible: false,
+        };
+        let text = Payload {
+            token: true,
+            visible: true,
+        };
+        let want = [
+            SseLine::Content(Payload::default()),
+            SseLine::Content(empty),
+            SseLine::Content(text),
+            SseLine::Done,
+        ];
+        for cut in 0..=stream.len() {
+            let v: Vec<SseLine> = lines(&[&stream[..cut], &stream[cut..]])
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(v, want, "cut at {cut}");
+        }
+        // A cut line counts as a token of unknown visibility.
+        let mut s = SseScanner::new();
+        let mut v = Vec::new();
+        s.feed(7, b"data: {\"choices\":[{\"te", &mut |k, t| v.push((k, t)));
+        s.resync(&mut |k, t| v.push((k, t)));
+        assert_eq!(v, [(SseLine::Content(UNKNOWN_PAYLOAD), 7)]);
     }
 
     fn find(key: &'static [u8], parts: &[&[u8]]) -> Option<String> {

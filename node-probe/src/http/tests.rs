@@ -125,7 +125,11 @@ fn client_abort_mid_stream() {
         &post("/v1/chat/completions", r#"{"model":"m","stream":true}"#),
     );
     wr(&mut c, 2, SSE_HEAD);
-    wr(&mut c, 3, &chunk("data: {\"id\":\"chatcmpl-1\"}\n\n"));
+    wr(
+        &mut c,
+        3,
+        &chunk("data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"),
+    );
     c.on_client_eof(4);
     let mut out = Vec::new();
     c.on_close(5, &mut out);
@@ -152,19 +156,21 @@ fn truncated_capture_counts_bytes_and_resyncs_at_chunk_boundaries() {
         },
         &mut out,
     );
-    wr(&mut c, 4, &chunk("data: {\"a\":1}\n\n"));
+    wr(&mut c, 4, &chunk(TEXT_EVENT));
     wr(&mut c, 5, &chunk("data: [DONE]\n\n"));
     let out = wr(&mut c, 6, b"0\r\n\r\n");
     assert_eq!(out.len(), 1);
     let e = &out[0];
     assert_eq!(e.chunks, 2, "both content events counted");
     assert_eq!(e.chunk_ns, [3, 4]);
+    // The cut event's text is unknown: the whole one is the first with visible text.
+    assert_eq!(e.first_text_ns, Some(4));
     assert!(e.done_marker);
     assert_eq!(
         e.resp_bytes,
         (SSE_HEAD.len()
             + big.len()
-            + chunk("data: {\"a\":1}\n\n").len()
+            + chunk(TEXT_EVENT).len()
             + chunk("data: [DONE]\n\n").len()
             + 5) as u64
     );
@@ -408,4 +414,39 @@ fn response_after_give_up_has_a_first_write() {
             assert!(e.resp_first_ns.is_some_and(|f| f <= last), "{e:?}");
         }
     }
+}
+
+/// A completion event with text.
+const TEXT_EVENT: &str = "data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n";
+
+/// Recorded stream shapes: a role-only first chat event (sent before any token exists) is not
+/// the first token; an empty content string is a token but not visible text; a usage-only last
+/// event is neither.
+#[test]
+fn role_only_and_empty_events_in_ttft_and_first_text() {
+    let mut c = HttpConn::new();
+    rd(
+        &mut c,
+        1,
+        &post("/v1/chat/completions", r#"{"model":"m","stream":true}"#),
+    );
+    wr(&mut c, 2, SSE_HEAD);
+    let events = [
+        (10, r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#),
+        (20, r#"{"id":"c1","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#),
+        (30, r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"\u00e9t"},"finish_reason":null}]}"#),
+        (40, r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}"#),
+        (50, r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}"#),
+    ];
+    for (ts, ev) in events {
+        wr(&mut c, ts, &chunk(&format!("data: {ev}\n\n")));
+    }
+    wr(&mut c, 60, &chunk("data: [DONE]\n\n"));
+    let out = wr(&mut c, 61, b"0\r\n\r\n");
+    assert_eq!(out.len(), 1);
+    let e = &out[0];
+    assert_eq!(e.chunks, 3, "three token events");
+    assert_eq!(e.chunk_ns, [20, 30, 40]);
+    assert_eq!(e.first_text_ns, Some(30));
+    assert!(e.done_marker);
 }

@@ -154,17 +154,21 @@ pub struct RequestRecord {
     pub read_wait_ns: u64,
     /// Wire end-to-end.
     pub e2e_ns: u64,
-    /// Wire time to first token: start → first SSE content event (non-streamed: first response
-    /// byte).
+    /// Wire time to first token: start → first SSE event carrying a generated token, empty or
+    /// not (never a role-only or usage-only event; non-streamed: first response byte).
     pub ttft_ns: u64,
+    /// Wire time to first visible text: start → first SSE event with non-empty text or a tool
+    /// call (streams only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_text_ns: Option<u64>,
     /// Mean time per output chunk after the first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tpot_ns: Option<u64>,
-    /// SSE content events.
+    /// SSE token events.
     pub chunks: u64,
     /// Largest gap between consecutive chunks.
     pub max_gap_ns: u64,
-    /// Offsets of the SSE content events from `start_unix_ns` (first 4096).
+    /// Offsets of the SSE token events from `start_unix_ns` (first 4096).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chunk_offsets_ns: Vec<u64>,
     /// `data: [DONE]` seen.

@@ -82,7 +82,7 @@ fn streamed_request_uses_arrival_time() {
         &mut out,
     );
     for (i, ts) in [5_000u64, 6_000, 8_000].iter().enumerate() {
-        let body = format!("data: {{\"id\":\"cmpl-x\",\"i\":{i}}}\n\n");
+        let body = format!("data: {{\"id\":\"cmpl-x\",\"choices\":[{{\"text\":\"t{i}\"}}]}}\n\n");
         let c = format!("{:x}\r\n{body}\r\n", body.len());
         t.on_event(
             &tcp(
@@ -115,6 +115,7 @@ fn streamed_request_uses_arrival_time() {
     assert_eq!(r.start_source, "arrival");
     assert_eq!(r.read_wait_ns, 1_500);
     assert_eq!(r.ttft_ns, 3_500);
+    assert_eq!(r.first_text_ns, Some(3_500));
     assert_eq!(r.e2e_ns, 7_500);
     assert_eq!(r.tpot_ns, Some(1_500));
     assert_eq!(r.max_gap_ns, 2_000);

@@ -96,6 +96,7 @@ function requestCard(r: RequestDetail): HTMLElement {
     ['start (UTC)', fmtTimeMs(r.start_unix_ns)],
     ['e2e', fmtMs(r.e2e_ms)],
     ['ttft', fmtMs(r.ttft_ms)],
+    ['first text', fmtMs(r.first_text_ms ?? null)],
     ['tpot', fmtMs(r.tpot_ms)],
     ['frontend', fmtMs(r.frontend_ms)],
     ['queue', fmtMs(r.queue_ms)],
