@@ -203,6 +203,8 @@ fn request(
         server_port: 8000,
         req_tcp_seq: Some(1000),
         resp_tcp_seq: None,
+        // Streams: visible text one ms after the first token.
+        first_text_ns: stream.then_some(ttft + MS),
     }
 }
 
@@ -863,6 +865,14 @@ async fn request_list(store: &Store, addr: SocketAddr, d: &Data) {
         assert_eq!((l.sort.as_str(), l.order.as_str()), ("e2e", "desc"));
         for r in &l.requests {
             assert_eq!(r.model, "llama-8b");
+            let diff = r.first_text_ms.map(|t| t - r.ttft_ms);
+            assert!(
+                r.stream == diff.is_some_and(|d| (d - 1.0).abs() < 1e-6),
+                "first text of {}: {:?} (ttft {})",
+                r.trace_id,
+                r.first_text_ms,
+                r.ttft_ms
+            );
             assert!(r.e2e_ms <= last, "not sorted: {} after {last}", r.e2e_ms);
             last = r.e2e_ms;
             assert!(

@@ -194,8 +194,20 @@ pub(crate) fn print_requests(l: &RequestList, filters: &str) {
 pub(crate) fn print_request_rows(rs: &[RequestSummary], steps: &[usize]) {
     let mut t = Table::new(
         &[
-            "node", "engine", "model", "status", "outcome", "e2e", "ttft", "first text",
-            "frontend", "queue", "prefill", "decode", "delivery", "steps",
+            "node",
+            "engine",
+            "model",
+            "status",
+            "outcome",
+            "e2e",
+            "ttft",
+            "first text",
+            "frontend",
+            "queue",
+            "prefill",
+            "decode",
+            "delivery",
+            "steps",
         ],
         &[0, 1, 2, 4],
     );

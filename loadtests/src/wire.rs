@@ -768,7 +768,10 @@ pub fn event_payload(value: Option<&[u8]>) -> (bool, bool) {
             token = true;
             visible |= !t.is_empty();
         }
-        if delta["tool_calls"].as_array().is_some_and(|a| !a.is_empty()) {
+        if delta["tool_calls"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
             token = true;
             visible = true;
         }

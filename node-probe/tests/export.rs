@@ -312,6 +312,7 @@ fn record(n: u64) -> RequestRecord {
         read_wait_ns: 0,
         e2e_ns: end - start,
         ttft_ns: 2_000_000,
+        first_text_ns: Some(2_500_000),
         tpot_ns: None,
         chunks: 0,
         max_gap_ns: 0,
@@ -1028,11 +1029,13 @@ fn full_disk_under_the_spool_is_counted_not_silent() {
     assert!(s.batches_dropped >= 1, "{s}");
     let fake = Fake::new(stored());
     let _server = Server::start(&fake, addr);
-    let want = N - 10 * s.batches_dropped;
+    // The last batch's drop may be counted just after its close: read the count as it ends up.
     wait_until("delivery", Duration::from_secs(15), || {
-        stats.snapshot().records_delivered == want
+        let s = stats.snapshot();
+        s.records_delivered > 0 && s.records_delivered == N - 10 * s.batches_dropped
     });
     let s = h.shutdown(Duration::from_secs(5));
+    let want = N - 10 * s.batches_dropped;
     let ids = fake.stored_trace_ids();
     assert_eq!(ids.len() as u64, want, "{s}");
     let unique: std::collections::HashSet<_> = ids.iter().collect();

@@ -368,6 +368,7 @@ pub(crate) mod tests {
             read_wait_ns: 1_234,
             e2e_ns: end - start,
             ttft_ns: 1_000_000,
+            first_text_ns: Some(1_500_000),
             tpot_ns: Some(10_000),
             chunks: 3,
             max_gap_ns: 20_000,

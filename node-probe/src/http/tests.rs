@@ -168,11 +168,8 @@ fn truncated_capture_counts_bytes_and_resyncs_at_chunk_boundaries() {
     assert!(e.done_marker);
     assert_eq!(
         e.resp_bytes,
-        (SSE_HEAD.len()
-            + big.len()
-            + chunk(TEXT_EVENT).len()
-            + chunk("data: [DONE]\n\n").len()
-            + 5) as u64
+        (SSE_HEAD.len() + big.len() + chunk(TEXT_EVENT).len() + chunk("data: [DONE]\n\n").len() + 5)
+            as u64
     );
     assert_eq!(e.gave_up, None);
 }
@@ -432,11 +429,26 @@ fn role_only_and_empty_events_in_ttft_and_first_text() {
     );
     wr(&mut c, 2, SSE_HEAD);
     let events = [
-        (10, r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#),
-        (20, r#"{"id":"c1","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#),
-        (30, r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"\u00e9t"},"finish_reason":null}]}"#),
-        (40, r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}"#),
-        (50, r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}"#),
+        (
+            10,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#,
+        ),
+        (
+            20,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}]}"#,
+        ),
+        (
+            30,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"\u00e9t"},"finish_reason":null}]}"#,
+        ),
+        (
+            40,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}"#,
+        ),
+        (
+            50,
+            r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":3}}"#,
+        ),
     ];
     for (ts, ev) in events {
         wr(&mut c, ts, &chunk(&format!("data: {ev}\n\n")));

@@ -197,24 +197,60 @@ mod tests {
     #[test]
     fn event_shapes() {
         let cases = [
-            (r#"{"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" the","logprobs":null,"finish_reason":null}]}"#, TEXT),
-            (r#"{"choices":[{"index":0,"text":"","logprobs":null,"finish_reason":null}]}"#, EMPTY),
-            (r#"{"choices":[{"index":0,"delta":{"role":"assistant"},"logprobs":null,"finish_reason":null}]}"#, NONE),
-            (r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null}]}"#, EMPTY),
-            (r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#, TEXT),
-            (r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0,"function":{"arguments":"{\""}}]}}]}"#, TEXT),
+            (
+                r#"{"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" the","logprobs":null,"finish_reason":null}]}"#,
+                TEXT,
+            ),
+            (
+                r#"{"choices":[{"index":0,"text":"","logprobs":null,"finish_reason":null}]}"#,
+                EMPTY,
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"role":"assistant"},"logprobs":null,"finish_reason":null}]}"#,
+                NONE,
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null}]}"#,
+                EMPTY,
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+                TEXT,
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0,"function":{"arguments":"{\""}}]}}]}"#,
+                TEXT,
+            ),
             (r#"{"choices":[{"delta":{"tool_calls":[]}}]}"#, NONE),
-            (r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}"#, NONE),
-            (r#"{"choices":[{"delta":{"reasoning_content":"Let"}}]}"#, TEXT),
+            (
+                r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}"#,
+                NONE,
+            ),
+            (
+                r#"{"choices":[{"delta":{"reasoning_content":"Let"}}]}"#,
+                TEXT,
+            ),
             (r#"{"choices":[{"delta":{"reasoning":""}}]}"#, EMPTY),
             (r#"{"choices":[{"delta":{"content":"\n"}}]}"#, TEXT),
-            (r#"{"choices":[{"delta":{"content":""},"logprobs":{"content":[{"token":"x","logprob":-1.0}]}}]}"#, EMPTY),
-            (r#"{"choices":[{"delta":{"role":"assistant"},"logprobs":{"content":[]}}]}"#, NONE),
+            (
+                r#"{"choices":[{"delta":{"content":""},"logprobs":{"content":[{"token":"x","logprob":-1.0}]}}]}"#,
+                EMPTY,
+            ),
+            (
+                r#"{"choices":[{"delta":{"role":"assistant"},"logprobs":{"content":[]}}]}"#,
+                NONE,
+            ),
             // A key-like string inside a value is not a key.
-            (r#"{"id":"\"content\":\"x\"","choices":[{"delta":{"role":"assistant"}}]}"#, NONE),
+            (
+                r#"{"id":"\"content\":\"x\"","choices":[{"delta":{"role":"assistant"}}]}"#,
+                NONE,
+            ),
             (r#"{"model":"content","choices":[]}"#, NONE),
             (r#"{ "text" : "a" }"#, TEXT),
-            (r#"{"content_filter_results":{},"choices":[{"delta":{}}]}"#, NONE),
+            (
+                r#"{"content_filter_results":{},"choices":[{"delta":{}}]}"#,
+                NONE,
+            ),
             ("", NONE),
             ("not json at all \"text\"", NONE),
         ];
