@@ -9,6 +9,7 @@
 pub mod api;
 pub mod error;
 pub mod ingest;
+pub mod latency;
 pub mod metrics;
 pub mod server;
 pub mod store;

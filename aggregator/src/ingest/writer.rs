@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::dedup::Dedup;
+use crate::latency::Sample;
 use crate::metrics::Metrics;
 use crate::store::rows::{BatchRow, RequestRow, SpanRow, StepRow};
 use crate::store::Store;
@@ -112,6 +113,8 @@ struct Pending {
     requests: u64,
     spans: u64,
     steps: u64,
+    /// What its request rows add to the latency histograms once stored.
+    samples: Vec<Sample>,
 }
 
 impl Pending {
@@ -125,6 +128,7 @@ impl Pending {
         }
         if stored >= Stage::Requests {
             m.requests_stored.fetch_add(self.requests, Relaxed);
+            m.latency.observe(&self.samples);
         }
     }
 }
@@ -165,9 +169,10 @@ pub async fn run_writer(
                         batch_id: job.batch_id,
                         done: job.done,
                         _budget: job.budget,
-                        requests: p.0,
-                        spans: p.1,
-                        steps: p.2,
+                        requests: p.requests,
+                        spans: p.spans,
+                        steps: p.steps,
+                        samples: p.samples,
                     });
                 }
                 Err(e) => {
@@ -272,7 +277,8 @@ async fn write_job(
     ins: &mut Inserters,
     job: &WriteJob,
     stored: Stage,
-) -> Result<(u64, u64, u64), clickhouse::error::Error> {
+) -> Result<Written, clickhouse::error::Error> {
+    let mut samples = Vec::new();
     let (mut nr, mut ns) = (0u64, 0u64);
     let (mut wr, mut ws, mut wst) = (0u64, 0u64, 0u64);
     for rd in &job.batch.resources {
@@ -296,9 +302,9 @@ async fn write_job(
         if stored < Stage::Requests {
             wr += rd.requests.len() as u64;
             for r in &rd.requests {
-                ins.requests
-                    .write(&RequestRow::from_proto(r, res, &job.batch_id))
-                    .await?;
+                let row = RequestRow::from_proto(r, res, &job.batch_id);
+                samples.push(Sample::of(&row));
+                ins.requests.write(&row).await?;
             }
         }
     }
@@ -312,7 +318,20 @@ async fn write_job(
             spans: ns as u32,
         })
         .await?;
-    Ok((wr, ws, wst))
+    Ok(Written {
+        requests: wr,
+        spans: ws,
+        steps: wst,
+        samples,
+    })
+}
+
+/// What [`write_job`] buffered: rows per table, and the requests' latency samples.
+struct Written {
+    requests: u64,
+    spans: u64,
+    steps: u64,
+    samples: Vec<Sample>,
 }
 
 /// Commits every table in order; on failure says which tables were stored before it.
