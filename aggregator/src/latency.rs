@@ -93,6 +93,9 @@ impl Series {
 /// (model, node, engine).
 type Labels = (String, String, String);
 
+/// A histogram family: name, help, and which histogram of a series it renders.
+type Family = (&'static str, &'static str, fn(&Series) -> &Hist);
+
 /// What one committed request contributes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -167,7 +170,7 @@ impl Latency {
         let map = self.series.lock().expect("latency lock").clone();
         let mut keys: Vec<&Labels> = map.keys().collect();
         keys.sort();
-        let families: [(&str, &str, fn(&Series) -> &Hist); 3] = [
+        let families: [Family; 3] = [
             (
                 "gen_ai_server_time_to_first_token_seconds",
                 "Time to first token of streamed 2xx requests (first SSE token event).",

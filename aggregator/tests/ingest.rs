@@ -491,6 +491,9 @@ async fn failure_between_table_commits_stores_nothing_twice() {
     let m = ureq_get(&format!("http://{}/metrics", agg.http));
     assert!(m.contains("inferscope_spans_stored_total 50\n"), "{m}");
     assert!(m.contains("inferscope_requests_stored_total 50\n"), "{m}");
+    // So do the latency histograms: the resends added nothing.
+    let d = r#"gen_ai_server_request_duration_seconds_count{gen_ai_request_model="m",node="node-a",engine="vllm"} 50"#;
+    assert!(m.contains(d), "{m}");
     agg.stop().await;
 }
 
@@ -950,14 +953,18 @@ async fn latency_histograms_agree_with_clickhouse() {
     let mut b = batch(1, 60, 4);
     for (i, r) in b.resources[0].requests.iter_mut().enumerate() {
         let i = i as u64;
-        r.model = if i % 3 == 0 { "m-a".into() } else { "m-b\"q".into() };
-        r.stream = i % 2 == 0;
+        r.model = if i.is_multiple_of(3) {
+            "m-a".into()
+        } else {
+            "m-b\"q".into()
+        };
+        r.stream = i.is_multiple_of(2);
         r.status = if i % 10 == 9 { 500 } else { 200 };
         r.ttft_ns = 1_000_000 + i * 7_300_000 % 900_000_000;
         r.e2e_ns = r.ttft_ns + i * 1_100_000;
         r.start_unix_ns = r.end_unix_ns - r.e2e_ns;
         r.tpot_ns = r.stream.then_some(5_000_000 + i * 900_000);
-        r.queue_ns = (i % 4 != 0).then_some(i * 2_000_000);
+        r.queue_ns = (!i.is_multiple_of(4)).then_some(i * 2_000_000);
     }
     for _ in 0..2 {
         let acks = send(agg.grpc, Some("s3cret"), vec![b.clone()])
@@ -969,7 +976,8 @@ async fn latency_histograms_agree_with_clickhouse() {
             "{acks:?}"
         );
     }
-    let got = parse_with_prometheus_client(&python, &ureq_get(&format!("http://{}/metrics", agg.http)));
+    let got =
+        parse_with_prometheus_client(&python, &ureq_get(&format!("http://{}/metrics", agg.http)));
     let q = format!(
         "SELECT model, countIf(stream = 1 AND status >= 200 AND status < 300), \
          sumIf(ttft_ns, stream = 1 AND status >= 200 AND status < 300), count(tpot_ns), \
@@ -997,17 +1005,37 @@ async fn latency_histograms_agree_with_clickhouse() {
             l
         };
         for (name, phase, count, sum) in [
-            ("gen_ai_server_time_to_first_token_seconds", None, n(1), n(2)),
-            ("gen_ai_server_time_per_output_token_seconds", None, n(3), n(4)),
+            (
+                "gen_ai_server_time_to_first_token_seconds",
+                None,
+                n(1),
+                n(2),
+            ),
+            (
+                "gen_ai_server_time_per_output_token_seconds",
+                None,
+                n(3),
+                n(4),
+            ),
             ("gen_ai_server_request_duration_seconds", None, n(5), n(6)),
-            ("inferscope_request_phase_seconds", Some("queue"), n(7), n(8)),
+            (
+                "inferscope_request_phase_seconds",
+                Some("queue"),
+                n(7),
+                n(8),
+            ),
         ] {
             let key = |s: &str| format!("{name}_{s}{{{}}}", lbl(phase));
             let c = got.get(&key("count")).copied();
             let s = got.get(&key("sum")).copied();
             assert_eq!(c, Some(count), "{} in {got:?}", key("count"));
             let s = s.unwrap_or(f64::NAN);
-            assert!((s - sum / 1e9).abs() < 1e-6, "{}: {s} vs {}", key("sum"), sum / 1e9);
+            assert!(
+                (s - sum / 1e9).abs() < 1e-6,
+                "{}: {s} vs {}",
+                key("sum"),
+                sum / 1e9
+            );
             let phase_l = phase.map(|p| format!(",phase={p}")).unwrap_or_default();
             let inf = format!(
                 "{name}_bucket{{engine=vllm,gen_ai_request_model={model},le=+Inf,node=node-a{phase_l}}}"
