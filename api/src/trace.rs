@@ -63,8 +63,12 @@ pub struct RequestDetail {
     pub request: RequestSummary,
     /// Engine steps it took part in.
     pub step_ids: Vec<u64>,
-    /// SSE content events, offsets from the start (ms).
+    /// SSE token events, offsets from the start (ms): the wire's token times.
     pub chunk_offsets_ms: Vec<f64>,
+    /// The engine's outputs for it, offsets from the start (ms): the engine's token times
+    /// (vLLM: output messages back in the API server; llama.cpp: `llama_decode` ends).
+    #[serde(default)]
+    pub engine_output_offsets_ms: Vec<f64>,
     /// The engine instance whose steps `step_ids` are (`pid:start_ticks`; `null`: unknown).
     pub engine_instance: Option<String>,
     /// The client's endpoint on the server's host (`null`: not recorded).

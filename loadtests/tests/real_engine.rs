@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use inferscope_loadtests::fidelity::{
     assert_vllm_bracketing, by_trace, check_once, children, figure, instance_of, load_all,
-    otlp_spans, start_capture, start_probe, stop, Engine, WireDiffs,
+    otlp_spans, quantile, start_capture, start_probe, stop, Engine, WireDiffs,
 };
 use inferscope_loadtests::harness::required;
 use serde_json::Value;
@@ -100,9 +100,49 @@ fn run_vllm(engines: &[Engine], spans_path: &std::path::Path, label: &str) -> Ve
         let mine: Vec<&Value> = records.iter().filter(|r| r["pid"] == e.pid).collect();
         WireDiffs::compute(&pcap, e.port, &mine).assert_fidelity(&l, REQUESTS);
         assert_vllm_bracketing(&l, sent, &traces, &otlp);
+        token_gaps(&l, &mine);
     }
     let _ = std::fs::remove_dir_all(&dir);
     records
+}
+
+/// The engine's token times beside the wire's: every streamed request has them, and the figure
+/// says how the gaps between tokens compare (wire − engine, per gap).
+fn token_gaps(label: &str, records: &[&Value]) {
+    let offsets = |r: &Value, k: &str| -> Vec<f64> {
+        r[k].as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let gaps = |v: &[f64]| -> Vec<f64> { v.windows(2).map(|w| (w[1] - w[0]) / 1e6).collect() };
+    let streamed: Vec<&&Value> = records.iter().filter(|r| r["sse"] == true).collect();
+    let mut diffs = Vec::new();
+    let (mut same_count, mut with_engine) = (0, 0);
+    for r in &streamed {
+        let (wire, engine) = (
+            offsets(r, "chunk_offsets_ns"),
+            offsets(r, "engine_output_offsets_ns"),
+        );
+        with_engine += usize::from(!engine.is_empty());
+        same_count += usize::from(wire.len() == engine.len());
+        for (w, e) in gaps(&wire).iter().zip(gaps(&engine)) {
+            diffs.push(w - e);
+        }
+    }
+    assert!(
+        with_engine * 100 >= streamed.len() * 99,
+        "[{label}] engine token times for only {with_engine} of {} streamed requests",
+        streamed.len()
+    );
+    let abs: Vec<f64> = diffs.iter().map(|d| d.abs()).collect();
+    figure(&format!(
+        "[{label}] token gaps over {} streamed requests ({with_engine} with engine token times): engine outputs = SSE token events for {same_count}; \
+         wire gap − engine gap |diff| p50 {:.3} ms, p99 {:.3} ms over {} gaps",
+        streamed.len(),
+        quantile(&abs, 0.5),
+        quantile(&abs, 0.99),
+        diffs.len()
+    ));
 }
 
 #[test]

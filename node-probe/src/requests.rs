@@ -526,6 +526,10 @@ impl Tracker {
             None => Phases::default(),
         };
         spans[0].links = ph.steps.iter().map(step_link).collect();
+        let engine_output_offsets_ns = engine
+            .as_ref()
+            .map(|e| e.output_ns.iter().map(|t| t.saturating_sub(start)).collect())
+            .unwrap_or_default();
         RequestRecord {
             kind: "request",
             trace_id,
@@ -575,6 +579,7 @@ impl Tracker {
                 .iter()
                 .map(|t| t.saturating_sub(start))
                 .collect(),
+            engine_output_offsets_ns,
             done: ex.done_marker,
             frontend_ns: ph.frontend,
             queue_ns: ph.queue,

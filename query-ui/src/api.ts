@@ -121,6 +121,8 @@ export interface Endpoint {
 export interface RequestDetail extends RequestSummary {
   step_ids: number[];
   chunk_offsets_ms: number[];
+  /** Engine-side token times (absent from older aggregators). */
+  engine_output_offsets_ms?: number[];
   engine_instance: string | null;
   client_endpoint: Endpoint | null;
   server_endpoint: Endpoint | null;

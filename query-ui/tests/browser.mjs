@@ -285,6 +285,14 @@ async function functional() {
   }
   const chunks = tr.requests.reduce((s, r) => s + r.chunk_offsets_ms.length, 0);
   eq('trace: token chunk ticks', await page.locator('[data-testid="chunk-tick"]').count(), chunks);
+  // Token gaps, wire beside engine: one row per gap (at most 64 per request).
+  const gapRows = tr.requests.reduce((s, r) => {
+    const n = Math.max(r.chunk_offsets_ms.length, (r.engine_output_offsets_ms ?? []).length) - 1;
+    return s + Math.max(0, Math.min(64, n));
+  }, 0);
+  eq('trace: token-gap rows (wire vs engine)', await page.locator('[data-testid="token-gaps"] tbody tr[data-gap]').count(), gapRows);
+  const engineTimes = tr.requests.reduce((s, r) => s + (r.engine_output_offsets_ms ?? []).length, 0);
+  check('trace: engine token times recorded', engineTimes > 0, `${engineTimes} engine outputs`);
   const shared = tr.steps.find((x) => x.shared_with.length > 0);
   if (shared) {
     check('trace: shared step links the other requests', (await page.locator(`[data-testid="steps-table"] tr[data-step-id="${shared.step_id}"] a[data-testid="trace-link"]`).count()) > 0);

@@ -62,6 +62,7 @@ struct DetailRow {
     server_port: u16,
     req_tcp_seq: Option<u32>,
     resp_tcp_seq: Option<u32>,
+    engine_output_offsets_ns: Vec<u64>,
 }
 
 #[derive(Row, Deserialize)]
@@ -169,7 +170,8 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     sql.push(SUMMARY_COLUMNS)
         .push(
             ", step_ids, chunk_offsets_ns, batch_id, engine_instance, netns, client_ip, \
-             client_port, server_ip, server_port, req_tcp_seq, resp_tcp_seq FROM ",
+             client_port, server_ip, server_port, req_tcp_seq, resp_tcp_seq, \
+             engine_output_offsets_ns FROM ",
         )
         .push(&store.table("requests"))
         // Explicit PREWHERE: left to itself 18.16 moves the cheaper `start` bounds there, and
@@ -275,6 +277,11 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
             };
             RequestDetail {
                 chunk_offsets_ms: r.chunk_offsets_ns.iter().map(|&n| ns_to_ms(n)).collect(),
+                engine_output_offsets_ms: r
+                    .engine_output_offsets_ns
+                    .iter()
+                    .map(|&n| ns_to_ms(n))
+                    .collect(),
                 engine_instance: r.engine_instance().map(str::to_string),
                 client_endpoint: endpoint(&r.client_ip, r.client_port),
                 server_endpoint: endpoint(&r.server_ip, r.server_port),

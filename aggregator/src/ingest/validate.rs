@@ -158,10 +158,13 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
             }
         }
     }
-    if r.step_ids.len() > 1_000_000 || r.chunk_offsets_ns.len() > 100_000 {
+    if r.step_ids.len() > 1_000_000
+        || r.chunk_offsets_ns.len() > 100_000
+        || r.engine_output_offsets_ns.len() > 100_000
+    {
         return Err(bad(
             "too_many_items",
-            "step_ids or chunk_offsets_ns too long",
+            "step_ids, chunk_offsets_ns or engine_output_offsets_ns too long",
         ));
     }
     Ok(())

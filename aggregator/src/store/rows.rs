@@ -73,6 +73,7 @@ pub struct RequestRow {
     pub req_tcp_seq: Option<u32>,
     pub resp_tcp_seq: Option<u32>,
     pub first_text_ns: Option<u64>,
+    pub engine_output_offsets_ns: Vec<u64>,
 }
 
 /// A row of `spans`.
@@ -158,6 +159,7 @@ impl RequestRow {
             req_tcp_seq: r.req_tcp_seq,
             resp_tcp_seq: r.resp_tcp_seq,
             first_text_ns: r.first_text_ns,
+            engine_output_offsets_ns: r.engine_output_offsets_ns.clone(),
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,

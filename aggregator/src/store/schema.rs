@@ -266,6 +266,13 @@ FROM {db}.requests"
                 ),
             ],
         },
+        Migration {
+            version: 6,
+            name: "requests: engine output times",
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN engine_output_offsets_ns Array(UInt64)"
+            )],
+        },
     ]
 }
 

@@ -193,6 +193,11 @@ impl EngineFollower for LlamaFollower {
             core_recv_ns: None,
             first_output_ns: steps.first().map(|s| s.end_ns),
             last_output_ns: steps.last().map(|s| s.end_ns),
+            output_ns: steps
+                .iter()
+                .take(super::MAX_OUTPUT_TIMES)
+                .map(|s| s.end_ns)
+                .collect(),
             steps,
             batch_unit: "tokens",
         })

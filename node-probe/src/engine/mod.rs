@@ -108,6 +108,9 @@ impl ProcView {
     }
 }
 
+/// Output times kept per request ([`EngineTrace::output_ns`]).
+pub const MAX_OUTPUT_TIMES: usize = 4096;
+
 /// What the engine did for one HTTP exchange.
 #[derive(Debug, Clone, Default)]
 pub struct EngineTrace {
@@ -125,6 +128,9 @@ pub struct EngineTrace {
     pub first_output_ns: Option<u64>,
     /// Last output back in the frontend (or the last step's end).
     pub last_output_ns: Option<u64>,
+    /// When each output came back (vLLM: the frontend's receipt of each output message; llama.cpp:
+    /// each `llama_decode` end), the first [`MAX_OUTPUT_TIMES`]: the engine's token times.
+    pub output_ns: Vec<u64>,
     /// Steps the request took part in, in order.
     pub steps: Vec<Step>,
     /// What `Step::batch` counts: `requests` or `tokens`.

@@ -91,6 +91,8 @@ pub struct EngineRequest {
     pub last_output_ns: Option<u64>,
     /// Output messages that carried this request.
     pub outputs: u32,
+    /// When they came back (the first [`super::MAX_OUTPUT_TIMES`]).
+    pub output_ns: Vec<u64>,
     /// Steps this request took part in (ids on its core's timeline).
     pub steps: Vec<u64>,
     /// An ABORT for it was sent.
@@ -519,6 +521,9 @@ impl VllmFollower {
                 r.first_output_ns.get_or_insert(ts);
                 r.last_output_ns = Some(ts);
                 r.outputs += 1;
+                if r.output_ns.len() < super::MAX_OUTPUT_TIMES {
+                    r.output_ns.push(ts);
+                }
                 fallback = fallback.or(r.core_pid).or(single_core);
             }
         });
@@ -621,6 +626,10 @@ fn merge(mut m: EngineRequest, r: EngineRequest) -> EngineRequest {
     m.first_output_ns = min_opt(m.first_output_ns, r.first_output_ns);
     m.last_output_ns = m.last_output_ns.max(r.last_output_ns);
     m.outputs += r.outputs;
+    m.output_ns.extend(r.output_ns);
+    m.output_ns.sort_unstable();
+    m.output_ns.dedup();
+    m.output_ns.truncate(super::MAX_OUTPUT_TIMES);
     m.aborted |= r.aborted;
     for s in r.steps {
         if !m.steps.contains(&s) && m.steps.len() < MAX_STEPS_PER_REQUEST {
@@ -665,6 +674,7 @@ impl EngineFollower for VllmFollower {
             core_recv_ns: r.core_recv_ns,
             first_output_ns: r.first_output_ns,
             last_output_ns: r.last_output_ns,
+            output_ns: r.output_ns,
             steps,
             batch_unit: "requests",
         })

@@ -171,6 +171,11 @@ pub struct RequestRecord {
     /// Offsets of the SSE token events from `start_unix_ns` (first 4096).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chunk_offsets_ns: Vec<u64>,
+    /// Offsets from `start_unix_ns` of the engine's outputs for this request (vLLM: each output
+    /// message back in the frontend; llama.cpp: each `llama_decode` end; first 4096): the
+    /// engine-side token times beside `chunk_offsets_ns`, the wire's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub engine_output_offsets_ns: Vec<u64>,
     /// `data: [DONE]` seen.
     pub done: bool,
     /// Start → handed to the engine.

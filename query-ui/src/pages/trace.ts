@@ -70,6 +70,10 @@ function renderTrace(el: HTMLElement, t: Trace): void {
     ),
   );
   for (const r of t.requests) el.append(requestCard(r));
+  for (const r of t.requests) {
+    const g = tokenGaps(r);
+    if (g) el.append(section('Token gaps: wire vs engine', 'section-token-gaps', g));
+  }
 
   const details = h('div', { class: 'details', 'data-testid': 'span-details' }, h('p', { class: 'muted' }, 'Click a span for its attributes.'));
   const select = (s: Span, bar: HTMLElement) => {
@@ -106,7 +110,7 @@ function requestCard(r: RequestDetail): HTMLElement {
     ['chunks / steps', `${r.chunks} / ${r.engine_steps}`],
     ['connection', fmtConnection(r)],
   ];
-  const all = Object.entries(r).filter(([k]) => k !== 'chunk_offsets_ms' && k !== 'step_ids');
+  const all = Object.entries(r).filter(([k]) => k !== 'chunk_offsets_ms' && k !== 'step_ids' && k !== 'engine_output_offsets_ms');
   return h(
     'section',
     { class: 'card request-card', 'data-testid': 'request-card' },
@@ -126,6 +130,59 @@ function requestCard(r: RequestDetail): HTMLElement {
           h('tr', null, h('th', null, 'chunk_offsets_ms'), h('td', null, r.chunk_offsets_ms.map((x) => x.toFixed(2)).join(', '))),
         ),
       ),
+    ),
+  );
+}
+
+/** Rows shown of the token-gap table. */
+const GAP_ROWS = 64;
+
+function gapsOf(offsets: number[]): number[] {
+  return offsets.slice(1).map((x, i) => x - offsets[i]);
+}
+
+function gapSummary(g: number[]): string {
+  if (g.length === 0) return '—';
+  const s = [...g].sort((a, b) => a - b);
+  return `p50 ${fmtMs(s[Math.floor((s.length - 1) / 2)])}, max ${fmtMs(s[s.length - 1])}`;
+}
+
+/** The gaps between a request's tokens as the client saw them (SSE token events written) and as
+ * the engine produced them (outputs back in the frontend), side by side; null without tokens. */
+function tokenGaps(r: RequestDetail): HTMLElement | null {
+  const wire = gapsOf(r.chunk_offsets_ms);
+  const engine = gapsOf(r.engine_output_offsets_ms ?? []);
+  if (wire.length === 0 && engine.length === 0) return null;
+  const n = Math.min(GAP_ROWS, Math.max(wire.length, engine.length));
+  const rows = [];
+  for (let i = 0; i < n; i++) {
+    const w = wire[i] ?? null;
+    const e = engine[i] ?? null;
+    rows.push(
+      h(
+        'tr',
+        { 'data-gap': String(i + 1) },
+        h('td', null, String(i + 1)),
+        h('td', { class: 'num' }, fmtMs(w)),
+        h('td', { class: 'num' }, fmtMs(e)),
+        h('td', { class: 'num' }, w !== null && e !== null ? fmtMs(w - e) : '—'),
+      ),
+    );
+  }
+  return h(
+    'div',
+    { 'data-testid': 'token-gaps' },
+    h(
+      'p',
+      { class: 'muted' },
+      `wire (SSE token events written): ${gapSummary(wire)} · engine (outputs back in the frontend): ${gapSummary(engine)}`,
+      n < Math.max(wire.length, engine.length) ? ` · first ${n} gaps shown` : '',
+    ),
+    h(
+      'table',
+      { class: 'attrs' },
+      h('thead', null, h('tr', null, h('th', null, 'gap'), h('th', null, 'wire'), h('th', null, 'engine'), h('th', null, 'wire − engine'))),
+      h('tbody', null, rows),
     ),
   );
 }

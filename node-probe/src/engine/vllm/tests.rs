@@ -107,6 +107,12 @@ fn follows_one_request_through_steps() {
         (r.first_output_ns, r.last_output_ns, r.outputs),
         (Some(160), Some(220), 3)
     );
+    // The engine's token times: one per output message.
+    assert_eq!(r.output_ns.len(), 3);
+    assert_eq!(
+        (r.output_ns.first(), r.output_ns.last()),
+        (Some(&160), Some(&220))
+    );
     assert_eq!(steps.len(), 3);
     assert_eq!(
         (steps[0].start_ns, steps[0].end_ns, steps[0].batch),
