@@ -205,6 +205,7 @@ fn request(
         resp_tcp_seq: None,
         // Streams: visible text one ms after the first token.
         first_text_ns: stream.then_some(ttft + MS),
+        engine_output_offsets_ns: Vec::new(),
     }
 }
 

@@ -528,7 +528,12 @@ impl Tracker {
         spans[0].links = ph.steps.iter().map(step_link).collect();
         let engine_output_offsets_ns = engine
             .as_ref()
-            .map(|e| e.output_ns.iter().map(|t| t.saturating_sub(start)).collect())
+            .map(|e| {
+                e.output_ns
+                    .iter()
+                    .map(|t| t.saturating_sub(start))
+                    .collect()
+            })
             .unwrap_or_default();
         RequestRecord {
             kind: "request",

@@ -317,6 +317,7 @@ fn record(n: u64) -> RequestRecord {
         chunks: 0,
         max_gap_ns: 0,
         chunk_offsets_ns: Vec::new(),
+        engine_output_offsets_ns: Vec::new(),
         done: false,
         frontend_ns: Some(1_000),
         queue_ns: None,

@@ -374,6 +374,7 @@ pub(crate) mod tests {
             chunks: 3,
             max_gap_ns: 20_000,
             chunk_offsets_ns: vec![1_000_000, 1_010_000, 1_030_000],
+            engine_output_offsets_ns: vec![990_000, 1_005_000],
             done: true,
             frontend_ns: (!steps.is_empty()).then_some(1_000),
             queue_ns: (!steps.is_empty()).then_some(500),
@@ -414,6 +415,8 @@ pub(crate) mod tests {
         assert_eq!(q.prefill_ns, None);
         assert_eq!(q.step_ids, vec![10, 11]);
         assert_eq!(q.chunk_offsets_ns, vec![1_000_000, 1_010_000, 1_030_000]);
+        assert_eq!(q.engine_output_offsets_ns, vec![990_000, 1_005_000]);
+        assert_eq!(q.first_text_ns, Some(1_500_000));
         assert_eq!(q.read_wait_ns, 1_234);
         assert_eq!(q.engine_request_id, "cmpl-1-0");
         assert_eq!(q.gave_up, "");
