@@ -285,10 +285,12 @@ async function functional() {
   }
   const chunks = tr.requests.reduce((s, r) => s + r.chunk_offsets_ms.length, 0);
   eq('trace: token chunk ticks', await page.locator('[data-testid="chunk-tick"]').count(), chunks);
-  // Token gaps, wire beside engine: one row per gap (at most 64 per request).
+  // Tokens, engine beside wire: one row per engine output (else per SSE token event when there
+  // are two or more), at most 64 per request.
   const gapRows = tr.requests.reduce((s, r) => {
-    const n = Math.max(r.chunk_offsets_ms.length, (r.engine_output_offsets_ms ?? []).length) - 1;
-    return s + Math.max(0, Math.min(64, n));
+    const e = (r.engine_output_offsets_ms ?? []).length;
+    const w = r.chunk_offsets_ms.length;
+    return s + Math.min(64, e > 0 ? e : w >= 2 ? w : 0);
   }, 0);
   eq('trace: token-gap rows (wire vs engine)', await page.locator('[data-testid="token-gaps"] tbody tr[data-gap]').count(), gapRows);
   const engineTimes = tr.requests.reduce((s, r) => s + (r.engine_output_offsets_ms ?? []).length, 0);

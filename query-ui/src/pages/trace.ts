@@ -147,25 +147,47 @@ function gapSummary(g: number[]): string {
   return `p50 ${fmtMs(s[Math.floor((s.length - 1) / 2)])}, max ${fmtMs(s[s.length - 1])}`;
 }
 
-/** The gaps between a request's tokens as the client saw them (SSE token events written) and as
- * the engine produced them (outputs back in the frontend), side by side; null without tokens. */
+/** For each engine output, the first wire token event written at or after it (each used once):
+ * the event that delivered it, or null. */
+export function matchOutputs(engine: number[], wire: number[]): (number | null)[] {
+  const out: (number | null)[] = [];
+  let i = 0;
+  for (const e of engine) {
+    while (i < wire.length && wire[i] < e) i++;
+    out.push(i < wire.length ? wire[i++] : null);
+  }
+  return out;
+}
+
+/** A request's tokens as the engine produced them (outputs back in the frontend) and as the
+ * client got them (the SSE token event that followed each output), side by side: the gaps on
+ * each side and the delivery delay of each token; null without tokens. */
 function tokenGaps(r: RequestDetail): HTMLElement | null {
-  const wire = gapsOf(r.chunk_offsets_ms);
-  const engine = gapsOf(r.engine_output_offsets_ms ?? []);
-  if (wire.length === 0 && engine.length === 0) return null;
-  const n = Math.min(GAP_ROWS, Math.max(wire.length, engine.length));
+  const engine = r.engine_output_offsets_ms ?? [];
+  const wireAll = r.chunk_offsets_ms;
+  const wire = engine.length > 0 ? matchOutputs(engine, wireAll) : wireAll;
+  const times = engine.length > 0 ? engine : wireAll;
+  if (times.length < 2 && engine.length === 0) return null;
+  const n = Math.min(GAP_ROWS, times.length);
   const rows = [];
-  for (let i = 0; i < n; i++) {
-    const w = wire[i] ?? null;
-    const e = engine[i] ?? null;
+  const delays: number[] = [];
+  for (let i = 0; i < times.length; i++) {
+    const w = wire[i];
+    if (engine.length > 0 && w !== null && w !== undefined) delays.push(w - engine[i]);
+    if (i >= n) continue;
+    const prevW = i > 0 ? wire[i - 1] : null;
+    const wGap = w !== null && w !== undefined && prevW !== null && prevW !== undefined ? w - prevW : null;
+    const eGap = engine.length > 0 && i > 0 ? engine[i] - engine[i - 1] : null;
     rows.push(
       h(
         'tr',
         { 'data-gap': String(i + 1) },
         h('td', null, String(i + 1)),
-        h('td', { class: 'num' }, fmtMs(w)),
-        h('td', { class: 'num' }, fmtMs(e)),
-        h('td', { class: 'num' }, w !== null && e !== null ? fmtMs(w - e) : '—'),
+        h('td', { class: 'num' }, fmtMs(engine.length > 0 ? engine[i] : null)),
+        h('td', { class: 'num' }, fmtMs(w ?? null)),
+        h('td', { class: 'num' }, fmtMs(eGap)),
+        h('td', { class: 'num' }, fmtMs(wGap)),
+        h('td', { class: 'num' }, engine.length > 0 && w !== null && w !== undefined ? fmtMs(w - engine[i]) : '—'),
       ),
     );
   }
@@ -175,13 +197,18 @@ function tokenGaps(r: RequestDetail): HTMLElement | null {
     h(
       'p',
       { class: 'muted' },
-      `wire (SSE token events written): ${gapSummary(wire)} · engine (outputs back in the frontend): ${gapSummary(engine)}`,
-      n < Math.max(wire.length, engine.length) ? ` · first ${n} gaps shown` : '',
+      `gaps — engine: ${gapSummary(gapsOf(engine))} · wire (all SSE token events): ${gapSummary(gapsOf(wireAll))}`,
+      engine.length > 0 ? ` · delivery delay (engine output → its SSE event): ${gapSummary(delays)}` : '',
+      n < times.length ? ` · first ${n} tokens shown` : '',
     ),
     h(
       'table',
       { class: 'attrs' },
-      h('thead', null, h('tr', null, h('th', null, 'gap'), h('th', null, 'wire'), h('th', null, 'engine'), h('th', null, 'wire − engine'))),
+      h(
+        'thead',
+        null,
+        h('tr', null, ['token', 'engine', 'wire', 'engine gap', 'wire gap', 'delay'].map((c) => h('th', null, c))),
+      ),
       h('tbody', null, rows),
     ),
   );
