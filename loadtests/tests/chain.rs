@@ -198,43 +198,49 @@ fn read_back(url: &str, n: u64, log: &Path) -> Vec<Sent> {
     read_trace_log(log)
 }
 
-/// The aggregator dies (SIGKILL) and stays away for `dur` while the load goes on.
-fn aggregator_outage(c: &mut Chain, dur: Duration) {
-    kill(&mut c.agg, libc::SIGKILL);
-    let n = c.load_for(dur, "agg-down");
-    c.restart_aggregator(1);
-    let d = c.drain("after the aggregator outage");
+/// One fault under load: `begin` starts it (its guard ends it if the test fails), the load goes
+/// on for `dur`, `end` ends it; then every request sent must be stored, and the drain time is a
+/// figure.
+fn drill<G>(
+    c: &mut Chain,
+    dur: Duration,
+    (tag, what, after): (&str, &str, &str),
+    begin: impl FnOnce(&mut Chain) -> G,
+    end: impl FnOnce(&mut Chain, G),
+) {
+    let guard = begin(c);
+    let n = c.load_for(dur, tag);
+    end(c, guard);
+    let d = c.drain(&format!("after {what}"));
     figure(&format!(
-        "drill: aggregator kill -9 for {} s under real-vLLM load: {n} requests sent meanwhile, all stored {:.1} s after its restart",
+        "drill: {what} for {} s under real-vLLM load: {n} requests sent meanwhile, all stored {:.1} s after {after}",
         dur.as_secs(),
         d.as_secs_f64()
     ));
+}
+
+/// The aggregator dies (SIGKILL) and stays away for `dur` while the load goes on.
+fn aggregator_outage(c: &mut Chain, dur: Duration) {
+    let labels = ("agg-down", "aggregator kill -9", "its restart");
+    drill(
+        c,
+        dur,
+        labels,
+        |c| kill(&mut c.agg, libc::SIGKILL),
+        |c, ()| c.restart_aggregator(1),
+    );
 }
 
 /// ClickHouse shuts down for `dur` while the load goes on.
 fn clickhouse_outage(c: &mut Chain, dur: Duration) {
-    let fault = ClickHouseFault::stop();
-    let n = c.load_for(dur, "ch-down");
-    fault.end();
-    let d = c.drain("after the ClickHouse outage");
-    figure(&format!(
-        "drill: ClickHouse stopped for {} s under real-vLLM load: {n} requests sent meanwhile, all stored {:.1} s after its start",
-        dur.as_secs(),
-        d.as_secs_f64()
-    ));
+    let labels = ("ch-down", "ClickHouse stopped", "its start");
+    drill(c, dur, labels, |_| ClickHouseFault::stop(), |_, f| f.end());
 }
 
 /// ClickHouse hangs (SIGSTOP: connections accepted, nothing answered) for `dur`.
 fn clickhouse_hang(c: &mut Chain, dur: Duration) {
-    let fault = ClickHouseFault::hang();
-    let n = c.load_for(dur, "ch-hung");
-    fault.end();
-    let d = c.drain("after ClickHouse hung");
-    figure(&format!(
-        "drill: ClickHouse hung (SIGSTOP) for {} s under real-vLLM load: {n} requests sent meanwhile, all stored {:.1} s after SIGCONT",
-        dur.as_secs(),
-        d.as_secs_f64()
-    ));
+    let labels = ("ch-hung", "ClickHouse hung (SIGSTOP)", "SIGCONT");
+    drill(c, dur, labels, |_| ClickHouseFault::hang(), |_, f| f.end());
 }
 
 /// node-probe dies (SIGKILL) in the middle of a load and is restarted at once. What it had
