@@ -137,6 +137,18 @@ async fn send(
 
 /// Sends raw bytes as gRPC messages on the Export method: for input that is not a valid
 /// `Batch` at all (wrong wire types, garbage).
+/// Sends `b` twice, as a node whose ack was lost would; each answer is STORED or DUPLICATE.
+async fn send_twice(grpc: SocketAddr, b: Batch) {
+    for _ in 0..2 {
+        let acks = send(grpc, Some("s3cret"), vec![b.clone()]).await.unwrap();
+        assert!(
+            acks[0].status == AckStatus::Stored as i32
+                || acks[0].status == AckStatus::Duplicate as i32,
+            "{acks:?}"
+        );
+    }
+}
+
 async fn send_raw(
     grpc: SocketAddr,
     token: &str,
@@ -474,16 +486,7 @@ async fn failure_between_table_commits_stores_nothing_twice() {
 
     // Back again; the node resends (twice, as a node whose ack was lost would).
     sql(&format!("RENAME TABLE {db}.requests_away TO {db}.requests")).await;
-    for _ in 0..2 {
-        let acks = send(grpc, Some("s3cret"), vec![batch(2, 30, 1)])
-            .await
-            .unwrap();
-        assert!(
-            acks[0].status == AckStatus::Stored as i32
-                || acks[0].status == AckStatus::Duplicate as i32,
-            "{acks:?}"
-        );
-    }
+    send_twice(grpc, batch(2, 30, 1)).await;
     assert_eq!(count(&db, "requests").await, 50, "requests once each");
     assert_eq!(count(&db, "spans").await, 50, "spans once each");
     assert_eq!(count(&db, "ingested_batches").await, 2);
@@ -966,16 +969,7 @@ async fn latency_histograms_agree_with_clickhouse() {
         r.tpot_ns = r.stream.then_some(5_000_000 + i * 900_000);
         r.queue_ns = (!i.is_multiple_of(4)).then_some(i * 2_000_000);
     }
-    for _ in 0..2 {
-        let acks = send(agg.grpc, Some("s3cret"), vec![b.clone()])
-            .await
-            .unwrap();
-        assert!(
-            acks[0].status == AckStatus::Stored as i32
-                || acks[0].status == AckStatus::Duplicate as i32,
-            "{acks:?}"
-        );
-    }
+    send_twice(agg.grpc, b).await;
     let got =
         parse_with_prometheus_client(&python, &ureq_get(&format!("http://{}/metrics", agg.http)));
     let q = format!(
