@@ -6,91 +6,24 @@
 //! `INFERSCOPE_REQUIRE_BPF=1` (CI), where they fail.
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::Command;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clickhouse::Row;
 use inferscope_aggregator::api::breakdown::{Breakdown, QuantileRow};
 use inferscope_aggregator::api::requests::RequestList;
 use inferscope_aggregator::api::trace::Trace;
-use inferscope_aggregator::api::{router, ApiState};
-use inferscope_aggregator::metrics::Metrics;
 use inferscope_aggregator::store::rows::{RequestRow, SpanRow, StepRow};
-use inferscope_aggregator::store::{Store, StoreConfig};
+use inferscope_aggregator::store::Store;
 use serde::Deserialize;
-use serde_json::Value;
 
-const MS: u64 = 1_000_000;
-const S: u64 = 1_000_000_000;
+mod common;
+use common::{cli, db_client, get, open_store, request, secs, serve, with_db, MS, S};
+
 /// Regular synthetic requests.
 const N: u64 = 3000;
 /// The trace that spans two nodes.
 const SPECIAL: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 /// A request with a row but no spans.
 const NO_SPANS_INDEX: u64 = 10;
-
-fn clickhouse_url() -> String {
-    std::env::var("INFERSCOPE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
-}
-
-/// A store on a fresh database, or `None` (test skipped) when ClickHouse is unreachable.
-async fn open_store(test: &str) -> Option<Store> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let cfg = StoreConfig {
-        url: clickhouse_url(),
-        database: format!("test_api_{}_{nanos}", std::process::id()),
-        user: None,
-        password: None,
-        retention_days: 0,
-    };
-    match Store::open(&cfg, Duration::from_secs(2)).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            if std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() == Ok("1") {
-                panic!(
-                    "ClickHouse at {} is required (INFERSCOPE_REQUIRE_BPF=1): {e}",
-                    cfg.url
-                );
-            }
-            eprintln!(
-                "SKIPPED {test}: ClickHouse not reachable at {} ({e}); start it with `scripts/clickhouse.sh start`",
-                cfg.url
-            );
-            None
-        }
-    }
-}
-
-/// A client whose default database is the store's: inserts escape the table name as one
-/// identifier, so `db.table` cannot be passed.
-fn db_client(store: &Store) -> clickhouse::Client {
-    store.client().clone().with_database(&store.database)
-}
-
-async fn drop_db(store: &Store) {
-    let _ = store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {}", store.database))
-        .execute()
-        .await;
-}
-
-/// Runs `body`, drops the database whatever happens, and re-raises a failure.
-async fn with_db<F, Fut>(store: Store, body: F)
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let res = tokio::spawn(body(store.clone())).await;
-    drop_db(&store).await;
-    if let Err(e) = res {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
 
 /// Deterministic pseudo-random numbers.
 struct Lcg(u64);
@@ -106,106 +39,6 @@ impl Lcg {
 
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo)
-    }
-}
-
-fn secs(ns: u64) -> u32 {
-    (ns / S) as u32
-}
-
-#[allow(clippy::too_many_arguments)]
-fn request(
-    trace_id: String,
-    start: u64,
-    node: &str,
-    engine: &str,
-    model: &str,
-    status: u16,
-    outcome: &str,
-    phases: Option<[u64; 5]>,
-    e2e_if_unknown: u64,
-    stream: bool,
-    step_ids: Vec<u64>,
-) -> RequestRow {
-    let (e2e, ttft, frontend, queue, prefill, decode, delivery, eng) = match phases {
-        Some([f, q, p, d, dl]) => {
-            let eng = q + p + d + MS; // one ms between the phases, unattributed
-            (
-                f + eng + dl,
-                f + q + p + 2 * MS,
-                Some(f),
-                Some(q),
-                Some(p),
-                Some(d),
-                Some(dl),
-                Some(eng),
-            )
-        }
-        None => (
-            e2e_if_unknown,
-            e2e_if_unknown / 3,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        ),
-    };
-    RequestRow {
-        start: secs(start),
-        start_unix_ns: start,
-        end_unix_ns: start + e2e,
-        trace_id,
-        node: node.into(),
-        pid: 4242,
-        engine: engine.into(),
-        model: model.into(),
-        method: "POST".into(),
-        path: "/v1/completions".into(),
-        status,
-        outcome: outcome.into(),
-        stream: u8::from(stream),
-        e2e_ns: e2e,
-        ttft_ns: ttft,
-        tpot_ns: (stream && decode.is_some()).then(|| decode.unwrap_or(0) / 64),
-        frontend_ns: frontend,
-        queue_ns: queue,
-        prefill_ns: prefill,
-        decode_ns: decode,
-        delivery_ns: delivery,
-        engine_ttft_ns: queue.map(|q| q + prefill.unwrap_or(0)),
-        engine_e2e_ns: eng,
-        read_wait_ns: 20_000,
-        req_bytes: 512,
-        resp_bytes: 4096,
-        chunks: if stream { 64 } else { 0 },
-        engine_steps: step_ids.len() as u32,
-        max_gap_ns: 5 * MS,
-        client: "10.0.0.9:50000".into(),
-        server: "10.0.0.1:8000".into(),
-        response_id: "cmpl-1".into(),
-        x_request_id: String::new(),
-        engine_request_id: String::new(),
-        gave_up: String::new(),
-        step_ids,
-        chunk_offsets_ns: if stream {
-            vec![ttft, ttft + MS]
-        } else {
-            vec![]
-        },
-        batch_id: "test/1/1".into(),
-        engine_instance: String::new(),
-        netns: 4026531840,
-        client_ip: "10.0.0.9".into(),
-        client_port: 50000,
-        server_ip: "10.0.0.1".into(),
-        server_port: 8000,
-        req_tcp_seq: Some(1000),
-        resp_tcp_seq: None,
-        // Streams: visible text one ms after the first token.
-        first_text_ns: stream.then_some(ttft + MS),
-        engine_output_offsets_ns: Vec::new(),
     }
 }
 
@@ -573,33 +406,6 @@ async fn insert_data(store: &Store) -> Data {
         neighbours,
         no_spans: trace_id(NO_SPANS_INDEX),
     }
-}
-
-async fn serve(store: Store) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = router(ApiState {
-        store,
-        metrics: Arc::new(Metrics::default()),
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// GET → (status, JSON body).
-async fn get(addr: SocketAddr, path_and_query: &str) -> (u16, Value) {
-    let url = format!("http://{addr}{path_and_query}");
-    tokio::task::spawn_blocking(move || {
-        let (code, body) = match ureq::get(&url).call() {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
-            Err(e) => panic!("GET {url}: {e}"),
-        };
-        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"));
-        (code, v)
-    })
-    .await
-    .unwrap()
 }
 
 async fn get_ok<T: serde::de::DeserializeOwned>(addr: SocketAddr, pq: &str) -> T {
@@ -1163,6 +969,7 @@ async fn misc(addr: SocketAddr, d: &Data) {
         "/api/v1/requests",
         "/api/v1/traces/{trace_id}",
         "/api/v1/filters",
+        "/api/v1/samples",
     ] {
         assert!(body.contains(&format!("  {p}:")), "openapi.yaml lacks {p}");
     }
@@ -1197,43 +1004,6 @@ async fn schema_doc_queries(store: &Store) {
 
 // ---------------------------------------------------------------------------------------------
 // CLI
-
-/// The `inferscope` binary of this build (crate `inferscope-cli`, which links no server code):
-/// next to this test's `deps/` folder. `cargo test --workspace` builds it (the crate has
-/// integration tests of its own).
-fn cli_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("inferscope"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p inferscope-cli` (or test the workspace)",
-        bin.display()
-    );
-    bin
-}
-
-async fn cli(args: Vec<String>) -> (i32, String, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(cli_binary())
-            .args(&args)
-            .env_remove("INFERSCOPE_API")
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        );
-        // Shown by the test harness when a test fails (or with --nocapture).
-        println!("$ inferscope {}\n{stdout}{stderr}", args.join(" "));
-        (out.status.code().unwrap_or(-1), stdout, stderr)
-    })
-    .await
-    .unwrap()
-}
 
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()

@@ -20,6 +20,9 @@ pub struct FilterValues {
     pub statuses: Vec<u16>,
     /// Outcomes.
     pub outcomes: Vec<String>,
+    /// Run tags (`key=value`, node-probe `--tag`).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// A list was cut at 1000 values.
     pub truncated: bool,
 }

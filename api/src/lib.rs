@@ -5,9 +5,11 @@
 //! `aggregator/openapi.yaml` documents the same shapes; `aggregator/tests/model_agreement.rs`
 //! checks the phase list there, in the UI and in the CLI against [`PHASES`].
 pub mod breakdown;
+pub mod explain;
 pub mod filters;
 pub mod ids;
 pub mod requests;
+pub mod samples;
 pub mod time;
 pub mod trace;
 pub mod window;

@@ -6,6 +6,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+/// Largest response read (`/api/v1/samples` at its limit is about 8 MB; ureq's own
+/// `into_string` stops at 10 MB).
+const MAX_BODY: u64 = 64 << 20;
+
+fn read_body(resp: ureq::Response) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut s = String::new();
+    resp.into_reader()
+        .take(MAX_BODY + 1)
+        .read_to_string(&mut s)?;
+    if s.len() as u64 > MAX_BODY {
+        bail!("the response is larger than {} MiB", MAX_BODY >> 20);
+    }
+    Ok(s)
+}
+
 pub(crate) struct Api {
     base: String,
     agent: ureq::Agent,
@@ -43,9 +59,7 @@ impl Api {
         let res = req.call();
         drop(spinner);
         match res {
-            Ok(resp) => resp
-                .into_string()
-                .with_context(|| format!("reading the response of {url}")),
+            Ok(resp) => read_body(resp).with_context(|| format!("reading the response of {url}")),
             Err(ureq::Error::Status(code, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
                 let msg = serde_json::from_str::<serde_json::Value>(&body)

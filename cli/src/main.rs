@@ -5,22 +5,25 @@
 //! inferscope requests --sort ttft --limit 20
 //! inferscope trace 4bf92f3577b34da6a3ce929d0e0e4736
 //! inferscope --output json breakdown | jq .slow_vs_median.largest_difference
+//! inferscope gate --baseline-file main.json --candidate-filter tag=run=pr-17
 //! ```
 //!
 //! Tables for people (milliseconds, aligned columns), `--output json` (the API's response,
-//! unchanged) for scripts. Exit status: 0 on success, 1 on any error, 2 on a usage error.
+//! unchanged) for scripts. Exit status: 0 on success, 1 on any error, 2 on a usage error;
+//! `gate`: 0 pass, 1 regression, 2 no verdict (not enough data, usage error, any error).
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod gate;
 mod http;
 mod print;
 mod table;
 
 use http::Api;
-use print::{print_breakdown, print_filters, print_requests, print_trace};
+use print::{print_breakdown, print_explanation, print_filters, print_requests, print_trace};
 
 /// Query the inferscope aggregator: latency breakdowns, slow requests, traces.
 #[derive(Parser)]
@@ -104,11 +107,29 @@ enum Cmd {
         #[arg(long)]
         to: Option<String>,
     },
-    /// Models, nodes, engines, statuses and outcomes seen in a window.
+    /// Models, nodes, engines, statuses, outcomes and run tags seen in a window.
     Filters {
         #[command(flatten)]
         window: WindowArgs,
     },
+    /// Why was it slow: one request against the typical one around it, or (`--p99`) the
+    /// window's slow cohort against its median cohort, in sentences with their figures.
+    Explain {
+        /// Trace id (32 hex digits); leave out with --p99.
+        #[arg(required_unless_present = "p99", conflicts_with = "p99")]
+        id: Option<String>,
+        /// Explain the slow cohort of a window (the filters below) instead of one request.
+        #[arg(long)]
+        p99: bool,
+        /// With --p99: the cohort's e2e quantile.
+        #[arg(long, default_value_t = 0.99)]
+        slow_quantile: f64,
+        #[command(flatten)]
+        filters: FilterArgs,
+    },
+    /// CI regression gate: is the candidate run slower than the baseline? Markdown report
+    /// (`--output json`: JSON); exit 0 pass, 1 regression, 2 no verdict.
+    Gate(Box<gate::GateArgs>),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,6 +187,9 @@ struct FilterArgs {
     /// Outcome: complete, client_abort, server_close, timeout, lost.
     #[arg(long)]
     outcome: Option<String>,
+    /// Run tag `key=value` (node-probe `--tag`).
+    #[arg(long)]
+    tag: Option<String>,
 }
 
 /// Parses `90s`, `15m`, `6h`, `7d` into seconds.
@@ -213,6 +237,7 @@ impl FilterArgs {
             ("engine", &self.engine),
             ("status", &self.status),
             ("outcome", &self.outcome),
+            ("tag", &self.tag),
         ] {
             q.extend(v.clone().map(|v| (k, v)));
         }
@@ -226,6 +251,7 @@ impl FilterArgs {
             ("engine", &self.engine),
             ("status", &self.status),
             ("outcome", &self.outcome),
+            ("tag", &self.tag),
         ]
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
@@ -250,7 +276,7 @@ fn print_json(body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let api = Api::new(
         &cli.api,
         Duration::from_secs(cli.timeout_s.max(1)),
@@ -269,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             q.push(("slow_quantile", slow_quantile.to_string()));
             let body = api.get("/api/v1/breakdown", &q)?;
             if json {
-                return print_json(&body);
+                return print_json(&body).map(|()| ExitCode::SUCCESS);
             }
             print_breakdown(&decode(&body, "breakdown")?, &filters.describe());
         }
@@ -290,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             q.push(("offset", offset.to_string()));
             let body = api.get("/api/v1/requests", &q)?;
             if json {
-                return print_json(&body);
+                return print_json(&body).map(|()| ExitCode::SUCCESS);
             }
             print_requests(&decode(&body, "requests")?, &filters.describe());
         }
@@ -304,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             q.extend(to.map(|v| ("to", v)));
             let body = api.get(&format!("/api/v1/traces/{id}"), &q)?;
             if json {
-                return print_json(&body);
+                return print_json(&body).map(|()| ExitCode::SUCCESS);
             }
             print_trace(&decode(&body, "trace")?);
         }
@@ -313,12 +339,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             window.push(&mut q)?;
             let body = api.get("/api/v1/filters", &q)?;
             if json {
-                return print_json(&body);
+                return print_json(&body).map(|()| ExitCode::SUCCESS);
             }
             print_filters(&decode(&body, "filters")?);
         }
+        Cmd::Explain {
+            id,
+            p99,
+            slow_quantile,
+            filters,
+        } => {
+            let (path, mut q) = match id {
+                Some(id) if !p99 => {
+                    let id = id.trim().to_string();
+                    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        bail!("{id:?} is not a trace id: expected 32 hex digits");
+                    }
+                    (format!("/api/v1/explain/{id}"), Vec::new())
+                }
+                _ => {
+                    let mut q = Vec::new();
+                    filters.push(&mut q)?;
+                    q.push(("slow_quantile", slow_quantile.to_string()));
+                    ("/api/v1/explain".to_string(), q)
+                }
+            };
+            if path != "/api/v1/explain" {
+                filters.window.push(&mut q)?;
+            }
+            let body = api.get(&path, &q)?;
+            if json {
+                return print_json(&body).map(|()| ExitCode::SUCCESS);
+            }
+            let v: serde_json::Value = decode(&body, "explain")?;
+            print_explanation(&v);
+        }
+        Cmd::Gate(a) => return run_gate(&a, &api, json),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inferscope gate`: any error is "no verdict" (2), never "regression" (1).
+fn run_gate(a: &gate::GateArgs, api: &Api, json: bool) -> anyhow::Result<ExitCode> {
+    let report = match gate::run(a, api) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("inferscope: error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    Ok(ExitCode::from(report.outcome.exit_code()))
 }
 
 fn main() -> ExitCode {
@@ -335,7 +411,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("inferscope: error: {e:#}");
             ExitCode::FAILURE

@@ -442,4 +442,23 @@ pub(crate) fn print_filters(f: &FilterValues) {
         list(&f.statuses.iter().map(u16::to_string).collect::<Vec<_>>())
     );
     println!("outcomes: {}", list(&f.outcomes));
+    println!("tags:     {}", list(&f.tags));
+}
+
+/// `inferscope explain`: the summary, then each finding with its excess over typical.
+pub(crate) fn print_explanation(v: &serde_json::Value) {
+    println!("{}", safe(v["summary"].as_str().unwrap_or("")));
+    let Some(findings) = v["findings"].as_array() else {
+        return;
+    };
+    println!();
+    for f in findings {
+        let excess = f["excess_ms"].as_f64().unwrap_or(0.0);
+        println!(
+            "{:>+10.2} ms  {:<22} {}",
+            excess,
+            safe(f["cause"].as_str().unwrap_or("")),
+            safe(f["sentence"].as_str().unwrap_or(""))
+        );
+    }
 }

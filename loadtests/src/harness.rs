@@ -119,6 +119,18 @@ pub fn start_aggregator(db: &str, grpc: u16, http: u16, token: &str, log: Option
 /// 200 ms batches and a spool under `dir`; returns once it has attached (its log, under `dir`,
 /// says so). Its log is kept as `dir/probe-PID.log`.
 pub fn start_exporting_probe(pid: &str, grpc: u16, token: &str, node: &str, dir: &Path) -> Child {
+    start_exporting_probe_with(pid, grpc, token, node, dir, &[])
+}
+
+/// [`start_exporting_probe`] with `extra` arguments (e.g. `--tag run=1`).
+pub fn start_exporting_probe_with(
+    pid: &str,
+    grpc: u16,
+    token: &str,
+    node: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Child {
     use std::io::{BufRead, Write};
     let mut c = Command::new(bin("node-probe"))
         .args([
@@ -132,6 +144,7 @@ pub fn start_exporting_probe(pid: &str, grpc: u16, token: &str, node: &str, dir:
         .args(["--batch-max-ms", "200", "--node-name", node])
         .arg("--spool-dir")
         .arg(dir.join("spool"))
+        .args(extra)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -153,6 +153,10 @@ struct Cli {
     /// At shutdown, keep sending for up to this many seconds, then spool what is left.
     #[arg(long, default_value_t = 5.0)]
     export_drain_s: f64,
+    /// A run tag stored with every exported request, e.g. `run=ci-1234` (repeatable, at most
+    /// 16): select a run with `inferscope … --tag run=ci-1234`.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
 }
 
 fn main() {
@@ -301,6 +305,11 @@ fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
     cfg.spool_max_bytes = cli.spool_max_mib.saturating_mul(1 << 20);
     cfg.write_ahead = !cli.no_spool_write_ahead;
     cfg.drain_timeout = Duration::from_secs_f64(cli.export_drain_s);
+    cfg.tags = cli
+        .tags
+        .iter()
+        .map(|t| node_probe::export::parse_tag(t))
+        .collect::<Result<_, _>>()?;
     cfg.validate()?;
     Ok(cfg)
 }

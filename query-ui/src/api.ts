@@ -186,7 +186,32 @@ export interface FilterValues {
   engines: string[];
   statuses: number[];
   outcomes: string[];
+  /** Run tags, `key=value` (node-probe `--tag`). */
+  tags?: string[];
   truncated: boolean;
+}
+
+/** One cause of `GET /api/v1/explain/{trace_id}`. */
+export interface Finding {
+  cause: string;
+  phase: string;
+  value_ms: number;
+  typical_ms: number;
+  excess_ms: number;
+  sentence: string;
+}
+
+/** `GET /api/v1/explain/{trace_id}`: why this request was slower than typical. */
+export interface RequestExplanation {
+  trace_id: string;
+  node: string;
+  model: string;
+  e2e_ms: number;
+  typical_e2e_ms: number | null;
+  reference_count: number;
+  summary: string;
+  dominant: string | null;
+  findings: Finding[];
 }
 
 export interface TsBucket {

@@ -53,6 +53,7 @@ impl BreakdownQuery {
         "engine",
         "status",
         "outcome",
+        "tag",
         "quantiles",
         "slow_quantile",
     ];

@@ -1,4 +1,4 @@
-//! `GET /api/v1/filters`: the distinct models, nodes, engines, statuses and outcomes of a window,
+//! `GET /api/v1/filters`: the distinct models, nodes, engines, statuses, outcomes and run tags of a window,
 //! for UI dropdowns and CLI completion.
 use axum::extract::State;
 use axum::Json;
@@ -24,6 +24,7 @@ struct Row5 {
     engines: Vec<String>,
     statuses: Vec<u16>,
     outcomes: Vec<String>,
+    tags: Vec<String>,
 }
 
 /// Handler.
@@ -41,7 +42,7 @@ pub async fn filter_values(store: &Store, w: &Window) -> Result<FilterValues, Ap
     // groupUniqArray(N)(x) is not available on 18.16; these columns have few distinct values.
     let mut sql = Sql::new(
         "SELECT count(), groupUniqArray(model), groupUniqArray(node), groupUniqArray(engine), \
-         groupUniqArray(status), groupUniqArray(outcome) FROM ",
+         groupUniqArray(status), groupUniqArray(outcome), groupUniqArrayArray(tags) FROM ",
     );
     sql.push(&store.table("requests")).push(" WHERE ");
     w.push_where(&mut sql);
@@ -58,6 +59,7 @@ pub async fn filter_values(store: &Store, w: &Window) -> Result<FilterValues, Ap
     let nodes = clean(r.nodes);
     let engines = clean(r.engines);
     let outcomes = clean(r.outcomes);
+    let tags = clean(r.tags);
     let mut statuses = r.statuses;
     statuses.sort_unstable();
     Ok(FilterValues {
@@ -68,6 +70,7 @@ pub async fn filter_values(store: &Store, w: &Window) -> Result<FilterValues, Ap
         engines,
         statuses,
         outcomes,
+        tags,
         truncated,
     })
 }

@@ -9,6 +9,9 @@
 //! * [`filters`] — `GET /api/v1/filters`: distinct values for dropdowns;
 //! * [`timeseries`] — `GET /api/v1/timeseries`: count and e2e/ttft/tpot quantiles per time bucket;
 //! * [`histogram`] — `GET /api/v1/histogram`: distribution of one metric (log or linear buckets);
+//! * [`explain`] — `GET /api/v1/explain/{trace_id}` and `GET /api/v1/explain`: why a request
+//!   (or a window's slow cohort) was slow, in sentences with their figures;
+//! * [`samples`] — `GET /api/v1/samples`: per-request metric values (`inferscope gate`);
 //! * [`ui`] — `GET /` and `/assets/…`: the web UI (`query-ui/`), embedded at compile time;
 //! * `GET /openapi.yaml` — the OpenAPI 3 description (`aggregator/openapi.yaml`).
 //!
@@ -29,11 +32,13 @@ use crate::store::Store;
 
 pub mod access;
 pub mod breakdown;
+pub mod explain;
 pub mod filters;
 pub mod histogram;
 pub mod limit;
 pub mod params;
 pub mod requests;
+pub mod samples;
 pub mod sql;
 pub mod time;
 pub mod timeseries;
@@ -104,6 +109,9 @@ pub fn router_with_limits(state: ApiState, a: access::Access, q: limit::QueryLim
         .route("/filters", get(filters::handler))
         .route("/timeseries", get(timeseries::handler))
         .route("/histogram", get(histogram::handler))
+        .route("/samples", get(samples::handler))
+        .route("/explain", get(explain::cohort_handler))
+        .route("/explain/{trace_id}", get(explain::request_handler))
         .fallback(api_not_found)
         .layer(axum::middleware::from_fn_with_state(q, limit::limit));
     Router::new()
@@ -127,7 +135,7 @@ async fn api_not_found(uri: Uri) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         format!(
-            "no endpoint {}; see /openapi.yaml for the API (breakdown, requests, traces/{{trace_id}}, filters, timeseries, histogram)",
+            "no endpoint {}; see /openapi.yaml for the API (breakdown, requests, traces/{{trace_id}}, filters, timeseries, histogram, samples, explain)",
             uri.path()
         ),
     )

@@ -309,10 +309,25 @@ pub struct Filters {
     pub status: Option<StatusFilter>,
     /// Outcome (`complete`, `client_abort`, ...).
     pub outcome: Option<String>,
+    /// A run tag `key=value` the request must carry (node-probe `--tag`).
+    pub tag: Option<String>,
 }
 
 /// Parameter names of [`Filters`].
-pub const FILTER_PARAMS: &[&str] = &["from", "to", "model", "node", "engine", "status", "outcome"];
+pub const FILTER_PARAMS: &[&str] = &[
+    "from", "to", "model", "node", "engine", "status", "outcome", "tag",
+];
+
+/// A `tag` filter: `key=value` with a non-empty key.
+fn parse_tag(v: String) -> Result<String, ApiError> {
+    match v.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(v),
+        _ => Err(invalid(
+            "tag",
+            format!("{:?} is not key=value (e.g. run=42)", short(&v)),
+        )),
+    }
+}
 
 impl Filters {
     /// Validates the filter parameters.
@@ -324,6 +339,7 @@ impl Filters {
             engine: p.string("engine")?,
             status: p.get("status").map(StatusFilter::parse).transpose()?,
             outcome: p.string("outcome")?,
+            tag: p.string("tag")?.map(parse_tag).transpose()?,
         })
     }
 
@@ -355,6 +371,30 @@ impl Filters {
             }
             None => {}
         }
+        if let Some(t) = &self.tag {
+            sql.push(" AND has(tags, ")
+                .arg(Arg::Str(t.clone()))
+                .push(")");
+        }
+    }
+
+    /// The filters given, as `key=value` pairs (window excluded), in parameter order.
+    pub fn describe(&self) -> Vec<String> {
+        let status = self.status.map(|s| match s {
+            StatusFilter::Code(c) => c.to_string(),
+            StatusFilter::Class(c) => format!("{c}xx"),
+        });
+        [
+            ("model", self.model.clone()),
+            ("node", self.node.clone()),
+            ("engine", self.engine.clone()),
+            ("status", status),
+            ("outcome", self.outcome.clone()),
+            ("tag", self.tag.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect()
     }
 }
 
@@ -469,6 +509,7 @@ mod tests {
                 .transpose()
                 .unwrap(),
             outcome: None,
+            tag: Some("run=1'x".into()),
             window: Window::from_params(&p).unwrap(),
         };
         let mut sql = Sql::new("");

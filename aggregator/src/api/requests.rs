@@ -56,6 +56,7 @@ impl RequestsQuery {
         "engine",
         "status",
         "outcome",
+        "tag",
         "min_e2e_ms",
         "sort",
         "order",

@@ -82,6 +82,7 @@ impl TimeseriesQuery {
         "engine",
         "status",
         "outcome",
+        "tag",
         "step_s",
         "quantiles",
     ];

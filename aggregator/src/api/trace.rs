@@ -121,7 +121,9 @@ pub async fn handler(
     Ok(Json(trace(&s.store, &id, &fallback).await?))
 }
 
-fn fallback_window(p: &Params) -> Result<Window, ApiError> {
+/// The window that bounds the scan of `requests` for a trace without spans: `from`/`to`, or the
+/// widest accepted window before now.
+pub fn fallback_window(p: &Params) -> Result<Window, ApiError> {
     if p.get("from").is_none() && p.get("to").is_none() {
         let now = now_ns();
         return Ok(Window::new(now.saturating_sub(MAX_WINDOW_NS), now));

@@ -74,6 +74,7 @@ pub struct RequestRow {
     pub resp_tcp_seq: Option<u32>,
     pub first_text_ns: Option<u64>,
     pub engine_output_offsets_ns: Vec<u64>,
+    pub tags: Vec<String>,
 }
 
 /// A row of `spans`.
@@ -131,6 +132,15 @@ fn value_string(kv: &KeyValue) -> String {
     }
 }
 
+/// The resource's attributes as `key=value` tags (node-probe `--tag`), control characters
+/// escaped.
+pub fn resource_tags(res: &Resource) -> Vec<String> {
+    res.attributes
+        .iter()
+        .map(|kv| escape_controls(&format!("{}={}", kv.key, value_string(kv))))
+        .collect()
+}
+
 /// An endpoint's address as text (`""` when absent) and port (0).
 fn endpoint_columns(e: &Option<Endpoint>) -> (String, u16) {
     let Some(e) = e else {
@@ -160,6 +170,7 @@ impl RequestRow {
             resp_tcp_seq: r.resp_tcp_seq,
             first_text_ns: r.first_text_ns,
             engine_output_offsets_ns: r.engine_output_offsets_ns.clone(),
+            tags: resource_tags(res),
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,
@@ -268,5 +279,24 @@ mod tests {
         let row = RequestRow::from_proto(&r, &Resource::default(), "b");
         assert_eq!(row.model, "a\\u{7}b");
         assert_eq!(row.path, "/v1/x\\u{d}\\u{a}X: y");
+    }
+
+    #[test]
+    fn resource_attributes_are_the_run_tags() {
+        use inferscope_proto::v1::AnyValue;
+        let kv = |k: &str, v: Value| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+        };
+        let res = Resource {
+            attributes: vec![
+                kv("run", Value::StringValue("ci-42".into())),
+                kv("shard", Value::IntValue(3)),
+                kv("x", Value::StringValue("a\u{1b}b".into())),
+            ],
+            ..Default::default()
+        };
+        let row = RequestRow::from_proto(&Request::default(), &res, "b");
+        assert_eq!(row.tags, ["run=ci-42", "shard=3", "x=a\\u{1b}b"]);
     }
 }

@@ -273,6 +273,14 @@ FROM {db}.requests"
                 "ALTER TABLE {db}.requests ADD COLUMN engine_output_offsets_ns Array(UInt64)"
             )],
         },
+        Migration {
+            version: 7,
+            name: "requests: run tags",
+            // `key=value` per resource attribute (node-probe --tag); [] for rows stored before.
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN tags Array(String)"
+            )],
+        },
     ]
 }
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use inferscope_proto::v1::{Resource, ResourceData};
+use inferscope_proto::v1::{any_value, AnyValue, KeyValue, Resource, ResourceData};
 use prost::Message as _;
 
 use super::convert::{convert, engine_of, ConvertError};
@@ -58,6 +58,8 @@ pub struct BatchBuilder {
     rows: usize,
     bytes: usize,
     opened: Option<Instant>,
+    /// Run tags, the attributes of every resource.
+    tags: Vec<KeyValue>,
 }
 
 impl BatchBuilder {
@@ -75,7 +77,22 @@ impl BatchBuilder {
             rows: 0,
             bytes: 0,
             opened: None,
+            tags: Vec::new(),
         }
+    }
+
+    /// Sets the run tags: every [`Resource`] carries them as string attributes.
+    pub fn with_tags(mut self, tags: &[(String, String)]) -> Self {
+        self.tags = tags
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(v.clone())),
+                }),
+            })
+            .collect();
+        self
     }
 
     /// Converts and adds one record (received at `now`). Returns whether the batch is now full.
@@ -92,7 +109,7 @@ impl BatchBuilder {
                         pid: r.pid,
                         engine: engine.to_owned(),
                         service: String::new(),
-                        attributes: Vec::new(),
+                        attributes: self.tags.clone(),
                     }),
                     requests: Vec::new(),
                     spans: Vec::new(),
@@ -219,6 +236,25 @@ mod tests {
             },
         );
         assert_eq!(b.push(&record(1, 1, 3, 0), Instant::now()), Ok(true));
+    }
+
+    #[test]
+    fn every_resource_carries_the_tags() {
+        let tags = [("run".to_string(), "ci-7".to_string())];
+        let mut b = BatchBuilder::new("n", "b", limits(100)).with_tags(&tags);
+        b.push(&record(1, 10, 0, 0), Instant::now()).expect("ok");
+        b.push(&record(2, 11, 0, 0), Instant::now()).expect("ok");
+        let c = b.take().expect("batch");
+        assert_eq!(c.resources.len(), 2);
+        for rd in &c.resources {
+            let attrs = &rd.resource.as_ref().expect("resource").attributes;
+            assert_eq!(attrs.len(), 1);
+            assert_eq!(attrs[0].key, "run");
+            assert_eq!(
+                attrs[0].value.as_ref().and_then(|v| v.value.clone()),
+                Some(any_value::Value::StringValue("ci-7".into()))
+            );
+        }
     }
 
     #[test]

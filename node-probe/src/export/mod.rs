@@ -87,6 +87,14 @@ pub enum ExportError {
     /// Empty or overlong node name.
     #[error("the node name must be 1 to 256 bytes, not {0:?}")]
     NodeName(String),
+    /// A run tag that is not `key=value`, or too many of them.
+    #[error("--tag {tag:?}: {reason}")]
+    Tag {
+        /// The tag as given.
+        tag: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The spool directory cannot be used.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
@@ -136,6 +144,42 @@ pub struct ExportConfig {
     pub stats_interval: Duration,
     /// Send the token over plain `http://` to a non-loopback aggregator (refused otherwise).
     pub allow_plaintext_token: bool,
+    /// Run tags `(key, value)`: resource attributes of every batch, stored with each request
+    /// (`requests.tags`) so that a run can be selected (`tag=key=value`).
+    pub tags: Vec<(String, String)>,
+}
+
+/// Most run tags.
+pub const MAX_TAGS: usize = 16;
+/// Longest tag key (ASCII letters, digits, `_ . -`).
+pub const MAX_TAG_KEY: usize = 64;
+/// Longest tag value, in characters.
+pub const MAX_TAG_VALUE: usize = 128;
+
+/// Parses one `--tag key=value`.
+pub fn parse_tag(s: &str) -> Result<(String, String), ExportError> {
+    let bad = |reason: &str| ExportError::Tag {
+        tag: s.chars().take(200).collect(),
+        reason: reason.to_string(),
+    };
+    let (k, v) = s.split_once('=').ok_or_else(|| bad("expected key=value"))?;
+    if k.is_empty() || k.len() > MAX_TAG_KEY {
+        return Err(bad("the key must be 1 to 64 characters"));
+    }
+    if !k
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(bad(
+            "the key may hold only ASCII letters, digits, '_', '.' and '-'",
+        ));
+    }
+    if v.chars().count() > MAX_TAG_VALUE || v.chars().any(char::is_control) {
+        return Err(bad(
+            "the value must be at most 128 characters, none of them control characters",
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 impl ExportConfig {
@@ -162,6 +206,7 @@ impl ExportConfig {
             connect_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(30),
             allow_plaintext_token: false,
+            tags: Vec::new(),
         }
     }
 }
@@ -195,6 +240,20 @@ impl ExportConfig {
         if self.node_name.is_empty() || self.node_name.len() > 256 {
             return Err(ExportError::NodeName(self.node_name.clone()));
         }
+        if self.tags.len() > MAX_TAGS {
+            return Err(ExportError::Tag {
+                tag: format!("{} tags", self.tags.len()),
+                reason: format!("at most {MAX_TAGS} tags"),
+            });
+        }
+        for (i, (k, _)) in self.tags.iter().enumerate() {
+            if self.tags[..i].iter().any(|(k2, _)| k2 == k) {
+                return Err(ExportError::Tag {
+                    tag: k.clone(),
+                    reason: "the key is given more than once".into(),
+                });
+            }
+        }
         client::Connector::new(self).map(|_| ())
     }
 }
@@ -217,6 +276,7 @@ impl std::fmt::Debug for ExportConfig {
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("ack_timeout", &self.ack_timeout)
+            .field("tags", &self.tags)
             .field("connect_timeout", &self.connect_timeout)
             .field("stats_interval", &self.stats_interval)
             .finish()
@@ -469,6 +529,32 @@ pub fn default_spool_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_are_key_value() {
+        assert_eq!(
+            parse_tag("run=ci-1").unwrap(),
+            ("run".into(), "ci-1".into())
+        );
+        assert_eq!(parse_tag("a.b=x=y").unwrap(), ("a.b".into(), "x=y".into()));
+        assert_eq!(parse_tag("k=").unwrap(), ("k".into(), String::new()));
+        for bad in [
+            "run",
+            "=x",
+            "ru n=x",
+            "k=a\nb",
+            &format!("{}=x", "k".repeat(65)),
+        ] {
+            assert!(parse_tag(bad).is_err(), "{bad}");
+        }
+        let mut c = ExportConfig::new("http://127.0.0.1:1", "n");
+        c.tags = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
+        assert!(c.validate().is_err());
+        c.tags = (0..17).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(c.validate().is_err());
+        c.tags.truncate(16);
+        c.validate().unwrap();
+    }
 
     #[test]
     fn tokens_stay_off_plaintext_networks() {

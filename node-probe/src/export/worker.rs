@@ -118,7 +118,8 @@ impl Worker {
             .unwrap_or(0);
         let now = Instant::now();
         let mut w = Self {
-            builder: BatchBuilder::new(&cfg.node_name, &boot_id, cfg.batch.clone()),
+            builder: BatchBuilder::new(&cfg.node_name, &boot_id, cfg.batch.clone())
+                .with_tags(&cfg.tags),
             node_id: cfg.node_name,
             boot_id,
             run_start_ns,

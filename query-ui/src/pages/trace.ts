@@ -1,7 +1,7 @@
 // Trace: one request as a waterfall across processes and nodes (http.server root, frontend,
 // queue, prefill, decode, stream_out, the engine steps with their batches), token chunk ticks,
 // and every attribute of the clicked span.
-import { get, type Endpoint, type RequestDetail, type Span, type Step, type Trace } from '../api';
+import { get, type Endpoint, type RequestDetail, type RequestExplanation, type Span, type Step, type Trace } from '../api';
 import type { Ctx } from '../ctx';
 import { h, replace, section } from '../dom';
 import { fmtCount, fmtMs, fmtTimeMs, fmtTimeNs } from '../format';
@@ -41,6 +41,26 @@ export async function trace(root: HTMLElement, ctx: Ctx): Promise<void> {
     () => get<Trace>(`traces/${id.toLowerCase()}`, q, ctx.signal),
     (t) => renderTrace(body, t),
   );
+  // Why it was slow: a section of its own, so that a failure here leaves the trace shown.
+  const why = h('div', { 'data-testid': 'explain' }, h('p', { class: 'muted loading' }, 'loading…'));
+  body.insertBefore(section('Why was it slow', 'section-explain', why), body.children[1] ?? null);
+  try {
+    const x = await get<RequestExplanation>(`explain/${id.toLowerCase()}`, q, ctx.signal);
+    replace(why);
+    renderExplanation(why, x);
+  } catch (e) {
+    if (ctx.signal.aborted) return;
+    replace(why, h('p', { class: 'muted' }, `No explanation: ${e instanceof Error ? e.message : String(e)}`));
+  }
+}
+
+function renderExplanation(el: HTMLElement, x: RequestExplanation): void {
+  el.append(h('p', { 'data-testid': 'explain-summary' }, x.summary));
+  const list = h('ul', { class: 'explain-findings' });
+  for (const f of x.findings.filter((f) => f.excess_ms > 0)) {
+    list.append(h('li', { 'data-testid': 'explain-finding', 'data-cause': f.cause }, `+${fmtMs(f.excess_ms)} ${f.sentence}`));
+  }
+  el.append(list, h('p', { class: 'muted' }, `Typical: medians of ${fmtCount(x.reference_count)} requests of the same model in the hour around it.`));
 }
 
 function renderTrace(el: HTMLElement, t: Trace): void {

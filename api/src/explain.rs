@@ -1,0 +1,541 @@
+//! "Why was it slow": `GET /api/v1/explain/{trace_id}` for one request and
+//! `GET /api/v1/explain` for a window's slow cohort. The rules are here, as pure functions of
+//! what the trace and breakdown endpoints return, so the CLI, the UI and tests read one answer.
+//!
+//! One request is compared with the *typical* request of the same model around it (the medians
+//! of the hour around its start): each phase's excess over its median is a finding, and each
+//! finding names the system cause the stored data shows — how many requests were in the engine
+//! when it arrived (queueing), the step that ran its prefill and the largest prompt it shared
+//! that step with (a long prompt in the same batch), its slowest engine step against its median
+//! step (a slow step and its batch), the frontend's time and the socket wait, delivery. Findings
+//! are ranked by excess; the first with a positive excess is the dominant cause.
+use serde::{Deserialize, Serialize};
+
+use crate::breakdown::{QuantileRow, SlowVsMedian};
+use crate::ids::TraceId;
+use crate::trace::{Neighbour, RequestDetail, StepOut};
+use crate::PHASES;
+
+/// Why one part of the request took longer than typical.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `queueing`, `long_prompt_in_batch`, `prefill`, `slow_step`, `decode`, `frontend`,
+    /// `delivery`, `unattributed`, `ttft`.
+    pub cause: String,
+    /// The phase it is measured on (a [`PHASES`] name, `unattributed` or `ttft`).
+    pub phase: String,
+    /// This request's value (ms).
+    pub value_ms: f64,
+    /// The typical value (ms): the median around it.
+    pub typical_ms: f64,
+    /// `value − typical` (ms).
+    pub excess_ms: f64,
+    /// The sentence, with the figures behind it.
+    pub sentence: String,
+}
+
+/// The `/api/v1/explain/{trace_id}` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestExplanation {
+    /// The request.
+    pub trace_id: TraceId,
+    /// Its node.
+    pub node: String,
+    /// Its model.
+    pub model: String,
+    /// Its e2e (ms).
+    pub e2e_ms: f64,
+    /// The median e2e of the reference requests (ms).
+    pub typical_e2e_ms: Option<f64>,
+    /// Reference requests: same model, the hour around the request.
+    pub reference_count: u64,
+    /// One line: the verdict and the dominant cause.
+    pub summary: String,
+    /// The cause of the largest positive excess.
+    pub dominant: Option<String>,
+    /// Every finding, largest excess first.
+    pub findings: Vec<Finding>,
+}
+
+/// The `/api/v1/explain` response: the slow cohort of a window against its median cohort.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortExplanation {
+    /// The comparison it is read from (the breakdown's).
+    pub slow_vs_median: SlowVsMedian,
+    /// One line.
+    pub summary: String,
+    /// The phase (or `unattributed`) that grew most, in ms.
+    pub dominant: Option<String>,
+    /// One finding per phase, largest mean difference first.
+    pub findings: Vec<Finding>,
+}
+
+/// What the aggregator knows around one request besides its trace.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Context {
+    /// Medians (q = 0.5) of the reference requests.
+    pub typical: Option<QuantileRow>,
+    /// Reference requests.
+    pub reference_count: u64,
+    /// Requests of the same engine instance in flight when this one reached the engine.
+    pub in_flight_at_arrival: Option<u64>,
+}
+
+fn phase_value(r: &RequestDetail, p: &str) -> Option<f64> {
+    let s = &r.request;
+    match p {
+        "frontend" => s.frontend_ms,
+        "queue" => s.queue_ms,
+        "prefill" => s.prefill_ms,
+        "decode" => s.decode_ms,
+        "delivery" => s.delivery_ms,
+        _ => None,
+    }
+}
+
+fn typical_value(t: &QuantileRow, p: &str) -> Option<f64> {
+    match p {
+        "frontend" => t.frontend_ms,
+        "queue" => t.queue_ms,
+        "prefill" => t.prefill_ms,
+        "decode" => t.decode_ms,
+        "delivery" => t.delivery_ms,
+        _ => None,
+    }
+}
+
+fn ms(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0} ms")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1} ms")
+    } else {
+        format!("{x:.2} ms")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// The request's steps that have a duration, in time order.
+fn timed_steps<'a>(r: &RequestDetail, steps: &'a [StepOut]) -> Vec<&'a StepOut> {
+    let mut v: Vec<&StepOut> = steps
+        .iter()
+        .filter(|s| r.step_ids.contains(&s.step_id) && s.duration_ms.is_some())
+        .collect();
+    v.sort_by_key(|s| s.start_unix_ns.unwrap_or(0));
+    v
+}
+
+fn batch_words(s: &StepOut) -> String {
+    match (s.batch_size, s.batch_unit.as_deref()) {
+        (Some(b), Some(u)) if !u.is_empty() => format!("a batch of {b} {u}"),
+        (Some(b), _) => format!("a batch of {b}"),
+        _ => "a batch of unknown size".into(),
+    }
+}
+
+/// The cause and sentence of one phase's excess.
+fn phase_finding(
+    p: &str,
+    v: f64,
+    t: f64,
+    r: &RequestDetail,
+    steps: &[&StepOut],
+    neighbours: &[Neighbour],
+    ctx: &Context,
+) -> (String, String) {
+    let base = format!("{p} took {} (typical {})", ms(v), ms(t));
+    match p {
+        "queue" => {
+            let n = ctx
+                .in_flight_at_arrival
+                .map_or_else(String::new, |n| format!(": {n} other requests were in the engine when it arrived"));
+            ("queueing".into(), format!("It waited {} for the scheduler (typical {}){n}.", ms(v), ms(t)))
+        }
+        "prefill" => {
+            let Some(first) = steps.first() else {
+                return ("prefill".into(), format!("{base}."));
+            };
+            let mine = r.request.req_bytes.max(1);
+            let big = neighbours
+                .iter()
+                .filter(|n| first.shared_with.contains(&n.request.trace_id))
+                .max_by_key(|n| n.request.req_bytes);
+            match big {
+                Some(n) if n.request.req_bytes >= 2 * mine => (
+                    "long_prompt_in_batch".into(),
+                    format!(
+                        "Its prefill step took {} (typical prefill {}) in {} shared with {} other requests, \
+                         among them {} whose request was {} bytes, {:.1}× this one's {} bytes: a long prompt \
+                         in the same batch.",
+                        ms(v),
+                        ms(t),
+                        batch_words(first),
+                        first.shared_with_count,
+                        n.request.trace_id,
+                        n.request.req_bytes,
+                        n.request.req_bytes as f64 / mine as f64,
+                        r.request.req_bytes
+                    ),
+                ),
+                _ => (
+                    "prefill".into(),
+                    format!(
+                        "Its prefill step took {} (typical {}) in {} ({} bytes of request).",
+                        ms(v),
+                        ms(t),
+                        batch_words(first),
+                        r.request.req_bytes
+                    ),
+                ),
+            }
+        }
+        "decode" => {
+            let durs: Vec<f64> = steps.iter().filter_map(|s| s.duration_ms).collect();
+            let slowest = steps.iter().max_by(|a, b| {
+                a.duration_ms.unwrap_or(0.0).total_cmp(&b.duration_ms.unwrap_or(0.0))
+            });
+            match (slowest, median(durs.clone())) {
+                (Some(s), Some(m)) if s.duration_ms.unwrap_or(0.0) >= 3.0 * m && m > 0.0 => (
+                    "slow_step".into(),
+                    format!(
+                        "Decode took {} (typical {}) over {} steps; its slowest step (step {}) took {}, {:.1}× \
+                         its median step of {}, in {} shared with {} other requests.",
+                        ms(v),
+                        ms(t),
+                        durs.len(),
+                        s.step_id,
+                        ms(s.duration_ms.unwrap_or(0.0)),
+                        s.duration_ms.unwrap_or(0.0) / m,
+                        ms(m),
+                        batch_words(s),
+                        s.shared_with_count
+                    ),
+                ),
+                (_, m) => (
+                    "decode".into(),
+                    format!(
+                        "Decode took {} (typical {}) over {} steps{}.",
+                        ms(v),
+                        ms(t),
+                        durs.len(),
+                        m.map_or_else(String::new, |m| format!(" of {} each (median)", ms(m)))
+                    ),
+                ),
+            }
+        }
+        "frontend" => (
+            "frontend".into(),
+            format!(
+                "The server took {} before handing it to the engine (typical {}); it sat {} in the socket \
+                 before the server read it.",
+                ms(v),
+                ms(t),
+                ms(r.request.read_wait_ms)
+            ),
+        ),
+        "delivery" => (
+            "delivery".into(),
+            format!(
+                "Writing the response after the engine's last output took {} (typical {}): the client or \
+                 the network read slowly.",
+                ms(v),
+                ms(t)
+            ),
+        ),
+        _ => (p.to_string(), format!("{base}.")),
+    }
+}
+
+/// Explains one request of a trace (the one with the most phases known).
+pub fn explain_request(
+    r: &RequestDetail,
+    steps: &[StepOut],
+    neighbours: &[Neighbour],
+    ctx: &Context,
+) -> RequestExplanation {
+    let timed = timed_steps(r, steps);
+    let mut findings = Vec::new();
+    if let Some(t) = &ctx.typical {
+        for p in PHASES {
+            if let (Some(v), Some(tv)) = (phase_value(r, p), typical_value(t, p)) {
+                let (cause, sentence) = phase_finding(p, v, tv, r, &timed, neighbours, ctx);
+                findings.push(Finding {
+                    cause,
+                    phase: p.to_string(),
+                    value_ms: v,
+                    typical_ms: tv,
+                    excess_ms: v - tv,
+                    sentence,
+                });
+            }
+        }
+        if findings.is_empty() {
+            // No phases (the engine was not followed): time to first token is what is known.
+            if let Some(tt) = t.ttft_ms {
+                let v = r.request.ttft_ms;
+                findings.push(Finding {
+                    cause: "ttft".into(),
+                    phase: "ttft".into(),
+                    value_ms: v,
+                    typical_ms: tt,
+                    excess_ms: v - tt,
+                    sentence: format!(
+                        "The first token came after {} (typical {}); the engine was not followed, so \
+                         its phases are unknown.",
+                        ms(v),
+                        ms(tt)
+                    ),
+                });
+            }
+        }
+    }
+    findings.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
+    let typical_e2e = ctx.typical.as_ref().and_then(|t| t.e2e_ms);
+    let e2e = r.request.e2e_ms;
+    let dominant = findings
+        .iter()
+        .find(|f| f.excess_ms > 0.0)
+        .map(|f| f.cause.clone());
+    let summary = match (typical_e2e, findings.first()) {
+        (None, _) => format!("e2e {}: no reference requests to compare with.", ms(e2e)),
+        (Some(t), _) if e2e <= t => {
+            format!("e2e {} is not slower than typical ({}).", ms(e2e), ms(t))
+        }
+        (Some(t), Some(f)) if f.excess_ms > 0.0 => format!(
+            "e2e {} against a typical {} (+{}); most of it: {} (+{}). {}",
+            ms(e2e),
+            ms(t),
+            ms(e2e - t),
+            f.cause.replace('_', " "),
+            ms(f.excess_ms),
+            f.sentence
+        ),
+        (Some(t), _) => format!(
+            "e2e {} against a typical {}; no measured phase explains the difference.",
+            ms(e2e),
+            ms(t)
+        ),
+    };
+    RequestExplanation {
+        trace_id: r.request.trace_id,
+        node: r.request.node.clone(),
+        model: r.request.model.clone(),
+        e2e_ms: e2e,
+        typical_e2e_ms: typical_e2e,
+        reference_count: ctx.reference_count,
+        summary,
+        dominant,
+        findings,
+    }
+}
+
+/// Explains a window's slow cohort from the breakdown's slow-vs-median comparison.
+pub fn explain_cohort(svm: &SlowVsMedian) -> CohortExplanation {
+    let mut findings: Vec<Finding> = svm
+        .slow
+        .phases
+        .iter()
+        .zip(svm.median.phases.iter())
+        .map(|((p, s), (_, m))| Finding {
+            cause: p.to_string(),
+            phase: p.to_string(),
+            value_ms: s.mean_ms,
+            typical_ms: m.mean_ms,
+            excess_ms: s.mean_ms - m.mean_ms,
+            sentence: format!(
+                "{p}: {} on average in the slow cohort against {} in the median one ({:+.0} points of e2e).",
+                ms(s.mean_ms),
+                ms(m.mean_ms),
+                (s.share - m.share) * 100.0
+            ),
+        })
+        .collect();
+    findings.push(Finding {
+        cause: "unattributed".into(),
+        phase: "unattributed".into(),
+        value_ms: svm.slow.unattributed.mean_ms,
+        typical_ms: svm.median.unattributed.mean_ms,
+        excess_ms: svm.unattributed_diff.mean_ms,
+        sentence: format!(
+            "time outside every measured phase: {} against {}.",
+            ms(svm.slow.unattributed.mean_ms),
+            ms(svm.median.unattributed.mean_ms)
+        ),
+    });
+    findings.sort_by(|a, b| b.excess_ms.total_cmp(&a.excess_ms));
+    let dominant = findings
+        .iter()
+        .find(|f| f.excess_ms > 0.0)
+        .map(|f| f.cause.clone());
+    let summary = match findings.first().filter(|f| f.excess_ms > 0.0) {
+        Some(f) => format!(
+            "The {} requests at or above e2e p{} ({} mean) take {} longer than the median cohort ({} mean); \
+             the largest part: {} (+{}).",
+            svm.slow.count,
+            crate::breakdown::level_name(svm.slow_quantile),
+            ms(svm.slow.mean_e2e_ms),
+            ms(svm.slow.mean_e2e_ms - svm.median.mean_e2e_ms),
+            ms(svm.median.mean_e2e_ms),
+            f.cause,
+            ms(f.excess_ms)
+        ),
+        None => "The slow cohort is not slower in any measured phase.".into(),
+    };
+    CohortExplanation {
+        slow_vs_median: svm.clone(),
+        summary,
+        dominant,
+        findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests::RequestSummary;
+    use serde_json::json;
+
+    fn summary(id: u8, phases: [f64; 5], req_bytes: u64) -> RequestSummary {
+        let e2e: f64 = phases.iter().sum();
+        serde_json::from_value(json!({
+            "trace_id": format!("{id:032x}"), "start": "", "start_unix_ns": 1_000_000_000u64,
+            "end_unix_ns": 2_000_000_000u64, "node": "n", "pid": 1, "engine": "vllm", "model": "m",
+            "method": "POST", "path": "/v1/completions", "status": 200, "outcome": "complete",
+            "stream": true, "e2e_ms": e2e, "ttft_ms": phases[0] + phases[1] + phases[2],
+            "tpot_ms": null, "frontend_ms": phases[0], "queue_ms": phases[1],
+            "prefill_ms": phases[2], "decode_ms": phases[3], "delivery_ms": phases[4],
+            "engine_ttft_ms": null, "engine_e2e_ms": null, "read_wait_ms": 0.02,
+            "req_bytes": req_bytes, "resp_bytes": 100, "chunks": 8, "engine_steps": 3,
+            "max_gap_ms": 1.0, "client": "", "server": "", "response_id": "", "x_request_id": "",
+            "engine_request_id": "", "gave_up": ""
+        }))
+        .unwrap()
+    }
+
+    fn detail(s: RequestSummary, steps: Vec<u64>) -> RequestDetail {
+        RequestDetail {
+            request: s,
+            step_ids: steps,
+            chunk_offsets_ms: vec![],
+            engine_output_offsets_ms: vec![],
+            engine_instance: Some("1:2".into()),
+            client_endpoint: None,
+            server_endpoint: None,
+            req_tcp_seq: None,
+            resp_tcp_seq: None,
+        }
+    }
+
+    fn step(id: u64, dur: f64, shared: &[u8]) -> StepOut {
+        StepOut {
+            node: "n".into(),
+            step_id: id,
+            engine_instance: Some("1:2".into()),
+            start_unix_ns: Some(id * 1_000_000),
+            end_unix_ns: None,
+            offset_ms: None,
+            duration_ms: Some(dur),
+            batch_size: Some(shared.len() as u32 + 1),
+            batch_unit: Some("requests".into()),
+            span_id: None,
+            trace_id: None,
+            shared_with_count: shared.len() as u64,
+            shared_with: shared
+                .iter()
+                .map(|i| format!("{i:032x}").parse().unwrap())
+                .collect(),
+        }
+    }
+
+    fn typical() -> QuantileRow {
+        QuantileRow {
+            q: 0.5,
+            e2e_ms: Some(60.0),
+            ttft_ms: Some(15.0),
+            tpot_ms: None,
+            frontend_ms: Some(2.0),
+            queue_ms: Some(3.0),
+            prefill_ms: Some(10.0),
+            decode_ms: Some(40.0),
+            delivery_ms: Some(1.0),
+        }
+    }
+
+    fn ctx(n: u64) -> Context {
+        Context {
+            typical: Some(typical()),
+            reference_count: 500,
+            in_flight_at_arrival: Some(n),
+        }
+    }
+
+    #[test]
+    fn queueing_behind_a_burst() {
+        let r = detail(
+            summary(1, [2.0, 250.0, 11.0, 41.0, 1.0], 300),
+            vec![1, 2, 3],
+        );
+        let steps = [step(1, 11.0, &[]), step(2, 5.0, &[]), step(3, 5.0, &[])];
+        let x = explain_request(&r, &steps, &[], &ctx(40));
+        assert_eq!(x.dominant.as_deref(), Some("queueing"));
+        assert!(
+            x.findings[0].sentence.contains("40 other requests"),
+            "{}",
+            x.findings[0].sentence
+        );
+        assert!(x.summary.contains("+247 ms"), "{}", x.summary);
+    }
+
+    #[test]
+    fn a_long_prompt_in_the_same_batch() {
+        let r = detail(summary(1, [2.0, 3.0, 200.0, 41.0, 1.0], 300), vec![1, 2]);
+        let big = Neighbour {
+            request: summary(9, [2.0, 3.0, 200.0, 41.0, 1.0], 9000),
+            shared_steps: 1,
+        };
+        let steps = [step(1, 200.0, &[9]), step(2, 5.0, &[])];
+        let x = explain_request(&r, &steps, &[big], &ctx(1));
+        assert_eq!(x.dominant.as_deref(), Some("long_prompt_in_batch"));
+        assert!(
+            x.findings[0].sentence.contains("30.0× this one's"),
+            "{}",
+            x.findings[0].sentence
+        );
+    }
+
+    #[test]
+    fn a_slow_decode_step() {
+        let r = detail(
+            summary(1, [2.0, 3.0, 10.0, 240.0, 1.0], 300),
+            vec![1, 2, 3, 4, 5],
+        );
+        let steps = [
+            step(1, 10.0, &[]),
+            step(2, 5.0, &[]),
+            step(3, 200.0, &[4, 5]),
+            step(4, 5.0, &[]),
+            step(5, 5.0, &[]),
+        ];
+        let x = explain_request(&r, &steps, &[], &ctx(1));
+        assert_eq!(x.dominant.as_deref(), Some("slow_step"));
+        assert!(
+            x.findings[0].sentence.contains("step 3"),
+            "{}",
+            x.findings[0].sentence
+        );
+    }
+
+    #[test]
+    fn not_slow_and_no_reference() {
+        let r = detail(summary(1, [2.0, 3.0, 10.0, 30.0, 1.0], 300), vec![]);
+        let x = explain_request(&r, &[], &[], &ctx(0));
+        assert!(x.summary.contains("not slower"), "{}", x.summary);
+        let x = explain_request(&r, &[], &[], &Context::default());
+        assert!(x.findings.is_empty());
+        assert_eq!(x.dominant, None);
+    }
+}
