@@ -1,7 +1,7 @@
 //! `inferscope gate` on the real vLLM: runs of the same load, told apart by their time
 //! windows and selected by the probe's run tag. A/A pairs (two unchanged runs) must pass at least
-//! 9 times in 10; a run with the engine starved of CPU (its EngineCore stopped 30 ms in every
-//! 100 ms, as a noisy neighbour or a CPU-throttled pod would) must fail every time, naming
+//! 9 times in 10; a run with the engine starved of CPU (its EngineCore stopped 30 ms once in
+//! every 70–130 ms, as a noisy neighbour or a CPU-throttled pod would) must fail every time, naming
 //! engine-side metrics and never the frontend or delivery. False-positive and detection rates and
 //! the minimum detectable effects are figures.
 //!
@@ -74,7 +74,9 @@ fn descendants(root: u32) -> Vec<i32> {
     out.into_iter().skip(1).map(|p| p as i32).collect()
 }
 
-/// Stops `pids` for `stop` in every `period` until dropped; always leaves them running.
+/// Stops `pids` for `stop` once in every period until dropped, the periods drawn uniformly
+/// from `period ± 30 %` (a fixed sequence): a period commensurate with the load's pace would
+/// always pause the same moment of every round, idle or busy. Always leaves them running.
 struct Starve {
     quit: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -91,11 +93,16 @@ impl Starve {
                     unsafe { libc::kill(p, sig) };
                 }
             };
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
             while !q.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let p = period.mul_f64(0.7 + 0.6 * (x % 1000) as f64 / 1000.0);
                 signal(libc::SIGSTOP);
                 std::thread::sleep(stop);
                 signal(libc::SIGCONT);
-                std::thread::sleep(period.saturating_sub(stop));
+                std::thread::sleep(p.saturating_sub(stop));
             }
             signal(libc::SIGCONT);
         });

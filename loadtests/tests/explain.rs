@@ -1,0 +1,207 @@
+//! `inferscope explain` on the real vLLM, on requests slowed by a known cause: a burst of 64
+//! requests on an engine that runs 16 at a time (the slowest of the burst queued: the explainer
+//! must say so, with how many requests were ahead), and a long prompt sent with short ones (a
+//! short request that shared its prefill step with the long prompt: the explainer must name the
+//! long prompt). The causes found and their figures are printed.
+//!
+//! Needs root, the shared engine from `scripts/test.sh`, and the local ClickHouse.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inferscope_loadtests::fidelity::figure;
+use inferscope_loadtests::harness::{
+    bin, engine_env, free_port, is_root, kill, load, read_trace_log, skip, sql, start_aggregator,
+    start_exporting_probe,
+};
+use serde_json::Value;
+
+const TOKEN: &str = "explain-token";
+
+/// Kills the aggregator and probe however the test ends.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill(c, libc::SIGTERM);
+        }
+    }
+}
+
+/// `n` requests from `clients` concurrent clients; the trace ids sent.
+fn burst(url: &str, n: u64, clients: u64, log: &Path) -> Vec<String> {
+    let st = Command::new(bin("loadgen"))
+        .args(["--url", url, "--requests", &n.to_string()])
+        .args(["--concurrency", &clients.to_string(), "--max-tokens", "8"])
+        .arg("--trace-log")
+        .arg(log)
+        .stdout(Stdio::null())
+        .status()
+        .expect("loadgen");
+    assert!(st.success(), "loadgen failed");
+    read_trace_log(log)
+        .into_iter()
+        .map(|s| s.trace_id)
+        .collect()
+}
+
+/// Waits until every id of `ids` is stored.
+fn wait_stored(db: &str, ids: &[String]) {
+    let list = ids
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: usize = sql(&format!(
+            "SELECT uniqExact(trace_id) FROM {db}.requests WHERE trace_id IN ({list})"
+        ))
+        .parse()
+        .unwrap_or(0);
+        if n >= ids.len() || Instant::now() > deadline {
+            assert_eq!(n, ids.len(), "stored requests");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn explain(api: &str, id: &str) -> Value {
+    let out = Command::new(bin("inferscope"))
+        .args(["--api", api, "--output", "json", "explain", id])
+        .output()
+        .expect("inferscope explain");
+    assert!(
+        out.status.success(),
+        "explain {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("explain JSON")
+}
+
+/// A completion whose prompt is `words` words long, sent with trace id `tid`.
+fn long_prompt(url: &str, tid: &str, words: usize) -> u16 {
+    let prompt = "hello ".repeat(words);
+    let body = format!(
+        r#"{{"model":"tiny-llm","prompt":"{prompt}","max_tokens":8,"ignore_eos":true,"stream":true}}"#
+    );
+    match ureq::post(&format!("{url}/v1/completions"))
+        .set("Content-Type", "application/json")
+        .set("traceparent", &format!("00-{tid}-00000000000000a1-01"))
+        .send_string(&body)
+    {
+        Ok(r) => {
+            let _ = r.into_string();
+            200
+        }
+        Err(ureq::Error::Status(c, _)) => c,
+        Err(e) => panic!("long prompt: {e}"),
+    }
+}
+
+#[test]
+fn explain_names_injected_causes() {
+    let test = "explain_names_injected_causes";
+    let Some((url, pid)) = engine_env() else {
+        skip(test, "run through scripts/test.sh (the shared engine)");
+        return;
+    };
+    if !is_root() || sql("SELECT 1") != "1" {
+        skip(test, "needs root and the local ClickHouse");
+        return;
+    }
+    let db = format!("test_explain_{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("inferscope-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let agg = start_aggregator(&db, grpc, http, TOKEN, Some(&dir.join("agg.log")));
+    let mut children = Children(vec![agg]);
+    children.0.push(start_exporting_probe(
+        &pid.to_string(),
+        grpc,
+        TOKEN,
+        "explain-node",
+        &dir,
+    ));
+    let api = format!("http://127.0.0.1:{http}");
+
+    // Typical traffic first: the reference the explainer compares with.
+    let mut typical = Vec::new();
+    for k in 0..6 {
+        typical.extend(load(&url, 32, 8, &dir.join(format!("typical-{k}.jsonl"))));
+    }
+    wait_stored(&db, &typical);
+    queueing(&url, &db, &api, &dir);
+    long_prompt_in_batch(&url, &db, &api, &dir);
+    drop(children);
+    sql(&format!("DROP DATABASE IF EXISTS {db}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 64 requests at once on an engine that runs 16: the one that queued longest.
+fn queueing(url: &str, db: &str, api: &str, dir: &Path) {
+    std::thread::sleep(Duration::from_secs(1));
+    let ids = burst(url, 64, 64, &dir.join("burst.jsonl"));
+    wait_stored(db, &ids);
+    let list = ids
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let worst = sql(&format!(
+        "SELECT trace_id FROM {db}.requests WHERE trace_id IN ({list}) ORDER BY queue_ns DESC LIMIT 1"
+    ));
+    let x = explain(api, &worst);
+    let first = &x["findings"][0];
+    figure(&format!(
+        "explain on real vLLM, burst of 64 (16 run at once): the longest-queued request: dominant {}; {}",
+        x["dominant"], first["sentence"]
+    ));
+    assert_eq!(x["dominant"], "queueing", "{x}");
+    let sentence = first["sentence"].as_str().unwrap_or_default();
+    let ahead: u64 = sentence
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ahead >= 16, "{sentence}");
+}
+
+/// One long prompt sent with eight short requests; a short one that shared its prefill step
+/// with the long prompt.
+fn long_prompt_in_batch(url: &str, db: &str, api: &str, dir: &Path) {
+    for attempt in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        let tid = format!("{:032x}", 0x1_0a0c_0000_u64 + attempt);
+        let (u, t) = (url.to_string(), tid.clone());
+        let long = std::thread::spawn(move || long_prompt(&u, &t, 300));
+        let short = burst(url, 8, 8, &dir.join(format!("short-{attempt}.jsonl")));
+        assert_eq!(long.join().unwrap(), 200, "the long prompt was refused");
+        let mut all = short.clone();
+        all.push(tid.clone());
+        wait_stored(db, &all);
+        let found: Vec<Value> = short
+            .iter()
+            .map(|id| explain(api, id))
+            .filter(|x| x["dominant"] == "long_prompt_in_batch")
+            .collect();
+        eprintln!(
+            "attempt {attempt}: {} of 8 short requests explained by the long prompt",
+            found.len()
+        );
+        if let Some(x) = found.first() {
+            let sentence = x["findings"][0]["sentence"].as_str().unwrap_or_default();
+            figure(&format!(
+                "explain on real vLLM, a 300-word prompt sent with 8 short ones: {} of 8 short requests explained by it (attempt {}); {sentence}",
+                found.len(),
+                attempt + 1
+            ));
+            assert!(sentence.contains(&tid), "{sentence}");
+            return;
+        }
+    }
+    panic!("no short request was explained by the long prompt in 3 attempts");
+}
