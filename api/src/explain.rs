@@ -129,6 +129,11 @@ fn timed_steps<'a>(r: &RequestDetail, steps: &'a [StepOut]) -> Vec<&'a StepOut> 
     v
 }
 
+/// `1 other request`, `3 other requests`.
+fn others(n: u64) -> String {
+    format!("{n} other request{}", if n == 1 { "" } else { "s" })
+}
+
 fn batch_words(s: &StepOut) -> String {
     match (s.batch_size, s.batch_unit.as_deref()) {
         (Some(b), Some(u)) if !u.is_empty() => format!("a batch of {b} {u}"),
@@ -152,7 +157,10 @@ fn phase_finding(
         "queue" => {
             let n = ctx
                 .in_flight_at_arrival
-                .map_or_else(String::new, |n| format!(": {n} other requests were in the engine when it arrived"));
+                .map_or_else(String::new, |n| {
+                    let verb = if n == 1 { "was" } else { "were" };
+                    format!(": {} {verb} in the engine when it arrived", others(n))
+                });
             ("queueing".into(), format!("It waited {} for the scheduler (typical {}){n}.", ms(v), ms(t)))
         }
         "prefill" => {
@@ -168,13 +176,13 @@ fn phase_finding(
                 Some(n) if n.request.req_bytes >= 2 * mine => (
                     "long_prompt_in_batch".into(),
                     format!(
-                        "Its prefill step took {} (typical prefill {}) in {} shared with {} other requests, \
+                        "Its prefill step took {} (typical prefill {}) in {} shared with {}, \
                          among them {} whose request was {} bytes, {:.1}× this one's {} bytes: a long prompt \
                          in the same batch.",
                         ms(v),
                         ms(t),
                         batch_words(first),
-                        first.shared_with_count,
+                        others(first.shared_with_count),
                         n.request.trace_id,
                         n.request.req_bytes,
                         n.request.req_bytes as f64 / mine as f64,
@@ -203,7 +211,7 @@ fn phase_finding(
                     "slow_step".into(),
                     format!(
                         "Decode took {} (typical {}) over {} steps; its slowest step (step {}) took {}, {:.1}× \
-                         its median step of {}, in {} shared with {} other requests.",
+                         its median step of {}, in {} shared with {}.",
                         ms(v),
                         ms(t),
                         durs.len(),
@@ -212,7 +220,7 @@ fn phase_finding(
                         s.duration_ms.unwrap_or(0.0) / m,
                         ms(m),
                         batch_words(s),
-                        s.shared_with_count
+                        others(s.shared_with_count)
                     ),
                 ),
                 (_, m) => (
