@@ -8,7 +8,7 @@ use inferscope_aggregator::store::rows::{RequestRow, StepRow};
 use serde_json::Value;
 
 mod common;
-use common::{cli, db_client, get, open_store, request, serve, with_db, MS, S};
+use common::{cli, get, insert, now_s, open_store, request, serve, step_row, with_db, MS, S};
 
 const QUEUED: u64 = 900;
 const SLOW_STEP: u64 = 901;
@@ -37,18 +37,7 @@ fn row(i: u64, start: u64, phases: [u64; 5]) -> RequestRow {
 }
 
 fn step(i: u64, k: u64, start: u64, dur: u64) -> StepRow {
-    StepRow {
-        start: (start / S) as u32,
-        node: "node-a".into(),
-        engine_instance: "7:1".into(),
-        step_id: i * 10 + k,
-        start_unix_ns: start,
-        end_unix_ns: start + dur,
-        batch_size: 4,
-        trace_id: String::new(),
-        span_id: String::new(),
-        batch_unit: "requests".into(),
-    }
+    step_row("node-a", "7:1", i * 10 + k, start, dur, 4)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,10 +46,7 @@ async fn explainer_names_the_cause() {
         return;
     };
     with_db(store, |store| async move {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = now_s();
         let t0 = (now - 900) * S;
         let typical = [2 * MS, 3 * MS, 10 * MS, 40 * MS, MS];
         let mut rows: Vec<RequestRow> = (0..300)
@@ -99,17 +85,8 @@ async fn explainer_names_the_cause() {
                 if k == 2 { 200 * MS } else { 13 * MS },
             ));
         }
-        let client = db_client(&store);
-        let mut ins = client.insert::<RequestRow>("requests").await.unwrap();
-        for r in &rows {
-            ins.write(r).await.unwrap();
-        }
-        ins.end().await.unwrap();
-        let mut ins = client.insert::<StepRow>("engine_steps").await.unwrap();
-        for s in &steps {
-            ins.write(s).await.unwrap();
-        }
-        ins.end().await.unwrap();
+        insert(&store, "requests", &rows).await;
+        insert(&store, "engine_steps", &steps).await;
         let addr = serve(store.clone()).await;
         check(addr, t0).await;
     })

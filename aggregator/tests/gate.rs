@@ -10,7 +10,7 @@ use inferscope_aggregator::store::Store;
 use serde_json::Value;
 
 mod common;
-use common::{cli, db_client, get, open_store, request, serve, with_db, MS, S};
+use common::{cli, get, insert, now_s, open_store, request, serve, with_db, MS, S};
 
 /// Requests per run.
 const N: u64 = 700;
@@ -65,17 +65,6 @@ fn run(run: &str, t0: u64, seed: u64, slow_queue: f64) -> Vec<RequestRow> {
         .collect()
 }
 
-async fn insert(store: &Store, rows: &[RequestRow]) {
-    let mut ins = db_client(store)
-        .insert::<RequestRow>("requests")
-        .await
-        .unwrap();
-    for r in rows {
-        ins.write(r).await.unwrap();
-    }
-    ins.end().await.unwrap();
-}
-
 async fn sql_sorted(store: &Store, q: &str) -> Vec<f64> {
     let mut v: Vec<u64> = store
         .client()
@@ -99,15 +88,10 @@ async fn samples_tags_and_gate() {
         return;
     };
     with_db(store, |store| async move {
-        let t0 = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            - 600)
-            * S;
-        insert(&store, &run("base", t0, 1, 1.0)).await;
-        insert(&store, &run("same", t0, 2, 1.0)).await;
-        insert(&store, &run("slow", t0, 3, 3.0)).await;
+        let t0 = (now_s() - 600) * S;
+        insert(&store, "requests", &run("base", t0, 1, 1.0)).await;
+        insert(&store, "requests", &run("same", t0, 2, 1.0)).await;
+        insert(&store, "requests", &run("slow", t0, 3, 3.0)).await;
         let addr = serve(store.clone()).await;
         let w = format!("from={}&to={}", t0 / S, t0 / S + 60);
         samples_agree_with_sql(&store, addr, &w).await;

@@ -10,7 +10,7 @@ use inferscope_aggregator::store::rows::{RequestRow, StepRow};
 use serde_json::Value;
 
 mod common;
-use common::{clickhouse_url, db_client, open_store, request, with_db, MS, S};
+use common::{clickhouse_url, insert, now_s, open_store, request, step_row, with_db, MS, S};
 
 fn dashboard(name: &str) -> Value {
     let path = format!(
@@ -125,19 +125,15 @@ fn rows(t0: u64) -> Vec<RequestRow> {
 }
 
 fn step(t0: u64, i: u64) -> StepRow {
-    let start = t0 + i * 400 * MS;
-    StepRow {
-        start: (start / S) as u32,
-        node: ["node-a", "node-b"][(i % 2) as usize].into(),
-        engine_instance: "1".into(),
-        step_id: i,
-        start_unix_ns: start,
-        end_unix_ns: start + 20 * MS + i * 10_000,
-        batch_size: 1 + (i % 8) as u32,
-        trace_id: String::new(),
-        span_id: String::new(),
-        batch_unit: "requests".into(),
-    }
+    let node = ["node-a", "node-b"][(i % 2) as usize];
+    step_row(
+        node,
+        "1",
+        i,
+        t0 + i * 400 * MS,
+        20 * MS + i * 10_000,
+        1 + (i % 8) as u32,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,22 +142,11 @@ async fn clickhouse_dashboard_queries_run() {
         return;
     };
     with_db(store, |store| async move {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = now_s();
         let t0 = (now - 1800) * S;
-        let client = db_client(&store);
-        let mut ins = client.insert::<RequestRow>("requests").await.unwrap();
-        for r in rows(t0) {
-            ins.write(&r).await.unwrap();
-        }
-        ins.end().await.unwrap();
-        let mut ins = client.insert::<StepRow>("engine_steps").await.unwrap();
-        for i in 0..300 {
-            ins.write(&step(t0, i)).await.unwrap();
-        }
-        ins.end().await.unwrap();
+        insert(&store, "requests", &rows(t0)).await;
+        let steps: Vec<StepRow> = (0..300).map(|i| step(t0, i)).collect();
+        insert(&store, "engine_steps", &steps).await;
         let db = store.database.clone();
         tokio::task::spawn_blocking(move || {
             let d = dashboard("inferscope-clickhouse.json");

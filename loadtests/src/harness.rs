@@ -75,6 +75,32 @@ pub fn skip(test: &str, why: &str) -> bool {
     true
 }
 
+/// The shared engine `(url, API-server pid)` for a test that also needs root and the local
+/// ClickHouse; `None` (the test skipped, or failed when [`required`]) otherwise.
+pub fn engine_root_clickhouse(test: &str) -> Option<(String, u32)> {
+    let Some(env) = engine_env() else {
+        skip(test, "run through scripts/test.sh (the shared engine)");
+        return None;
+    };
+    if !is_root() || sql("SELECT 1") != "1" {
+        skip(test, "needs root and the local ClickHouse");
+        return None;
+    }
+    Some(env)
+}
+
+/// Child processes (an aggregator, a probe) killed with SIGTERM however the test ends, a
+/// panic included, so that they never outlive it.
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill(c, libc::SIGTERM);
+        }
+    }
+}
+
 /// Starts an aggregator on `db` with `token`, waiting until its HTTP port answers; stderr goes
 /// to `log` (or is discarded).
 pub fn start_aggregator(db: &str, grpc: u16, http: u16, token: &str, log: Option<&Path>) -> Child {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use inferscope_loadtests::fidelity::figure;
 use inferscope_loadtests::harness::{
-    bin, engine_env, free_port, is_root, kill, load_for, read_trace_log, repo, skip, sql,
+    bin, engine_root_clickhouse, free_port, kill, load_for, read_trace_log, repo, sql,
     start_aggregator, start_exporting_probe, unix_ns, wait_count, Sent,
 };
 use serde_json::Value;
@@ -163,15 +163,10 @@ impl Drop for ClickHouseFault {
 
 #[test]
 fn chain_survives_outages_and_agrees_with_sql() {
-    let test = "chain_survives_outages_and_agrees_with_sql";
-    let Some((url, pid)) = engine_env() else {
-        skip(test, "run through scripts/test.sh (the shared engine)");
+    let Some((url, pid)) = engine_root_clickhouse("chain_survives_outages_and_agrees_with_sql")
+    else {
         return;
     };
-    if !is_root() || sql("SELECT 1") != "1" {
-        skip(test, "needs root and the local ClickHouse");
-        return;
-    }
     let mut c = Chain::start(url, pid);
 
     // Normal load.

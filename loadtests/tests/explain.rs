@@ -11,23 +11,12 @@ use std::time::{Duration, Instant};
 
 use inferscope_loadtests::fidelity::figure;
 use inferscope_loadtests::harness::{
-    bin, engine_env, free_port, is_root, kill, load, read_trace_log, skip, sql, start_aggregator,
-    start_exporting_probe,
+    bin, engine_root_clickhouse, free_port, load, read_trace_log, sql, start_aggregator,
+    start_exporting_probe, Children,
 };
 use serde_json::Value;
 
 const TOKEN: &str = "explain-token";
-
-/// Kills the aggregator and probe however the test ends.
-struct Children(Vec<std::process::Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            kill(c, libc::SIGTERM);
-        }
-    }
-}
 
 /// Tokens per request of the typical traffic, the burst and the short requests: enough that a
 /// request holds its slot in the engine (with 8, the Python frontend, not the scheduler, is
@@ -109,15 +98,9 @@ fn long_prompt(url: &str, tid: &str, words: usize) -> u16 {
 
 #[test]
 fn explain_names_injected_causes() {
-    let test = "explain_names_injected_causes";
-    let Some((url, pid)) = engine_env() else {
-        skip(test, "run through scripts/test.sh (the shared engine)");
+    let Some((url, pid)) = engine_root_clickhouse("explain_names_injected_causes") else {
         return;
     };
-    if !is_root() || sql("SELECT 1") != "1" {
-        skip(test, "needs root and the local ClickHouse");
-        return;
-    }
     let db = format!("test_explain_{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("inferscope-explain-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use inferscope_loadtests::fidelity::figure;
 use inferscope_loadtests::harness::{
-    bin, engine_env, free_port, is_root, kill, load_for, skip, sql, start_aggregator,
-    start_exporting_probe_with, unix_ns, wait_count,
+    bin, engine_root_clickhouse, free_port, load_for, sql, start_aggregator,
+    start_exporting_probe_with, unix_ns, wait_count, Children,
 };
 use serde_json::Value;
 
@@ -118,18 +118,6 @@ impl Drop for Starve {
         self.quit.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-    }
-}
-
-/// Kills the test's aggregator and probe however the test ends (a panic included), so that
-/// they never outlive it.
-struct Children(Vec<std::process::Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            kill(c, libc::SIGTERM);
         }
     }
 }
@@ -240,15 +228,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[test]
 fn gate_on_the_real_engine() {
-    let test = "gate_on_the_real_engine";
-    let Some((url, pid)) = engine_env() else {
-        skip(test, "run through scripts/test.sh (the shared engine)");
+    let Some((url, pid)) = engine_root_clickhouse("gate_on_the_real_engine") else {
         return;
     };
-    if !is_root() || sql("SELECT 1") != "1" {
-        skip(test, "needs root and the local ClickHouse");
-        return;
-    }
     let starve_pids = descendants(pid);
     assert!(
         !starve_pids.is_empty(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use inferscope_aggregator::api::{router, ApiState};
 use inferscope_aggregator::metrics::Metrics;
-use inferscope_aggregator::store::rows::RequestRow;
+use inferscope_aggregator::store::rows::{RequestRow, StepRow};
 use inferscope_aggregator::store::{Store, StoreConfig};
 use serde_json::Value;
 
@@ -242,5 +242,49 @@ pub fn request(
         first_text_ns: stream.then_some(ttft + MS),
         engine_output_offsets_ns: Vec::new(),
         tags: Vec::new(),
+    }
+}
+
+/// Unix time now, in seconds.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Inserts `rows` into `table` of the store's database in one block.
+pub async fn insert<T>(store: &Store, table: &str, rows: &[T])
+where
+    T: for<'a> clickhouse::Row<Value<'a> = T> + serde::Serialize + 'static,
+{
+    let mut ins = db_client(store).insert::<T>(table).await.unwrap();
+    for r in rows {
+        ins.write(r).await.unwrap();
+    }
+    ins.end().await.unwrap();
+}
+
+/// An engine step without span context (as steps stored before migration 4), in `requests`
+/// batch units.
+pub fn step_row(
+    node: &str,
+    instance: &str,
+    step_id: u64,
+    start_ns: u64,
+    dur_ns: u64,
+    batch_size: u32,
+) -> StepRow {
+    StepRow {
+        start: (start_ns / S) as u32,
+        node: node.into(),
+        engine_instance: instance.into(),
+        step_id,
+        start_unix_ns: start_ns,
+        end_unix_ns: start_ns + dur_ns,
+        batch_size,
+        trace_id: String::new(),
+        span_id: String::new(),
+        batch_unit: "requests".into(),
     }
 }
