@@ -2,7 +2,8 @@
 //! requests on an engine that runs 16 at a time (the slowest of the burst queued: the explainer
 //! must say so, with how many requests were ahead), and a long prompt sent with short ones (a
 //! short request that shared its prefill step with the long prompt: the explainer must name the
-//! long prompt). The causes found and their figures are printed.
+//! long prompt in its prefill finding; how often that is the dominant cause is printed). The
+//! causes found and their figures are printed.
 //!
 //! Needs root, the shared engine from `scripts/test.sh`, and the local ClickHouse.
 use std::path::Path;
@@ -177,25 +178,48 @@ fn long_prompt_in_batch(url: &str, db: &str, api: &str, dir: &Path) {
         let mut all = short.clone();
         all.push(tid.clone());
         wait_stored(db, &all);
-        let found: Vec<Value> = short
+        let xs: Vec<Value> = short.iter().map(|id| explain(api, id)).collect();
+        let causes: Vec<String> = xs
             .iter()
-            .map(|id| explain(api, id))
-            .filter(|x| x["dominant"] == "long_prompt_in_batch")
+            .map(|x| {
+                let f = &x["findings"][0];
+                format!(
+                    "{} ({:+.1} ms)",
+                    f["cause"],
+                    f["excess_ms"].as_f64().unwrap_or(0.0)
+                )
+            })
             .collect();
+        // The long prompt named by a short request's prefill finding, whatever its rank: on
+        // this tiny CPU model a ~450-token prefill costs a few ms, often less than the frontend
+        // noise of nine requests arriving at once, so it is not always the dominant cause.
+        let named: Vec<&Value> = xs
+            .iter()
+            .filter_map(|x| {
+                x["findings"]
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["cause"] == "long_prompt_in_batch")
+            })
+            .collect();
+        let dominant = xs
+            .iter()
+            .filter(|x| x["dominant"] == "long_prompt_in_batch")
+            .count();
         eprintln!(
-            "attempt {attempt}: {} of 8 short requests explained by the long prompt",
-            found.len()
+            "attempt {attempt}: the long prompt named for {} of 8 short requests, dominant for {dominant}; top causes {causes:?}",
+            named.len()
         );
-        if let Some(x) = found.first() {
-            let sentence = x["findings"][0]["sentence"].as_str().unwrap_or_default();
+        if let Some(f) = named.first() {
+            let sentence = f["sentence"].as_str().unwrap_or_default();
             figure(&format!(
-                "explain on real vLLM, a 150-word (about 450-token) prompt sent with 8 short ones: {} of 8 short requests explained by it (attempt {}); {sentence}",
-                found.len(),
+                "explain on real vLLM, a 150-word (about 450-token) prompt sent with 8 short ones: named in the prefill finding of {} of 8 short requests, the dominant cause of {dominant} (attempt {}); top causes {causes:?}; {sentence}",
+                named.len(),
                 attempt + 1
             ));
             assert!(sentence.contains(&tid), "{sentence}");
             return;
         }
     }
-    panic!("no short request was explained by the long prompt in 3 attempts");
+    panic!("no short request shared its prefill step with the long prompt in 3 attempts");
 }
