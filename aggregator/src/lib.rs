@@ -5,11 +5,13 @@
 //!   resent batches, a bounded queue to the writer, acks only after a successful insert;
 //! * [`store`] — ClickHouse connection, versioned migrations (18.16 … current), row types;
 //! * [`metrics`] — counters and the Prometheus text exposition;
+//! * [`otlp`] — export of stored batches to an OpenTelemetry collector;
 //! * [`error`] — the error codes shared by gRPC and HTTP.
 pub mod api;
 pub mod error;
 pub mod ingest;
 pub mod latency;
 pub mod metrics;
+pub mod otlp;
 pub mod server;
 pub mod store;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub streams_broken: AtomicU64,
     /// Request-latency histograms (GenAI names), observed as requests are committed.
     pub latency: crate::latency::Latency,
+    /// OTLP export counters.
+    pub otlp: crate::otlp::OtlpMetrics,
     insert_hist: [AtomicU64; BUCKETS.len() + 1],
     insert_sum_us: AtomicU64,
     insert_count: AtomicU64,
@@ -171,6 +173,7 @@ impl Metrics {
             self.insert_count.load(Relaxed)
         );
         self.latency.render(&mut s);
+        self.otlp.render(&mut s);
         s
     }
 }

@@ -16,6 +16,7 @@ use crate::ingest::validate::Limits;
 use crate::ingest::writer::{run_writer, WriterConfig};
 use crate::ingest::IngestService;
 use crate::metrics::Metrics;
+use crate::otlp::OtlpSink;
 use crate::store::{Store, StoreConfig};
 
 /// Aggregator configuration.
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub max_streams_per_connection: u32,
     /// Encoded bytes of batches waiting for storage, at most (raised to `max_message_bytes`).
     pub queue_bytes: usize,
+    /// OTLP export of stored batches (off: `None`).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 /// Refuses to listen beyond loopback without credentials: an open ingest port lets anyone write
@@ -91,6 +94,13 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let dedup = Arc::new(Dedup::new(1_000_000));
     load_recent_batches(&store, &dedup).await;
+    let (otlp, otlp_task) = match &cfg.otlp {
+        Some(o) => {
+            let (sink, task) = OtlpSink::start(o, metrics.clone())?;
+            (Some(sink), Some(task))
+        }
+        None => (None, None),
+    };
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     let writer = tokio::spawn(run_writer(
         store.clone(),
@@ -98,6 +108,7 @@ pub async fn serve(
         metrics.clone(),
         dedup.clone(),
         cfg.writer.clone(),
+        otlp,
     ));
 
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -175,6 +186,10 @@ pub async fn serve(
     }
     http_task.await?.context("HTTP server")?;
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    if let Some(t) = otlp_task {
+        // The writer has dropped the sink: the task sends what is queued, then ends.
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
     Ok(())
 }
 

@@ -8,6 +8,9 @@
 //! for each of its batches, so that a resend writes only the tables still missing and never
 //! stores a row twice. (That memory is the process's own: an aggregator that dies between two
 //! table commits can still store the earlier tables' rows twice on resend.)
+//!
+//! With OTLP export on, each batch is handed to the [`OtlpSink`] once its commit has stored
+//! every table, so that a batch is exported once, and only what ClickHouse holds.
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use tracing::{debug, warn};
 use super::dedup::Dedup;
 use crate::latency::Sample;
 use crate::metrics::Metrics;
+use crate::otlp::OtlpSink;
 use crate::store::rows::{BatchRow, RequestRow, SpanRow, StepRow};
 use crate::store::Store;
 
@@ -115,6 +119,8 @@ struct Pending {
     steps: u64,
     /// What its request rows add to the latency histograms once stored.
     samples: Vec<Sample>,
+    /// The batch itself, kept for OTLP export once stored (only when export is on).
+    batch: Option<Batch>,
 }
 
 impl Pending {
@@ -140,6 +146,7 @@ pub async fn run_writer(
     metrics: Arc<Metrics>,
     dedup: Arc<Dedup>,
     cfg: WriterConfig,
+    otlp: Option<OtlpSink>,
 ) {
     let mut ins = Inserters::new(&store, &cfg);
     let mut pending: Vec<Pending> = Vec::new();
@@ -173,6 +180,7 @@ pub async fn run_writer(
                         spans: p.spans,
                         steps: p.steps,
                         samples: p.samples,
+                        batch: otlp.is_some().then_some(job.batch),
                     });
                 }
                 Err(e) => {
@@ -204,6 +212,9 @@ pub async fn run_writer(
                         metrics.batches_stored.fetch_add(1, Relaxed);
                         p.count_stored(Stage::Requests, &metrics);
                         let _ = p.done.send(Ok(()));
+                        if let (Some(sink), Some(b)) = (&otlp, p.batch) {
+                            sink.offer(b, p.batch_id);
+                        }
                     }
                 }
                 Err((stored, e)) => {

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests that run against the local ClickHouse.
 #![allow(dead_code)]
+pub mod ingest;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
