@@ -969,6 +969,7 @@ async fn misc(addr: SocketAddr, d: &Data) {
         "/api/v1/requests",
         "/api/v1/traces/{trace_id}",
         "/api/v1/filters",
+        "/api/v1/groups",
         "/api/v1/samples",
     ] {
         assert!(body.contains(&format!("  {p}:")), "openapi.yaml lacks {p}");

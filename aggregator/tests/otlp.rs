@@ -159,6 +159,11 @@ fn rich_batch(seq: u64, n: usize) -> Batch {
         r.response_id = format!("cmpl-{i}");
         r.engine_request_id = format!("cmpl-{i}-0");
         r.engine_instance = "11:22".into();
+        r.tenant = if i.is_multiple_of(2) {
+            "acme".into()
+        } else {
+            String::new()
+        };
         r.client_endpoint = Some(Endpoint {
             ip: vec![127, 0, 0, 1],
             port: 40_000 + i as u32,
@@ -241,6 +246,15 @@ fn expected_attributes(r: &RequestRow) -> BTreeMap<String, Value> {
         r.engine_instance.clone().into(),
     );
     put("inferscope.outcome", r.outcome.clone().into());
+    if !r.tenant.is_empty() {
+        put("inferscope.tenant", r.tenant.clone().into());
+    }
+    if r.stream != 0 {
+        put(
+            "gen_ai.response.time_to_first_chunk",
+            (r.ttft_ns as f64 / 1e9).into(),
+        );
+    }
     put("client.address", r.client_ip.clone().into());
     put("client.port", r.client_port.into());
     put("server.address", r.server_ip.clone().into());

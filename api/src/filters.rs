@@ -23,6 +23,9 @@ pub struct FilterValues {
     /// Run tags (`key=value`, node-probe `--tag`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Tenant labels (node-probe `--tenant-header`/`--tenant-field`).
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// A list was cut at 1000 values.
     pub truncated: bool,
 }

@@ -7,6 +7,7 @@
 pub mod breakdown;
 pub mod explain;
 pub mod filters;
+pub mod groups;
 pub mod ids;
 pub mod requests;
 pub mod samples;
@@ -42,6 +43,13 @@ pub fn escape_controls(s: &str) -> String {
 /// (`aggregator/openapi.yaml`), the UI's `PHASES` (`query-ui/src/api.ts`) and a CLI column.
 /// `aggregator/tests/model_agreement.rs` fails when any of them disagrees with this list.
 pub const PHASES: [&str; 5] = ["frontend", "queue", "prefill", "decode", "delivery"];
+
+/// The request filters every request endpoint takes besides its window (`from`, `to`), as
+/// query parameter names: exact `model`, `node`, `engine`, `outcome` and `tenant`; `status` a
+/// code or class (`5xx`); `tag` one run tag `key=value`.
+pub const FILTER_KEYS: [&str; 7] = [
+    "model", "node", "engine", "status", "outcome", "tag", "tenant",
+];
 
 #[cfg(test)]
 mod tests {

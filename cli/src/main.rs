@@ -3,6 +3,7 @@
 //! ```text
 //! inferscope breakdown --since 15m --model llama-8b
 //! inferscope requests --sort ttft --limit 20
+//! inferscope groups --by tenant --since 1h
 //! inferscope trace 4bf92f3577b34da6a3ce929d0e0e4736
 //! inferscope --output json breakdown | jq .slow_vs_median.largest_difference
 //! inferscope gate --baseline-file main.json --candidate-filter tag=run=pr-17
@@ -23,7 +24,9 @@ mod print;
 mod table;
 
 use http::Api;
-use print::{print_breakdown, print_explanation, print_filters, print_requests, print_trace};
+use print::{
+    print_breakdown, print_explanation, print_filters, print_groups, print_requests, print_trace,
+};
 
 /// Query the inferscope aggregator: latency breakdowns, slow requests, traces.
 #[derive(Parser)]
@@ -107,7 +110,19 @@ enum Cmd {
         #[arg(long)]
         to: Option<String>,
     },
-    /// Models, nodes, engines, statuses, outcomes and run tags seen in a window.
+    /// p50/p90/p99 of e2e, ttft and tpot per tenant (or model, node, engine, status, outcome),
+    /// busiest first.
+    Groups {
+        #[command(flatten)]
+        filters: FilterArgs,
+        /// The dimension.
+        #[arg(long, default_value = "tenant", value_parser = inferscope_api::groups::GROUP_BY)]
+        by: String,
+        /// Groups shown at most (1..=1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Models, nodes, engines, statuses, outcomes, run tags and tenants seen in a window.
     Filters {
         #[command(flatten)]
         window: WindowArgs,
@@ -190,6 +205,9 @@ struct FilterArgs {
     /// Run tag `key=value` (node-probe `--tag`).
     #[arg(long)]
     tag: Option<String>,
+    /// Tenant label (exact; node-probe `--tenant-header`/`--tenant-field`).
+    #[arg(long)]
+    tenant: Option<String>,
 }
 
 /// Parses `90s`, `15m`, `6h`, `7d` into seconds.
@@ -238,6 +256,7 @@ impl FilterArgs {
             ("status", &self.status),
             ("outcome", &self.outcome),
             ("tag", &self.tag),
+            ("tenant", &self.tenant),
         ] {
             q.extend(v.clone().map(|v| (k, v)));
         }
@@ -252,6 +271,7 @@ impl FilterArgs {
             ("status", &self.status),
             ("outcome", &self.outcome),
             ("tag", &self.tag),
+            ("tenant", &self.tenant),
         ]
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
@@ -333,6 +353,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return print_json(&body).map(|()| ExitCode::SUCCESS);
             }
             print_trace(&decode(&body, "trace")?);
+        }
+        Cmd::Groups { filters, by, limit } => {
+            let mut q = Vec::new();
+            filters.push(&mut q)?;
+            q.push(("by", by));
+            q.push(("quantiles", "0.5,0.9,0.99".to_string()));
+            q.push(("limit", limit.to_string()));
+            let body = api.get("/api/v1/groups", &q)?;
+            if json {
+                return print_json(&body).map(|()| ExitCode::SUCCESS);
+            }
+            print_groups(&decode(&body, "groups")?, &filters.describe());
         }
         Cmd::Filters { window } => {
             let mut q = Vec::new();

@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use inferscope_api::breakdown::{level_name, Breakdown, Cohort, PhaseDiff, PhaseMean};
 use inferscope_api::filters::FilterValues;
+use inferscope_api::groups::Groups;
 use inferscope_api::requests::{RequestList, RequestSummary};
 use inferscope_api::trace::{SpanOut, StepOut, Trace};
 use inferscope_api::SpanId;
@@ -188,6 +189,57 @@ pub(crate) fn print_requests(l: &RequestList, filters: &str) {
         l.next_offset
             .map(|n| format!("; next page: --offset {n}"))
             .unwrap_or_default()
+    );
+}
+
+/// `inferscope groups`: one row per value, p50/p90/p99 of e2e, ttft and tpot (the quantiles
+/// the command asks for).
+pub(crate) fn print_groups(g: &Groups, filters: &str) {
+    let mut t = Table::new(
+        &[
+            "value", "requests", "5xx", "e2e p50", "p90", "p99", "ttft p50", "p90", "p99",
+            "tpot p50", "p90", "p99",
+        ],
+        &[0],
+    );
+    for r in &g.groups {
+        let mut row = vec![
+            if r.value.is_empty() {
+                "(none)".into()
+            } else {
+                r.value.clone()
+            },
+            r.count.to_string(),
+            r.errors.to_string(),
+        ];
+        for list in [&r.e2e_ms, &r.ttft_ms, &r.tpot_ms] {
+            row.extend((0..3).map(|i| ms_opt(list.get(i).copied().flatten())));
+        }
+        t.row(row);
+    }
+    let with = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" with {filters}")
+    };
+    if g.groups.is_empty() {
+        println!(
+            "no requests from {} to {}{with}",
+            g.window.from, g.window.to
+        );
+        return;
+    }
+    print!("{}", t.render());
+    println!(
+        "
+{} requests by {}{with} (ms){}",
+        g.count,
+        g.by,
+        if g.truncated {
+            "; more groups: raise --limit"
+        } else {
+            ""
+        }
     );
 }
 
@@ -443,6 +495,7 @@ pub(crate) fn print_filters(f: &FilterValues) {
     );
     println!("outcomes: {}", list(&f.outcomes));
     println!("tags:     {}", list(&f.tags));
+    println!("tenants:  {}", list(&f.tenants));
 }
 
 /// `inferscope explain`: the summary, then each finding with its excess over typical.

@@ -199,6 +199,7 @@ fn ingest_hostile(grpc: u16) {
         ttft_ns: 10_000_000,
         frontend_ns: Some(2_000_000),
         x_request_id: HOSTILE_ATTR.into(),
+        tenant: HOSTILE_SCRIPT.into(),
         chunks: 2,
         chunk_offsets_ns: vec![10_000_000, 11_000_000],
         ..Default::default()

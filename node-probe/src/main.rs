@@ -157,6 +157,46 @@ struct Cli {
     /// 16): select a run with `inferscope … --tag run=ci-1234`.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     tags: Vec<String>,
+    /// Label each request with the value of this request header (e.g. `x-tenant-id`), to
+    /// filter and group by tenant. Off by default: a tenant or user id may be personal data.
+    #[arg(long, value_name = "HEADER", conflicts_with = "tenant_field")]
+    tenant_header: Option<String>,
+    /// Label each request with this top-level string field of its JSON body (e.g. OpenAI's
+    /// `user`), looked for in the body's first 4 KiB. Off by default (personal data).
+    #[arg(long, value_name = "FIELD")]
+    tenant_field: Option<String>,
+    /// Distinct tenant labels kept; later new ones are stored as `_other` (counted).
+    #[arg(long, default_value_t = 256)]
+    tenant_max_values: usize,
+}
+
+/// The tenant extraction of `--tenant-header`/`--tenant-field` (names are kept for the
+/// process's lifetime).
+fn tenant(cli: &Cli) -> anyhow::Result<Option<node_probe::requests::tenant::TenantConfig>> {
+    use node_probe::requests::tenant::{TenantConfig, TenantFrom};
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    let from = match (cli.tenant_header.as_deref(), cli.tenant_field.as_deref()) {
+        (Some(h), _) if httparse_token(h) => TenantFrom::Header(leak(h)),
+        (Some(h), _) => anyhow::bail!("--tenant-header {h:?} is not a header name"),
+        (None, Some(f)) if !f.is_empty() && f.len() <= 64 && !f.contains(['"', '\\']) => {
+            TenantFrom::BodyField(leak(f).as_bytes())
+        }
+        (None, Some(f)) => {
+            anyhow::bail!("--tenant-field {f:?}: want a JSON key of 1-64 characters")
+        }
+        (None, None) => return Ok(None),
+    };
+    let mut c = TenantConfig::new(from);
+    c.max_values = cli.tenant_max_values.clamp(1, 100_000);
+    Ok(Some(c))
+}
+
+/// An HTTP header name (RFC 9110 token).
+fn httparse_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn main() {
@@ -204,6 +244,7 @@ fn real_main() -> anyhow::Result<()> {
                 cli.ring_mib
             )
         })?;
+    let tenant = tenant(&cli)?;
     let duration = match cli.duration_s {
         Some(s) if !(s.is_finite() && s > 0.0) => anyhow::bail!("--duration-s must be positive"),
         Some(s) => Some(Duration::from_secs_f64(s)),
@@ -237,6 +278,7 @@ fn real_main() -> anyhow::Result<()> {
             timeout_ns: cli.request_timeout_s.max(1).saturating_mul(1_000_000_000),
             max_conns: cli.max_connections.max(16),
             keep_query_strings: cli.keep_query_strings,
+            tenant,
         },
         export,
         metrics_listen: cli.metrics_listen,

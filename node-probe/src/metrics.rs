@@ -277,6 +277,11 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
             "Responses that began before their request's body was read.",
             t.early_responses,
         ),
+        (
+            "inferscope_probe_tenant_overflow_total",
+            "Requests labelled tenant _other: the distinct-tenant cap was reached.",
+            t.tenant_overflow,
+        ),
     ] {
         single(&mut o, name, "counter", help, v);
     }

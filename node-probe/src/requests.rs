@@ -27,6 +27,7 @@ use phases::{engine_phases, span_id, step_link, Phases};
 
 mod phases;
 mod record;
+pub mod tenant;
 
 pub use record::{
     parse_traceparent, redact_query, Endpoint, LinkJson, RequestRecord, SpanJson, StepJson,
@@ -46,6 +47,8 @@ pub struct TrackerConfig {
     pub max_conns: usize,
     /// Keep request targets' query strings (`?api-key=…`); by default only their keys are kept.
     pub keep_query_strings: bool,
+    /// Extract a tenant label from each request (off: `None`).
+    pub tenant: Option<tenant::TenantConfig>,
 }
 
 impl Default for TrackerConfig {
@@ -54,6 +57,7 @@ impl Default for TrackerConfig {
             timeout_ns: 300_000_000_000,
             max_conns: 32_768,
             keep_query_strings: false,
+            tenant: None,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct TrackerStats {
     pub resyncs: u64,
     /// Responses that began before their request's body was read.
     pub early_responses: u64,
+    /// Requests whose tenant became `_other` (the distinct-value cap was reached).
+    pub tenant_overflow: u64,
 }
 
 /// A TCP connection's addresses inside its network namespace: `(netns, local, remote)`.
@@ -123,6 +129,8 @@ pub struct Tracker {
     exchanges: Vec<Exchange>,
     /// What makes engine-step ids unique beyond this host: its kernel boot id.
     step_scope: String,
+    /// Tenant labels handed out (when extraction is on).
+    tenants: Option<tenant::Tenants>,
     /// Counters.
     pub stats: TrackerStats,
 }
@@ -158,6 +166,7 @@ fn host_boot_id(proc_root: &std::path::Path) -> String {
 impl Tracker {
     /// A tracker converting times with `clock`, reading roles from `proc_root`.
     pub fn new(cfg: TrackerConfig, clock: WallClock, proc_root: &std::path::Path) -> Self {
+        let tenants = cfg.tenant.map(tenant::Tenants::new);
         Self {
             cfg,
             conns: HashMap::new(),
@@ -169,6 +178,7 @@ impl Tracker {
             clock,
             exchanges: Vec::new(),
             step_scope: host_boot_id(proc_root),
+            tenants,
             stats: TrackerStats::default(),
         }
     }
@@ -370,7 +380,7 @@ impl Tracker {
             self.evict(out);
         }
         let c = self.conns.entry(key).or_insert_with(|| Conn {
-            http: HttpConn::new(),
+            http: HttpConn::with_tenant(self.cfg.tenant.map(|t| t.from)),
             pid: key.0,
             fd,
             tuple,
@@ -492,6 +502,11 @@ impl Tracker {
             Some((t, p)) => (t, Some(p)),
             None => (new_trace_id(), None),
         };
+        let tenant = self.tenants.as_mut().and_then(|t| {
+            let label = t.label(ex.tenant.as_deref());
+            self.stats.tenant_overflow = t.overflow;
+            label
+        });
         let (engine_name, engine) = self.engines.take_trace(pid, &ex);
         if engine.is_none() && ex.response_id.is_some() && self.engines.active_for(pid) {
             self.stats.engine_unjoined += 1;
@@ -540,6 +555,7 @@ impl Tracker {
             trace_id,
             parent_span_id: parent,
             x_request_id: ex.x_request_id,
+            tenant,
             response_id: ex.response_id,
             engine_request_id: ph.engine_id,
             engine: engine_name,

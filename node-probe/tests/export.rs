@@ -283,6 +283,7 @@ fn record(n: u64) -> RequestRecord {
         trace_id: trace_id(n),
         parent_span_id: None,
         x_request_id: None,
+        tenant: None,
         response_id: Some(format!("cmpl-{n}")),
         engine_request_id: Some(format!("cmpl-{n}-0")),
         engine: "vllm",

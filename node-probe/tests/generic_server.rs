@@ -292,6 +292,58 @@ fn any_openai_server_without_engine_code() {
     );
 }
 
+/// Tenant labels: from a header with `--tenant-header`, from a body field with
+/// `--tenant-field`, capped at `--tenant-max-values` distinct ones (later ones `_other`, counted).
+#[test]
+fn tenant_labels_from_a_header_or_a_body_field() {
+    if !bpf_or_skip("tenant_labels_from_a_header_or_a_body_field") {
+        return;
+    }
+    let mut srv = start_fixture("openai_server.py", &["--port", "0"]);
+    let hello = srv.wait_for("server pid/port", T, |v| v.get("port").is_some());
+    let (pid, port) = (
+        hello["pid"].as_u64().unwrap().to_string(),
+        hello["port"].as_u64().unwrap() as u16,
+    );
+    let send = |model: &str, body_user: &str, header: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"x"}}],"max_tokens":2,"user":"{body_user}"}}"#
+        );
+        c.write_all(post("/v1/chat/completions", &body, header).as_bytes())
+            .unwrap();
+        read_response(&mut c);
+    };
+    for (flag, name) in [
+        ("--tenant-header", "x-tenant-id"),
+        ("--tenant-field", "user"),
+    ] {
+        let mut probe = start_probe(&[
+            "--pid",
+            &pid,
+            "--requests",
+            flag,
+            name,
+            "--tenant-max-values",
+            "2",
+        ]);
+        std::thread::sleep(Duration::from_millis(500));
+        for (i, t) in ["acme", "beta", "gamma", "acme"].iter().enumerate() {
+            send(&format!("tn-{i}"), t, &format!("X-Tenant-Id: {t}\r\n"));
+        }
+        send("tn-none", "", "");
+        probe.wait_for("the last request", T, |v| v["model"] == "tn-none");
+        let tenant = |m: &str| {
+            let r = probe.seen.iter().find(|v| v["model"] == m).unwrap();
+            r["tenant"].as_str().map(str::to_string)
+        };
+        let got: Vec<_> = (0..4).map(|i| tenant(&format!("tn-{i}"))).collect();
+        let want = ["acme", "beta", "_other", "acme"].map(|s| Some(s.to_string()));
+        assert_eq!(got, want, "{flag}");
+        assert_eq!(tenant("tn-none"), None, "{flag}: no value, no label");
+    }
+}
+
 /// GET /metrics from node-probe's metrics listener.
 fn scrape(addr: &str) -> String {
     let Ok(mut s) = TcpStream::connect(addr) else {

@@ -188,6 +188,27 @@ export interface FilterValues {
   outcomes: string[];
   /** Run tags, `key=value` (node-probe `--tag`). */
   tags?: string[];
+  /** Tenant labels (node-probe `--tenant-header`/`--tenant-field`). */
+  tenants?: string[];
+  truncated: boolean;
+}
+
+/** One value of `GET /api/v1/groups`; lists follow `Groups.quantiles`. */
+export interface Group {
+  value: string;
+  count: number;
+  errors: number;
+  e2e_ms: (number | null)[];
+  ttft_ms: (number | null)[];
+  tpot_ms: (number | null)[];
+}
+
+export interface Groups {
+  window: Window;
+  by: string;
+  quantiles: number[];
+  count: number;
+  groups: Group[];
   truncated: boolean;
 }
 

@@ -15,6 +15,7 @@ const FILTER_LABELS: Record<string, string> = {
   node: 'all nodes',
   engine: 'all engines',
   status: 'any status',
+  tenant: 'all tenants',
 };
 
 /**
@@ -75,10 +76,13 @@ export function scopeControls(
       node: (fv?.nodes ?? []).map((v) => ({ value: v })),
       engine: (fv?.engines ?? []).map((v) => ({ value: v })),
       status: statusOptions(fv?.statuses ?? []),
+      tenant: (fv?.tenants ?? []).map((v) => ({ value: v })),
     };
+    // Tenants exist only where node-probe extracts them: no empty dropdown elsewhere.
+    const shown = FILTERS.filter((f) => f !== 'tenant' || opts.tenant.length > 0 || params.get(pre + f));
     replace(
       filterBox,
-      FILTERS.map((f) =>
+      shown.map((f) =>
         select(pre + f, opts[f], params.get(pre + f) ?? '', FILTER_LABELS[f], (v) =>
           go(withParams(params, { [pre + f]: v })),
         ),

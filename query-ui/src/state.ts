@@ -21,7 +21,7 @@ export const PRESETS: [string, number, string][] = [
 export const DEFAULT_RANGE = '1h';
 
 /** The filter parameters shared by the request endpoints (and the URL). */
-export const FILTERS = ['model', 'node', 'engine', 'status'] as const;
+export const FILTERS = ['model', 'node', 'engine', 'status', 'tenant'] as const;
 export type FilterName = (typeof FILTERS)[number];
 
 /** Parameters that define "which requests": window + filters. */

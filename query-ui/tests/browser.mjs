@@ -208,6 +208,15 @@ async function functional() {
     const d = bd.slow_vs_median.diff.queue.share * 100;
     eq('overview: queue Δ share', await text('[data-testid="cohort-delta-share-queue"]'), `${d > 0 ? '+' : ''}${d.toFixed(1)} pp`);
   }
+  // Tenants (here only the hostile request has one): a dropdown and a table of their own,
+  // one row per group of /api/v1/groups, the markup shown as text.
+  const fvals = await api('filters', { from, to });
+  if ((fvals.tenants ?? []).length) {
+    const g = await api('groups', { from, to, by: 'tenant', quantiles: '0.5,0.9,0.99' });
+    eq('overview: one row per tenant', await page.locator('[data-testid="tenants-table"] tbody tr').count(), g.groups.length);
+    check('overview: tenant dropdown', (await page.locator('[data-testid="filter-tenant"]').count()) === 1);
+    await xssClean('overview tenants');
+  }
   await shot('overview');
 
   // Histogram metric switch keeps the URL linkable.

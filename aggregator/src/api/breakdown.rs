@@ -54,6 +54,7 @@ impl BreakdownQuery {
         "status",
         "outcome",
         "tag",
+        "tenant",
         "quantiles",
         "slow_quantile",
     ];

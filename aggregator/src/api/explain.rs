@@ -92,6 +92,7 @@ pub async fn explain(
             status: None,
             outcome: None,
             tag: None,
+            tenant: None,
         },
         quantiles: vec![0.5],
         slow_quantile: 0.99,

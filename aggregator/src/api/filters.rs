@@ -1,5 +1,5 @@
-//! `GET /api/v1/filters`: the distinct models, nodes, engines, statuses, outcomes and run tags of a window,
-//! for UI dropdowns and CLI completion.
+//! `GET /api/v1/filters`: the distinct models, nodes, engines, statuses, outcomes, run tags and
+//! tenants of a window, for UI dropdowns and CLI completion.
 use axum::extract::State;
 use axum::Json;
 use clickhouse::Row;
@@ -25,6 +25,7 @@ struct Row5 {
     statuses: Vec<u16>,
     outcomes: Vec<String>,
     tags: Vec<String>,
+    tenants: Vec<String>,
 }
 
 /// Handler.
@@ -42,7 +43,8 @@ pub async fn filter_values(store: &Store, w: &Window) -> Result<FilterValues, Ap
     // groupUniqArray(N)(x) is not available on 18.16; these columns have few distinct values.
     let mut sql = Sql::new(
         "SELECT count(), groupUniqArray(model), groupUniqArray(node), groupUniqArray(engine), \
-         groupUniqArray(status), groupUniqArray(outcome), groupUniqArrayArray(tags) FROM ",
+         groupUniqArray(status), groupUniqArray(outcome), groupUniqArrayArray(tags), \
+         groupUniqArray(tenant) FROM ",
     );
     sql.push(&store.table("requests")).push(" WHERE ");
     w.push_where(&mut sql);
@@ -60,6 +62,7 @@ pub async fn filter_values(store: &Store, w: &Window) -> Result<FilterValues, Ap
     let engines = clean(r.engines);
     let outcomes = clean(r.outcomes);
     let tags = clean(r.tags);
+    let tenants = clean(r.tenants);
     let mut statuses = r.statuses;
     statuses.sort_unstable();
     Ok(FilterValues {
@@ -71,6 +74,7 @@ pub async fn filter_values(store: &Store, w: &Window) -> Result<FilterValues, Ap
         statuses,
         outcomes,
         tags,
+        tenants,
         truncated,
     })
 }

@@ -43,8 +43,8 @@ pub struct HistogramQuery {
 impl HistogramQuery {
     /// Accepted parameter names.
     pub const PARAMS: &'static [&'static str] = &[
-        "from", "to", "model", "node", "engine", "status", "outcome", "tag", "metric", "buckets",
-        "scale",
+        "from", "to", "model", "node", "engine", "status", "outcome", "tag", "tenant", "metric",
+        "buckets", "scale",
     ];
 
     /// Validates.

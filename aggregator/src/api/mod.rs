@@ -7,6 +7,7 @@
 //! * [`trace`] — `GET /api/v1/traces/{trace_id}`: one trace across nodes, its spans and engine
 //!   steps;
 //! * [`filters`] — `GET /api/v1/filters`: distinct values for dropdowns;
+//! * [`groups`] — `GET /api/v1/groups`: e2e/ttft/tpot quantiles per tenant, model, node, …;
 //! * [`timeseries`] — `GET /api/v1/timeseries`: count and e2e/ttft/tpot quantiles per time bucket;
 //! * [`histogram`] — `GET /api/v1/histogram`: distribution of one metric (log or linear buckets);
 //! * [`explain`] — `GET /api/v1/explain/{trace_id}` and `GET /api/v1/explain`: why a request
@@ -34,6 +35,7 @@ pub mod access;
 pub mod breakdown;
 pub mod explain;
 pub mod filters;
+pub mod groups;
 pub mod histogram;
 pub mod limit;
 pub mod params;
@@ -107,6 +109,7 @@ pub fn router_with_limits(state: ApiState, a: access::Access, q: limit::QueryLim
         .route("/requests", get(requests::handler))
         .route("/traces/{trace_id}", get(trace::handler))
         .route("/filters", get(filters::handler))
+        .route("/groups", get(groups::handler))
         .route("/timeseries", get(timeseries::handler))
         .route("/histogram", get(histogram::handler))
         .route("/samples", get(samples::handler))

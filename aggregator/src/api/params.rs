@@ -311,11 +311,13 @@ pub struct Filters {
     pub outcome: Option<String>,
     /// A run tag `key=value` the request must carry (node-probe `--tag`).
     pub tag: Option<String>,
+    /// Tenant label, exact (node-probe `--tenant-header`/`--tenant-field`).
+    pub tenant: Option<String>,
 }
 
-/// Parameter names of [`Filters`].
+/// Parameter names of [`Filters`]: the window and [`inferscope_api::FILTER_KEYS`].
 pub const FILTER_PARAMS: &[&str] = &[
-    "from", "to", "model", "node", "engine", "status", "outcome", "tag",
+    "from", "to", "model", "node", "engine", "status", "outcome", "tag", "tenant",
 ];
 
 /// A `tag` filter: `key=value` with a non-empty key.
@@ -340,6 +342,7 @@ impl Filters {
             status: p.get("status").map(StatusFilter::parse).transpose()?,
             outcome: p.string("outcome")?,
             tag: p.string("tag")?.map(parse_tag).transpose()?,
+            tenant: p.string("tenant")?,
         })
     }
 
@@ -351,6 +354,7 @@ impl Filters {
             ("node", &self.node),
             ("engine", &self.engine),
             ("outcome", &self.outcome),
+            ("tenant", &self.tenant),
         ] {
             if let Some(v) = v {
                 sql.push(" AND ")
@@ -391,6 +395,7 @@ impl Filters {
             ("status", status),
             ("outcome", self.outcome.clone()),
             ("tag", self.tag.clone()),
+            ("tenant", self.tenant.clone()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
@@ -401,6 +406,12 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_params_are_the_window_and_the_shared_keys() {
+        assert_eq!(FILTER_PARAMS[..2], ["from", "to"]);
+        assert_eq!(FILTER_PARAMS[2..], inferscope_api::FILTER_KEYS);
+    }
 
     fn params(q: &[(&str, &str)]) -> Params {
         Params::new(
@@ -510,11 +521,12 @@ mod tests {
                 .unwrap(),
             outcome: None,
             tag: Some("run=1'x".into()),
+            tenant: Some("t'1".into()),
             window: Window::from_params(&p).unwrap(),
         };
         let mut sql = Sql::new("");
         f.push_where(&mut sql);
-        assert!(!sql.text().contains("a'b"));
+        assert!(!sql.text().contains("a'b") && !sql.text().contains("t'1"));
         assert_eq!(sql.text().matches('?').count(), sql.arg_count());
     }
 }

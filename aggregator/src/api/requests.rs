@@ -57,6 +57,7 @@ impl RequestsQuery {
         "status",
         "outcome",
         "tag",
+        "tenant",
         "min_e2e_ms",
         "sort",
         "order",

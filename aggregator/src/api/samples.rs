@@ -32,7 +32,7 @@ pub struct SamplesQuery {
 impl SamplesQuery {
     /// Accepted parameter names.
     pub const PARAMS: &'static [&'static str] = &[
-        "from", "to", "model", "node", "engine", "status", "outcome", "tag", "limit",
+        "from", "to", "model", "node", "engine", "status", "outcome", "tag", "tenant", "limit",
     ];
 
     /// Validates.

@@ -83,6 +83,7 @@ impl TimeseriesQuery {
         "status",
         "outcome",
         "tag",
+        "tenant",
         "step_s",
         "quantiles",
     ];

@@ -126,6 +126,7 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
         ("engine_request_id", &r.engine_request_id),
         ("gave_up", &r.gave_up),
         ("engine_instance", &r.engine_instance),
+        ("tenant", &r.tenant),
     ] {
         check_str(f, s, l)?;
     }

@@ -336,6 +336,7 @@ fn root_attributes(r: &RequestRow, op: Option<&'static str>) -> Vec<KeyValue> {
         ("inferscope.engine.request_id", &r.engine_request_id),
         ("inferscope.engine.instance", &r.engine_instance),
         ("inferscope.gave_up", &r.gave_up),
+        ("inferscope.tenant", &r.tenant),
     ];
     for (k, v) in strings {
         if !v.is_empty() {
@@ -348,6 +349,10 @@ fn root_attributes(r: &RequestRow, op: Option<&'static str>) -> Vec<KeyValue> {
             "http.request.header.x-request-id",
             Value::Array(v),
         ));
+    }
+    if r.stream != 0 && r.ttft_ns > 0 {
+        let secs = r.ttft_ns as f64 / 1e9;
+        a.push(KeyValue::new("gen_ai.response.time_to_first_chunk", secs));
     }
     a.push(KeyValue::new("inferscope.outcome", r.outcome.clone()));
     a.push(KeyValue::new("inferscope.stream", r.stream != 0));

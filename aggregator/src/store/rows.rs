@@ -75,6 +75,7 @@ pub struct RequestRow {
     pub first_text_ns: Option<u64>,
     pub engine_output_offsets_ns: Vec<u64>,
     pub tags: Vec<String>,
+    pub tenant: String,
 }
 
 /// A row of `spans`.
@@ -171,6 +172,7 @@ impl RequestRow {
             first_text_ns: r.first_text_ns,
             engine_output_offsets_ns: r.engine_output_offsets_ns.clone(),
             tags: resource_tags(res),
+            tenant: escape_controls(&r.tenant),
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,

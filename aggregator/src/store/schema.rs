@@ -281,6 +281,15 @@ FROM {db}.requests"
                 "ALTER TABLE {db}.requests ADD COLUMN tags Array(String)"
             )],
         },
+        Migration {
+            version: 8,
+            name: "requests: tenant label",
+            // node-probe --tenant-header/--tenant-field (bounded cardinality); '' when not
+            // extracted and for rows stored before.
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN tenant {lc} DEFAULT ''"
+            )],
+        },
     ]
 }
 

@@ -244,6 +244,7 @@ pub fn request(
         first_text_ns: stream.then_some(ttft + MS),
         engine_output_offsets_ns: Vec::new(),
         tags: Vec::new(),
+        tenant: String::new(),
     }
 }
 

@@ -21,7 +21,7 @@ use report::{Report, Side};
 use stats::Rule;
 
 /// Keys a side's `--…-filter` may hold.
-const FILTER_KEYS: [&str; 6] = ["model", "node", "engine", "status", "outcome", "tag"];
+use inferscope_api::FILTER_KEYS;
 
 /// The options of `inferscope gate`.
 #[derive(Args)]
@@ -32,8 +32,8 @@ pub struct GateArgs {
     /// Baseline window end (exclusive).
     #[arg(long, conflicts_with = "baseline_file")]
     baseline_to: Option<String>,
-    /// Baseline filters: `key=value,…` with keys model, node, engine, status, outcome, tag
-    /// (`tag=run=42`).
+    /// Baseline filters: `key=value,…` with keys model, node, engine, status, outcome, tag,
+    /// tenant (`tag=run=42`).
     #[arg(long, conflicts_with = "baseline_file")]
     baseline_filter: Option<String>,
     /// Read the baseline from a file written by `--save-baseline` instead of the aggregator.
@@ -332,6 +332,10 @@ mod tests {
                 ("tag", "run=3".to_string()),
                 ("status", "5xx".to_string())
             ]
+        );
+        assert_eq!(
+            parse_filter("tenant=acme").unwrap(),
+            [("tenant", "acme".to_string())]
         );
         assert!(parse_filter("modl=x").is_err());
         assert!(parse_filter("model").is_err());

@@ -209,6 +209,7 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
         server: clip_opt(&r.server),
         response_id: clip_opt(&r.response_id),
         x_request_id: clip_opt(&r.x_request_id),
+        tenant: clip_opt(&r.tenant),
         engine_request_id: clip_opt(&r.engine_request_id),
         gave_up: r.gave_up.unwrap_or_default().to_owned(),
         step_ids,
@@ -330,6 +331,7 @@ pub(crate) mod tests {
             trace_id: TraceId::from_bytes(tid),
             parent_span_id: None,
             x_request_id: Some(format!("req-{n}")),
+            tenant: Some("acme".into()),
             response_id: Some(format!("cmpl-{n}")),
             engine_request_id: (!steps.is_empty()).then(|| format!("cmpl-{n}-0")),
             engine: if steps.is_empty() {
@@ -419,6 +421,7 @@ pub(crate) mod tests {
         assert_eq!(q.first_text_ns, Some(1_500_000));
         assert_eq!(q.read_wait_ns, 1_234);
         assert_eq!(q.engine_request_id, "cmpl-1-0");
+        assert_eq!(q.tenant, "acme");
         assert_eq!(q.gave_up, "");
         // Structured endpoints beside the text ones, and the first bytes' sequence numbers.
         assert_eq!(q.client, "127.0.0.1:5000");

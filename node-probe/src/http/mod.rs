@@ -76,6 +76,8 @@ pub struct Exchange {
     pub x_request_id: Option<String>,
     /// `id` from the response JSON (first SSE event or the body).
     pub response_id: Option<String>,
+    /// The tenant as sent (header value or body field, [`TenantFrom`]), before bounding.
+    pub tenant: Option<String>,
     /// First read that carried bytes of this request (monotonic ns, syscall exit).
     pub req_first_read_ns: u64,
     /// TCP sequence number of the request's first byte, when known.
@@ -108,6 +110,54 @@ pub struct Exchange {
     pub outcome: Option<Outcome>,
     /// Why content following stopped, if it did.
     pub gave_up: Option<&'static str>,
+}
+
+/// Where a request's tenant (application, user) label comes from; off unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantFrom {
+    /// A request header, e.g. `x-tenant-id`.
+    Header(&'static str),
+    /// A top-level field of the JSON body within its first 4 KiB, e.g. OpenAI's `user`.
+    BodyField(&'static [u8]),
+}
+
+/// The request-body fields looked for while a body streams by.
+#[derive(Debug)]
+struct BodyFields {
+    model: FieldFinder,
+    stream: FieldFinder,
+    tenant: Option<FieldFinder>,
+}
+
+impl BodyFields {
+    fn new(tenant: Option<TenantFrom>) -> Self {
+        Self {
+            model: FieldFinder::new(b"model", BODY_SCAN),
+            stream: FieldFinder::new(b"stream", BODY_SCAN),
+            tenant: match tenant {
+                Some(TenantFrom::BodyField(k)) => Some(FieldFinder::new(k, BODY_SCAN)),
+                _ => None,
+            },
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.model.feed(data);
+        self.stream.feed(data);
+        if let Some(t) = self.tenant.as_mut() {
+            t.feed(data);
+        }
+    }
+
+    /// What was found, onto the exchange.
+    fn apply(&self, ex: &mut Exchange) {
+        let m = &self.model;
+        ex.model = m.value().filter(|_| m.is_string()).map(str::to_string);
+        ex.stream_requested = self.stream.value().and_then(|v| v.parse().ok());
+        if let Some(t) = &self.tenant {
+            ex.tenant = t.value().filter(|_| t.is_string()).map(str::to_string);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -150,7 +200,9 @@ pub struct HttpConn {
     head: Vec<u8>,
     /// Exchange whose request is being read.
     reading: Option<Exchange>,
-    req_finders: Option<(FieldFinder, FieldFinder)>,
+    req_finders: Option<BodyFields>,
+    /// Where the tenant label comes from (none: not extracted).
+    tenant_from: Option<TenantFrom>,
     /// Requests read, awaiting or receiving their response (front = being answered).
     pending: VecDeque<Exchange>,
     resp: RespState,
@@ -227,6 +279,7 @@ impl HttpConn {
             head: Vec::new(),
             reading: None,
             req_finders: None,
+            tenant_from: None,
             pending: VecDeque::new(),
             resp: RespState::Head,
             resp_head: Vec::new(),
@@ -239,6 +292,14 @@ impl HttpConn {
             ignored_bytes: 0,
             resyncs: 0,
             early_responses: 0,
+        }
+    }
+
+    /// A connection that also extracts each request's tenant label from `from`.
+    pub fn with_tenant(from: Option<TenantFrom>) -> Self {
+        Self {
+            tenant_from: from,
+            ..Self::new()
         }
     }
 
@@ -327,6 +388,9 @@ impl HttpConn {
                     ex.path = req.path.unwrap_or("").chars().take(512).collect();
                     ex.traceparent = header_str(req.headers, "traceparent");
                     ex.x_request_id = header_str(req.headers, "x-request-id");
+                    if let Some(TenantFrom::Header(h)) = self.tenant_from {
+                        ex.tenant = header_str(req.headers, h);
+                    }
                     ex.req_bytes += used as u64;
                     let next = if is_chunked(req.headers) {
                         ReqState::ChunkedBody(Dechunker::new())
@@ -337,10 +401,7 @@ impl HttpConn {
                     };
                     self.head.clear();
                     self.req = next;
-                    self.req_finders = Some((
-                        FieldFinder::new(b"model", BODY_SCAN),
-                        FieldFinder::new(b"stream", BODY_SCAN),
-                    ));
+                    self.req_finders = Some(BodyFields::new(self.tenant_from));
                     data = &data[used..];
                     seq = seq.map(|s| s.wrapping_add(used as u32));
                     if matches!(self.req, ReqState::Body { left: 0 }) {
@@ -350,9 +411,8 @@ impl HttpConn {
                 ReqState::Body { left } => {
                     let n = (*left).min(data.len() as u64) as usize;
                     let total_n = (*left).min((data.len() + uncaptured) as u64);
-                    if let Some((m, s)) = self.req_finders.as_mut() {
-                        m.feed(&data[..n]);
-                        s.feed(&data[..n]);
+                    if let Some(f) = self.req_finders.as_mut() {
+                        f.feed(&data[..n]);
                     }
                     *left -= total_n;
                     if let Some(r) = self.reading.as_mut() {
@@ -381,9 +441,8 @@ impl HttpConn {
                 ReqState::ChunkedBody(d) => {
                     let finders = &mut self.req_finders;
                     let used = d.feed(data, uncaptured, &mut |p| {
-                        if let (Piece::Data(x), Some((m, s))) = (p, finders.as_mut()) {
-                            m.feed(x);
-                            s.feed(x);
+                        if let (Piece::Data(x), Some(f)) = (p, finders.as_mut()) {
+                            f.feed(x);
                         }
                     });
                     let (done, lost) = (d.done(), d.lost());
@@ -421,9 +480,8 @@ impl HttpConn {
             return;
         };
         ex.req_done_ns = ts;
-        if let Some((m, s)) = self.req_finders.take() {
-            ex.model = m.value().filter(|_| m.is_string()).map(str::to_string);
-            ex.stream_requested = s.value().and_then(|v| v.parse().ok());
+        if let Some(f) = self.req_finders.take() {
+            f.apply(&mut ex);
         }
         if self.pending.len() >= MAX_PIPELINE {
             self.give_up("too many pipelined requests");
@@ -643,9 +701,8 @@ impl HttpConn {
             return;
         };
         ex.req_done_ns = ts;
-        if let Some((m, s)) = self.req_finders.as_ref() {
-            ex.model = m.value().filter(|_| m.is_string()).map(str::to_string);
-            ex.stream_requested = s.value().and_then(|v| v.parse().ok());
+        if let Some(f) = self.req_finders.as_ref() {
+            f.apply(&mut ex);
         }
         self.early_responses += 1;
         self.pending.push_back(ex);

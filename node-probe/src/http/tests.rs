@@ -462,3 +462,31 @@ fn role_only_and_empty_events_in_ttft_and_first_text() {
     assert_eq!(e.first_text_ns, Some(30));
     assert!(e.done_marker);
 }
+
+#[test]
+fn tenant_from_a_header_or_a_body_field_only_when_configured() {
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+    let exchange = |c: &mut HttpConn, req: &[u8]| {
+        rd(c, 10, req);
+        wr(c, 20, answer).pop().expect("one exchange")
+    };
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"user":"u-42"}"#;
+    let mut req = post("/v1/chat/completions", body);
+    // A header, any case; the split between reads does not matter for a body field.
+    let with_header = String::from_utf8(req.clone())
+        .unwrap()
+        .replace("Host: x\r\n", "Host: x\r\nX-Tenant-ID:  acme \r\n");
+    let mut c = HttpConn::with_tenant(Some(TenantFrom::Header("x-tenant-id")));
+    assert_eq!(
+        exchange(&mut c, with_header.as_bytes()).tenant.as_deref(),
+        Some("acme")
+    );
+    assert_eq!(exchange(&mut c, &req).tenant, None);
+    let mut c = HttpConn::with_tenant(Some(TenantFrom::BodyField(b"user")));
+    rd(&mut c, 5, &req[..req.len() - 8]);
+    req.drain(..req.len() - 8);
+    assert_eq!(exchange(&mut c, &req).tenant.as_deref(), Some("u-42"));
+    // Off by default.
+    let mut c = HttpConn::new();
+    assert_eq!(exchange(&mut c, with_header.as_bytes()).tenant, None);
+}

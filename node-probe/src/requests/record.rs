@@ -83,6 +83,9 @@ pub struct RequestRecord {
     /// Incoming `x-request-id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub x_request_id: Option<String>,
+    /// Tenant label (`--tenant-header`/`--tenant-field`), bounded in cardinality.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// `id` of the response (e.g. `cmpl-…`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_id: Option<String>,

@@ -1,6 +1,6 @@
 // Overview: the window's latency at a glance: percentiles over time, the distribution, the phase
 // breakdown per percentile and what is different about the slowest requests.
-import { type Breakdown, type FilterValues, get, type Histogram, PHASES, type Timeseries } from '../api';
+import { type Breakdown, type FilterValues, get, type Groups, type Histogram, PHASES, type Timeseries } from '../api';
 import { legend, stackedBar, type Segment } from '../bars';
 import { countChart, destroyChartsIn, histogramChart, LEVEL_COLORS, lineChart } from '../charts';
 import { scopeControls } from '../controls';
@@ -41,11 +41,18 @@ export async function overview(root: HTMLElement, ctx: Ctx): Promise<void> {
     ),
     section('Slowest requests vs typical requests', 'cohorts', cohorts),
   );
+  const tenants = h('div', { class: 'body' });
 
   const windowOnly = new URLSearchParams({ from: String(w.from), to: String(w.to) });
   const fv = get<FilterValues>('filters', windowOnly, ctx.signal)
-    .then((v) => {
-      if (ctx.current()) controls.setFilters(v);
+    .then(async (v) => {
+      if (!ctx.current()) return;
+      controls.setFilters(v);
+      // Tenants exist only where node-probe extracts them: the section appears with them.
+      if (!(v.tenants ?? []).length) return;
+      root.append(section('Latency by tenant', 'tenants', tenants));
+      const gp = withParams(ap, { by: 'tenant', quantiles: '0.5,0.9,0.99', limit: '50' });
+      await fill(ctx, tenants, () => get<Groups>('groups', gp, ctx.signal), (g) => renderTenants(tenants, g, p));
     })
     .catch(() => undefined);
 
@@ -88,6 +95,32 @@ function renderSummary(el: HTMLElement, b: Breakdown, p: URLSearchParams): void 
       ' ',
       h('span', { class: 'muted' }, `window ${b.window.from} – ${b.window.to}`),
     ),
+  );
+}
+
+function renderTenants(el: HTMLElement, g: Groups, p: URLSearchParams): void {
+  const head = ['tenant', 'requests', '5xx', 'E2E p50', 'p90', 'p99', 'TTFT p50', 'p90', 'p99', 'TPOT p50', 'p90', 'p99'];
+  const rows = g.groups.map((r) => {
+    const label = r.value === '' ? h('span', { class: 'muted' }, '(none)') : r.value;
+    const cell =
+      r.value === ''
+        ? h('td', null, label)
+        : h('td', null, h('a', { href: href('overview', withParams(scopeOf(p), { tenant: r.value })) }, label));
+    const ms = [r.e2e_ms, r.ttft_ms, r.tpot_ms].flatMap((l) => [0, 1, 2].map((i) => h('td', null, fmtMs(l[i] ?? null))));
+    return h('tr', { 'data-tenant': r.value }, cell, h('td', null, fmtCount(r.count)), h('td', null, fmtCount(r.errors)), ms);
+  });
+  el.append(
+    h(
+      'div',
+      { class: 'table-wrap' },
+      h(
+        'table',
+        { class: 'num compact', 'data-testid': 'tenants-table' },
+        h('thead', null, h('tr', null, head.map((c) => h('th', null, c)))),
+        h('tbody', null, rows),
+      ),
+    ),
+    h('p', { class: 'muted' }, `${fmtCount(g.count)} requests (ms)${g.truncated ? '; the 50 busiest tenants shown' : ''}`),
   );
 }
 
