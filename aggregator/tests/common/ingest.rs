@@ -206,11 +206,18 @@ impl Agg {
         let server = tokio::spawn(serve(cfg, async move {
             let _ = stop_rx.await;
         }));
-        // Wait for the gRPC port.
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(grpc).await.is_ok() {
-                break;
+        // Wait for the gRPC port: migrations on a loaded 18.16 (tests run in parallel) can take
+        // tens of seconds. A server that exits instead says why.
+        let t = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(grpc).await.is_err() {
+            if server.is_finished() {
+                let r = server.await;
+                panic!("aggregator {name} exited before listening: {r:?}");
             }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "aggregator {name} not listening on {grpc} after 120 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Agg {
