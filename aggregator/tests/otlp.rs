@@ -164,6 +164,11 @@ fn rich_batch(seq: u64, n: usize) -> Batch {
         } else {
             String::new()
         };
+        // Usage as servers report it: non-streamed bodies, some streams.
+        if !r.stream || i.is_multiple_of(4) {
+            r.prompt_tokens = Some(5 + i as u32 % 7);
+            r.completion_tokens = Some(i as u32);
+        }
         r.client_endpoint = Some(Endpoint {
             ip: vec![127, 0, 0, 1],
             port: 40_000 + i as u32,
@@ -255,6 +260,14 @@ fn expected_attributes(r: &RequestRow) -> BTreeMap<String, Value> {
             (r.ttft_ns as f64 / 1e9).into(),
         );
     }
+    for (k, v) in [
+        ("gen_ai.usage.input_tokens", r.prompt_tokens),
+        ("gen_ai.usage.output_tokens", r.completion_tokens),
+    ] {
+        if let Some(v) = v {
+            put(k, i64::from(v).into());
+        }
+    }
     put("client.address", r.client_ip.clone().into());
     put("client.port", r.client_port.into());
     put("server.address", r.server_ip.clone().into());
@@ -304,6 +317,10 @@ fn check_roots(rows: &[RequestRow], spans: &[Value]) {
         .map(|s| (s["trace_id"].as_str().unwrap(), s))
         .collect();
     assert_eq!(roots.len(), rows.len(), "one SERVER span per request");
+    assert!(
+        rows.iter().any(|r| r.prompt_tokens.is_some()),
+        "usage stored"
+    );
     for r in rows {
         let s = roots[r.trace_id.as_str()];
         let got: BTreeMap<String, Value> = serde_json::from_value(s["attributes"].clone()).unwrap();

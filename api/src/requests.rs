@@ -81,6 +81,13 @@ pub struct RequestSummary {
     pub engine_request_id: String,
     /// Why following stopped, if it did.
     pub gave_up: String,
+    /// Prompt tokens from the response's `usage` (null when the server sent none: streams that
+    /// did not ask for `stream_options.include_usage`).
+    #[serde(default)]
+    pub prompt_tokens: Option<u32>,
+    /// Completion tokens from the response's `usage`, as `prompt_tokens`.
+    #[serde(default)]
+    pub completion_tokens: Option<u32>,
 }
 
 /// The `/api/v1/requests` response.

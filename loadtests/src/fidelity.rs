@@ -507,6 +507,51 @@ pub fn assert_vllm_bracketing(
     );
 }
 
+/// The token counts read from each response's `usage` equal vLLM's own
+/// (`gen_ai.usage.prompt_tokens`/`completion_tokens` of its span): every non-streamed request
+/// has them, and the streams that asked for a usage event (some of them, `openai.rs`) do too.
+pub fn assert_usage(
+    label: &str,
+    sent: &[Value],
+    traces: &HashMap<&str, Vec<&Value>>,
+    otlp: &HashMap<String, Value>,
+) {
+    let (mut bodies, mut missing, mut streams, mut with_usage, mut equal) = (0, 0, 0, 0, 0);
+    for s in sent {
+        let t = s["trace_id"].as_str().unwrap();
+        let (Some(span), Some(r)) = (otlp.get(t), traces.get(t).map(|v| v[0])) else {
+            continue;
+        };
+        let a = &span["attributes"];
+        let truth = (
+            a["gen_ai.usage.prompt_tokens"].as_u64(),
+            a["gen_ai.usage.completion_tokens"].as_u64(),
+        );
+        let ours = (r["prompt_tokens"].as_u64(), r["completion_tokens"].as_u64());
+        if s["stream"] == false {
+            bodies += 1;
+            missing += usize::from(ours.0.is_none());
+        } else if ours.0.is_some() {
+            streams += 1;
+        }
+        if ours.0.is_some() || ours.1.is_some() {
+            with_usage += 1;
+            equal += usize::from(ours == truth);
+        }
+    }
+    let non_streamed = sent.iter().filter(|s| s["stream"] == false).count();
+    figure(&format!(
+        "[{label}] usage read from {with_usage} responses ({bodies} of {non_streamed} non-streamed \
+         with a vLLM span, {streams} streams that asked for it): prompt and completion tokens \
+         equal vLLM's for {equal}"
+    ));
+    assert_eq!(equal, with_usage, "[{label}] usage differs from vLLM's");
+    assert!(
+        missing == 0 && streams > 0,
+        "[{label}] usage missing from {missing} of {bodies} bodies; {streams} streams had it"
+    );
+}
+
 /// The children of `pid` (from /proc), with their `comm`.
 pub fn children(pid: u32) -> Vec<(u32, String)> {
     let Ok(rd) = std::fs::read_dir("/proc") else {

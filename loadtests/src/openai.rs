@@ -1,6 +1,7 @@
 //! A bounded OpenAI-compatible load: a fixed number of requests at a fixed concurrency, mixing
 //! `/v1/completions` and `/v1/chat/completions`, streamed and not (request `i`: chat when odd,
-//! streamed when `i/2` is even). Every request carries a W3C `traceparent` and an `x-request-id`.
+//! streamed when `i/2` is even; streams ask for a final `usage` event when `i % 8 < 2`). Every
+//! request carries a W3C `traceparent` and an `x-request-id`.
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,11 +132,16 @@ fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
     let chat = i % 2 == 1;
     let stream = (i / 2).is_multiple_of(2);
     let tid = trace_id(i);
+    let usage = if stream && i % 8 < 2 {
+        r#","stream_options":{"include_usage":true}"#
+    } else {
+        ""
+    };
     let (path, body) = if chat {
         (
             "/v1/chat/completions",
             format!(
-                r#"{{"model":"{}","messages":[{{"role":"user","content":"request {i}: say something"}}],"max_tokens":{},"ignore_eos":true,"stream":{stream}}}"#,
+                r#"{{"model":"{}","messages":[{{"role":"user","content":"request {i}: say something"}}],"max_tokens":{},"ignore_eos":true,"stream":{stream}{usage}}}"#,
                 c.model, c.max_tokens
             ),
         )
@@ -143,7 +149,7 @@ fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
         (
             "/v1/completions",
             format!(
-                r#"{{"model":"{}","prompt":"request {i}: once upon a time","max_tokens":{},"ignore_eos":true,"stream":{stream}}}"#,
+                r#"{{"model":"{}","prompt":"request {i}: once upon a time","max_tokens":{},"ignore_eos":true,"stream":{stream}{usage}}}"#,
                 c.model, c.max_tokens
             ),
         )

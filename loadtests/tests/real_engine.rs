@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use inferscope_loadtests::fidelity::{
-    assert_vllm_bracketing, by_trace, check_once, children, figure, instance_of, load_all,
-    otlp_spans, quantile, start_capture, start_probe, stop, Engine, WireDiffs,
+    assert_usage, assert_vllm_bracketing, by_trace, check_once, children, figure, instance_of,
+    load_all, otlp_spans, quantile, start_capture, start_probe, stop, Engine, WireDiffs,
 };
 use inferscope_loadtests::harness::required;
 use serde_json::Value;
@@ -100,6 +100,7 @@ fn run_vllm(engines: &[Engine], spans_path: &std::path::Path, label: &str) -> Ve
         let mine: Vec<&Value> = records.iter().filter(|r| r["pid"] == e.pid).collect();
         WireDiffs::compute(&pcap, e.port, &mine).assert_fidelity(&l, REQUESTS);
         assert_vllm_bracketing(&l, sent, &traces, &otlp);
+        assert_usage(&l, sent, &traces, &otlp);
         token_gaps(&l, &mine);
     }
     let _ = std::fs::remove_dir_all(&dir);

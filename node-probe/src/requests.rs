@@ -593,6 +593,8 @@ impl Tracker {
             ttft_ns: first_token.map(|t| t.saturating_sub(start)).unwrap_or(0),
             first_text_ns: ex.first_text_ns.map(|t| t.saturating_sub(start)),
             tpot_ns: tpot,
+            prompt_tokens: ex.usage.and_then(|u| u.prompt_tokens),
+            completion_tokens: ex.usage.and_then(|u| u.completion_tokens),
             chunks: ex.chunks,
             max_gap_ns: gaps.iter().copied().max().unwrap_or(0),
             chunk_offsets_ns: ex

@@ -315,6 +315,8 @@ fn record(n: u64) -> RequestRecord {
         ttft_ns: 2_000_000,
         first_text_ns: Some(2_500_000),
         tpot_ns: None,
+        prompt_tokens: None,
+        completion_tokens: None,
         chunks: 0,
         max_gap_ns: 0,
         chunk_offsets_ns: Vec::new(),

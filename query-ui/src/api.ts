@@ -87,6 +87,9 @@ export interface RequestSummary {
   engine_e2e_ms: number | null;
   /** Time to first visible text (streams; older rows: absent). */
   first_text_ms?: number | null;
+  /** The response's `usage` counts (null when the server sent none). */
+  prompt_tokens?: number | null;
+  completion_tokens?: number | null;
   read_wait_ms: number;
   req_bytes: number;
   resp_bytes: number;

@@ -87,7 +87,7 @@ pub(crate) const SUMMARY_COLUMNS: &str =
 model, method, path, status, outcome, stream, e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, \
 prefill_ns, decode_ns, delivery_ns, engine_ttft_ns, engine_e2e_ns, read_wait_ns, req_bytes, \
 resp_bytes, chunks, engine_steps, max_gap_ns, client, server, response_id, x_request_id, \
-engine_request_id, gave_up, first_text_ns";
+engine_request_id, gave_up, first_text_ns, prompt_tokens, completion_tokens";
 
 /// A row read with [`SUMMARY_COLUMNS`].
 #[derive(Debug, Default, Row, Deserialize)]
@@ -127,6 +127,8 @@ pub(crate) struct SummaryRow {
     pub(crate) engine_request_id: String,
     pub(crate) gave_up: String,
     pub(crate) first_text_ns: Option<u64>,
+    pub(crate) prompt_tokens: Option<u32>,
+    pub(crate) completion_tokens: Option<u32>,
 }
 
 impl From<SummaryRow> for RequestSummary {
@@ -169,6 +171,8 @@ impl From<SummaryRow> for RequestSummary {
             x_request_id: r.x_request_id,
             engine_request_id: r.engine_request_id,
             gave_up: r.gave_up,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
         }
     }
 }

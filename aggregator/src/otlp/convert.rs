@@ -354,6 +354,14 @@ fn root_attributes(r: &RequestRow, op: Option<&'static str>) -> Vec<KeyValue> {
         let secs = r.ttft_ns as f64 / 1e9;
         a.push(KeyValue::new("gen_ai.response.time_to_first_chunk", secs));
     }
+    for (k, v) in [
+        ("gen_ai.usage.input_tokens", r.prompt_tokens),
+        ("gen_ai.usage.output_tokens", r.completion_tokens),
+    ] {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, i64::from(v)));
+        }
+    }
     a.push(KeyValue::new("inferscope.outcome", r.outcome.clone()));
     a.push(KeyValue::new("inferscope.stream", r.stream != 0));
     a.extend(figures(r));
@@ -421,6 +429,7 @@ mod tests {
             ttft_ns: 2_000,
             queue_ns: Some(100),
             x_request_id: "abc".into(),
+            completion_tokens: Some(8),
             ..Default::default()
         };
         let root = Span {
@@ -517,6 +526,12 @@ mod tests {
             Some(&Value::I64(100))
         );
         assert_eq!(attr(root, "inferscope.phase.prefill_ns"), None);
+        // Only the usage counts the server reported.
+        assert_eq!(
+            attr(root, "gen_ai.usage.output_tokens"),
+            Some(&Value::I64(8))
+        );
+        assert_eq!(attr(root, "gen_ai.usage.input_tokens"), None);
         assert_eq!(attr(root, "custom"), Some(&Value::Bool(true)));
         assert_eq!(root.links.links.len(), 1);
         assert_eq!(root.status, Status::Unset);

@@ -76,6 +76,8 @@ pub struct RequestRow {
     pub engine_output_offsets_ns: Vec<u64>,
     pub tags: Vec<String>,
     pub tenant: String,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
 }
 
 /// A row of `spans`.
@@ -173,6 +175,8 @@ impl RequestRow {
             engine_output_offsets_ns: r.engine_output_offsets_ns.clone(),
             tags: resource_tags(res),
             tenant: escape_controls(&r.tenant),
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,

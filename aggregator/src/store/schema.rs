@@ -290,6 +290,16 @@ FROM {db}.requests"
                 "ALTER TABLE {db}.requests ADD COLUMN tenant {lc} DEFAULT ''"
             )],
         },
+        Migration {
+            version: 9,
+            name: "requests: token usage",
+            // The response's `usage` counts; NULL when the server sent none (streams without
+            // stream_options.include_usage), when its end was not captured, and before.
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN prompt_tokens Nullable(UInt32), \
+             ADD COLUMN completion_tokens Nullable(UInt32)"
+            )],
+        },
     ]
 }
 

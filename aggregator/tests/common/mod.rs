@@ -245,6 +245,9 @@ pub fn request(
         engine_output_offsets_ns: Vec::new(),
         tags: Vec::new(),
         tenant: String::new(),
+        // Non-streamed bodies carry usage.
+        prompt_tokens: (!stream).then_some(9),
+        completion_tokens: (!stream).then_some(64),
     }
 }
 

@@ -193,6 +193,8 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
         ttft_ns: r.ttft_ns,
         first_text_ns: r.first_text_ns,
         tpot_ns: r.tpot_ns,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
         frontend_ns: r.frontend_ns,
         queue_ns: r.queue_ns,
         prefill_ns: r.prefill_ns,
@@ -373,6 +375,8 @@ pub(crate) mod tests {
             ttft_ns: 1_000_000,
             first_text_ns: Some(1_500_000),
             tpot_ns: Some(10_000),
+            prompt_tokens: Some(9),
+            completion_tokens: Some(3),
             chunks: 3,
             max_gap_ns: 20_000,
             chunk_offsets_ns: vec![1_000_000, 1_010_000, 1_030_000],
@@ -422,6 +426,7 @@ pub(crate) mod tests {
         assert_eq!(q.read_wait_ns, 1_234);
         assert_eq!(q.engine_request_id, "cmpl-1-0");
         assert_eq!(q.tenant, "acme");
+        assert_eq!((q.prompt_tokens, q.completion_tokens), (Some(9), Some(3)));
         assert_eq!(q.gave_up, "");
         // Structured endpoints beside the text ones, and the first bytes' sequence numbers.
         assert_eq!(q.client, "127.0.0.1:5000");

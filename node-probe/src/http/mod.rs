@@ -9,16 +9,19 @@
 //! why it gave up ([`HttpConn::gave_up`]) instead of guessing.
 //!
 //! State per connection is bounded: a head buffer of at most [`MAX_HEAD`] bytes while a head is
-//! being read, at most [`MAX_PIPELINE`] requests awaiting responses, and at most
-//! [`MAX_CHUNK_TIMES`] chunk timestamps per exchange.
+//! being read, at most [`MAX_PIPELINE`] requests awaiting responses, at most
+//! [`MAX_CHUNK_TIMES`] chunk timestamps per exchange, and the last [`usage::TAIL`] body bytes
+//! while a response body streams (released at its end).
 pub mod chunked;
 pub mod scan;
 pub mod token;
+pub mod usage;
 
 use std::collections::VecDeque;
 
 use chunked::{Dechunker, Piece};
 use scan::{FieldFinder, SseLine, SseScanner};
+use usage::{Usage, UsageTail};
 
 /// Largest request or response head followed.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -78,6 +81,8 @@ pub struct Exchange {
     pub response_id: Option<String>,
     /// The tenant as sent (header value or body field, [`TenantFrom`]), before bounding.
     pub tenant: Option<String>,
+    /// Token counts from the response's last `usage` object, when it was captured ([`usage`]).
+    pub usage: Option<Usage>,
     /// First read that carried bytes of this request (monotonic ns, syscall exit).
     pub req_first_read_ns: u64,
     /// TCP sequence number of the request's first byte, when known.
@@ -209,6 +214,8 @@ pub struct HttpConn {
     resp_head: Vec<u8>,
     sse: SseScanner,
     id_finder: FieldFinder,
+    /// The end of the current response body, for its `usage`.
+    usage_tail: UsageTail,
     /// Chunk data of the current response was skipped since the last chunk boundary.
     body_skipped: bool,
     /// Set when the client's read side reported EOF or reset.
@@ -285,6 +292,7 @@ impl HttpConn {
             resp_head: Vec::new(),
             sse: SseScanner::new(),
             id_finder: FieldFinder::new(b"id", BODY_SCAN),
+            usage_tail: UsageTail::default(),
             body_skipped: false,
             client_eof_ns: None,
             gave_up: None,
@@ -583,6 +591,7 @@ impl HttpConn {
                     self.resp_head.clear();
                     self.sse = SseScanner::new();
                     self.id_finder = FieldFinder::new(b"id", BODY_SCAN);
+                    self.usage_tail.gap();
                     self.body_skipped = false;
                     self.resp = RespState::Body(framing);
                     if matches!(self.resp, RespState::Body(Framing::Length(0))) {
@@ -596,6 +605,7 @@ impl HttpConn {
                     let ts = b.ts_ns;
                     let sse = &mut self.sse;
                     let idf = &mut self.id_finder;
+                    let tail = &mut self.usage_tail;
                     let is_sse = front.sse;
                     let mut content = |x: &[u8], front: &mut Exchange, resync: bool| {
                         let mut on = |kind, t| match kind {
@@ -615,10 +625,14 @@ impl HttpConn {
                                 front.done_ns = Some(t);
                             }
                         };
-                        if is_sse && resync {
-                            sse.resync(&mut on);
+                        if resync {
+                            tail.gap();
+                            if is_sse {
+                                sse.resync(&mut on);
+                            }
                         }
                         idf.feed(x);
+                        tail.feed(x);
                         if is_sse {
                             sse.feed(ts, x, &mut on);
                         }
@@ -647,6 +661,9 @@ impl HttpConn {
                         }
                         Framing::UntilClose => {
                             content(data, front, false);
+                            if unc > 0 {
+                                content(&[], front, true);
+                            }
                             front.resp_bytes += (data.len() + unc) as u64;
                             return;
                         }
@@ -716,8 +733,10 @@ impl HttpConn {
         // Only an exchange whose response head was seen has a response id: the finder holds
         // the last response's, and is cleared with it.
         let finder = std::mem::replace(&mut self.id_finder, FieldFinder::new(b"id", BODY_SCAN));
+        let usage = self.usage_tail.take();
         if ex.status.is_some() {
             ex.response_id = finder.value().map(str::to_string);
+            ex.usage = usage;
         }
         ex.outcome = Some(outcome);
         ex.gave_up = self.gave_up;

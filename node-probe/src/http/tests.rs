@@ -461,6 +461,49 @@ fn role_only_and_empty_events_in_ttft_and_first_text() {
     assert_eq!(e.chunk_ns, [20, 30, 40]);
     assert_eq!(e.first_text_ns, Some(30));
     assert!(e.done_marker);
+    let three = Usage {
+        prompt_tokens: Some(3),
+        completion_tokens: Some(3),
+    };
+    assert_eq!(e.usage, Some(three), "the usage-only last event's counts");
+}
+
+/// A non-streamed body's `usage`, on a keep-alive connection: the next response has its own
+/// (none here), and a body whose end was not captured has none.
+#[test]
+fn usage_of_a_body_is_its_own_and_only_when_captured() {
+    let mut c = HttpConn::new();
+    let body = r#"{"id":"cmpl-1","choices":[{"text":"hi"}],"usage":{"prompt_tokens":9,"total_tokens":17,"completion_tokens":8}}"#;
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    rd(&mut c, 1, &post("/v1/completions", "{}"));
+    let e = wr(&mut c, 2, resp.as_bytes()).pop().expect("exchange");
+    let want = Usage {
+        prompt_tokens: Some(9),
+        completion_tokens: Some(8),
+    };
+    assert_eq!(e.usage, Some(want));
+    rd(&mut c, 3, &post("/v1/completions", "{}"));
+    let e = wr(&mut c, 4, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        .pop()
+        .expect("exchange");
+    assert_eq!(e.usage, None, "not inherited");
+    // Only the first 60 bytes of the write captured: the usage object is not.
+    rd(&mut c, 5, &post("/v1/completions", "{}"));
+    let mut out = Vec::new();
+    c.on_write(
+        Bytes {
+            ts_ns: 6,
+            total: resp.len(),
+            captured: &resp.as_bytes()[..60],
+            seq: None,
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].usage, None);
 }
 
 #[test]

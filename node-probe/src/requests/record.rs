@@ -167,6 +167,13 @@ pub struct RequestRecord {
     /// Mean time per output chunk after the first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tpot_ns: Option<u64>,
+    /// `usage.prompt_tokens` the server reported (non-streamed bodies; streams that asked for
+    /// `stream_options.include_usage`), when the response's end was captured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
+    /// `usage.completion_tokens`, as `prompt_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u32>,
     /// SSE token events.
     pub chunks: u64,
     /// Largest gap between consecutive chunks.

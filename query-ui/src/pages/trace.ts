@@ -111,6 +111,12 @@ function renderTrace(el: HTMLElement, t: Trace): void {
   el.append(stepsSection(t), batchedSection(t));
 }
 
+/** The response's usage counts, `–` for each the server did not report. */
+function fmtTokens(r: RequestDetail): string {
+  const n = (v: number | null | undefined) => (v == null ? '–' : String(v));
+  return `${n(r.prompt_tokens)} / ${n(r.completion_tokens)}`;
+}
+
 function requestCard(r: RequestDetail): HTMLElement {
   const key: [string, string][] = [
     ['model', r.model],
@@ -128,6 +134,7 @@ function requestCard(r: RequestDetail): HTMLElement {
     ['decode', fmtMs(r.decode_ms)],
     ['delivery', fmtMs(r.delivery_ms)],
     ['chunks / steps', `${r.chunks} / ${r.engine_steps}`],
+    ['tokens in / out', fmtTokens(r)],
     ['connection', fmtConnection(r)],
   ];
   const all = Object.entries(r).filter(([k]) => k !== 'chunk_offsets_ms' && k !== 'step_ids' && k !== 'engine_output_offsets_ms');
