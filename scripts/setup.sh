@@ -15,6 +15,8 @@
 #             the npm registry's `node` package when Debian's is older), `npm ci`, the Vite build to
 #             query-ui/dist, which the aggregator embeds; skipped when dist is newer than the sources.
 # browser     headless Debian Chromium (/usr/bin/chromium) for the UI's browser tests.
+# nvidia      the real NVIDIA user-space libraries for the GPU-path tests (no GPU needed; cached,
+#             never installed): scripts/nvidia-libs.sh. The test fetches them itself too.
 # all         base clickhouse ui engine llamacpp.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -138,6 +140,7 @@ case "${1:-default}" in
   llamacpp) setup_llamacpp ;;
   ui) setup_ui ;;
   browser) setup_browser ;;
+  nvidia) "$HERE/nvidia-libs.sh" ;;
   default) setup_base; setup_clickhouse; setup_ui ;;
   all) setup_base; setup_clickhouse; setup_ui; setup_engine; setup_llamacpp ;;
   *) echo "usage: $0 [base|clickhouse|ui|browser|engine|llamacpp|all]" >&2; exit 2 ;;

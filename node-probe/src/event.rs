@@ -187,6 +187,8 @@ pub enum Event {
     Arrival(ArrivalRecord),
     /// A probed user-space call.
     Call(CallRecord),
+    /// A CUDA boundary call (GPU ring).
+    Gpu(crate::gpu::GpuRecord),
 }
 
 impl Event {
@@ -197,6 +199,7 @@ impl Event {
             Event::Proc(p) => p.kind,
             Event::Arrival(_) => EventKind::SockArrival,
             Event::Call(_) => EventKind::UprobeCall,
+            Event::Gpu(_) => EventKind::GpuCall,
         }
     }
 }
@@ -212,7 +215,7 @@ struct SockFixed {
     sock: SockInfo,
 }
 
-fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -321,6 +324,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 stack: ev.stack,
             }))
         }
+        EventKind::GpuCall => Ok(Event::Gpu(crate::gpu::decode_record(&h, bytes)?)),
         EventKind::ProcExec | EventKind::ProcFork | EventKind::ProcExit => {
             let ev = read::<ProcEvent>(bytes)?;
             Ok(Event::Proc(ProcRecord {
@@ -348,6 +352,7 @@ pub fn kind_name(k: EventKind) -> &'static str {
         EventKind::ProcFork => "fork",
         EventKind::ProcExit => "exit",
         EventKind::UprobeCall => "call",
+        EventKind::GpuCall => "gpu",
     }
 }
 
@@ -410,9 +415,12 @@ pub struct EventJson<'a> {
     /// Call: stack words at entry (from the first stack argument slot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<[u64; UPROBE_STACK_WORDS]>,
-    /// Process name (for a `call`: the hook's name).
+    /// Process name (for a `call` or `gpu`: the hook's name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<&'a str>,
+    /// GPU: the decoded call (API, operation, stream, launches before it, result).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::gpu::GpuCall>,
 }
 
 fn proto_name(s: &SockInfo) -> String {
@@ -482,6 +490,7 @@ impl<'a> EventJson<'a> {
                     args: None,
                     stack: None,
                     comm: None,
+                    gpu: None,
                 }
             }
             Event::Arrival(a) => EventJson {
@@ -506,30 +515,14 @@ impl<'a> EventJson<'a> {
                 args: None,
                 stack: None,
                 comm: None,
+                gpu: None,
             },
-            Event::Call(c) => EventJson {
-                kind: "call",
-                ts_unix_ns: to_wall(c.end_ns),
-                dur_ns: c.paired.then(|| c.end_ns.saturating_sub(c.start_ns)),
-                pid: c.tgid,
-                tid: c.tid,
-                syscall: None,
-                fd: None,
-                listen_fd: None,
-                ret: c.paired.then_some(c.ret as i64),
-                proto: None,
-                local: None,
-                remote: None,
-                inode: None,
-                peer_inode: None,
-                tcp_seq: None,
-                captured: None,
-                payload_hex: None,
-                ppid: None,
-                args: Some(c.args),
-                stack: Some(c.stack),
-                comm: crate::hooks::hook_name(c.hook),
+            Event::Gpu(g) => EventJson {
+                kind: "gpu",
+                gpu: crate::gpu::decode(g),
+                ..Self::call(&g.call, to_wall)
             },
+            Event::Call(c) => Self::call(c, to_wall),
             Event::Proc(p) => EventJson {
                 kind: kind_name(p.kind),
                 ts_unix_ns: to_wall(p.ts_ns),
@@ -552,7 +545,35 @@ impl<'a> EventJson<'a> {
                 args: None,
                 stack: None,
                 comm: Some(&p.comm),
+                gpu: None,
             },
+        }
+    }
+    /// The JSON form of a probed call (`call`; `gpu` records start from it).
+    fn call(c: &CallRecord, to_wall: impl Fn(u64) -> u64) -> EventJson<'static> {
+        EventJson {
+            kind: "call",
+            ts_unix_ns: to_wall(c.end_ns),
+            dur_ns: c.paired.then(|| c.end_ns.saturating_sub(c.start_ns)),
+            pid: c.tgid,
+            tid: c.tid,
+            syscall: None,
+            fd: None,
+            listen_fd: None,
+            ret: c.paired.then_some(c.ret as i64),
+            proto: None,
+            local: None,
+            remote: None,
+            inode: None,
+            peer_inode: None,
+            tcp_seq: None,
+            captured: None,
+            payload_hex: None,
+            ppid: None,
+            args: Some(c.args),
+            stack: Some(c.stack),
+            comm: crate::hooks::hook_name(c.hook),
+            gpu: None,
         }
     }
 }

@@ -6,29 +6,152 @@
 //! generic kernel programs `uprobe_call` / `uretprobe_call`; the attach cookie carries the
 //! [`HookId`], and userspace decodes the saved registers per hook.
 //!
-//! A new hook: a row in [`HOOKS`] (with a new [`HookId`] in its family's range for a uprobe),
-//! decoding where its events are consumed (an engine follower, `gpu/` later).
+//! CUDA hooks use their own kernel programs (`uprobe_gpu_launch`, `uprobe_gpu_call`,
+//! `uretprobe_gpu_call`, [`UprobeKind`]) and ring; the cookie also says where the call's stream
+//! handle is.
+//!
+//! A new hook: a row in the table (with a new [`HookId`] in its family's range for a uprobe),
+//! decoding where its events are consumed (an engine follower, [`crate::gpu`]).
 
-/// Stable ids of uprobe hooks (the attach cookie). Never renumber, only append. Ranges:
-/// 1–99 engine libraries, 100–299 CUDA runtime and driver (reserved), 300–399 NCCL (reserved),
-/// 400–499 TLS libraries (reserved).
-#[repr(u16)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HookId {
+use inferscope_common::{stream_at, uprobe_cookie};
+
+macro_rules! hook_ids {
+    ($($(#[$m:meta])* $name:ident = $v:literal,)*) => {
+        /// Stable ids of uprobe hooks (the attach cookie). Never renumber, only append. Ranges:
+        /// 1–99 engine libraries, 100–199 CUDA driver, 200–299 CUDA runtime, 300–399 NCCL
+        /// (reserved), 400–499 TLS libraries (reserved).
+        #[repr(u16)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum HookId {
+            $($(#[$m])* $name = $v,)*
+        }
+
+        impl HookId {
+            /// Every id.
+            pub const ALL: &'static [HookId] = &[$(HookId::$name),*];
+
+            /// Decodes a raw id.
+            pub const fn from_u16(v: u16) -> Option<Self> {
+                match v {
+                    $($v => Some(Self::$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+hook_ids! {
     /// llama.cpp `int32_t llama_decode(struct llama_context *, struct llama_batch)`: one
     /// forward step. The batch is passed by value in memory, so `n_tokens` (its first field)
     /// is the first stack word.
     LlamaDecode = 1,
+    /// `cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, hStream, params, extra)`.
+    CuLaunchKernel = 100,
+    /// `cuLaunchKernel_ptsz`.
+    CuLaunchKernelPtsz = 101,
+    /// `cuLaunchKernelEx(const CUlaunchConfig *cfg, f, params, extra)`.
+    CuLaunchKernelEx = 102,
+    /// `cuLaunchKernelEx_ptsz`.
+    CuLaunchKernelExPtsz = 103,
+    /// `cuGraphLaunch(exec, stream)`.
+    CuGraphLaunch = 104,
+    /// `cuGraphLaunch_ptsz`.
+    CuGraphLaunchPtsz = 105,
+    /// `cuMemcpyHtoDAsync_v2(dst, src, bytes, stream)`.
+    CuMemcpyHtoDAsync = 106,
+    /// `cuMemcpyHtoDAsync_v2_ptsz`.
+    CuMemcpyHtoDAsyncPtsz = 107,
+    /// `cuMemcpyDtoHAsync_v2(dst, src, bytes, stream)`.
+    CuMemcpyDtoHAsync = 108,
+    /// `cuMemcpyDtoHAsync_v2_ptsz`.
+    CuMemcpyDtoHAsyncPtsz = 109,
+    /// `cuMemcpyDtoDAsync_v2(dst, src, bytes, stream)`.
+    CuMemcpyDtoDAsync = 110,
+    /// `cuMemcpyDtoDAsync_v2_ptsz`.
+    CuMemcpyDtoDAsyncPtsz = 111,
+    /// `cuMemcpyAsync(dst, src, bytes, stream)` (unified addressing: direction unknown).
+    CuMemcpyAsync = 112,
+    /// `cuMemcpyAsync_ptsz`.
+    CuMemcpyAsyncPtsz = 113,
+    /// `cuEventRecord(ev, stream)`.
+    CuEventRecord = 114,
+    /// `cuEventRecord_ptsz`.
+    CuEventRecordPtsz = 115,
+    /// `cuEventRecordWithFlags(ev, stream, flags)`.
+    CuEventRecordWithFlags = 116,
+    /// `cuEventRecordWithFlags_ptsz`.
+    CuEventRecordWithFlagsPtsz = 117,
+    /// `cuEventSynchronize(ev)`, timed to its return.
+    CuEventSynchronize = 118,
+    /// `cuStreamSynchronize(stream)`, timed to its return.
+    CuStreamSynchronize = 119,
+    /// `cuStreamSynchronize_ptsz`.
+    CuStreamSynchronizePtsz = 120,
+    /// `cuStreamWaitEvent(stream, ev, flags)`.
+    CuStreamWaitEvent = 121,
+    /// `cuStreamWaitEvent_ptsz`.
+    CuStreamWaitEventPtsz = 122,
+    /// `cuCtxSynchronize()`, timed to its return.
+    CuCtxSynchronize = 123,
+    /// `cudaLaunchKernel(func, dim3 grid, dim3 block, args, shmem, stream)`: a `dim3` takes two
+    /// registers, so `stream` is the second stack word.
+    CudaLaunchKernel = 200,
+    /// `cudaLaunchKernel_ptsz`.
+    CudaLaunchKernelPtsz = 201,
+    /// `cudaLaunchKernelExC(const cudaLaunchConfig_t *cfg, func, args)`.
+    CudaLaunchKernelExC = 202,
+    /// `cudaLaunchKernelExC_ptsz`.
+    CudaLaunchKernelExCPtsz = 203,
+    /// `cudaGraphLaunch(exec, stream)`.
+    CudaGraphLaunch = 204,
+    /// `cudaGraphLaunch_ptsz`.
+    CudaGraphLaunchPtsz = 205,
+    /// `cudaMemcpyAsync(dst, src, count, kind, stream)`.
+    CudaMemcpyAsync = 206,
+    /// `cudaMemcpyAsync_ptsz`.
+    CudaMemcpyAsyncPtsz = 207,
+    /// `cudaEventRecord(ev, stream)`.
+    CudaEventRecord = 208,
+    /// `cudaEventRecord_ptsz`.
+    CudaEventRecordPtsz = 209,
+    /// `cudaEventRecordWithFlags(ev, stream, flags)`.
+    CudaEventRecordWithFlags = 210,
+    /// `cudaEventRecordWithFlags_ptsz`.
+    CudaEventRecordWithFlagsPtsz = 211,
+    /// `cudaEventSynchronize(ev)`, timed to its return.
+    CudaEventSynchronize = 212,
+    /// `cudaStreamSynchronize(stream)`, timed to its return.
+    CudaStreamSynchronize = 213,
+    /// `cudaStreamSynchronize_ptsz`.
+    CudaStreamSynchronizePtsz = 214,
+    /// `cudaStreamWaitEvent(stream, ev, flags)`.
+    CudaStreamWaitEvent = 215,
+    /// `cudaStreamWaitEvent_ptsz`.
+    CudaStreamWaitEventPtsz = 216,
+    /// `cudaDeviceSynchronize()`, timed to its return.
+    CudaDeviceSynchronize = 217,
 }
 
 impl HookId {
-    /// Decodes a raw id.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            1 => Some(Self::LlamaDecode),
-            _ => None,
-        }
+    /// A CUDA runtime hook (ids 200–299): its launch counters are kept apart from the
+    /// driver's, since a runtime call may reach the driver's probed entry points too.
+    pub const fn is_cuda_runtime(self) -> bool {
+        matches!(self as u16, 200..=299)
     }
+}
+
+/// Which kernel programs serve a uprobe hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UprobeKind {
+    /// The generic `uprobe_call` (and `uretprobe_call` with `ret`): a record in the main ring.
+    Call,
+    /// A CUDA kernel launch: counted per (process, stream) in the kernel, no record. The byte
+    /// says where the stream handle is ([`stream_at`]).
+    GpuLaunch(u8),
+    /// A CUDA call that bounds GPU work: a record in the GPU ring with the launches taken from
+    /// its stream's counter ([`stream_at`]; `NONE` for calls without a stream).
+    GpuCall(u8),
 }
 
 /// What a hook is attached to.
@@ -60,6 +183,8 @@ pub enum Point {
         ret: bool,
         /// The hook id (cookie).
         id: HookId,
+        /// Which programs serve it.
+        kind: UprobeKind,
     },
 }
 
@@ -76,6 +201,8 @@ pub enum Family {
     Arrivals,
     /// Engine libraries (uprobes, attached as targets map them).
     EngineLibraries,
+    /// CUDA driver (`libcuda.so`) and runtime (`libcudart.so`) (uprobes, as targets map them).
+    Gpu,
 }
 
 /// One row of the hook table.
@@ -117,6 +244,12 @@ const SYSCALL_HOOKS: [Hook; 23] = syscall_pairs!(
 pub const UPROBE_PROGRAM: &str = "uprobe_call";
 /// Name of the generic uprobe return program.
 pub const URETPROBE_PROGRAM: &str = "uretprobe_call";
+/// Kernel-launch counter program (CUDA).
+pub const GPU_LAUNCH_PROGRAM: &str = "uprobe_gpu_launch";
+/// CUDA boundary-call entry program.
+pub const GPU_CALL_PROGRAM: &str = "uprobe_gpu_call";
+/// CUDA boundary-call return program.
+pub const GPU_RET_PROGRAM: &str = "uretprobe_gpu_call";
 
 const OTHER_HOOKS: [Hook; 7] = [
     Hook {
@@ -167,13 +300,211 @@ const OTHER_HOOKS: [Hook; 7] = [
             symbol: "llama_decode",
             ret: true,
             id: HookId::LlamaDecode,
+            kind: UprobeKind::Call,
         },
     },
 ];
 
+const fn cuda_hook(
+    library: &'static str,
+    symbol: &'static str,
+    id: HookId,
+    kind: UprobeKind,
+    ret: bool,
+) -> Hook {
+    let program = match kind {
+        UprobeKind::GpuLaunch(_) => GPU_LAUNCH_PROGRAM,
+        _ => GPU_CALL_PROGRAM,
+    };
+    Hook {
+        family: Family::Gpu,
+        program,
+        point: Point::Uprobe {
+            library,
+            symbol,
+            ret,
+            id,
+            kind,
+        },
+    }
+}
+
+/// A launch or a boundary call reported at its entry.
+const fn cuda(library: &'static str, symbol: &'static str, id: HookId, kind: UprobeKind) -> Hook {
+    cuda_hook(library, symbol, id, kind, false)
+}
+
+/// A synchronize: timed to its return.
+const fn cuda_sync(library: &'static str, symbol: &'static str, id: HookId, stream: u8) -> Hook {
+    cuda_hook(library, symbol, id, UprobeKind::GpuCall(stream), true)
+}
+
+const DRV: &str = "libcuda.so";
+const RT: &str = "libcudart.so";
+const LAUNCH_STACK2: UprobeKind = UprobeKind::GpuLaunch(stream_at::stack(2));
+const LAUNCH_STACK1: UprobeKind = UprobeKind::GpuLaunch(stream_at::stack(1));
+const LAUNCH_CFG: UprobeKind = UprobeKind::GpuLaunch(stream_at::config_word(4));
+const ON_ARG1: UprobeKind = UprobeKind::GpuCall(stream_at::reg(1));
+const ON_ARG3: UprobeKind = UprobeKind::GpuCall(stream_at::reg(3));
+const ON_ARG4: UprobeKind = UprobeKind::GpuCall(stream_at::reg(4));
+const ON_ARG0: UprobeKind = UprobeKind::GpuCall(stream_at::reg(0));
+
+/// CUDA hooks: argument positions from `../shared/notes/gpu.md` §2 (x86-64 SysV), asserted on
+/// the real libraries by `tests/gpu.rs`.
+const GPU_HOOKS: [Hook; 42] = {
+    use HookId::*;
+    [
+        cuda(DRV, "cuLaunchKernel", CuLaunchKernel, LAUNCH_STACK2),
+        cuda(
+            DRV,
+            "cuLaunchKernel_ptsz",
+            CuLaunchKernelPtsz,
+            LAUNCH_STACK2,
+        ),
+        cuda(DRV, "cuLaunchKernelEx", CuLaunchKernelEx, LAUNCH_CFG),
+        cuda(
+            DRV,
+            "cuLaunchKernelEx_ptsz",
+            CuLaunchKernelExPtsz,
+            LAUNCH_CFG,
+        ),
+        cuda(DRV, "cuGraphLaunch", CuGraphLaunch, ON_ARG1),
+        cuda(DRV, "cuGraphLaunch_ptsz", CuGraphLaunchPtsz, ON_ARG1),
+        cuda(DRV, "cuMemcpyHtoDAsync_v2", CuMemcpyHtoDAsync, ON_ARG3),
+        cuda(
+            DRV,
+            "cuMemcpyHtoDAsync_v2_ptsz",
+            CuMemcpyHtoDAsyncPtsz,
+            ON_ARG3,
+        ),
+        cuda(DRV, "cuMemcpyDtoHAsync_v2", CuMemcpyDtoHAsync, ON_ARG3),
+        cuda(
+            DRV,
+            "cuMemcpyDtoHAsync_v2_ptsz",
+            CuMemcpyDtoHAsyncPtsz,
+            ON_ARG3,
+        ),
+        cuda(DRV, "cuMemcpyDtoDAsync_v2", CuMemcpyDtoDAsync, ON_ARG3),
+        cuda(
+            DRV,
+            "cuMemcpyDtoDAsync_v2_ptsz",
+            CuMemcpyDtoDAsyncPtsz,
+            ON_ARG3,
+        ),
+        cuda(DRV, "cuMemcpyAsync", CuMemcpyAsync, ON_ARG3),
+        cuda(DRV, "cuMemcpyAsync_ptsz", CuMemcpyAsyncPtsz, ON_ARG3),
+        cuda(DRV, "cuEventRecord", CuEventRecord, ON_ARG1),
+        cuda(DRV, "cuEventRecord_ptsz", CuEventRecordPtsz, ON_ARG1),
+        cuda(
+            DRV,
+            "cuEventRecordWithFlags",
+            CuEventRecordWithFlags,
+            ON_ARG1,
+        ),
+        cuda(
+            DRV,
+            "cuEventRecordWithFlags_ptsz",
+            CuEventRecordWithFlagsPtsz,
+            ON_ARG1,
+        ),
+        cuda_sync(
+            DRV,
+            "cuEventSynchronize",
+            CuEventSynchronize,
+            stream_at::NONE,
+        ),
+        cuda_sync(
+            DRV,
+            "cuStreamSynchronize",
+            CuStreamSynchronize,
+            stream_at::reg(0),
+        ),
+        cuda_sync(
+            DRV,
+            "cuStreamSynchronize_ptsz",
+            CuStreamSynchronizePtsz,
+            stream_at::reg(0),
+        ),
+        cuda(DRV, "cuStreamWaitEvent", CuStreamWaitEvent, ON_ARG0),
+        cuda(
+            DRV,
+            "cuStreamWaitEvent_ptsz",
+            CuStreamWaitEventPtsz,
+            ON_ARG0,
+        ),
+        cuda_sync(DRV, "cuCtxSynchronize", CuCtxSynchronize, stream_at::NONE),
+        cuda(RT, "cudaLaunchKernel", CudaLaunchKernel, LAUNCH_STACK1),
+        cuda(
+            RT,
+            "cudaLaunchKernel_ptsz",
+            CudaLaunchKernelPtsz,
+            LAUNCH_STACK1,
+        ),
+        cuda(RT, "cudaLaunchKernelExC", CudaLaunchKernelExC, LAUNCH_CFG),
+        cuda(
+            RT,
+            "cudaLaunchKernelExC_ptsz",
+            CudaLaunchKernelExCPtsz,
+            LAUNCH_CFG,
+        ),
+        cuda(RT, "cudaGraphLaunch", CudaGraphLaunch, ON_ARG1),
+        cuda(RT, "cudaGraphLaunch_ptsz", CudaGraphLaunchPtsz, ON_ARG1),
+        cuda(RT, "cudaMemcpyAsync", CudaMemcpyAsync, ON_ARG4),
+        cuda(RT, "cudaMemcpyAsync_ptsz", CudaMemcpyAsyncPtsz, ON_ARG4),
+        cuda(RT, "cudaEventRecord", CudaEventRecord, ON_ARG1),
+        cuda(RT, "cudaEventRecord_ptsz", CudaEventRecordPtsz, ON_ARG1),
+        cuda(
+            RT,
+            "cudaEventRecordWithFlags",
+            CudaEventRecordWithFlags,
+            ON_ARG1,
+        ),
+        cuda(
+            RT,
+            "cudaEventRecordWithFlags_ptsz",
+            CudaEventRecordWithFlagsPtsz,
+            ON_ARG1,
+        ),
+        cuda_sync(
+            RT,
+            "cudaEventSynchronize",
+            CudaEventSynchronize,
+            stream_at::NONE,
+        ),
+        cuda_sync(
+            RT,
+            "cudaStreamSynchronize",
+            CudaStreamSynchronize,
+            stream_at::reg(0),
+        ),
+        cuda_sync(
+            RT,
+            "cudaStreamSynchronize_ptsz",
+            CudaStreamSynchronizePtsz,
+            stream_at::reg(0),
+        ),
+        cuda(RT, "cudaStreamWaitEvent", CudaStreamWaitEvent, ON_ARG0),
+        cuda(
+            RT,
+            "cudaStreamWaitEvent_ptsz",
+            CudaStreamWaitEventPtsz,
+            ON_ARG0,
+        ),
+        cuda_sync(
+            RT,
+            "cudaDeviceSynchronize",
+            CudaDeviceSynchronize,
+            stream_at::NONE,
+        ),
+    ]
+};
+
 /// Every hook, in attach order within each family.
 pub fn hooks() -> impl Iterator<Item = &'static Hook> {
-    SYSCALL_HOOKS.iter().chain(OTHER_HOOKS.iter())
+    SYSCALL_HOOKS
+        .iter()
+        .chain(OTHER_HOOKS.iter())
+        .chain(GPU_HOOKS.iter())
 }
 
 /// The hooks of one family.
@@ -192,6 +523,31 @@ pub struct UprobeHook {
     pub ret: bool,
     /// Id (cookie).
     pub id: HookId,
+    /// Which programs serve it.
+    pub kind: UprobeKind,
+}
+
+impl UprobeHook {
+    /// The entry program, then the return program when the hook has one.
+    pub fn programs(&self) -> (&'static str, Option<&'static str>) {
+        match (self.kind, self.ret) {
+            (UprobeKind::Call, false) => (UPROBE_PROGRAM, None),
+            (UprobeKind::Call, true) => (UPROBE_PROGRAM, Some(URETPROBE_PROGRAM)),
+            (UprobeKind::GpuLaunch(_), _) => (GPU_LAUNCH_PROGRAM, None),
+            (UprobeKind::GpuCall(_), false) => (GPU_CALL_PROGRAM, None),
+            (UprobeKind::GpuCall(_), true) => (GPU_CALL_PROGRAM, Some(GPU_RET_PROGRAM)),
+        }
+    }
+
+    /// The attach cookie: id, paired flag and the stream location of CUDA hooks.
+    pub fn cookie(&self) -> u64 {
+        match self.kind {
+            UprobeKind::Call => uprobe_cookie::pack(self.id as u16, self.ret),
+            UprobeKind::GpuLaunch(s) | UprobeKind::GpuCall(s) => {
+                uprobe_cookie::pack_gpu(self.id as u16, self.ret, s)
+            }
+        }
+    }
 }
 
 /// Every uprobe hook.
@@ -202,11 +558,13 @@ pub fn uprobes() -> impl Iterator<Item = UprobeHook> {
             symbol,
             ret,
             id,
+            kind,
         } => Some(UprobeHook {
             library,
             symbol,
             ret,
             id,
+            kind,
         }),
         _ => None,
     })
@@ -254,12 +612,36 @@ mod tests {
         // Uprobe ids are unique and decode back.
         let ids: Vec<u16> = uprobes().map(|u| u.id as u16).collect();
         let mut dedup = ids.clone();
+        dedup.sort_unstable();
         dedup.dedup();
-        assert_eq!(ids, dedup);
+        assert_eq!(ids.len(), dedup.len(), "unique ids");
+        // Every id has exactly one row, and decodes back.
+        assert_eq!(ids.len(), HookId::ALL.len());
         for id in ids {
             assert!(HookId::from_u16(id).is_some());
         }
         assert_eq!(hook_name(HookId::LlamaDecode as u16), Some("llama_decode"));
+        // CUDA rows: ids in their library's range, `_ptsz` beside each base symbol with the
+        // same programs and stream location, synchronizes paired.
+        for u in uprobes().filter(|u| u.kind != UprobeKind::Call) {
+            let id = u.id as u16;
+            match u.library {
+                "libcuda.so" => assert!((100..200).contains(&id), "{}", u.symbol),
+                "libcudart.so" => assert!(u.id.is_cuda_runtime(), "{}", u.symbol),
+                l => panic!("{l}"),
+            }
+            assert_eq!(u.symbol.contains("Synchronize"), u.ret, "{}", u.symbol);
+            if let Some(base) = u.symbol.strip_suffix("_ptsz") {
+                let b = uprobes().find(|b| b.symbol == base).expect(base);
+                assert_eq!((b.kind, b.ret, b.library), (u.kind, u.ret, u.library));
+            }
+        }
+        let c = uprobes()
+            .find(|u| u.id == HookId::CuLaunchKernel)
+            .unwrap()
+            .cookie();
+        assert_eq!(uprobe_cookie::stream(c), stream_at::stack(2));
+        assert_eq!(c & uprobe_cookie::HOOK_MASK, 100);
     }
 
     #[test]

@@ -12,12 +12,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use inferscope_common::{
-    uprobe_cookie, watch_key, DropReason, EventKind, KernelOffsets, ProbeConfig, SyscallId,
-    TargetInfo, TargetReason, LOSS_SLOTS, MAP_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_LOSS,
+    watch_key, DropReason, EventKind, KernelOffsets, ProbeConfig, SyscallId, TargetInfo,
+    TargetReason, LOSS_SLOTS, MAP_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_GPU_EVENTS, MAP_LOSS,
     MAP_SYSCALLS, MAP_TARGETS, MAP_WATCH_PORTS, MAX_PAYLOAD, MAX_SYSCALL_NR,
 };
 
-use crate::hooks::{self, Family, Point, UprobeHook, UPROBE_PROGRAM, URETPROBE_PROGRAM};
+use crate::hooks::{
+    self, Family, Point, UprobeHook, GPU_CALL_PROGRAM, GPU_LAUNCH_PROGRAM, GPU_RET_PROGRAM,
+    UPROBE_PROGRAM, URETPROBE_PROGRAM,
+};
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
@@ -82,6 +85,15 @@ pub enum ProbeError {
     Invalid(String),
 }
 
+/// The rings the kernel programs write: socket, process and engine-library records, and GPU
+/// call records apart (a launch storm never crowds out the others).
+pub struct Rings {
+    /// [`MAP_EVENTS`].
+    pub events: RingBuf<MapData>,
+    /// [`inferscope_common::MAP_GPU_EVENTS`].
+    pub gpu: RingBuf<MapData>,
+}
+
 /// Options for [`Probe::load`].
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
@@ -122,10 +134,7 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError
 
 impl Probe {
     /// Loads the object, writes the configuration; attaches nothing yet.
-    pub fn load(
-        opts: &ProbeOptions,
-        offsets: KernelOffsets,
-    ) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    pub fn load(opts: &ProbeOptions, offsets: KernelOffsets) -> Result<(Self, Rings), ProbeError> {
         if opts.payload_cap as usize > MAX_PAYLOAD {
             return Err(ProbeError::Invalid(format!(
                 "payload cap {} exceeds the maximum {MAX_PAYLOAD}",
@@ -175,7 +184,13 @@ impl Probe {
         let loss = PerCpuArray::try_from(take(&mut ebpf, MAP_LOSS)?).map_err(map_err(MAP_LOSS))?;
         let drops =
             PerCpuArray::try_from(take(&mut ebpf, MAP_DROPS)?).map_err(map_err(MAP_DROPS))?;
-        let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
+        let ring = |ebpf: &mut Ebpf, name: &'static str| {
+            RingBuf::try_from(take(ebpf, name)?).map_err(map_err(name))
+        };
+        let rings = Rings {
+            events: ring(&mut ebpf, MAP_EVENTS)?,
+            gpu: ring(&mut ebpf, MAP_GPU_EVENTS)?,
+        };
         Ok((
             Self {
                 ebpf,
@@ -186,7 +201,7 @@ impl Probe {
                 uprobes_loaded: false,
                 attached: Vec::new(),
             },
-            ring,
+            rings,
         ))
     }
 
@@ -309,7 +324,13 @@ impl Probe {
         if self.uprobes_loaded {
             return Ok(());
         }
-        for name in [UPROBE_PROGRAM, URETPROBE_PROGRAM] {
+        for name in [
+            UPROBE_PROGRAM,
+            URETPROBE_PROGRAM,
+            GPU_LAUNCH_PROGRAM,
+            GPU_CALL_PROGRAM,
+            GPU_RET_PROGRAM,
+        ] {
             let p = self.uprobe_program(name)?;
             p.load().map_err(|source| ProbeError::Program {
                 name: name.to_string(),
@@ -320,26 +341,31 @@ impl Probe {
         Ok(())
     }
 
-    /// Attaches one uprobe hook (and its return probe) to the file at `path`, for every process
-    /// that maps it. Returns the links, to give to [`Probe::detach_uprobe`].
+    /// Attaches one uprobe hook (and its return probe) to the file at `path`, `skip` bytes into
+    /// its symbol ([`crate::entry::probe_skips`]), for every process that maps it. Returns the links, to give to [`Probe::detach_uprobe`].
     pub fn attach_uprobe(
         &mut self,
         hook: &UprobeHook,
         path: &Path,
+        skip: u64,
     ) -> Result<Vec<UprobeLink>, ProbeError> {
         self.load_uprobes()?;
         let symbol = hooks::plain_symbol(hook.symbol);
-        let cookie = uprobe_cookie::pack(hook.id as u16, hook.ret);
+        let cookie = hook.cookie();
         let mut links = Vec::new();
         // The return probe first, so that an entry saved is always consumed.
-        let programs: &[&'static str] = if hook.ret {
-            &[URETPROBE_PROGRAM, UPROBE_PROGRAM]
-        } else {
-            &[UPROBE_PROGRAM]
+        let programs: Vec<&'static str> = match hook.programs() {
+            (entry, Some(exit)) => vec![exit, entry],
+            (entry, None) => vec![entry],
         };
-        for &name in programs {
+        for name in programs {
+            let location = if skip == 0 {
+                UProbeAttachLocation::Symbol(symbol)
+            } else {
+                UProbeAttachLocation::SymbolOffset(symbol, skip)
+            };
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::Symbol(symbol),
+                location,
                 cookie: Some(cookie),
             };
             let attached =

@@ -232,6 +232,8 @@ impl Tracker {
             },
             Event::Arrival(a) => self.on_arrival(a),
             Event::Call(c) => self.engines.on_call(c),
+            // GPU step timelines are built from these next (issue: the GPU path).
+            Event::Gpu(_) => {}
             Event::Proc(p) if p.kind == EventKind::ProcExit => {
                 self.engines.forget(p.tgid);
                 let keys: Vec<_> = self

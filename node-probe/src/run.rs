@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use inferscope_common::{EventKind, TargetReason};
 use tracing::{debug, info, warn};
 
@@ -121,7 +122,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     opts.exit_group_dead_off =
         tracefs::field_offset(&tracefs, "sched", "sched_process_exit", "group_dead").unwrap_or(0);
 
-    let (mut probe, mut ring) = Probe::load(&opts, offsets)?;
+    let (mut probe, mut rings) = Probe::load(&opts, offsets)?;
     let proc_root = cfg.proc_root.as_path();
     let mut uprobes = Uprobes::new();
     // Lifecycle first, so children forked by targets during the scan are caught in-kernel.
@@ -202,19 +203,8 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(ev) => pending.push(ev),
-                Err(e) => {
-                    let k = peek_kind(&item).unwrap_or(u32::MAX);
-                    *stats.decode_errors.entry(k).or_default() += 1;
-                    debug!(error = %e, "undecodable record");
-                }
-            }
-            if pending.len() >= 4096 {
-                break;
-            }
-        }
+        drain(&mut rings.events, &mut pending, &mut stats, 4096);
+        drain(&mut rings.gpu, &mut pending, &mut stats, 8192);
         let drained = pending.len();
         for ev in pending.drain(..) {
             tracker.on_event(&ev, &mut finished);
@@ -296,6 +286,22 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     }
     collect_counters(&mut stats, &probe, &tracker);
     Ok(stats)
+}
+
+/// Decodes records of `ring` into `pending` until it holds `max` (the rest waits for the next
+/// turn); undecodable ones are counted per kind.
+fn drain(ring: &mut RingBuf<MapData>, pending: &mut Vec<Event>, stats: &mut Stats, max: usize) {
+    while pending.len() < max {
+        let Some(item) = ring.next() else { return };
+        match decode(&item) {
+            Ok(ev) => pending.push(ev),
+            Err(e) => {
+                let k = peek_kind(&item).unwrap_or(u32::MAX);
+                *stats.decode_errors.entry(k).or_default() += 1;
+                debug!(error = %e, "undecodable record");
+            }
+        }
+    }
 }
 
 /// Copies the tracker's counters and the kernel's loss counters into `stats`.

@@ -153,9 +153,15 @@ impl Uprobes {
         let wanted: Vec<UprobeHook> = hooks::uprobes()
             .filter(|h| hooks::library_matches(h.library, &name))
             .collect();
+        let symbols: Vec<&str> = wanted
+            .iter()
+            .map(|h| hooks::plain_symbol(h.symbol))
+            .collect();
+        // Past prologues the kernel would single-step (CUDA driver entry points).
+        let skips = crate::entry::probe_skips(path, &symbols);
         let mut links = Vec::new();
-        for h in &wanted {
-            match probe.attach_uprobe(h, path) {
+        for (h, skip) in wanted.iter().zip(skips) {
+            match probe.attach_uprobe(h, path, skip) {
                 Ok(mut l) => {
                     self.stats.attached_total += 1;
                     links.append(&mut l);

@@ -3,6 +3,12 @@
 //! that `dlopen`s it, untraced and traced by node-probe (entry + return probe through the hook
 //! table), interleaved rounds; prints ns per call and the difference, the cost per engine step.
 //!
+//! With `--cuda LIBCUDA` (the real `libcuda.so.1`: `scripts/nvidia-libs.sh`), the same for the
+//! GPU hooks, called with marker handles (the uninitialised driver returns at once): a kernel
+//! launch (`cuLaunchKernel`: counted in the kernel, no record), a boundary call
+//! (`cuEventRecord`: one GPU ring record) and a synchronize (`cuStreamSynchronize`: entry and
+//! return probes).
+//!
 //! `cargo build --release && sudo target/release/uprobe-cost --probe target/release/node-probe`
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,6 +29,69 @@ struct Args {
     /// node-probe binary.
     #[arg(long, default_value = "target/release/node-probe")]
     probe: PathBuf,
+    /// Also measure the CUDA hooks on this `libcuda.so.1`.
+    #[arg(long)]
+    cuda: Option<PathBuf>,
+}
+
+const CUDA_CALLER: &str = "inferscope-uprobe-cost-cuda";
+const CUDA_CALLS: [&str; 3] = ["launch_ns", "record_ns", "sync_ns"];
+
+fn build_cuda(dir: &Path) -> anyhow::Result<PathBuf> {
+    let bin = dir.join(CUDA_CALLER);
+    let src = harness::repo().join("node-probe/tests/fixtures/c/cuda_caller.c");
+    let st = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .arg("-ldl")
+        .status()
+        .context("cc")?;
+    ensure!(st.success(), "cc cuda_caller.c");
+    Ok(bin)
+}
+
+/// One CUDA round: ns per call of each of [`CUDA_CALLS`].
+fn cuda_round(bin: &Path, lib: &Path, calls: u64) -> anyhow::Result<[f64; 3]> {
+    let out = Command::new(bin)
+        .arg(lib)
+        // Time for node-probe to find the target and attach its 24 driver hooks.
+        .args(["-", "bench", "3000", &calls.to_string()])
+        .output()?;
+    ensure!(out.status.success(), "cuda caller failed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let get = |k: &str| v[k].as_f64().context("ns per call");
+    Ok([
+        get(CUDA_CALLS[0])?,
+        get(CUDA_CALLS[1])?,
+        get(CUDA_CALLS[2])?,
+    ])
+}
+
+/// Interleaved untraced/traced rounds of the CUDA calls; prints the cost of each hook kind.
+fn cuda_cost(dir: &Path, lib: &Path, a: &Args) -> anyhow::Result<()> {
+    let bin = build_cuda(dir)?;
+    let plain = dir.join("plain-cuda");
+    std::fs::copy(&bin, &plain)?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        off.push(cuda_round(&plain, lib, a.calls)?);
+        on.push(cuda_round(&bin, lib, a.calls)?);
+        // The links stay until node-probe has seen the target exit and released them all.
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    for (i, name) in CUDA_CALLS.iter().enumerate() {
+        let (o, t) = (
+            median(&off.iter().map(|r| r[i]).collect::<Vec<_>>()),
+            median(&on.iter().map(|r| r[i]).collect::<Vec<_>>()),
+        );
+        println!(
+            "uprobe-cost cuda {}: untraced {o:.1} ns/call, traced {t:.1} ns/call: +{:.0} ns per call",
+            name.trim_end_matches("_ns"),
+            t - o
+        );
+    }
+    Ok(())
 }
 
 fn build(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -67,7 +136,7 @@ fn main() -> anyhow::Result<()> {
     let mut probe = Command::new(&a.probe)
         .args([
             "--cmdline",
-            "inferscope-uprobe-cost-caller",
+            "inferscope-uprobe-cost-(caller|cuda)",
             "--rescan-s",
             "0.2",
         ])
@@ -83,6 +152,9 @@ fn main() -> anyhow::Result<()> {
         std::fs::copy(&bin, &plain)?;
         off.push(round(&plain, &lib, a.calls)?);
         on.push(round(&bin, &lib, a.calls)?);
+    }
+    if let Some(lib) = &a.cuda {
+        cuda_cost(&dir, lib, &a)?;
     }
     harness::kill(&mut probe, libc::SIGINT);
     let (m_off, m_on) = (median(&off), median(&on));

@@ -30,6 +30,14 @@ pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_UPROBE_INFLIGHT: &str = "UPROBE_INFLIGHT";
 /// Capacity of [`MAP_UPROBE_INFLIGHT`] (threads concurrently inside a probed call).
 pub const MAX_UPROBE_INFLIGHT: u32 = 16384;
+/// Ring buffer of GPU call records ([`GpuCallEvent`]), apart from [`MAP_EVENTS`] so that a
+/// launch storm never crowds out socket events.
+pub const MAP_GPU_EVENTS: &str = "GPU_EVENTS";
+/// `GpuStreamKey -> u64`: kernel launches per (process, stream) since the last boundary call on
+/// that stream (LRU).
+pub const MAP_GPU_LAUNCHES: &str = "GPU_LAUNCHES";
+/// Capacity of [`MAP_GPU_LAUNCHES`] (streams with launches not yet reported).
+pub const MAX_GPU_STREAMS: u32 = 65536;
 /// Array `syscall number -> SyscallId value` (0: not traced), read by the raw `sys_enter` /
 /// `sys_exit` programs. Userspace fills it with the host architecture's numbers.
 pub const MAP_SYSCALLS: &str = "SYSCALLS";
@@ -65,7 +73,7 @@ pub const COMM_LEN: usize = 16;
 /// | 1–15 | sockets (syscalls, arrivals) |
 /// | 16–31 | process lifecycle |
 /// | 32–47 | user-space calls (uprobes on engine libraries) |
-/// | 48–95 | GPU runtime and driver (CUDA), reserved |
+/// | 48–95 | GPU runtime and driver (CUDA) |
 /// | 96–111 | collectives (NCCL), reserved |
 /// | 112–127 | reserved |
 #[repr(u32)]
@@ -92,6 +100,11 @@ pub enum EventKind {
     /// A probed user-space function was called by a target ([`UprobeEvent`]): at its return for
     /// hooks with a return probe, else at its entry.
     UprobeCall = 32,
+    /// A probed CUDA driver or runtime call that bounds GPU work (graph launch, async copy,
+    /// event record/synchronize, stream/context synchronize, stream wait), with the kernel
+    /// launches counted on its stream since the previous one ([`GpuCallEvent`], in
+    /// [`MAP_GPU_EVENTS`]).
+    GpuCall = 48,
 }
 
 /// First value of each reserved [`EventKind`] range.
@@ -102,7 +115,7 @@ pub mod kind_range {
     pub const PROCESS: u32 = 16;
     /// User-space calls (uprobes): 32–47.
     pub const UPROBES: u32 = 32;
-    /// GPU runtime and driver: 48–95 (reserved).
+    /// GPU runtime and driver: 48–95.
     pub const GPU: u32 = 48;
     /// Collectives: 96–111 (reserved).
     pub const COLLECTIVES: u32 = 96;
@@ -124,6 +137,7 @@ impl EventKind {
             17 => Self::ProcFork,
             18 => Self::ProcExit,
             32 => Self::UprobeCall,
+            48 => Self::GpuCall,
             _ => return None,
         })
     }
@@ -392,19 +406,82 @@ pub const UPROBE_ARGS: usize = 6;
 /// (x86-64: `rsp + 8`, `rsp + 16`, …): where arguments passed by value in memory live.
 pub const UPROBE_STACK_WORDS: usize = 4;
 
-/// The attach cookie of a uprobe: which hook of node-probe's hook table it is, and whether a
-/// return probe completes the call. Packed as `hook | flags << 16`.
+/// The attach cookie of a uprobe: which hook of node-probe's hook table it is, whether a
+/// return probe completes the call, and (GPU hooks) where the call's stream handle is. Packed
+/// as `hook | flags << 16 | stream location << 24`.
 pub mod uprobe_cookie {
     /// Bits of the hook id.
     pub const HOOK_MASK: u64 = 0xffff;
     /// The call is completed by a return probe: the entry is saved, the record written at the
     /// return.
     pub const PAIRED: u64 = 1 << 16;
+    /// Shift of the stream location byte ([`crate::stream_at`]).
+    pub const STREAM_SHIFT: u64 = 24;
     /// Packs a cookie.
     pub const fn pack(hook: u16, paired: bool) -> u64 {
         hook as u64 | if paired { PAIRED } else { 0 }
     }
+    /// Packs a cookie with a stream location.
+    pub const fn pack_gpu(hook: u16, paired: bool, stream: u8) -> u64 {
+        pack(hook, paired) | (stream as u64) << STREAM_SHIFT
+    }
+    /// The stream location of a cookie.
+    pub const fn stream(cookie: u64) -> u8 {
+        (cookie >> STREAM_SHIFT) as u8
+    }
 }
+
+/// Where a GPU call's stream handle is, as one byte of the attach cookie.
+pub mod stream_at {
+    /// The call has no stream (event and context synchronize).
+    pub const NONE: u8 = 0;
+    /// Argument register `i` (0-based, at most 5).
+    pub const fn reg(i: u8) -> u8 {
+        1 + i
+    }
+    /// Stack word `i` from the first stack argument slot (at most 3).
+    pub const fn stack(i: u8) -> u8 {
+        8 + i
+    }
+    /// The 8-byte word `i` of the struct that argument 0 points to (launch configs:
+    /// `CUlaunchConfig.hStream` and `cudaLaunchConfig_t.stream` are word 4), at most 15.
+    pub const fn config_word(i: u8) -> u8 {
+        16 + i
+    }
+}
+
+/// Key of [`MAP_GPU_LAUNCHES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStreamKey {
+    /// Process.
+    pub tgid: u32,
+    /// Which API counted: 0 the driver, 1 the runtime ([`gpu_api`]); a runtime call may
+    /// reach the driver's probed entry points too, so the two are never added.
+    pub api: u32,
+    /// Stream handle (0: the legacy default stream; per-thread default streams are 2).
+    pub stream: u64,
+}
+
+/// The API of a GPU hook id: 1 for the CUDA runtime's range (200–299), else 0 (driver).
+pub const fn gpu_api(hook: u32) -> u32 {
+    (hook >= 200 && hook < 300) as u32
+}
+
+/// One GPU boundary call by a target ([`EventKind::GpuCall`]): the generic uprobe fields, the
+/// stream handle read where the cookie says, and the kernel launches counted on that stream
+/// since the previous boundary call on it (taken at this call's entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCallEvent {
+    /// The call, as for any uprobe (`call.header.kind` is [`EventKind::GpuCall`]).
+    pub call: UprobeEvent,
+    /// Stream handle (0 when the call has none, or for the default stream).
+    pub stream: u64,
+    /// Kernel launches on `stream` since the previous boundary call on it.
+    pub launches: u64,
+}
+const _: () = assert!(core::mem::size_of::<GpuCallEvent>() == 128 + 16);
 
 /// One probed user-space call by a target ([`EventKind::UprobeCall`]). `header.ts_ns` is the
 /// return time for paired hooks (the entry time otherwise).
@@ -450,6 +527,10 @@ pub struct UprobeInflight {
     pub args: [u64; UPROBE_ARGS],
     /// Stack words.
     pub stack: [u64; UPROBE_STACK_WORDS],
+    /// GPU calls: the stream handle and the launches taken at entry (0 otherwise).
+    pub stream: u64,
+    /// GPU calls: launches counted on `stream` before this call.
+    pub launches: u64,
 }
 
 /// Key of [`MAP_WATCH_PORTS`] for a local port in a network namespace.
@@ -608,4 +689,5 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::UprobeKey {}
     unsafe impl aya::Pod for super::UprobeInflight {}
+    unsafe impl aya::Pod for super::GpuStreamKey {}
 }

@@ -12,8 +12,10 @@
 //!   added synchronously at fork, exited processes removed, and execs reported for pattern
 //!   matching in userspace.
 //! * [`uprobes`] — one generic entry and one generic return program for every user-space hook
-//!   (engine libraries; CUDA and NCCL to come): the attach cookie names the hook, the record
-//!   carries the argument registers and the first stack words, userspace decodes per hook.
+//!   of the engine libraries: the attach cookie names the hook, the record carries the argument
+//!   registers and the first stack words, userspace decodes per hook.
+//! * [`gpu`] — CUDA driver and runtime calls on the same pattern, in a ring of their own:
+//!   kernel launches only counted per (process, stream), boundary calls recorded with the count.
 //!
 //! Kernel layouts come from [`ProbeConfig::offsets`], filled by userspace from BTF; nothing here
 //! hard-codes a struct offset. Events are written without a wakeup (`BPF_RB_NO_WAKEUP`): the
@@ -23,6 +25,7 @@
 #![no_main]
 
 mod arrivals;
+mod gpu;
 mod process;
 mod sockets;
 mod uprobes;
@@ -33,9 +36,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use inferscope_common::{
-    DropReason, EventHeader, EventKind, InFlight, ProbeConfig, SockEvent, TargetInfo,
-    UprobeInflight, UprobeKey, DROP_SLOTS, LOSS_SLOTS, MAX_INFLIGHT, MAX_PAYLOAD, MAX_SYSCALL_NR,
-    MAX_TARGETS, MAX_UPROBE_INFLIGHT, MAX_WATCH_PORTS,
+    DropReason, EventHeader, EventKind, GpuStreamKey, InFlight, ProbeConfig, SockEvent, TargetInfo,
+    UprobeInflight, UprobeKey, DROP_SLOTS, LOSS_SLOTS, MAX_GPU_STREAMS, MAX_INFLIGHT, MAX_PAYLOAD,
+    MAX_SYSCALL_NR, MAX_TARGETS, MAX_UPROBE_INFLIGHT, MAX_WATCH_PORTS,
 };
 
 #[map]
@@ -59,6 +62,11 @@ static WATCH_PORTS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_WATCH_PORT
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SYSCALLS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+#[map]
+static GPU_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static GPU_LAUNCHES: LruHashMap<GpuStreamKey, u64> =
+    LruHashMap::with_max_entries(MAX_GPU_STREAMS, 0);
 
 /// A [`SockEvent`] followed by slack, so that a bounded copy at a masked offset inside `payload`
 /// provably stays inside the map value.

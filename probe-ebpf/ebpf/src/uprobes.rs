@@ -11,8 +11,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use inferscope_common::{
-    uprobe_cookie, DropReason, EventKind, UprobeEvent, UprobeInflight, UprobeKey, UPROBE_ARGS,
-    UPROBE_STACK_WORDS,
+    uprobe_cookie, DropReason, EventKind, ProbeConfig, UprobeEvent, UprobeInflight, UprobeKey,
+    UPROBE_ARGS, UPROBE_STACK_WORDS,
 };
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[inline(always)]
-fn cookie(ctx: &impl EbpfContext) -> u64 {
+pub(crate) fn cookie(ctx: &impl EbpfContext) -> u64 {
     // SAFETY: the helper reads the cookie of the link this program runs for.
     unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) }
 }
@@ -36,11 +36,25 @@ pub fn uprobe_call(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let c = cookie(&ctx);
     let hook = (c & uprobe_cookie::HOOK_MASK) as u32;
+    let saved = save_entry(&ctx, cfg);
+    if c & uprobe_cookie::PAIRED != 0 {
+        save_inflight(pid_tgid, hook, &saved);
+        return 0;
+    }
+    emit(pid_tgid, hook, 0, 0, &saved);
+    0
+}
+
+/// The entry time, argument registers and first stack words of a call.
+#[inline(always)]
+pub(crate) fn save_entry(ctx: &ProbeContext, cfg: &ProbeConfig) -> UprobeInflight {
     let mut saved = UprobeInflight {
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         args: [0; UPROBE_ARGS],
         stack: [0; UPROBE_STACK_WORDS],
+        stream: 0,
+        launches: 0,
     };
     for i in 0..UPROBE_ARGS {
         saved.args[i] = ctx.arg::<u64>(i).unwrap_or(0);
@@ -53,24 +67,23 @@ pub fn uprobe_call(ctx: ProbeContext) -> u32 {
             saved.stack[i] = ru::<u64>(first + 8 * i as u64).unwrap_or(0);
         }
     }
-    if c & uprobe_cookie::PAIRED != 0 {
-        let key = UprobeKey {
-            pid_tgid,
-            hook,
-            _pad: 0,
-        };
-        let _ = UPROBE_INFLIGHT.insert(&key, &saved, 0);
-        return 0;
-    }
-    emit(pid_tgid, hook, 0, 0, &saved);
-    0
+    saved
 }
 
-/// Return of a hooked function whose entry was saved.
-#[uretprobe]
-pub fn uretprobe_call(ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let hook = (cookie(&ctx) & uprobe_cookie::HOOK_MASK) as u32;
+/// Keeps a call's entry for its return probe.
+#[inline(always)]
+pub(crate) fn save_inflight(pid_tgid: u64, hook: u32, saved: &UprobeInflight) {
+    let key = UprobeKey {
+        pid_tgid,
+        hook,
+        _pad: 0,
+    };
+    let _ = UPROBE_INFLIGHT.insert(&key, saved, 0);
+}
+
+/// Takes the entry saved for this thread's call of `hook` (counting a missing one).
+#[inline(always)]
+pub(crate) fn take_inflight(pid_tgid: u64, hook: u32) -> Option<UprobeInflight> {
     let key = UprobeKey {
         pid_tgid,
         hook,
@@ -83,25 +96,49 @@ pub fn uretprobe_call(ctx: RetProbeContext) -> u32 {
             if is_target((pid_tgid >> 32) as u32) {
                 count_drop(DropReason::UprobeInflightMissing);
             }
-            return 0;
+            return None;
         }
     };
     let _ = UPROBE_INFLIGHT.remove(&key);
+    Some(saved)
+}
+
+/// Return of a hooked function whose entry was saved.
+#[uretprobe]
+pub fn uretprobe_call(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let hook = (cookie(&ctx) & uprobe_cookie::HOOK_MASK) as u32;
+    let Some(saved) = take_inflight(pid_tgid, hook) else {
+        return 0;
+    };
     emit(pid_tgid, hook, 1, ctx.ret::<u64>(), &saved);
     0
 }
 
+/// The record of a call.
 #[inline(always)]
-fn emit(pid_tgid: u64, hook: u32, paired: u32, ret: u64, saved: &UprobeInflight) {
-    let ev = UprobeEvent {
-        header: header(EventKind::UprobeCall, pid_tgid),
+pub(crate) fn call_event(
+    kind: EventKind,
+    pid_tgid: u64,
+    hook: u32,
+    paired: u32,
+    ret: u64,
+    saved: &UprobeInflight,
+) -> UprobeEvent {
+    UprobeEvent {
+        header: header(kind, pid_tgid),
         hook,
         paired,
         start_ns: saved.start_ns,
         ret,
         args: saved.args,
         stack: saved.stack,
-    };
+    }
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, hook: u32, paired: u32, ret: u64, saved: &UprobeInflight) {
+    let ev = call_event(EventKind::UprobeCall, pid_tgid, hook, paired, ret, saved);
     if EVENTS.output::<UprobeEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
         count_loss(EventKind::UprobeCall);
     }
