@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
+use crate::gpu::steps::{GpuStep, GpuSteps, StepStats};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
 use crate::metrics::{self, Gauges, MetricsPage};
@@ -196,6 +197,8 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let mut ports_for_targets = probe.targets().len();
     let mut pending: Vec<Event> = Vec::with_capacity(1024);
     let mut finished: Vec<RequestRecord> = Vec::new();
+    let mut gpu_steps = GpuSteps::new();
+    let mut steps_done: Vec<GpuStep> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -203,16 +206,32 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        drain(&mut rings.events, &mut pending, &mut stats, 4096);
+        // The GPU ring first: a process's exit (main ring) must come after its last GPU calls,
+        // which complete its GPU steps.
         drain(&mut rings.gpu, &mut pending, &mut stats, 8192);
+        let gpu_records = pending.len();
+        drain(
+            &mut rings.events,
+            &mut pending,
+            &mut stats,
+            gpu_records + 4096,
+        );
         let drained = pending.len();
         for ev in pending.drain(..) {
             tracker.on_event(&ev, &mut finished);
+            if let Event::Gpu(g) = &ev {
+                if let Some(c) = crate::gpu::decode(g) {
+                    gpu_steps.on_call(g, &c, &mut steps_done);
+                }
+            }
             *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
             if let Event::Proc(p) = &ev {
                 let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
                 match p.kind {
-                    EventKind::ProcExit => uprobes.forget_pid(&mut probe, p.tgid),
+                    EventKind::ProcExit => {
+                        gpu_steps.forget(p.tgid);
+                        uprobes.forget_pid(&mut probe, p.tgid);
+                    }
                     EventKind::ProcExec | EventKind::ProcFork if is_target => {
                         uprobes.sync_pid(&mut probe, proc_root, p.tgid);
                     }
@@ -225,7 +244,9 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
             }
             if let Some(fmt) = cfg.print {
                 print_event(&mut out, fmt, &ev, &clock, cfg.print_payload)?;
+                print_gpu_steps(&mut out, fmt, &mut steps_done, &clock)?;
             }
+            steps_done.clear();
         }
         watch_new_ports(&mut probe, &mut tracker);
         if last_rescan.elapsed() >= cfg.rescan_interval {
@@ -255,7 +276,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         }
         if let Some(page) = &metrics_page {
             if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                collect_counters(&mut stats, &probe, &tracker);
+                collect_counters(&mut stats, &probe, &tracker, gpu_steps.stats);
                 let gauges = Gauges {
                     targets: probe.targets().len(),
                     connections: tracker.conns(),
@@ -284,7 +305,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     if let (Some(h), Some(e)) = (exporter, &cfg.export) {
         stats.export = Some(h.shutdown(e.drain_timeout));
     }
-    collect_counters(&mut stats, &probe, &tracker);
+    collect_counters(&mut stats, &probe, &tracker, gpu_steps.stats);
     Ok(stats)
 }
 
@@ -305,7 +326,7 @@ fn drain(ring: &mut RingBuf<MapData>, pending: &mut Vec<Event>, stats: &mut Stat
 }
 
 /// Copies the tracker's counters and the kernel's loss counters into `stats`.
-fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker) {
+fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker, gpu: StepStats) {
     stats.tracker = tracker.stats.clone();
     for (kind, n) in probe.kernel_losses() {
         if n > 0 {
@@ -316,6 +337,8 @@ fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker) {
         stats.kernel_drops.insert(reason.name(), n);
     }
     stats.engine = tracker.engines().counters();
+    stats.engine.push(("gpu", "steps", gpu.steps));
+    stats.engine.push(("gpu", "steps_abandoned", gpu.abandoned));
 }
 
 /// Attaches uprobes for what every target maps now, releases what no target maps any more.
@@ -460,6 +483,20 @@ fn sync_targets(probe: &mut Probe, sel: &Selector, proc_root: &Path) {
             probe.remove_target(pid);
         }
     }
+}
+
+/// GPU steps completed by the last event, one JSON line each (text: the same JSON).
+fn print_gpu_steps(
+    out: &mut impl Write,
+    _fmt: PrintFormat,
+    steps: &mut Vec<GpuStep>,
+    clock: &WallClock,
+) -> std::io::Result<()> {
+    for s in steps.drain(..) {
+        serde_json::to_writer(&mut *out, &s.to_json(|t| clock.to_wall(t)))?;
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 fn print_event(

@@ -9,6 +9,8 @@
 use inferscope_common::{EventHeader, GpuCallEvent};
 use serde::Serialize;
 
+pub mod steps;
+
 use crate::event::{read, CallRecord, DecodeError};
 use crate::hooks::HookId;
 
@@ -21,6 +23,8 @@ pub struct GpuRecord {
     pub stream: u64,
     /// Kernel launches on `stream` (same process and API) since the previous boundary call.
     pub launches: u64,
+    /// Entry of the first of them (monotonic ns; 0 when none).
+    pub first_launch_ns: u64,
 }
 
 /// Decodes a [`GpuCallEvent`] record (its header already read).
@@ -42,11 +46,12 @@ pub fn decode_record(h: &EventHeader, bytes: &[u8]) -> Result<GpuRecord, DecodeE
         },
         stream: ev.stream,
         launches: ev.launches,
+        first_launch_ns: ev.first_launch_ns,
     })
 }
 
 /// Which CUDA API a call was made through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Api {
     /// `libcuda.so.1` (cuBLAS, NCCL and Triton call it directly).
@@ -232,6 +237,7 @@ mod tests {
             },
             stream: 0x55,
             launches: 3,
+            first_launch_ns: 5,
         }
     }
 

@@ -33,8 +33,8 @@ pub const MAX_UPROBE_INFLIGHT: u32 = 16384;
 /// Ring buffer of GPU call records ([`GpuCallEvent`]), apart from [`MAP_EVENTS`] so that a
 /// launch storm never crowds out socket events.
 pub const MAP_GPU_EVENTS: &str = "GPU_EVENTS";
-/// `GpuStreamKey -> u64`: kernel launches per (process, stream) since the last boundary call on
-/// that stream (LRU).
+/// `GpuStreamKey -> GpuLaunches`: kernel launches per (process, API, stream) since the last
+/// boundary call on that stream, and when the first of them was made (LRU).
 pub const MAP_GPU_LAUNCHES: &str = "GPU_LAUNCHES";
 /// Capacity of [`MAP_GPU_LAUNCHES`] (streams with launches not yet reported).
 pub const MAX_GPU_STREAMS: u32 = 65536;
@@ -468,6 +468,16 @@ pub const fn gpu_api(hook: u32) -> u32 {
     (hook >= 200 && hook < 300) as u32
 }
 
+/// Value of [`MAP_GPU_LAUNCHES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuLaunches {
+    /// Launches counted.
+    pub count: u64,
+    /// Entry time of the first of them (monotonic ns).
+    pub first_ns: u64,
+}
+
 /// One GPU boundary call by a target ([`EventKind::GpuCall`]): the generic uprobe fields, the
 /// stream handle read where the cookie says, and the kernel launches counted on that stream
 /// since the previous boundary call on it (taken at this call's entry).
@@ -480,8 +490,10 @@ pub struct GpuCallEvent {
     pub stream: u64,
     /// Kernel launches on `stream` since the previous boundary call on it.
     pub launches: u64,
+    /// Entry time of the first of those launches (0 when none).
+    pub first_launch_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<GpuCallEvent>() == 128 + 16);
+const _: () = assert!(core::mem::size_of::<GpuCallEvent>() == 128 + 24);
 
 /// One probed user-space call by a target ([`EventKind::UprobeCall`]). `header.ts_ns` is the
 /// return time for paired hooks (the entry time otherwise).
@@ -531,6 +543,8 @@ pub struct UprobeInflight {
     pub stream: u64,
     /// GPU calls: launches counted on `stream` before this call.
     pub launches: u64,
+    /// GPU calls: entry time of the first of them.
+    pub first_launch_ns: u64,
 }
 
 /// Key of [`MAP_WATCH_PORTS`] for a local port in a network namespace.
@@ -690,4 +704,5 @@ mod pod {
     unsafe impl aya::Pod for super::UprobeKey {}
     unsafe impl aya::Pod for super::UprobeInflight {}
     unsafe impl aya::Pod for super::GpuStreamKey {}
+    unsafe impl aya::Pod for super::GpuLaunches {}
 }

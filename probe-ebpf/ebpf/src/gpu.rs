@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use inferscope_common::{
-    gpu_api, uprobe_cookie, EventKind, GpuCallEvent, GpuStreamKey, UprobeInflight,
+    gpu_api, uprobe_cookie, EventKind, GpuCallEvent, GpuLaunches, GpuStreamKey, UprobeInflight,
 };
 
 use crate::uprobes::{call_event, cookie, save_entry, save_inflight, take_inflight};
@@ -69,9 +69,13 @@ pub fn uprobe_gpu_launch(ctx: ProbeContext) -> u32 {
         // SAFETY: a valid map value. Not atomic (the BPF target has no 64-bit atomics in
         // `core`): launches on one stream come from the thread that owns it, so two CPUs
         // adding at once is rare, and would lose one count, never corrupt the map.
-        Some(n) => unsafe { *n += 1 },
+        Some(n) => unsafe { (*n).count += 1 },
         None => {
-            let _ = GPU_LAUNCHES.insert(&key, &1, 0);
+            let first = GpuLaunches {
+                count: 1,
+                first_ns: saved.start_ns,
+            };
+            let _ = GPU_LAUNCHES.insert(&key, &first, 0);
         }
     }
     0
@@ -94,7 +98,8 @@ pub fn uprobe_gpu_call(ctx: ProbeContext) -> u32 {
         let key = stream_key(pid_tgid, hook, saved.stream);
         // SAFETY: the value is copied out before the entry is removed.
         if let Some(n) = unsafe { GPU_LAUNCHES.get(&key) } {
-            saved.launches = *n;
+            saved.launches = n.count;
+            saved.first_launch_ns = n.first_ns;
             let _ = GPU_LAUNCHES.remove(&key);
         }
     }
@@ -124,6 +129,7 @@ fn emit(pid_tgid: u64, hook: u32, paired: u32, ret: u64, saved: &UprobeInflight)
         call: call_event(EventKind::GpuCall, pid_tgid, hook, paired, ret, saved),
         stream: saved.stream,
         launches: saved.launches,
+        first_launch_ns: saved.first_launch_ns,
     };
     if GPU_EVENTS
         .output::<GpuCallEvent>(&ev, BPF_RB_NO_WAKEUP)

@@ -36,9 +36,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use inferscope_common::{
-    DropReason, EventHeader, EventKind, GpuStreamKey, InFlight, ProbeConfig, SockEvent, TargetInfo,
-    UprobeInflight, UprobeKey, DROP_SLOTS, LOSS_SLOTS, MAX_GPU_STREAMS, MAX_INFLIGHT, MAX_PAYLOAD,
-    MAX_SYSCALL_NR, MAX_TARGETS, MAX_UPROBE_INFLIGHT, MAX_WATCH_PORTS,
+    DropReason, EventHeader, EventKind, GpuLaunches, GpuStreamKey, InFlight, ProbeConfig,
+    SockEvent, TargetInfo, UprobeInflight, UprobeKey, DROP_SLOTS, LOSS_SLOTS, MAX_GPU_STREAMS,
+    MAX_INFLIGHT, MAX_PAYLOAD, MAX_SYSCALL_NR, MAX_TARGETS, MAX_UPROBE_INFLIGHT, MAX_WATCH_PORTS,
 };
 
 #[map]
@@ -65,7 +65,7 @@ static SYSCALLS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 #[map]
 static GPU_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
-static GPU_LAUNCHES: LruHashMap<GpuStreamKey, u64> =
+static GPU_LAUNCHES: LruHashMap<GpuStreamKey, GpuLaunches> =
     LruHashMap::with_max_entries(MAX_GPU_STREAMS, 0);
 
 /// A [`SockEvent`] followed by slack, so that a bounded copy at a masked offset inside `payload`

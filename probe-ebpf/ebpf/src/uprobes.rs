@@ -55,6 +55,7 @@ pub(crate) fn save_entry(ctx: &ProbeContext, cfg: &ProbeConfig) -> UprobeInfligh
         stack: [0; UPROBE_STACK_WORDS],
         stream: 0,
         launches: 0,
+        first_launch_ns: 0,
     };
     for i in 0..UPROBE_ARGS {
         saved.args[i] = ctx.arg::<u64>(i).unwrap_or(0);
