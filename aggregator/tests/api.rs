@@ -383,6 +383,18 @@ async fn insert_data(store: &Store) -> Data {
                 String::new()
             },
             batch_unit: String::new(),
+            tokens: 0,
+            gpu_class: String::new(),
+            gpu_ns: None,
+            gpu_launch_ns: 0,
+            graph_launches: 0,
+            kernel_launches: 0,
+            dtoh_bytes: 0,
+            htod_bytes: 0,
+            sync_wait_ns: 0,
+            host_bound: 0,
+            gpu_ranks: 0,
+            gpu_upper_bound: 0,
         };
         ins.write(&row).await.unwrap();
         if s == 900_001 {

@@ -123,6 +123,7 @@ fn step(k: u64, at: u64) -> EngineStep {
         trace_id,
         span_id: (k + 1).to_be_bytes().to_vec(),
         batch_unit: "tokens".into(),
+        ..Default::default()
     }
 }
 

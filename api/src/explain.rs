@@ -451,6 +451,9 @@ mod tests {
             batch_unit: Some("requests".into()),
             span_id: None,
             trace_id: None,
+            tokens: None,
+            request_tokens: None,
+            gpu: None,
             shared_with_count: shared.len() as u64,
             shared_with: shared
                 .iter()

@@ -88,6 +88,21 @@ pub struct RequestSummary {
     /// Completion tokens from the response's `usage`, as `prompt_tokens`.
     #[serde(default)]
     pub completion_tokens: Option<u32>,
+    /// GPU time, latency view: the GPU time of every engine step it was in (null: no step
+    /// seen by the CUDA hooks).
+    #[serde(default)]
+    pub gpu_ms: Option<f64>,
+    /// GPU time, cost view: each step's GPU time split across its requests by the tokens each
+    /// computed in it.
+    #[serde(default)]
+    pub gpu_cost_ms: Option<f64>,
+    /// Wall time of its steps that the host paced (CPU-bound steps).
+    #[serde(default)]
+    pub gpu_host_bound_ms: Option<f64>,
+    /// Its steps whose GPU time is only an upper bound (0: `gpu_ms` and `gpu_cost_ms` are
+    /// measurements).
+    #[serde(default)]
+    pub gpu_upper_bound_steps: Option<u32>,
 }
 
 /// The `/api/v1/requests` response.

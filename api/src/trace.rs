@@ -118,10 +118,49 @@ pub struct StepOut {
     pub span_id: Option<SpanId>,
     /// The step's trace.
     pub trace_id: Option<TraceId>,
+    /// Tokens its requests computed in it (null: unknown).
+    #[serde(default)]
+    pub tokens: Option<u32>,
+    /// Tokens this request computed in it: its weight in the step's GPU cost (null: unknown).
+    #[serde(default)]
+    pub request_tokens: Option<u32>,
+    /// What the GPU did in it (null: not seen by the CUDA hooks).
+    #[serde(default)]
+    pub gpu: Option<StepGpuOut>,
     /// Other stored requests that took part in this step.
     pub shared_with_count: u64,
     /// Their trace ids (at most 32).
     pub shared_with: Vec<TraceId>,
+}
+
+/// The GPU side of an engine step, from the CUDA hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepGpuOut {
+    /// `full_graph` (one CUDA graph: uniform decode), `piecewise` (several: mixed, prefill) or
+    /// `eager` (kernels one by one).
+    pub class: String,
+    /// GPU time of the step (the longest rank's; an upper bound when `host_bound`).
+    pub gpu_ms: f64,
+    /// Host time spent launching it.
+    pub launch_ms: f64,
+    /// Time the host waited for its completion.
+    pub sync_wait_ms: f64,
+    /// CUDA graph launches.
+    pub graph_launches: u32,
+    /// Kernel launches outside graphs.
+    pub kernel_launches: u64,
+    /// Device-to-host copy bytes.
+    pub dtoh_bytes: u64,
+    /// Host-to-device copy bytes.
+    pub htod_bytes: u64,
+    /// The host paced it (a CPU-bound step).
+    pub host_bound: bool,
+    /// `gpu_ms` is an upper bound, not a measurement (host-bound, its wait found it done, or its
+    /// GPU start unknown).
+    #[serde(default)]
+    pub upper_bound: bool,
+    /// GPU steps merged into it (tensor-parallel ranks).
+    pub ranks: u32,
 }
 
 /// Another request batched with this one.

@@ -202,6 +202,40 @@ impl Event {
             Event::Gpu(_) => EventKind::GpuCall,
         }
     }
+
+    /// When its record was written (monotonic ns): the syscall's or call's return, else the
+    /// event's time.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Sock(s) => s.end_ns,
+            Event::Proc(p) => p.ts_ns,
+            Event::Arrival(a) => a.ts_ns,
+            Event::Call(c) => c.end_ns,
+            Event::Gpu(g) => g.call.end_ns,
+        }
+    }
+}
+
+/// Merges the records of the GPU ring into those of the main ring by time, keeping each
+/// ring's own order: a step's synchronize return (GPU ring) must be seen before the output
+/// message its process sent after it (main ring), and a process's last GPU calls before its
+/// exit. `main` is drained first and `gpu` after, so every GPU record written before the last
+/// main record is here.
+pub fn merge_by_time(main: &mut Vec<Event>, gpu: &mut Vec<Event>, out: &mut Vec<Event>) {
+    if gpu.is_empty() {
+        out.append(main);
+        return;
+    }
+    out.reserve(main.len() + gpu.len());
+    let mut g = gpu.drain(..).peekable();
+    for m in main.drain(..) {
+        let t = m.ts_ns();
+        while let Some(e) = g.next_if(|e| e.ts_ns() <= t) {
+            out.push(e);
+        }
+        out.push(m);
+    }
+    out.extend(g);
 }
 
 /// The fields of a [`SockEvent`] before its payload.

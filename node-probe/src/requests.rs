@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::clock::WallClock;
 use crate::engine::Engines;
 use crate::event::{ArrivalRecord, Event, SockRecord, SocketId};
+use crate::gpu::steps::{GpuStep, GpuSteps, StepStats};
 use crate::http::{Bytes, Exchange, HttpConn, Outcome};
 use phases::{engine_phases, span_id, step_link, Phases};
 
@@ -125,6 +126,10 @@ pub struct Tracker {
     declared_ports: HashSet<u16>,
     new_ports: Vec<(u32, u16)>,
     engines: Engines,
+    /// GPU steps per process from the CUDA hooks; each completed one goes to its engine
+    /// follower, and to `gpu_done` for printing.
+    gpu: GpuSteps,
+    gpu_done: Vec<GpuStep>,
     clock: WallClock,
     exchanges: Vec<Exchange>,
     /// What makes engine-step ids unique beyond this host: its kernel boot id.
@@ -175,12 +180,40 @@ impl Tracker {
             declared_ports: HashSet::new(),
             new_ports: Vec::new(),
             engines: Engines::new(proc_root),
+            gpu: GpuSteps::new(),
+            gpu_done: Vec::new(),
             clock,
             exchanges: Vec::new(),
             step_scope: host_boot_id(proc_root),
             tenants,
             stats: TrackerStats::default(),
         }
+    }
+
+    /// A CUDA boundary call: completes GPU steps, which go to the process's engine follower.
+    fn on_gpu(&mut self, g: &crate::gpu::GpuRecord) {
+        let Some(c) = crate::gpu::decode(g) else {
+            return;
+        };
+        let first = self.gpu_done.len();
+        self.gpu.on_call(g, &c, &mut self.gpu_done);
+        for s in &self.gpu_done[first..] {
+            self.engines.on_gpu_step(s);
+        }
+        // Nobody prints them: keep none beyond a bound.
+        if self.gpu_done.len() > 4096 {
+            self.gpu_done.clear();
+        }
+    }
+
+    /// Moves the GPU steps completed since the last call into `out` (printing).
+    pub fn take_gpu_steps(&mut self, out: &mut Vec<GpuStep>) {
+        out.append(&mut self.gpu_done);
+    }
+
+    /// The GPU step builder's counters.
+    pub fn gpu_stats(&self) -> StepStats {
+        self.gpu.stats
     }
 
     /// Declares a server port (listening socket of a target) in network namespace `netns`.
@@ -232,10 +265,10 @@ impl Tracker {
             },
             Event::Arrival(a) => self.on_arrival(a),
             Event::Call(c) => self.engines.on_call(c),
-            // GPU step timelines are built from these next (issue: the GPU path).
-            Event::Gpu(_) => {}
+            Event::Gpu(g) => self.on_gpu(g),
             Event::Proc(p) if p.kind == EventKind::ProcExit => {
                 self.engines.forget(p.tgid);
+                self.gpu.forget(p.tgid);
                 let keys: Vec<_> = self
                     .conns
                     .keys()
@@ -615,6 +648,11 @@ impl Tracker {
             engine_e2e_ns: ph.engine_e2e,
             engine_steps: ph.steps.len() as u32,
             steps: ph.steps,
+            step_tokens: ph.step_tokens,
+            gpu_ns: ph.gpu.map(|g| g.latency_ns),
+            gpu_cost_ns: ph.gpu.and_then(|g| g.cost_ns),
+            gpu_host_bound_ns: ph.gpu.map(|g| g.host_bound_ns),
+            gpu_upper_bound_steps: ph.gpu.map(|g| g.upper_bound_steps),
             spans,
         }
     }

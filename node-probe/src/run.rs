@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
-use crate::gpu::steps::{GpuStep, GpuSteps, StepStats};
+use crate::gpu::steps::{GpuStep, StepStats};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
 use crate::metrics::{self, Gauges, MetricsPage};
@@ -196,8 +196,8 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let mut last_ports = Instant::now();
     let mut ports_for_targets = probe.targets().len();
     let mut pending: Vec<Event> = Vec::with_capacity(1024);
+    let (mut main_batch, mut gpu_batch) = (Vec::with_capacity(4096), Vec::with_capacity(1024));
     let mut finished: Vec<RequestRecord> = Vec::new();
-    let mut gpu_steps = GpuSteps::new();
     let mut steps_done: Vec<GpuStep> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -206,30 +206,21 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        // The GPU ring first: a process's exit (main ring) must come after its last GPU calls,
-        // which complete its GPU steps.
-        drain(&mut rings.gpu, &mut pending, &mut stats, 8192);
-        let gpu_records = pending.len();
-        drain(
-            &mut rings.events,
-            &mut pending,
-            &mut stats,
-            gpu_records + 4096,
-        );
+        // The main ring first, then the GPU ring (every GPU record written before the main
+        // ring's last is then here), merged by time: a step's synchronize comes before the
+        // output message sent after it, a process's last GPU calls before its exit.
+        drain(&mut rings.events, &mut main_batch, &mut stats, 4096);
+        drain(&mut rings.gpu, &mut gpu_batch, &mut stats, 8192);
+        crate::event::merge_by_time(&mut main_batch, &mut gpu_batch, &mut pending);
         let drained = pending.len();
         for ev in pending.drain(..) {
             tracker.on_event(&ev, &mut finished);
-            if let Event::Gpu(g) = &ev {
-                if let Some(c) = crate::gpu::decode(g) {
-                    gpu_steps.on_call(g, &c, &mut steps_done);
-                }
-            }
+            tracker.take_gpu_steps(&mut steps_done);
             *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
             if let Event::Proc(p) = &ev {
                 let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
                 match p.kind {
                     EventKind::ProcExit => {
-                        gpu_steps.forget(p.tgid);
                         uprobes.forget_pid(&mut probe, p.tgid);
                     }
                     EventKind::ProcExec | EventKind::ProcFork if is_target => {
@@ -276,7 +267,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         }
         if let Some(page) = &metrics_page {
             if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                collect_counters(&mut stats, &probe, &tracker, gpu_steps.stats);
+                collect_counters(&mut stats, &probe, &tracker, tracker.gpu_stats());
                 let gauges = Gauges {
                     targets: probe.targets().len(),
                     connections: tracker.conns(),
@@ -305,7 +296,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     if let (Some(h), Some(e)) = (exporter, &cfg.export) {
         stats.export = Some(h.shutdown(e.drain_timeout));
     }
-    collect_counters(&mut stats, &probe, &tracker, gpu_steps.stats);
+    collect_counters(&mut stats, &probe, &tracker, tracker.gpu_stats());
     Ok(stats)
 }
 

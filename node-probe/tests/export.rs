@@ -253,6 +253,8 @@ fn record(n: u64) -> RequestRecord {
         end_unix_ns: start + 20,
         batch_size: 3,
         batch_unit: "requests",
+        tokens: 0,
+        gpu: None,
     };
     let spans = vec![
         SpanJson {
@@ -331,6 +333,11 @@ fn record(n: u64) -> RequestRecord {
         engine_e2e_ns: None,
         engine_steps: 1,
         steps: vec![step],
+        step_tokens: Vec::new(),
+        gpu_ns: None,
+        gpu_cost_ns: None,
+        gpu_host_bound_ns: None,
+        gpu_upper_bound_steps: None,
         spans,
     }
 }

@@ -87,7 +87,8 @@ pub(crate) const SUMMARY_COLUMNS: &str =
 model, method, path, status, outcome, stream, e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, \
 prefill_ns, decode_ns, delivery_ns, engine_ttft_ns, engine_e2e_ns, read_wait_ns, req_bytes, \
 resp_bytes, chunks, engine_steps, max_gap_ns, client, server, response_id, x_request_id, \
-engine_request_id, gave_up, first_text_ns, prompt_tokens, completion_tokens";
+engine_request_id, gave_up, first_text_ns, prompt_tokens, completion_tokens, gpu_ns, \
+gpu_cost_ns, gpu_host_bound_ns, gpu_upper_bound_steps";
 
 /// A row read with [`SUMMARY_COLUMNS`].
 #[derive(Debug, Default, Row, Deserialize)]
@@ -129,6 +130,10 @@ pub(crate) struct SummaryRow {
     pub(crate) first_text_ns: Option<u64>,
     pub(crate) prompt_tokens: Option<u32>,
     pub(crate) completion_tokens: Option<u32>,
+    pub(crate) gpu_ns: Option<u64>,
+    pub(crate) gpu_cost_ns: Option<u64>,
+    pub(crate) gpu_host_bound_ns: Option<u64>,
+    pub(crate) gpu_upper_bound_steps: Option<u32>,
 }
 
 impl From<SummaryRow> for RequestSummary {
@@ -173,6 +178,10 @@ impl From<SummaryRow> for RequestSummary {
             gave_up: r.gave_up,
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
+            gpu_ms: opt(r.gpu_ns),
+            gpu_cost_ms: opt(r.gpu_cost_ns),
+            gpu_host_bound_ms: opt(r.gpu_host_bound_ns),
+            gpu_upper_bound_steps: r.gpu_upper_bound_steps,
         }
     }
 }

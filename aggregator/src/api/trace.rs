@@ -5,7 +5,7 @@
 //! come first and give the trace's time range; `requests` is then read within that range (its
 //! partitions and `start` key) plus `trace_id`. Only when a trace has no spans is `requests`
 //! scanned by `trace_id` over the `from`/`to` window (default: the last 31 days).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -22,8 +22,8 @@ use crate::store::Store;
 use inferscope_api::{step_context, SpanId, TraceId};
 
 pub use inferscope_api::trace::{
-    Endpoint, Neighbour, RequestDetail, SpanLinkOut, SpanOut, StepOut, Trace, MAX_CANDIDATES,
-    MAX_NEIGHBOURS, MAX_SHARED_IDS, MAX_SPANS, MAX_STEPS, NEIGHBOUR_LOOKBACK_S,
+    Endpoint, Neighbour, RequestDetail, SpanLinkOut, SpanOut, StepGpuOut, StepOut, Trace,
+    MAX_CANDIDATES, MAX_NEIGHBOURS, MAX_SHARED_IDS, MAX_SPANS, MAX_STEPS, NEIGHBOUR_LOOKBACK_S,
 };
 /// Slack around a request when reading its node's engine steps (same clock: only rounding).
 const STEP_SLACK_NS: u64 = 5_000_000_000;
@@ -63,6 +63,7 @@ struct DetailRow {
     req_tcp_seq: Option<u32>,
     resp_tcp_seq: Option<u32>,
     engine_output_offsets_ns: Vec<u64>,
+    step_tokens: Vec<u32>,
 }
 
 #[derive(Row, Deserialize)]
@@ -81,9 +82,38 @@ struct StepRowOut {
     trace_id: String,
     span_id: String,
     batch_unit: String,
+    tokens: u32,
+    gpu_class: String,
+    gpu_ns: Option<u64>,
+    gpu_launch_ns: u64,
+    sync_wait_ns: u64,
+    graph_launches: u32,
+    kernel_launches: u64,
+    dtoh_bytes: u64,
+    htod_bytes: u64,
+    host_bound: u8,
+    gpu_ranks: u32,
+    gpu_upper_bound: u8,
 }
 
 impl StepRowOut {
+    /// The GPU side, when the step has one.
+    fn gpu(&self) -> Option<StepGpuOut> {
+        Some(StepGpuOut {
+            class: self.gpu_class.clone(),
+            gpu_ms: ns_to_ms(self.gpu_ns?),
+            launch_ms: ns_to_ms(self.gpu_launch_ns),
+            sync_wait_ms: ns_to_ms(self.sync_wait_ns),
+            graph_launches: self.graph_launches,
+            kernel_launches: self.kernel_launches,
+            dtoh_bytes: self.dtoh_bytes,
+            htod_bytes: self.htod_bytes,
+            host_bound: self.host_bound != 0,
+            upper_bound: self.gpu_upper_bound != 0,
+            ranks: self.gpu_ranks,
+        })
+    }
+
     /// The step's span context: as stored, else (steps stored before migration 4) derived
     /// from the node name, the instance and the step id.
     fn context(&self, node: &str) -> (TraceId, SpanId) {
@@ -173,7 +203,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
         .push(
             ", step_ids, chunk_offsets_ns, batch_id, engine_instance, netns, client_ip, \
              client_port, server_ip, server_port, req_tcp_seq, resp_tcp_seq, \
-             engine_output_offsets_ns FROM ",
+             engine_output_offsets_ns, step_tokens FROM ",
         )
         .push(&store.table("requests"))
         // Explicit PREWHERE: left to itself 18.16 moves the cheaper `start` bounds there, and
@@ -230,7 +260,18 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
             start,
             end,
         };
-        let (s, n, cut) = batch_context(store, id, &at, &ids, t0).await?;
+        let (mut s, n, cut) = batch_context(store, id, &at, &ids, t0).await?;
+        if r.step_tokens.len() == r.step_ids.len() {
+            let mine: HashMap<u64, u32> = r
+                .step_ids
+                .iter()
+                .copied()
+                .zip(r.step_tokens.iter().copied())
+                .collect();
+            for st in &mut s {
+                st.request_tokens = mine.get(&st.step_id).copied();
+            }
+        }
         steps.extend(s);
         neighbours.extend(n);
         candidates_truncated |= cut;
@@ -379,6 +420,23 @@ fn step_spans(spans: &mut Vec<SpanOut>, steps: &[StepOut], t0: u64) {
         if let Some(u) = &st.batch_unit {
             attributes.insert("engine.batch_unit".to_string(), u.clone());
         }
+        if let Some(t) = st.tokens {
+            attributes.insert("engine.tokens".to_string(), t.to_string());
+        }
+        if let Some(g) = &st.gpu {
+            for (k, v) in [
+                ("gpu.class", g.class.clone()),
+                ("gpu.ms", format!("{:.3}", g.gpu_ms)),
+                ("gpu.launch_ms", format!("{:.3}", g.launch_ms)),
+                ("gpu.sync_wait_ms", format!("{:.3}", g.sync_wait_ms)),
+                ("gpu.graph_launches", g.graph_launches.to_string()),
+                ("gpu.kernel_launches", g.kernel_launches.to_string()),
+                ("gpu.host_bound", g.host_bound.to_string()),
+                ("gpu.upper_bound", g.upper_bound.to_string()),
+            ] {
+                attributes.insert(k.to_string(), v);
+            }
+        }
         if let Some(i) = &st.engine_instance {
             attributes.insert("engine.instance".to_string(), i.clone());
         }
@@ -446,7 +504,9 @@ async fn batch_context(
     let (from, to) = (start.saturating_sub(STEP_SLACK_NS), end + STEP_SLACK_NS);
     let mut sql = Sql::new(
         "SELECT engine_instance, step_id, start_unix_ns, end_unix_ns, batch_size, \
-                  trace_id, span_id, batch_unit FROM ",
+                  trace_id, span_id, batch_unit, tokens, gpu_class, gpu_ns, gpu_launch_ns, \
+                  sync_wait_ns, graph_launches, kernel_launches, dtoh_bytes, htod_bytes, \
+                  host_bound, gpu_ranks, gpu_upper_bound FROM ",
     );
     sql.push(&store.table("engine_steps"))
         .push(" WHERE node = ")
@@ -552,6 +612,9 @@ async fn batch_context(
                 }),
                 span_id: f.map(|f| f.context(node).1),
                 trace_id: f.map(|f| f.context(node).0),
+                tokens: f.map(|f| f.tokens).filter(|&t| t > 0),
+                request_tokens: None,
+                gpu: f.and_then(StepRowOut::gpu),
                 shared_with_count: s.0,
                 shared_with: s.1.iter().map(|t| stored_trace_id(t)).collect(),
             }

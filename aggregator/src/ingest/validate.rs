@@ -168,6 +168,25 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
             "step_ids, chunk_offsets_ns or engine_output_offsets_ns too long",
         ));
     }
+    if !r.step_tokens.is_empty() && r.step_tokens.len() != r.step_ids.len() {
+        return Err(bad(
+            "inconsistent_steps",
+            format!(
+                "{} step_tokens for {} step_ids (want as many, or none)",
+                r.step_tokens.len(),
+                r.step_ids.len()
+            ),
+        ));
+    }
+    if r.gpu_cost_ns > r.gpu_ns || r.gpu_host_bound_ns.is_some() && r.gpu_ns.is_none() {
+        return Err(bad(
+            "inconsistent_durations",
+            format!(
+                "gpu_cost {:?} / host_bound {:?} without or above gpu {:?}",
+                r.gpu_cost_ns, r.gpu_host_bound_ns, r.gpu_ns
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -298,6 +317,18 @@ pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
             )?;
             check_str("engine_instance", &s.engine_instance, l)?;
             check_str("batch_unit", &s.batch_unit, l)?;
+            if !matches!(
+                s.gpu_class.as_str(),
+                "" | "full_graph" | "piecewise" | "eager"
+            ) {
+                return Err(bad(
+                    "bad_gpu_class",
+                    format!(
+                        "engine step gpu_class {:?}",
+                        s.gpu_class.chars().take(32).collect::<String>()
+                    ),
+                ));
+            }
             // Older senders send no span context; a present one is a valid W3C pair.
             let ctx_ok = (s.trace_id.is_empty() && s.span_id.is_empty())
                 || (s.trace_id.len() == 16

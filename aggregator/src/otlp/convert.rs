@@ -232,12 +232,27 @@ fn step(s: &EngineStep, scope: &InstrumentationScope) -> SpanData {
     } else {
         &s.batch_unit
     };
-    let attributes = vec![
+    let mut attributes = vec![
         KeyValue::new("inferscope.step.id", int(s.step_id)),
         KeyValue::new("inferscope.step.batch_size", i64::from(s.batch_size)),
         KeyValue::new("inferscope.step.batch_unit", unit.to_owned()),
         KeyValue::new("inferscope.engine.instance", s.engine_instance.clone()),
     ];
+    if s.tokens > 0 {
+        attributes.push(KeyValue::new("inferscope.step.tokens", i64::from(s.tokens)));
+    }
+    if let Some(g) = s.gpu_ns {
+        attributes.extend([
+            KeyValue::new("inferscope.gpu.class", s.gpu_class.clone()),
+            KeyValue::new("inferscope.gpu.time_ns", int(g)),
+            KeyValue::new("inferscope.gpu.launch_ns", int(s.gpu_launch_ns)),
+            KeyValue::new("inferscope.gpu.sync_wait_ns", int(s.sync_wait_ns)),
+            KeyValue::new("inferscope.gpu.graph_launches", i64::from(s.graph_launches)),
+            KeyValue::new("inferscope.gpu.kernel_launches", int(s.kernel_launches)),
+            KeyValue::new("inferscope.gpu.host_bound", s.host_bound),
+            KeyValue::new("inferscope.gpu.upper_bound", s.gpu_upper_bound),
+        ]);
+    }
     SpanData {
         span_context: context(&s.trace_id, &s.span_id),
         parent_span_id: SpanId::INVALID,
@@ -391,6 +406,9 @@ pub fn figures(r: &RequestRow) -> Vec<KeyValue> {
         ("phase.delivery_ns", r.delivery_ns),
         ("engine.ttft_ns", r.engine_ttft_ns),
         ("engine.e2e_ns", r.engine_e2e_ns),
+        ("gpu.time_ns", r.gpu_ns),
+        ("gpu.cost_ns", r.gpu_cost_ns),
+        ("gpu.host_bound_ns", r.gpu_host_bound_ns),
     ];
     always
         .into_iter()
@@ -468,6 +486,7 @@ mod tests {
             trace_id: vec![3; 16],
             span_id: vec![4; 8],
             batch_unit: String::new(),
+            ..Default::default()
         };
         Batch {
             node_id: "n".into(),

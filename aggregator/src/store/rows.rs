@@ -78,6 +78,11 @@ pub struct RequestRow {
     pub tenant: String,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
+    pub gpu_ns: Option<u64>,
+    pub gpu_cost_ns: Option<u64>,
+    pub gpu_host_bound_ns: Option<u64>,
+    pub gpu_upper_bound_steps: Option<u32>,
+    pub step_tokens: Vec<u32>,
 }
 
 /// A row of `spans`.
@@ -112,6 +117,18 @@ pub struct StepRow {
     pub trace_id: String,
     pub span_id: String,
     pub batch_unit: String,
+    pub tokens: u32,
+    pub gpu_class: String,
+    pub gpu_ns: Option<u64>,
+    pub gpu_launch_ns: u64,
+    pub graph_launches: u32,
+    pub kernel_launches: u64,
+    pub dtoh_bytes: u64,
+    pub htod_bytes: u64,
+    pub sync_wait_ns: u64,
+    pub host_bound: u8,
+    pub gpu_ranks: u32,
+    pub gpu_upper_bound: u8,
 }
 
 /// A row of `ingested_batches`.
@@ -177,6 +194,11 @@ impl RequestRow {
             tenant: escape_controls(&r.tenant),
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
+            gpu_ns: r.gpu_ns,
+            gpu_cost_ns: r.gpu_cost_ns,
+            gpu_host_bound_ns: r.gpu_host_bound_ns,
+            gpu_upper_bound_steps: r.gpu_upper_bound_steps,
+            step_tokens: r.step_tokens.clone(),
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,
@@ -265,6 +287,18 @@ impl StepRow {
             trace_id: hex(&s.trace_id),
             span_id: hex(&s.span_id),
             batch_unit: s.batch_unit.clone(),
+            tokens: s.tokens,
+            gpu_class: s.gpu_class.clone(),
+            gpu_ns: s.gpu_ns,
+            gpu_launch_ns: s.gpu_launch_ns,
+            graph_launches: s.graph_launches,
+            kernel_launches: s.kernel_launches,
+            dtoh_bytes: s.dtoh_bytes,
+            htod_bytes: s.htod_bytes,
+            sync_wait_ns: s.sync_wait_ns,
+            host_bound: u8::from(s.host_bound),
+            gpu_ranks: s.gpu_ranks,
+            gpu_upper_bound: u8::from(s.gpu_upper_bound),
         }
     }
 }

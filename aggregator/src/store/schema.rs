@@ -300,6 +300,32 @@ FROM {db}.requests"
              ADD COLUMN completion_tokens Nullable(UInt32)"
             )],
         },
+        Migration {
+            version: 10,
+            name: "engine_steps: tokens and the GPU side",
+            // From the CUDA hooks; gpu_ns NULL (and the rest 0, gpu_class '') for steps the
+            // hooks did not see and for rows stored before.
+            statements: vec![format!(
+                "ALTER TABLE {db}.engine_steps ADD COLUMN tokens UInt32 DEFAULT 0, \
+             ADD COLUMN gpu_class {lc} DEFAULT '', ADD COLUMN gpu_ns Nullable(UInt64), \
+             ADD COLUMN gpu_launch_ns UInt64 DEFAULT 0, ADD COLUMN graph_launches UInt32 DEFAULT 0, \
+             ADD COLUMN kernel_launches UInt64 DEFAULT 0, ADD COLUMN dtoh_bytes UInt64 DEFAULT 0, \
+             ADD COLUMN htod_bytes UInt64 DEFAULT 0, ADD COLUMN sync_wait_ns UInt64 DEFAULT 0, \
+             ADD COLUMN host_bound UInt8 DEFAULT 0, ADD COLUMN gpu_ranks UInt32 DEFAULT 0, \
+             ADD COLUMN gpu_upper_bound UInt8 DEFAULT 0"
+            )],
+        },
+        Migration {
+            version: 11,
+            name: "requests: GPU time",
+            // Latency and cost views of the request's GPU time and the weights of the cost
+            // view (its tokens per step, beside step_ids); NULL / [] without GPU steps.
+            statements: vec![format!(
+                "ALTER TABLE {db}.requests ADD COLUMN gpu_ns Nullable(UInt64), \
+             ADD COLUMN gpu_cost_ns Nullable(UInt64), ADD COLUMN gpu_host_bound_ns Nullable(UInt64), \
+             ADD COLUMN gpu_upper_bound_steps Nullable(UInt32), ADD COLUMN step_tokens Array(UInt32)"
+            )],
+        },
     ]
 }
 

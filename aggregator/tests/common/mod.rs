@@ -248,6 +248,11 @@ pub fn request(
         // Non-streamed bodies carry usage.
         prompt_tokens: (!stream).then_some(9),
         completion_tokens: (!stream).then_some(64),
+        gpu_ns: None,
+        gpu_cost_ns: None,
+        gpu_host_bound_ns: None,
+        gpu_upper_bound_steps: None,
+        step_tokens: Vec::new(),
     }
 }
 
@@ -292,5 +297,17 @@ pub fn step_row(
         trace_id: String::new(),
         span_id: String::new(),
         batch_unit: "requests".into(),
+        tokens: 0,
+        gpu_class: String::new(),
+        gpu_ns: None,
+        gpu_launch_ns: 0,
+        graph_launches: 0,
+        kernel_launches: 0,
+        dtoh_bytes: 0,
+        htod_bytes: 0,
+        sync_wait_ns: 0,
+        host_bound: 0,
+        gpu_ranks: 0,
+        gpu_upper_bound: 0,
     }
 }

@@ -114,6 +114,8 @@ impl LlamaFollower {
             start_ns: ev.start_ns,
             end_ns: ev.end_ns,
             batch: n_tokens.max(0) as u32,
+            tokens: n_tokens.max(0) as u32,
+            gpu: None,
         };
         let dropped = inst.steps.len() >= MAX_STEPS;
         if dropped {
@@ -198,6 +200,8 @@ impl EngineFollower for LlamaFollower {
                 .take(super::MAX_OUTPUT_TIMES)
                 .map(|s| s.end_ns)
                 .collect(),
+            // The server runs one completion at a time: a step's tokens are all this request's.
+            step_tokens: steps.iter().map(|s| s.tokens).collect(),
             steps,
             batch_unit: "tokens",
         })

@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::event::{CallRecord, SockRecord};
+use crate::gpu::steps::{GpuStep, StepClass};
 use crate::http::Exchange;
 
 pub mod llama;
@@ -47,6 +48,72 @@ pub struct Step {
     pub end_ns: u64,
     /// Requests (vLLM) or tokens (llama.cpp, see [`EngineTrace::batch_unit`]) in the step.
     pub batch: u32,
+    /// Tokens its requests computed in it, as far as the follower knows them (vLLM: a
+    /// request's prompt length in its first step, one token in each later one; 0: unknown).
+    pub tokens: u32,
+    /// What the GPU did in it, when the CUDA hooks saw it.
+    pub gpu: Option<StepGpu>,
+}
+
+/// What the GPU did in one engine step: one [`GpuStep`], or several merged (the ranks of a
+/// tensor-parallel step, one per worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepGpu {
+    /// Class (of the first rank seen).
+    pub class: StepClass,
+    /// GPU span ([`GpuStep::gpu_ns`]); the longest rank's.
+    pub gpu_ns: u64,
+    /// Host launch time; the longest rank's.
+    pub launch_ns: u64,
+    /// Graph launches, all ranks.
+    pub graph_launches: u32,
+    /// Kernel launches outside graphs, all ranks.
+    pub kernel_launches: u64,
+    /// Device-to-host bytes, all ranks.
+    pub dtoh_bytes: u64,
+    /// Host-to-device bytes, all ranks.
+    pub htod_bytes: u64,
+    /// Time the host waited for the GPU; the longest rank's.
+    pub sync_wait_ns: u64,
+    /// Paced by the host on some rank ([`GpuStep::host_bound`]).
+    pub host_bound: bool,
+    /// `gpu_ns` is an upper bound on some rank ([`GpuStep::upper_bound`]).
+    pub upper_bound: bool,
+    /// GPU steps merged into it.
+    pub ranks: u16,
+}
+
+impl StepGpu {
+    /// One GPU step.
+    pub fn of(s: &GpuStep) -> Self {
+        Self {
+            class: s.class,
+            gpu_ns: s.gpu_ns,
+            launch_ns: s.launch_ns,
+            graph_launches: s.graph_launches,
+            kernel_launches: s.kernel_launches,
+            dtoh_bytes: s.dtoh_bytes,
+            htod_bytes: s.htod_bytes,
+            sync_wait_ns: s.sync_wait_ns,
+            host_bound: s.host_bound,
+            upper_bound: s.upper_bound,
+            ranks: 1,
+        }
+    }
+
+    /// Adds another rank's GPU step of the same engine step.
+    pub fn merge(&mut self, s: &GpuStep) {
+        self.gpu_ns = self.gpu_ns.max(s.gpu_ns);
+        self.launch_ns = self.launch_ns.max(s.launch_ns);
+        self.graph_launches = self.graph_launches.saturating_add(s.graph_launches);
+        self.kernel_launches = self.kernel_launches.saturating_add(s.kernel_launches);
+        self.dtoh_bytes = self.dtoh_bytes.saturating_add(s.dtoh_bytes);
+        self.htod_bytes = self.htod_bytes.saturating_add(s.htod_bytes);
+        self.sync_wait_ns = self.sync_wait_ns.max(s.sync_wait_ns);
+        self.host_bound |= s.host_bound;
+        self.upper_bound |= s.upper_bound;
+        self.ranks = self.ranks.saturating_add(1);
+    }
 }
 
 /// Step ids of one instance: consecutive from the first step's start time in microseconds, so
@@ -133,6 +200,9 @@ pub struct EngineTrace {
     pub output_ns: Vec<u64>,
     /// Steps the request took part in, in order.
     pub steps: Vec<Step>,
+    /// Tokens this request computed in each of `steps` (same order; empty when the follower
+    /// does not know them): the weights of its share of each step's GPU time.
+    pub step_tokens: Vec<u32>,
     /// What `Step::batch` counts: `requests` or `tokens`.
     pub batch_unit: &'static str,
 }
@@ -150,6 +220,8 @@ pub trait EngineFollower {
     fn on_unix(&mut self, _ev: &SockRecord) {}
     /// A probed call by a claimed process.
     fn on_call(&mut self, _ev: &CallRecord) {}
+    /// A GPU step of a claimed process (`gpu/steps.rs`).
+    fn on_gpu_step(&mut self, _step: &GpuStep) {}
     /// The engine side of a finished exchange served by claimed process `pid`.
     fn take_trace(&mut self, pid: u32, ex: &Exchange) -> Option<EngineTrace>;
     /// Drops state older than `cutoff_ns` that no exchange claimed.
@@ -230,6 +302,13 @@ impl Engines {
     pub fn on_call(&mut self, ev: &CallRecord) {
         if let Some(i) = self.owner(ev.tgid) {
             self.followers[i].on_call(ev);
+        }
+    }
+
+    /// A GPU step of a target.
+    pub fn on_gpu_step(&mut self, step: &GpuStep) {
+        if let Some(i) = self.owner(step.tgid) {
+            self.followers[i].on_gpu_step(step);
         }
     }
 

@@ -15,10 +15,21 @@
 //!
 //! The bytes are moved by ZMQ IO threads, not the thread that served HTTP, so requests are linked
 //! by content (ids) and process, never by thread.
+//!
+//! On a GPU the steps come from the CUDA hooks too (`gpu/steps.rs`,
+//! `../shared/notes/gpu.md` §1). With one GPU vLLM runs the model inside EngineCore (the `uni`
+//! executor: no Worker, no doorbells): there **a GPU step of the EngineCore is the engine
+//! step**. With workers (tensor parallel, the CPU build) doorbells make the steps and each
+//! worker's GPU step is attached to the doorbell step that contains its start. Either way
+//! which requests a step served keeps one rule: those named by the core's output message that
+//! follows the step's end. A request's tokens in a step (its prompt length, from the ADD
+//! message, in its first step; one in each later step) weigh its share of the step's GPU time.
 use std::collections::{HashMap, VecDeque};
 
-use super::{EngineFollower, EngineTrace, InstanceId, ProcView, Step, StepIds};
+use super::{EngineFollower, EngineTrace, InstanceId, ProcView, Step, StepGpu, StepIds};
 use crate::event::SockRecord;
+use crate::gpu::steps::GpuStep;
+use crate::gpu::Api;
 use crate::http::Exchange;
 use inferscope_common::EventKind;
 
@@ -95,6 +106,10 @@ pub struct EngineRequest {
     pub output_ns: Vec<u64>,
     /// Steps this request took part in (ids on its core's timeline).
     pub steps: Vec<u64>,
+    /// Tokens it computed in each of `steps` (same order).
+    pub step_tokens: Vec<u32>,
+    /// Prompt length in tokens (the ADD message's `prompt_token_ids`), when it was readable.
+    pub prompt_tokens: Option<u32>,
     /// An ABORT for it was sent.
     pub aborted: bool,
 }
@@ -116,6 +131,13 @@ pub struct VllmStats {
     pub orphan_doorbells: u64,
     /// Instances dropped to stay within [`MAX_INSTANCES`].
     pub instances_dropped: u64,
+    /// GPU steps of an EngineCore without doorbells (`uni` executor): engine steps of their own.
+    pub gpu_steps: u64,
+    /// GPU steps attached to a doorbell step (workers).
+    pub gpu_steps_attached: u64,
+    /// GPU steps with no engine step to go to (no instance, no containing doorbell step, or
+    /// another CUDA API than the one this instance's steps come from).
+    pub gpu_steps_unmatched: u64,
 }
 
 /// One EngineCore's step timeline.
@@ -127,6 +149,12 @@ struct Instance {
     ids: StepIds,
     /// This core's output sends are visible (steps are attributed there).
     outputs_seen: bool,
+    /// This core rang a doorbell: its steps come from doorbells, GPU steps attach to them.
+    doorbells: bool,
+    /// The CUDA API its GPU steps come from. A runtime call can reach the driver's entry
+    /// points too, so one process can yield a step through each: the runtime's are kept
+    /// (PyTorch's event record and synchronize, which end steps, go through it).
+    gpu_api: Option<Api>,
 }
 
 impl Instance {
@@ -137,6 +165,8 @@ impl Instance {
             open_step: None,
             ids: StepIds::default(),
             outputs_seen: false,
+            doorbells: false,
+            gpu_api: None,
         }
     }
 
@@ -148,9 +178,47 @@ impl Instance {
         (s.id == id).then_some(s)
     }
 
-    /// The last step that ended at or before `ts`.
+    /// The last step that ended at or before `ts` (GPU steps can be known before an output
+    /// sent earlier than their end is read: look past them).
     fn last_ended_by(&self, ts: u64) -> Option<u64> {
-        self.steps.back().filter(|s| s.end_ns <= ts).map(|s| s.id)
+        self.steps
+            .iter()
+            .rev()
+            .take(8)
+            .find(|s| s.end_ns <= ts)
+            .map(|s| s.id)
+    }
+
+    /// Whether a GPU step through `api` belongs to this instance's steps (see `gpu_api`).
+    fn accepts(&mut self, api: Api) -> bool {
+        match self.gpu_api {
+            Some(a) if a == api => true,
+            Some(Api::Runtime) => false,
+            _ => {
+                self.gpu_api = Some(api);
+                true
+            }
+        }
+    }
+
+    /// The doorbell step that contains a GPU step starting at `start_ns`: the latest one (open
+    /// or among the last few) that started at or before it.
+    fn containing(&mut self, start_ns: u64) -> Option<&mut Step> {
+        if self.open_step.is_some_and(|s| s.start_ns <= start_ns) {
+            return self.open_step.as_mut();
+        }
+        self.steps
+            .iter_mut()
+            .rev()
+            .take(8)
+            .find(|s| s.start_ns <= start_ns)
+    }
+
+    fn push(&mut self, s: Step) {
+        if self.steps.len() >= MAX_STEPS {
+            self.steps.pop_front();
+        }
+        self.steps.push_back(s);
     }
 }
 
@@ -199,18 +267,7 @@ fn zmq_frames(mut p: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
 /// under load): `(type, ids)` per message; for ADD the first id is the request id.
 pub fn parse_request_messages(p: &[u8]) -> Vec<(u8, Vec<&[u8]>)> {
     let mut out = Vec::new();
-    let mut frames = zmq_frames(p);
-    while let Some((more, first)) = frames.next() {
-        if !more || first.len() != 1 || first[0] > 0x03 {
-            continue;
-        }
-        let ty = first[0];
-        let Some((_, body)) = frames.next() else {
-            break;
-        };
-        let Some(rest) = skip_array_header(body) else {
-            continue;
-        };
+    for (ty, rest) in request_bodies(p) {
         let mut ids = Vec::new();
         let mut s = rest;
         // ADD: the id is the first element. ABORT: an array of ids.
@@ -226,6 +283,45 @@ pub fn parse_request_messages(p: &[u8]) -> Vec<(u8, Vec<&[u8]>)> {
         }
     }
     out
+}
+
+/// The ADD messages in one send: `(request id, prompt length)`. The prompt length is the
+/// length of `prompt_token_ids`, the array that follows the id (`None`: not an array, e.g.
+/// prompt embeddings, or cut off before its header).
+pub fn parse_adds(p: &[u8]) -> Vec<(&[u8], Option<u32>)> {
+    request_bodies(p)
+        .filter(|(ty, _)| *ty == 0x00)
+        .filter_map(|(_, rest)| {
+            let (id, next) = read_str(rest)?;
+            Some((id, array_len(next)))
+        })
+        .collect()
+}
+
+/// `(message type, body after its array header)` of each API-server → EngineCore message.
+fn request_bodies(p: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut frames = zmq_frames(p);
+    std::iter::from_fn(move || loop {
+        let (more, first) = frames.next()?;
+        if !more || first.len() != 1 || first[0] > 0x03 {
+            continue;
+        }
+        let ty = first[0];
+        let (_, body) = frames.next()?;
+        if let Some(rest) = skip_array_header(body) {
+            return Some((ty, rest));
+        }
+    })
+}
+
+/// The element count of the msgpack array that starts `b`.
+fn array_len(b: &[u8]) -> Option<u32> {
+    match *b.first()? {
+        x @ 0x90..=0x9f => Some(u32::from(x & 0x0f)),
+        0xdc => Some(u32::from(u16::from_be_bytes([*b.get(1)?, *b.get(2)?]))),
+        0xdd => Some(u32::from_be_bytes(b.get(1..5)?.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// The first message of [`parse_request_messages`].
@@ -371,22 +467,22 @@ impl VllmFollower {
     }
 
     fn on_frontend_send(&mut self, ev: &SockRecord) {
+        for (id, prompt_tokens) in parse_adds(&ev.payload) {
+            self.on_add(id, prompt_tokens, ev);
+        }
         for (ty, ids) in parse_request_messages(&ev.payload) {
-            match ty {
-                0x00 => self.on_add(ids[0], ev),
-                0x01 => {
-                    for id in ids {
-                        if let Some(r) = self.inflight.get_mut(id) {
-                            r.aborted = true;
-                        }
-                    }
+            if ty != 0x01 {
+                continue;
+            }
+            for id in ids {
+                if let Some(r) = self.inflight.get_mut(id) {
+                    r.aborted = true;
                 }
-                _ => {}
             }
         }
     }
 
-    fn on_add(&mut self, id: &[u8], ev: &SockRecord) {
+    fn on_add(&mut self, id: &[u8], prompt_tokens: Option<u32>, ev: &SockRecord) {
         let id: Box<[u8]> = id.into();
         if self.inflight.contains_key(&id) {
             return;
@@ -417,6 +513,7 @@ impl VllmFollower {
                 id: String::from_utf8_lossy(&id).into_owned(),
                 frontend_pid: ev.tgid,
                 handed_ns: ev.end_ns,
+                prompt_tokens,
                 ..Default::default()
             },
         );
@@ -433,11 +530,14 @@ impl VllmFollower {
         match m.role {
             Role::EngineCore => {
                 if inst.open_step.is_none() {
+                    inst.doorbells = true;
                     inst.open_step = Some(Step {
                         id: inst.ids.next(ts),
                         start_ns: ts,
                         end_ns: 0,
                         batch: 0,
+                        tokens: 0,
+                        gpu: None,
                     });
                 }
             }
@@ -445,10 +545,7 @@ impl VllmFollower {
                 if let Some(mut s) = inst.open_step.take() {
                     s.end_ns = ts;
                     self.stats.steps += 1;
-                    if inst.steps.len() >= MAX_STEPS {
-                        inst.steps.pop_front();
-                    }
-                    inst.steps.push_back(s);
+                    inst.push(s);
                 } else if let Some(last) = inst.steps.back_mut() {
                     // Another worker of this core (tensor parallel) finishing the same step.
                     last.end_ns = last.end_ns.max(ts);
@@ -476,6 +573,7 @@ impl VllmFollower {
     /// its batch.
     fn attribute(&mut self, core: u32, step: u64, payload: &[u8]) {
         let mut found = 0u32;
+        let mut tokens = 0u32;
         let inflight = &mut self.inflight;
         for_each_str(payload, |s| {
             if let Some(r) = inflight.get_mut(s) {
@@ -485,10 +583,18 @@ impl VllmFollower {
                 if r.steps.last() == Some(&step) {
                     return; // named twice in one message
                 }
+                // Its first output comes from the step that computed its prompt.
+                let t = if r.steps.is_empty() {
+                    r.prompt_tokens.unwrap_or(1).max(1)
+                } else {
+                    1
+                };
                 if r.steps.len() < MAX_STEPS_PER_REQUEST {
                     r.steps.push(step);
+                    r.step_tokens.push(t);
                 }
                 found += 1;
+                tokens = tokens.saturating_add(t);
             }
         });
         if found > 0 {
@@ -498,7 +604,50 @@ impl VllmFollower {
                 .and_then(|i| i.steps.iter_mut().rev().find(|s| s.id == step))
             {
                 st.batch += found;
+                st.tokens = st.tokens.saturating_add(tokens);
             }
+        }
+    }
+
+    /// A GPU step of a claimed process: an engine step of its own on an EngineCore without
+    /// doorbells (`uni` executor), else attached to the doorbell step containing it.
+    pub fn on_gpu_step(&mut self, g: &GpuStep) {
+        let m = self.member(g.tgid);
+        let inst = match m.role {
+            Role::Frontend => None,
+            _ => self.instances.get_mut(&m.core),
+        };
+        let Some(inst) = inst else {
+            self.stats.gpu_steps_unmatched += 1;
+            return;
+        };
+        if !inst.accepts(g.api) {
+            self.stats.gpu_steps_unmatched += 1;
+            return;
+        }
+        if m.role == Role::EngineCore && !inst.doorbells {
+            let id = inst.ids.next(g.start_ns);
+            inst.push(Step {
+                id,
+                start_ns: g.start_ns,
+                end_ns: g.end_ns,
+                batch: 0,
+                tokens: 0,
+                gpu: Some(StepGpu::of(g)),
+            });
+            self.stats.steps += 1;
+            self.stats.gpu_steps += 1;
+            return;
+        }
+        match inst.containing(g.start_ns) {
+            Some(s) => {
+                match &mut s.gpu {
+                    Some(have) => have.merge(g),
+                    None => s.gpu = Some(StepGpu::of(g)),
+                }
+                self.stats.gpu_steps_attached += 1;
+            }
+            None => self.stats.gpu_steps_unmatched += 1,
         }
     }
 
@@ -567,12 +716,18 @@ impl VllmFollower {
                 Some(m) => merge(m, r),
             });
         }
-        let r = merged?;
+        let mut r = merged?;
         let inst = r.core_pid.and_then(|c| self.instances.get(&c));
-        let steps = match inst {
-            Some(i) => r.steps.iter().filter_map(|&id| i.step(id)).collect(),
-            None => Vec::new(),
+        let (steps, tokens) = match inst {
+            Some(i) => r
+                .steps
+                .iter()
+                .zip(&r.step_tokens)
+                .filter_map(|(&id, &t)| Some((i.step(id)?, t)))
+                .unzip(),
+            None => (Vec::new(), Vec::new()),
         };
+        r.step_tokens = tokens;
         let id = inst.map(|i| i.id);
         Some((r, steps, id))
     }
@@ -631,12 +786,20 @@ fn merge(mut m: EngineRequest, r: EngineRequest) -> EngineRequest {
     m.output_ns.dedup();
     m.output_ns.truncate(super::MAX_OUTPUT_TIMES);
     m.aborted |= r.aborted;
-    for s in r.steps {
-        if !m.steps.contains(&s) && m.steps.len() < MAX_STEPS_PER_REQUEST {
-            m.steps.push(s);
+    m.prompt_tokens = m.prompt_tokens.max(r.prompt_tokens);
+    // Steps with their tokens, in order; a step both computed in adds their tokens.
+    let mut both: Vec<(u64, u32)> = m.steps.into_iter().zip(m.step_tokens).collect();
+    both.extend(r.steps.into_iter().zip(r.step_tokens));
+    both.sort_unstable();
+    let mut merged: Vec<(u64, u32)> = Vec::with_capacity(both.len());
+    for (s, t) in both {
+        if let Some(last) = merged.last_mut().filter(|l| l.0 == s) {
+            last.1 = last.1.saturating_add(t);
+        } else if merged.len() < MAX_STEPS_PER_REQUEST {
+            merged.push((s, t));
         }
     }
-    m.steps.sort_unstable();
+    (m.steps, m.step_tokens) = merged.into_iter().unzip();
     m
 }
 
@@ -664,6 +827,10 @@ impl EngineFollower for VllmFollower {
         VllmFollower::on_unix(self, ev);
     }
 
+    fn on_gpu_step(&mut self, step: &GpuStep) {
+        VllmFollower::on_gpu_step(self, step);
+    }
+
     fn take_trace(&mut self, _pid: u32, ex: &Exchange) -> Option<EngineTrace> {
         let (r, steps, instance) = self.take_for_response(ex.response_id.as_deref()?)?;
         Some(EngineTrace {
@@ -676,6 +843,7 @@ impl EngineFollower for VllmFollower {
             last_output_ns: r.last_output_ns,
             output_ns: r.output_ns,
             steps,
+            step_tokens: r.step_tokens,
             batch_unit: "requests",
         })
     }
@@ -698,6 +866,9 @@ impl EngineFollower for VllmFollower {
             ("expired", s.expired),
             ("orphan_doorbells", s.orphan_doorbells),
             ("instances_dropped", s.instances_dropped),
+            ("gpu_steps", s.gpu_steps),
+            ("gpu_steps_attached", s.gpu_steps_attached),
+            ("gpu_steps_unmatched", s.gpu_steps_unmatched),
         ]
     }
 }

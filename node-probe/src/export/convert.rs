@@ -175,6 +175,18 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
             trace_id: s.trace_id.to_bytes().to_vec(),
             span_id: s.span_id.to_bytes().to_vec(),
             batch_unit: s.batch_unit.to_owned(),
+            tokens: s.tokens,
+            gpu_class: s.gpu.map(|g| g.gpu_class).unwrap_or_default().to_owned(),
+            gpu_ns: s.gpu.map(|g| g.gpu_ns),
+            gpu_launch_ns: s.gpu.map_or(0, |g| g.gpu_launch_ns),
+            graph_launches: s.gpu.map_or(0, |g| g.graph_launches),
+            kernel_launches: s.gpu.map_or(0, |g| g.kernel_launches),
+            dtoh_bytes: s.gpu.map_or(0, |g| g.dtoh_bytes),
+            htod_bytes: s.gpu.map_or(0, |g| g.htod_bytes),
+            sync_wait_ns: s.gpu.map_or(0, |g| g.sync_wait_ns),
+            host_bound: s.gpu.is_some_and(|g| g.host_bound),
+            gpu_upper_bound: s.gpu.is_some_and(|g| g.gpu_upper_bound),
+            gpu_ranks: s.gpu.map_or(0, |g| u32::from(g.gpu_ranks)),
         });
     }
     let step_ids = r.steps.iter().map(|s| s.step_id).collect();
@@ -224,6 +236,11 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
         server_endpoint: endpoint(&r.server_endpoint, r.netns),
         req_tcp_seq: r.req_tcp_seq,
         resp_tcp_seq: r.resp_tcp_seq,
+        gpu_ns: r.gpu_ns,
+        gpu_cost_ns: r.gpu_cost_ns,
+        gpu_host_bound_ns: r.gpu_host_bound_ns,
+        gpu_upper_bound_steps: r.gpu_upper_bound_steps,
+        step_tokens: r.step_tokens.clone(),
     };
     Ok(Converted {
         request,
@@ -292,6 +309,8 @@ pub(crate) mod tests {
                     end_unix_ns: start + 2_005 + k * 10,
                     batch_size: 4,
                     batch_unit: "requests",
+                    tokens: 0,
+                    gpu: None,
                 }
             })
             .collect();
@@ -391,6 +410,11 @@ pub(crate) mod tests {
             engine_e2e_ns: None,
             engine_steps: steps.len() as u32,
             steps,
+            step_tokens: Vec::new(),
+            gpu_ns: None,
+            gpu_cost_ns: None,
+            gpu_host_bound_ns: None,
+            gpu_upper_bound_steps: None,
             spans,
         }
     }

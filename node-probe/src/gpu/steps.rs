@@ -23,7 +23,10 @@ use super::{Api, CopyKind, GpuCall, GpuOp, GpuRecord};
 pub const MAX_AWAITING: usize = 16;
 /// A synchronize that returned within this long waited for nothing: the step's completion time
 /// is only an upper bound ([`GpuStep::sync_immediate`]).
-pub const IMMEDIATE_SYNC_NS: u64 = 20_000;
+pub const IMMEDIATE_SYNC_NS: u64 = 100_000;
+/// A step whose host launch window lasted at least this share (in percent) of its GPU span was
+/// paced by the host, not the GPU ([`GpuStep::host_bound`]).
+pub const HOST_BOUND_PCT: u64 = 50;
 
 /// How a step ran on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,6 +71,21 @@ pub struct GpuStep {
     pub sync_wait_ns: u64,
     /// The synchronize returned at once: `end_ns` is an upper bound of the GPU's completion.
     pub sync_immediate: bool,
+    /// The step's GPU span: from when the GPU could start it (its first launch, or the previous
+    /// step's completion if later: one GPU runs one process's steps in order) to its
+    /// completion. Under async scheduling consecutive spans tile the GPU's busy time, so their
+    /// sum over a request's steps telescopes to two completion times.
+    pub gpu_ns: u64,
+    /// Host time spent launching it (`start_ns` → `launched_ns`).
+    pub launch_ns: u64,
+    /// The host's launches took at least [`HOST_BOUND_PCT`] % of the GPU span: the GPU was fed
+    /// no faster than the host issued work (a CPU-bound step), and `gpu_ns` is an upper bound
+    /// of the GPU's busy time.
+    pub host_bound: bool,
+    /// `gpu_ns` is only an upper bound: the step was host-bound, its synchronize found it done
+    /// (its completion is earlier than `end_ns`), or it overlapped a previous step whose
+    /// completion was not seen (its GPU start is unknown).
+    pub upper_bound: bool,
 }
 
 /// The window being launched.
@@ -87,6 +105,12 @@ struct Proc {
     open: Option<Window>,
     awaiting: VecDeque<(u64, u64, Window)>,
     seq: u64,
+    /// When the GPU is known to have finished this process's previous step: its completion,
+    /// or its launch end when its synchronize waited for nothing (then it finished earlier).
+    gpu_free_ns: u64,
+    /// The previous step's synchronize return, and whether it was its completion.
+    prev_end_ns: u64,
+    prev_known: bool,
 }
 
 /// Counters of the step builder.
@@ -161,15 +185,13 @@ impl GpuSteps {
             GpuOp::EventSync { event } => {
                 if let Some(i) = p.awaiting.iter().position(|a| a.0 == event) {
                     let (ev, launched, w) = p.awaiting.remove(i).expect("present");
-                    p.seq += 1;
-                    out.push(step(r, c.api, p.seq, ev, launched, w));
+                    out.push(p.complete(r, c.api, ev, launched, w));
                     self.stats.steps += 1;
                 }
             }
             GpuOp::StreamSync if p.open.as_ref().is_some_and(|w| w.copied) => {
                 let w = p.open.take().expect("open");
-                p.seq += 1;
-                out.push(step(r, c.api, p.seq, 0, at, w));
+                out.push(p.complete(r, c.api, 0, at, w));
                 self.stats.steps += 1;
             }
             _ => {}
@@ -204,28 +226,52 @@ impl GpuStep {
     }
 }
 
-fn step(r: &GpuRecord, api: Api, seq: u64, event: u64, launched: u64, w: Window) -> GpuStep {
-    let class = match w.graphs {
-        0 => StepClass::Eager,
-        1 => StepClass::FullGraph,
-        _ => StepClass::Piecewise,
-    };
-    let wait = r.call.end_ns.saturating_sub(r.call.start_ns);
-    GpuStep {
-        tgid: r.call.tgid,
-        api,
-        seq,
-        start_ns: w.start_ns,
-        launched_ns: launched,
-        end_ns: r.call.end_ns,
-        event,
-        graph_launches: w.graphs,
-        kernel_launches: w.launches,
-        class,
-        dtoh_bytes: w.dtoh,
-        htod_bytes: w.htod,
-        sync_wait_ns: wait,
-        sync_immediate: wait < IMMEDIATE_SYNC_NS,
+impl Proc {
+    /// The step whose window `w` closed at `launched` completes with the synchronize `r`.
+    fn complete(
+        &mut self,
+        r: &GpuRecord,
+        api: Api,
+        event: u64,
+        launched: u64,
+        w: Window,
+    ) -> GpuStep {
+        let class = match w.graphs {
+            0 => StepClass::Eager,
+            1 => StepClass::FullGraph,
+            _ => StepClass::Piecewise,
+        };
+        let end = r.call.end_ns;
+        let wait = end.saturating_sub(r.call.start_ns);
+        let immediate = wait < IMMEDIATE_SYNC_NS;
+        let gpu_ns = end.saturating_sub(w.start_ns.max(self.gpu_free_ns));
+        let launch_ns = launched.saturating_sub(w.start_ns);
+        let host_bound = launch_ns.saturating_mul(100) >= gpu_ns.saturating_mul(HOST_BOUND_PCT);
+        let start_unknown = !self.prev_known && w.start_ns < self.prev_end_ns;
+        self.gpu_free_ns = if immediate { launched } else { end };
+        self.prev_end_ns = end;
+        self.prev_known = !immediate;
+        self.seq += 1;
+        GpuStep {
+            tgid: r.call.tgid,
+            api,
+            seq: self.seq,
+            start_ns: w.start_ns,
+            launched_ns: launched,
+            end_ns: end,
+            event,
+            graph_launches: w.graphs,
+            kernel_launches: w.launches,
+            class,
+            dtoh_bytes: w.dtoh,
+            htod_bytes: w.htod,
+            sync_wait_ns: wait,
+            sync_immediate: immediate,
+            gpu_ns,
+            launch_ns,
+            host_bound,
+            upper_bound: host_bound || immediate || start_unknown,
+        }
     }
 }
 
@@ -362,6 +408,69 @@ mod tests {
         assert_eq!((st.htod_bytes, st.dtoh_bytes, st.event), (4096, 64, 0));
         assert_eq!((st.start_ns, st.end_ns), (1_000, 65_000));
         assert!(st.sync_immediate, "5 us wait: completion is an upper bound");
+    }
+
+    /// GPU spans tile the GPU's time under async scheduling (a step's span starts at the
+    /// previous one's completion when that is later than its first launch); a step whose
+    /// launches took as long as its span is host-bound.
+    #[test]
+    fn gpu_spans_and_host_bound_steps() {
+        use HookId::*;
+        let mut s = GpuSteps::new();
+        let mut out = Vec::new();
+        let mut run = |calls: &[GpuRecord]| {
+            out.extend(feed(&mut s, calls));
+        };
+        // Step 1 launched at 1.0 ms (a graph), recorded at 1.01 ms, done at 3 ms.
+        run(&[
+            call(CuGraphLaunch, [9, 1, 0, 0, 0, 0], 1_000_000, 0, 0),
+            call(CuMemcpyDtoHAsync, [0, 0, 8, 1, 0, 0], 1_005_000, 0, 0),
+            call(CuEventRecord, [0xe1, 1, 0, 0, 0, 0], 1_010_000, 0, 0),
+        ]);
+        // Step 2 launched at 1.5 ms, before step 1 is waited for.
+        run(&[
+            call(CuGraphLaunch, [9, 1, 0, 0, 0, 0], 1_500_000, 0, 0),
+            call(CuMemcpyDtoHAsync, [0, 0, 8, 1, 0, 0], 1_505_000, 0, 0),
+            call(CuEventRecord, [0xe2, 1, 0, 0, 0, 0], 1_510_000, 0, 0),
+            call(
+                CuEventSynchronize,
+                [0xe1, 0, 0, 0, 0, 0],
+                1_600_000,
+                1_400_000,
+                0,
+            ),
+            call(
+                CuEventSynchronize,
+                [0xe2, 0, 0, 0, 0, 0],
+                3_100_000,
+                900_000,
+                0,
+            ),
+        ]);
+        // Step 3: the host launches for 5 ms; the GPU is done 0.2 ms after the last launch.
+        let mut copy = call(CuMemcpyDtoHAsync, [0, 0, 8, 1, 0, 0], 15_000_000, 0, 40);
+        copy.first_launch_ns = 10_000_000;
+        run(&[
+            copy,
+            call(CuEventRecord, [0xe1, 1, 0, 0, 0, 0], 15_010_000, 0, 0),
+            call(
+                CuEventSynchronize,
+                [0xe1, 0, 0, 0, 0, 0],
+                15_020_000,
+                180_000,
+                0,
+            ),
+        ]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].gpu_ns, 3_000_000 - 1_000_000);
+        assert_eq!(
+            out[1].gpu_ns,
+            4_000_000 - 3_000_000,
+            "starts when step 1 is done"
+        );
+        assert!(!out[0].host_bound && !out[1].host_bound);
+        assert_eq!(out[2].launch_ns, 5_010_000);
+        assert!(out[2].host_bound, "{:?}", out[2]);
     }
 
     #[test]

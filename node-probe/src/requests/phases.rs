@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use inferscope_api::SpanId;
 use serde_json::Value;
 
-use super::record::{LinkJson, SpanJson, StepJson};
+use super::record::{LinkJson, SpanJson, StepGpuJson, StepJson};
 use crate::clock::WallClock;
-use crate::engine::EngineTrace;
+use crate::engine::{EngineTrace, Step, StepGpu};
+use crate::gpu::steps::StepClass;
 
 /// Engine-side phase durations of one request.
 #[derive(Debug, Default)]
@@ -20,7 +21,70 @@ pub(super) struct Phases {
     pub(super) engine_ttft: Option<u64>,
     pub(super) engine_e2e: Option<u64>,
     pub(super) steps: Vec<StepJson>,
+    pub(super) step_tokens: Vec<u32>,
+    pub(super) gpu: Option<GpuTime>,
     pub(super) engine_id: Option<String>,
+}
+
+/// A request's GPU time from the steps it was in that the CUDA hooks saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct GpuTime {
+    /// Latency view: the sum of those steps' GPU spans.
+    pub(super) latency_ns: u64,
+    /// Cost view: each span times the request's tokens in the step over the step's tokens;
+    /// `None` when a step's tokens are unknown.
+    pub(super) cost_ns: Option<u64>,
+    /// Wall time of those steps that the host paced.
+    pub(super) host_bound_ns: u64,
+    /// Those steps whose GPU time is an upper bound.
+    pub(super) upper_bound_steps: u32,
+}
+
+/// The GPU time of a request in `steps` (with its `tokens` in each, same order, or none).
+pub(super) fn gpu_time(steps: &[Step], tokens: &[u32]) -> Option<GpuTime> {
+    let mut t = GpuTime {
+        cost_ns: Some(0),
+        ..GpuTime::default()
+    };
+    let mut seen = false;
+    for (k, s) in steps.iter().enumerate() {
+        let Some(g) = s.gpu else { continue };
+        seen = true;
+        t.latency_ns += g.gpu_ns;
+        if g.host_bound {
+            t.host_bound_ns += s.end_ns.saturating_sub(s.start_ns);
+        }
+        t.upper_bound_steps += u32::from(g.upper_bound);
+        t.cost_ns = match (t.cost_ns, tokens.get(k)) {
+            (Some(c), Some(&mine)) if s.tokens > 0 => {
+                let share =
+                    u128::from(g.gpu_ns) * u128::from(mine.min(s.tokens)) / u128::from(s.tokens);
+                Some(c + share as u64)
+            }
+            _ => None,
+        };
+    }
+    seen.then_some(t)
+}
+
+fn gpu_json(g: &StepGpu) -> StepGpuJson {
+    StepGpuJson {
+        gpu_class: match g.class {
+            StepClass::FullGraph => "full_graph",
+            StepClass::Piecewise => "piecewise",
+            StepClass::Eager => "eager",
+        },
+        gpu_ns: g.gpu_ns,
+        gpu_launch_ns: g.launch_ns,
+        graph_launches: g.graph_launches,
+        kernel_launches: g.kernel_launches,
+        dtoh_bytes: g.dtoh_bytes,
+        htod_bytes: g.htod_bytes,
+        sync_wait_ns: g.sync_wait_ns,
+        host_bound: g.host_bound,
+        gpu_upper_bound: g.upper_bound,
+        gpu_ranks: g.ranks,
+    }
 }
 
 /// A new random span id (never zero: a v4 UUID has fixed non-zero version bits in its second
@@ -101,9 +165,16 @@ pub(super) fn engine_phases(
                 end_unix_ns: w(s.end_ns.max(s.start_ns)),
                 batch_size: s.batch,
                 batch_unit: er.batch_unit,
+                tokens: s.tokens,
+                gpu: s.gpu.as_ref().map(gpu_json),
             }
         })
         .collect();
+    let step_tokens = if er.step_tokens.len() == er.steps.len() {
+        er.step_tokens.clone()
+    } else {
+        Vec::new()
+    };
     Phases {
         frontend: Some(handed.saturating_sub(start)),
         queue: q,
@@ -112,7 +183,9 @@ pub(super) fn engine_phases(
         delivery,
         engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
         engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
+        gpu: gpu_time(&er.steps, &step_tokens),
         steps,
+        step_tokens,
         engine_id: er.request_id.clone(),
     }
 }
@@ -125,5 +198,55 @@ pub(super) fn step_link(s: &StepJson) -> LinkJson {
         trace_id: s.trace_id,
         span_id: s.span_id,
         attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(id: u64, start: u64, end: u64, tokens: u32, gpu_ns: Option<u64>) -> Step {
+        Step {
+            id,
+            start_ns: start,
+            end_ns: end,
+            batch: 2,
+            tokens,
+            gpu: gpu_ns.map(|n| StepGpu {
+                class: StepClass::FullGraph,
+                gpu_ns: n,
+                launch_ns: 5,
+                graph_launches: 1,
+                kernel_launches: 0,
+                dtoh_bytes: 8,
+                htod_bytes: 0,
+                sync_wait_ns: 1,
+                host_bound: id == 3,
+                upper_bound: id == 3,
+                ranks: 1,
+            }),
+        }
+    }
+
+    /// Two requests share steps 1 and 2: their cost shares add up to each step's GPU time;
+    /// each waited for the whole of every step it was in.
+    #[test]
+    fn cost_shares_add_up_to_the_step() {
+        let steps = [
+            step(1, 0, 100, 10, Some(90)),
+            step(2, 100, 200, 2, Some(60)),
+            step(3, 200, 400, 1, Some(150)),
+        ];
+        let a = gpu_time(&steps, &[7, 1, 1]).unwrap();
+        let b = gpu_time(&steps[..2], &[3, 1]).unwrap();
+        assert_eq!(a.latency_ns, 300);
+        assert_eq!(b.latency_ns, 150);
+        assert_eq!(a.cost_ns, Some(63 + 30 + 150));
+        assert_eq!(b.cost_ns, Some(27 + 30));
+        assert_eq!(a.cost_ns.unwrap() + b.cost_ns.unwrap(), 300);
+        assert_eq!((a.host_bound_ns, b.host_bound_ns), (200, 0));
+        // Unknown weights: no cost view; no GPU step: nothing.
+        assert_eq!(gpu_time(&steps, &[]).unwrap().cost_ns, None);
+        assert!(gpu_time(&[step(9, 0, 1, 1, None)], &[1]).is_none());
     }
 }

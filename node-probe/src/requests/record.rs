@@ -59,6 +59,45 @@ pub struct StepJson {
     pub batch_size: u32,
     /// What `batch_size` counts: `requests` or `tokens`.
     pub batch_unit: &'static str,
+    /// Tokens its requests computed in it, as far as known (0: unknown): the denominator of
+    /// each request's share of its GPU time.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens: u32,
+    /// What the GPU did in it (CUDA hooks), when seen.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<StepGpuJson>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The GPU side of one engine step (`engine::StepGpu`), in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepGpuJson {
+    /// `full_graph`, `piecewise` or `eager`.
+    pub gpu_class: &'static str,
+    /// GPU span of the step (the longest rank's).
+    pub gpu_ns: u64,
+    /// Host time spent launching it.
+    pub gpu_launch_ns: u64,
+    /// CUDA graph launches.
+    pub graph_launches: u32,
+    /// Kernel launches outside graphs.
+    pub kernel_launches: u64,
+    /// Device-to-host copy bytes.
+    pub dtoh_bytes: u64,
+    /// Host-to-device copy bytes.
+    pub htod_bytes: u64,
+    /// Time the host waited in the synchronize.
+    pub sync_wait_ns: u64,
+    /// Paced by the host (a CPU-bound step).
+    pub host_bound: bool,
+    /// `gpu_ns` is an upper bound (host-bound, a synchronize that found it done, or an unknown
+    /// GPU start), not a measurement.
+    pub gpu_upper_bound: bool,
+    /// GPU steps (ranks) merged into it.
+    pub gpu_ranks: u16,
 }
 
 /// A connection endpoint inside its network namespace (the record's `netns`).
@@ -214,6 +253,24 @@ pub struct RequestRecord {
     /// Those steps, in order (the root span links to each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepJson>,
+    /// Tokens this request computed in each of `steps` (same order; empty when unknown): the
+    /// weights of `gpu_cost_ns`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_tokens: Vec<u32>,
+    /// GPU time, latency view: the GPU spans of the steps it was in (it waited for each whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_ns: Option<u64>,
+    /// GPU time, cost view: each step's GPU span times its tokens in the step over the
+    /// step's tokens, so the requests of a batch add up to the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_cost_ns: Option<u64>,
+    /// Wall time of its steps that the host paced (CPU-bound steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_host_bound_ns: Option<u64>,
+    /// Steps whose GPU time is only an upper bound (see `StepGpuJson::gpu_upper_bound`): the
+    /// GPU figures above are exact when 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_upper_bound_steps: Option<u32>,
     /// The span tree.
     pub spans: Vec<SpanJson>,
 }

@@ -258,3 +258,138 @@ fn bounded_and_expiring() {
         f.on_unix(&ev(1, EventKind::SockRecv, 1, &b));
     }
 }
+
+/// An ADD for `id` with a prompt of `n` tokens, as the API server frames it.
+fn add_msg(id: &str, n: u8) -> Vec<u8> {
+    let mut body = vec![0x93, 0xd9, id.len() as u8];
+    body.extend_from_slice(id.as_bytes());
+    body.push(0x90 | n.min(15));
+    body.extend(std::iter::repeat_n(1u8, usize::from(n.min(15))));
+    body.push(0xc0);
+    let mut m = vec![0x01, 0x01, 0x00, 0x00, body.len() as u8];
+    m.extend_from_slice(&body);
+    m
+}
+
+/// EngineCore's output message naming `ids`.
+fn out_msg(ids: &[&str]) -> Vec<u8> {
+    let mut body = vec![0x90 | ids.len() as u8];
+    for id in ids {
+        body.extend_from_slice(&[0x92, 0xd9, id.len() as u8]);
+        body.extend_from_slice(id.as_bytes());
+        body.extend_from_slice(&[0x91, 0x07]);
+    }
+    let mut m = vec![0x00, body.len() as u8];
+    m.extend_from_slice(&body);
+    m
+}
+
+fn gpu_step(tgid: u32, api: Api, start: u64, end: u64, gpu_ns: u64) -> GpuStep {
+    GpuStep {
+        tgid,
+        api,
+        seq: 0,
+        start_ns: start,
+        launched_ns: start + 10,
+        end_ns: end,
+        event: 0xe1,
+        graph_launches: 1,
+        kernel_launches: 2,
+        class: crate::gpu::steps::StepClass::FullGraph,
+        dtoh_bytes: 8,
+        htod_bytes: 0,
+        sync_wait_ns: end - start - 10,
+        sync_immediate: false,
+        gpu_ns,
+        launch_ns: 10,
+        host_bound: false,
+        upper_bound: false,
+    }
+}
+
+#[test]
+fn parses_the_prompt_length_of_adds() {
+    assert_eq!(
+        parse_adds(ADD),
+        [(&b"cmpl-9f0db1b837668a6b-0-8c2050b7"[..], Some(5))]
+    );
+    let mut two = add_msg("cmpl-aaaaaaaa-0-1", 7);
+    two.extend(add_msg("cmpl-bbbbbbbb-0-2", 3));
+    let adds = parse_adds(&two);
+    assert_eq!(adds.len(), 2);
+    assert_eq!((adds[0].1, adds[1].1), (Some(7), Some(3)));
+    // Cut before the prompt's array header: the id is still an ADD.
+    let cut = &two[..5 + 3 + 17];
+    assert_eq!(parse_adds(cut), [(&b"cmpl-aaaaaaaa-0-1"[..], None)]);
+}
+
+/// One GPU, the `uni` executor: no worker, no doorbells; EngineCore's GPU steps are the
+/// steps, async scheduling (step N+1 completes before the output of step N is read) included;
+/// each request's tokens per step are its prompt, then one.
+#[test]
+fn uni_executor_gpu_steps_are_the_engine_steps() {
+    let mut f = VllmFollower::new();
+    let (api, core) = (10, 11);
+    f.set_member(&view(api, 1), Role::Frontend);
+    f.set_member(&view(core, api), Role::EngineCore);
+    let (a, b) = ("cmpl-aaaaaaaa-0-1", "cmpl-bbbbbbbb-0-2");
+    f.on_unix(&ev(api, EventKind::SockSend, 100, &add_msg(a, 7)));
+    f.on_unix(&ev(api, EventKind::SockSend, 101, &add_msg(b, 3)));
+    // Step 1: both prefill; step 2: both decode; its GPU step is read before step 1's output.
+    f.on_gpu_step(&gpu_step(core, Api::Runtime, 200, 300, 100));
+    f.on_gpu_step(&gpu_step(core, Api::Runtime, 250, 400, 100));
+    f.on_unix(&ev(core, EventKind::SockSend, 310, &out_msg(&[a, b])));
+    f.on_unix(&ev(core, EventKind::SockSend, 410, &out_msg(&[a, b])));
+    // Step 3: only a. A driver-API step of the same process is not another step.
+    f.on_gpu_step(&gpu_step(core, Api::Driver, 420, 500, 80));
+    f.on_gpu_step(&gpu_step(core, Api::Runtime, 420, 500, 80));
+    f.on_unix(&ev(core, EventKind::SockSend, 510, &out_msg(&[a])));
+    assert_eq!((f.stats.gpu_steps, f.stats.gpu_steps_unmatched), (3, 1));
+    let (ra, steps, inst) = f.take_for_response("cmpl-aaaaaaaa").unwrap();
+    assert_eq!(inst.map(|i| i.pid), Some(core));
+    assert_eq!(steps.len(), 3);
+    assert_eq!(ra.step_tokens, [7, 1, 1]);
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| (s.batch, s.tokens))
+            .collect::<Vec<_>>(),
+        [(2, 10), (2, 2), (1, 1)]
+    );
+    assert_eq!(steps[0].gpu.map(|g| g.gpu_ns), Some(100));
+    assert_eq!((steps[1].start_ns, steps[1].end_ns), (250, 400));
+    let (rb, steps_b, _) = f.take_for_response("cmpl-bbbbbbbb").unwrap();
+    assert_eq!((rb.step_tokens, steps_b.len()), (vec![3, 1], 2));
+}
+
+/// With workers (tensor parallel), doorbells make the steps and each worker's GPU step joins
+/// the doorbell step it started in; two ranks merge into one.
+#[test]
+fn worker_gpu_steps_attach_to_doorbell_steps() {
+    let mut f = VllmFollower::new();
+    let (api, core, w0, w1) = (10, 11, 12, 13);
+    deployment(&mut f, api, core, w0);
+    f.set_member(&view(w1, core), Role::Worker);
+    let bell = b"\x00\x01\x00";
+    f.on_unix(&ev(api, EventKind::SockSend, 100, ADD));
+    f.on_unix(&ev(core, EventKind::SockSend, 120, bell));
+    f.on_gpu_step(&gpu_step(w0, Api::Runtime, 125, 170, 40));
+    f.on_gpu_step(&gpu_step(w1, Api::Runtime, 126, 178, 50));
+    f.on_unix(&ev(w0, EventKind::SockSend, 180, bell));
+    f.on_unix(&ev(core, EventKind::SockSend, 182, OUT));
+    // A GPU step before any doorbell step started: nowhere to go.
+    f.on_gpu_step(&gpu_step(w0, Api::Runtime, 50, 60, 10));
+    assert_eq!(
+        (
+            f.stats.steps,
+            f.stats.gpu_steps_attached,
+            f.stats.gpu_steps_unmatched
+        ),
+        (1, 2, 1)
+    );
+    let (r, steps, _) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+    let g = steps[0].gpu.unwrap();
+    assert_eq!((g.ranks, g.gpu_ns, g.kernel_launches), (2, 50, 4));
+    assert_eq!((steps[0].start_ns, steps[0].end_ns), (120, 180));
+    assert_eq!((r.step_tokens, steps[0].tokens), (vec![5], 5));
+}
