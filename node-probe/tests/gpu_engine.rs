@@ -63,22 +63,6 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-/// CLOCK_MONOTONIC to Unix time, now.
-fn mono_to_wall_offset() -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i128;
-    wall - mono
-}
-
 /// Per truth step: the probe's `gpu_step` of the same core whose completion is nearest (the
 /// event handles alternate, so times decide).
 fn match_steps<'a>(probe: &'a [Value], step: &Value, offset: i128) -> Option<&'a Value> {

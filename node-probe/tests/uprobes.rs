@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -58,23 +58,6 @@ fn caller(bin: &Path, lib: &Path, delay_ms: u32, run_ms: u32, n_tokens: u32) -> 
         .arg(run_ms.to_string())
         .arg(n_tokens.to_string());
     JsonChild::spawn(cmd)
-}
-
-/// CLOCK_MONOTONIC now, and wall-clock minus monotonic (to compare a fixture's monotonic
-/// stamps with node-probe's wall-clock ones).
-fn mono_to_wall_offset() -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i128;
-    wall - mono
 }
 
 #[test]

@@ -199,3 +199,19 @@ pub fn figure(line: &str) {
         }
     }
 }
+
+/// CLOCK_MONOTONIC to Unix time, now.
+pub fn mono_to_wall_offset() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    wall - mono
+}
