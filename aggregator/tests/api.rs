@@ -383,18 +383,23 @@ async fn insert_data(store: &Store) -> Data {
                 String::new()
             },
             batch_unit: String::new(),
-            tokens: 0,
-            gpu_class: String::new(),
-            gpu_ns: None,
-            gpu_launch_ns: 0,
-            graph_launches: 0,
-            kernel_launches: 0,
-            dtoh_bytes: 0,
+            // From 900005 on, steps the CUDA hooks saw (migration 10's columns).
+            tokens: if s >= 900_005 { 12 } else { 0 },
+            gpu_class: if s >= 900_005 {
+                "full_graph".into()
+            } else {
+                String::new()
+            },
+            gpu_ns: (s >= 900_005).then_some(20 * MS),
+            gpu_launch_ns: 40_000,
+            graph_launches: 1,
+            kernel_launches: 2,
+            dtoh_bytes: 24,
             htod_bytes: 0,
-            sync_wait_ns: 0,
+            sync_wait_ns: 19 * MS,
             host_bound: 0,
-            gpu_ranks: 0,
-            gpu_upper_bound: 0,
+            gpu_ranks: 1,
+            gpu_upper_bound: u8::from(s == 900_006),
         };
         ins.write(&row).await.unwrap();
         if s == 900_001 {
@@ -852,7 +857,21 @@ async fn traces(addr: SocketAddr, d: &Data) {
         assert_eq!(sp.attributes["engine.step_id"], st.step_id.to_string());
         assert_eq!(sp.attributes["engine.batch_size"], "3");
         assert_eq!(sp.attributes["engine.batch_unit"], "requests");
+        assert_eq!(sp.attributes["engine.tokens"], "12");
+        assert_eq!(sp.attributes["gpu.class"], "full_graph");
+        assert_eq!(sp.attributes["gpu.ms"], "20.000");
         assert_eq!(Some(sp.start_unix_ns), st.start_unix_ns);
+        let g = st.gpu.as_ref().expect("the step's GPU side");
+        assert_eq!(
+            (g.class.as_str(), g.gpu_ms, g.sync_wait_ms),
+            ("full_graph", 20.0, 19.0)
+        );
+        assert_eq!(
+            (g.graph_launches, g.kernel_launches, g.dtoh_bytes),
+            (1, 2, 24)
+        );
+        assert_eq!(g.upper_bound, st.step_id == 900_006);
+        assert_eq!(st.tokens, Some(12));
         assert!(root.links.iter().any(|l| l.span_id == sp.span_id));
     }
     // 11 steps, deduplicated, each with timing from engine_steps and its batch neighbours.
@@ -867,6 +886,7 @@ async fn traces(addr: SocketAddr, d: &Data) {
         );
         assert_eq!(s.batch_size, Some(3));
         assert_eq!(s.duration_ms, Some(30.0));
+        assert_eq!(s.gpu.is_some(), s.step_id >= 900_005, "step {}", s.step_id);
         let want: Vec<&String> = match s.step_id {
             900_000..=900_002 => vec![&d.neighbours[0]],
             _ => vec![&d.neighbours[1]],
