@@ -41,19 +41,12 @@ fn nvidia_libs() -> Option<(PathBuf, PathBuf)> {
 
 fn build_caller() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join(CALLER);
-    let out = Command::new("cc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(fixture("c").join("cuda_caller.c"))
-        .arg("-ldl")
-        .output()
-        .expect("cc (build-essential)");
-    assert!(
-        out.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&out.stderr)
+    compile_c(
+        &fixture("c").join("cuda_caller.c"),
+        &bin,
+        &["-O1", "-Wall"],
+        &["-ldl"],
     );
     bin
 }

@@ -25,21 +25,9 @@ fn sim_dir() -> PathBuf {
 
 /// Builds the stand-in driver as `libcuda.so.1` (the hooks match the library by file name).
 fn build_fake_driver() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-sim");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = dir.join("libcuda.so.1");
-    let out = Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(sim_dir().join("fakecuda.c"))
-        .arg("-lpthread")
-        .output()
-        .expect("cc (build-essential)");
-    assert!(
-        out.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lib = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-sim/libcuda.so.1");
+    let src = sim_dir().join("fakecuda.c");
+    compile_c(&src, &lib, &["-O2", "-shared", "-fPIC"], &["-lpthread"]);
     lib
 }
 

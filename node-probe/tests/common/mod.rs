@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
@@ -214,4 +214,24 @@ pub fn mono_to_wall_offset() -> i128 {
         .unwrap()
         .as_nanos() as i128;
     wall - mono
+}
+
+/// Compiles the C file `src` into `out` (its folder created) with `cc FLAGS -o OUT SRC LIBS`.
+pub fn compile_c(src: &Path, out: &Path, flags: &[&str], libs: &[&str]) {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let r = Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .args(libs)
+        .output()
+        .expect("cc (build-essential)");
+    assert!(
+        r.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
 }
