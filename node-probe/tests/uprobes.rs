@@ -18,36 +18,12 @@ const CALLER: &str = "inferscope-dlopen-caller";
 /// Builds the stand-in library and the caller into the test's temp dir.
 fn build() -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uprobe-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
     let src = fixture("c");
     let lib = dir.join("libllama.so");
     let caller = dir.join(CALLER);
-    let cc = |args: &[&str]| {
-        let out = Command::new("cc")
-            .args(args)
-            .output()
-            .expect("cc (build-essential)");
-        assert!(
-            out.status.success(),
-            "cc {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    cc(&[
-        "-shared",
-        "-fPIC",
-        "-O1",
-        "-o",
-        lib.to_str().unwrap(),
-        src.join("libllama_standin.c").to_str().unwrap(),
-    ]);
-    cc(&[
-        "-O1",
-        "-o",
-        caller.to_str().unwrap(),
-        src.join("dlopen_caller.c").to_str().unwrap(),
-        "-ldl",
-    ]);
+    let standin = src.join("libllama_standin.c");
+    compile_c(&standin, &lib, &["-shared", "-fPIC", "-O1"], &[]);
+    compile_c(&src.join("dlopen_caller.c"), &caller, &["-O1"], &["-ldl"]);
     (lib, caller)
 }
 
