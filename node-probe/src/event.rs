@@ -199,6 +199,7 @@ impl Event {
             Event::Proc(p) => p.kind,
             Event::Arrival(_) => EventKind::SockArrival,
             Event::Call(_) => EventKind::UprobeCall,
+            Event::Gpu(g) if g.is_nccl() => EventKind::NcclCall,
             Event::Gpu(_) => EventKind::GpuCall,
         }
     }
@@ -358,7 +359,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 stack: ev.stack,
             }))
         }
-        EventKind::GpuCall => Ok(Event::Gpu(crate::gpu::decode_record(&h, bytes)?)),
+        EventKind::GpuCall | EventKind::NcclCall => {
+            Ok(Event::Gpu(crate::gpu::decode_record(&h, bytes)?))
+        }
         EventKind::ProcExec | EventKind::ProcFork | EventKind::ProcExit => {
             let ev = read::<ProcEvent>(bytes)?;
             Ok(Event::Proc(ProcRecord {
@@ -387,6 +390,7 @@ pub fn kind_name(k: EventKind) -> &'static str {
         EventKind::ProcExit => "exit",
         EventKind::UprobeCall => "call",
         EventKind::GpuCall => "gpu",
+        EventKind::NcclCall => "nccl",
     }
 }
 
@@ -455,6 +459,9 @@ pub struct EventJson<'a> {
     /// GPU: the decoded call (API, operation, stream, launches before it, result).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<crate::gpu::GpuCall>,
+    /// NCCL: the decoded call (communicator set-up, collective, group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nccl: Option<crate::gpu::nccl::NcclCall>,
 }
 
 fn proto_name(s: &SockInfo) -> String {
@@ -525,6 +532,7 @@ impl<'a> EventJson<'a> {
                     stack: None,
                     comm: None,
                     gpu: None,
+                    nccl: None,
                 }
             }
             Event::Arrival(a) => EventJson {
@@ -550,6 +558,12 @@ impl<'a> EventJson<'a> {
                 stack: None,
                 comm: None,
                 gpu: None,
+                nccl: None,
+            },
+            Event::Gpu(g) if g.is_nccl() => EventJson {
+                kind: "nccl",
+                nccl: crate::gpu::nccl::decode(g),
+                ..Self::call(&g.call, to_wall)
             },
             Event::Gpu(g) => EventJson {
                 kind: "gpu",
@@ -580,6 +594,7 @@ impl<'a> EventJson<'a> {
                 stack: None,
                 comm: Some(&p.comm),
                 gpu: None,
+                nccl: None,
             },
         }
     }
@@ -608,6 +623,7 @@ impl<'a> EventJson<'a> {
             stack: Some(c.stack),
             comm: crate::hooks::hook_name(c.hook),
             gpu: None,
+            nccl: None,
         }
     }
 }

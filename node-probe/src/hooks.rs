@@ -18,8 +18,8 @@ use inferscope_common::{stream_at, uprobe_cookie};
 macro_rules! hook_ids {
     ($($(#[$m:meta])* $name:ident = $v:literal,)*) => {
         /// Stable ids of uprobe hooks (the attach cookie). Never renumber, only append. Ranges:
-        /// 1–99 engine libraries, 100–199 CUDA driver, 200–299 CUDA runtime, 300–399 NCCL
-        /// (reserved), 400–499 TLS libraries (reserved).
+        /// 1–99 engine libraries, 100–199 CUDA driver, 200–299 CUDA runtime, 300–399 NCCL,
+        /// 400–499 TLS libraries (reserved).
         #[repr(u16)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum HookId {
@@ -94,6 +94,15 @@ hook_ids! {
     CuStreamWaitEventPtsz = 122,
     /// `cuCtxSynchronize()`, timed to its return.
     CuCtxSynchronize = 123,
+    /// `cuStreamBeginCapture_v2(stream, mode)`: work queued on the stream is captured into a
+    /// graph, not run (NCCL calls made meanwhile are flagged `captured`).
+    CuStreamBeginCapture = 124,
+    /// `cuStreamBeginCapture_v2_ptsz`.
+    CuStreamBeginCapturePtsz = 125,
+    /// `cuStreamEndCapture(stream, CUgraph *out)`.
+    CuStreamEndCapture = 126,
+    /// `cuStreamEndCapture_ptsz`.
+    CuStreamEndCapturePtsz = 127,
     /// `cudaLaunchKernel(func, dim3 grid, dim3 block, args, shmem, stream)`: a `dim3` takes two
     /// registers, so `stream` is the second stack word.
     CudaLaunchKernel = 200,
@@ -131,6 +140,57 @@ hook_ids! {
     CudaStreamWaitEventPtsz = 216,
     /// `cudaDeviceSynchronize()`, timed to its return.
     CudaDeviceSynchronize = 217,
+    /// `cudaStreamBeginCapture(stream, mode)`.
+    CudaStreamBeginCapture = 218,
+    /// `cudaStreamBeginCapture_ptsz`.
+    CudaStreamBeginCapturePtsz = 219,
+    /// `cudaStreamEndCapture(stream, cudaGraph_t *out)`.
+    CudaStreamEndCapture = 220,
+    /// `cudaStreamEndCapture_ptsz`.
+    CudaStreamEndCapturePtsz = 221,
+    /// `ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank)`: the id
+    /// (128 bytes by value) is on the stack, rank in the third register; the new handle is
+    /// read from `*comm` at the return.
+    NcclCommInitRank = 300,
+    /// `ncclCommInitRankConfig(comm *, nranks, id, rank, config *)`.
+    NcclCommInitRankConfig = 301,
+    /// `ncclCommInitRankScalable(comm *, nranks, myrank, nId, ncclUniqueId *ids, config *)`.
+    NcclCommInitRankScalable = 302,
+    /// `ncclCommSplit(comm, color, key, ncclComm_t *newcomm, config *)`: the new rank is not
+    /// among the arguments (`ncclCommUserRank` tells it).
+    NcclCommSplit = 303,
+    /// `ncclCommUserRank(comm, int *rank)`: `*rank` read at the return.
+    NcclCommUserRank = 304,
+    /// `ncclCommCount(comm, int *count)`: `*count` read at the return.
+    NcclCommCount = 305,
+    /// `ncclCommDestroy(comm)`.
+    NcclCommDestroy = 306,
+    /// `ncclCommAbort(comm)`.
+    NcclCommAbort = 307,
+    /// `ncclAllReduce(send, recv, count, dtype, op, comm, stream)`: stream is the first
+    /// stack word.
+    NcclAllReduce = 310,
+    /// `ncclReduceScatter(send, recv, recvcount, dtype, op, comm, stream)`.
+    NcclReduceScatter = 311,
+    /// `ncclAllGather(send, recv, sendcount, dtype, comm, stream)`.
+    NcclAllGather = 312,
+    /// `ncclBroadcast(send, recv, count, dtype, root, comm, stream)`.
+    NcclBroadcast = 313,
+    /// `ncclBcast(buff, count, dtype, root, comm, stream)`.
+    NcclBcast = 314,
+    /// `ncclReduce(send, recv, count, dtype, op, root, comm, stream)`: comm and stream are
+    /// the first two stack words.
+    NcclReduce = 315,
+    /// `ncclSend(buf, count, dtype, peer, comm, stream)`.
+    NcclSend = 316,
+    /// `ncclRecv(buf, count, dtype, peer, comm, stream)`.
+    NcclRecv = 317,
+    /// `ncclAlltoAll(send, recv, count, dtype, comm, stream)`.
+    NcclAlltoAll = 318,
+    /// `ncclGroupStart()`: calls until the matching `ncclGroupEnd` are launched there.
+    NcclGroupStart = 319,
+    /// `ncclGroupEnd()`.
+    NcclGroupEnd = 320,
 }
 
 impl HookId {
@@ -138,6 +198,11 @@ impl HookId {
     /// driver's, since a runtime call may reach the driver's probed entry points too.
     pub const fn is_cuda_runtime(self) -> bool {
         matches!(self as u16, 200..=299)
+    }
+
+    /// An NCCL hook (ids 300–399).
+    pub const fn is_nccl(self) -> bool {
+        matches!(self as u16, 300..=399)
     }
 }
 
@@ -152,6 +217,15 @@ pub enum UprobeKind {
     /// A CUDA call that bounds GPU work: a record in the GPU ring with the launches taken from
     /// its stream's counter ([`stream_at`]; `NONE` for calls without a stream).
     GpuCall(u8),
+    /// An NCCL call: served by the GPU-call programs (its records are `NcclCall`), with the
+    /// location of its stream ([`stream_at`]) and the argument register whose pointee is
+    /// read at the return ([`uprobe_cookie::with_out`]).
+    Nccl {
+        /// Where the stream handle is.
+        stream: u8,
+        /// Output pointer register, read at the return.
+        out: Option<u8>,
+    },
 }
 
 /// What a hook is attached to.
@@ -203,6 +277,8 @@ pub enum Family {
     EngineLibraries,
     /// CUDA driver (`libcuda.so`) and runtime (`libcudart.so`) (uprobes, as targets map them).
     Gpu,
+    /// NCCL (`libnccl.so`) (uprobes, as targets map it).
+    Nccl,
 }
 
 /// One row of the hook table.
@@ -351,7 +427,7 @@ const ON_ARG0: UprobeKind = UprobeKind::GpuCall(stream_at::reg(0));
 
 /// CUDA hooks: argument positions from `../shared/notes/gpu.md` §2 (x86-64 SysV), asserted on
 /// the real libraries by `tests/gpu.rs`.
-const GPU_HOOKS: [Hook; 42] = {
+const GPU_HOOKS: [Hook; 50] = {
     use HookId::*;
     [
         cuda(DRV, "cuLaunchKernel", CuLaunchKernel, LAUNCH_STACK2),
@@ -433,6 +509,25 @@ const GPU_HOOKS: [Hook; 42] = {
             ON_ARG0,
         ),
         cuda_sync(DRV, "cuCtxSynchronize", CuCtxSynchronize, stream_at::NONE),
+        cuda(
+            DRV,
+            "cuStreamBeginCapture_v2",
+            CuStreamBeginCapture,
+            ON_ARG0,
+        ),
+        cuda(
+            DRV,
+            "cuStreamBeginCapture_v2_ptsz",
+            CuStreamBeginCapturePtsz,
+            ON_ARG0,
+        ),
+        cuda(DRV, "cuStreamEndCapture", CuStreamEndCapture, ON_ARG0),
+        cuda(
+            DRV,
+            "cuStreamEndCapture_ptsz",
+            CuStreamEndCapturePtsz,
+            ON_ARG0,
+        ),
         cuda(RT, "cudaLaunchKernel", CudaLaunchKernel, LAUNCH_STACK1),
         cuda(
             RT,
@@ -496,6 +591,86 @@ const GPU_HOOKS: [Hook; 42] = {
             CudaDeviceSynchronize,
             stream_at::NONE,
         ),
+        cuda(
+            RT,
+            "cudaStreamBeginCapture",
+            CudaStreamBeginCapture,
+            ON_ARG0,
+        ),
+        cuda(
+            RT,
+            "cudaStreamBeginCapture_ptsz",
+            CudaStreamBeginCapturePtsz,
+            ON_ARG0,
+        ),
+        cuda(RT, "cudaStreamEndCapture", CudaStreamEndCapture, ON_ARG0),
+        cuda(
+            RT,
+            "cudaStreamEndCapture_ptsz",
+            CudaStreamEndCapturePtsz,
+            ON_ARG0,
+        ),
+    ]
+};
+
+const NCCL: &str = "libnccl.so";
+
+/// An NCCL row: entry and return (arrival and return of the call), stream where it is.
+const fn nccl(symbol: &'static str, id: HookId, stream: u8, out: Option<u8>) -> Hook {
+    Hook {
+        family: Family::Nccl,
+        program: GPU_CALL_PROGRAM,
+        point: Point::Uprobe {
+            library: NCCL,
+            symbol,
+            ret: true,
+            id,
+            kind: UprobeKind::Nccl { stream, out },
+        },
+    }
+}
+
+/// NCCL hooks: argument positions from `../shared/notes/gpu.md` §2 (x86-64 SysV), asserted on
+/// the real `libnccl.so.2` by `tests/gpu.rs`. NCCL exports weak `ncclX` at the address of
+/// `pncclX`, so one probe catches both names.
+const NCCL_HOOKS: [Hook; 19] = {
+    use HookId::*;
+    const NONE: u8 = stream_at::NONE;
+    [
+        nccl("ncclCommInitRank", NcclCommInitRank, NONE, Some(0)),
+        nccl(
+            "ncclCommInitRankConfig",
+            NcclCommInitRankConfig,
+            NONE,
+            Some(0),
+        ),
+        nccl(
+            "ncclCommInitRankScalable",
+            NcclCommInitRankScalable,
+            NONE,
+            Some(0),
+        ),
+        nccl("ncclCommSplit", NcclCommSplit, NONE, Some(3)),
+        nccl("ncclCommUserRank", NcclCommUserRank, NONE, Some(1)),
+        nccl("ncclCommCount", NcclCommCount, NONE, Some(1)),
+        nccl("ncclCommDestroy", NcclCommDestroy, NONE, None),
+        nccl("ncclCommAbort", NcclCommAbort, NONE, None),
+        nccl("ncclAllReduce", NcclAllReduce, stream_at::stack(0), None),
+        nccl(
+            "ncclReduceScatter",
+            NcclReduceScatter,
+            stream_at::stack(0),
+            None,
+        ),
+        nccl("ncclAllGather", NcclAllGather, stream_at::reg(5), None),
+        nccl("ncclBroadcast", NcclBroadcast, stream_at::stack(0), None),
+        nccl("ncclBcast", NcclBcast, stream_at::reg(5), None),
+        nccl("ncclReduce", NcclReduce, stream_at::stack(1), None),
+        nccl("ncclSend", NcclSend, stream_at::reg(5), None),
+        nccl("ncclRecv", NcclRecv, stream_at::reg(5), None),
+        nccl("ncclAlltoAll", NcclAlltoAll, stream_at::reg(5), None),
+        nccl("ncclGroupStart", NcclGroupStart, NONE, None),
+        nccl("ncclGroupEnd", NcclGroupEnd, NONE, None),
     ]
 };
 
@@ -505,6 +680,7 @@ pub fn hooks() -> impl Iterator<Item = &'static Hook> {
         .iter()
         .chain(OTHER_HOOKS.iter())
         .chain(GPU_HOOKS.iter())
+        .chain(NCCL_HOOKS.iter())
 }
 
 /// The hooks of one family.
@@ -534,8 +710,10 @@ impl UprobeHook {
             (UprobeKind::Call, false) => (UPROBE_PROGRAM, None),
             (UprobeKind::Call, true) => (UPROBE_PROGRAM, Some(URETPROBE_PROGRAM)),
             (UprobeKind::GpuLaunch(_), _) => (GPU_LAUNCH_PROGRAM, None),
-            (UprobeKind::GpuCall(_), false) => (GPU_CALL_PROGRAM, None),
-            (UprobeKind::GpuCall(_), true) => (GPU_CALL_PROGRAM, Some(GPU_RET_PROGRAM)),
+            (UprobeKind::GpuCall(_) | UprobeKind::Nccl { .. }, false) => (GPU_CALL_PROGRAM, None),
+            (UprobeKind::GpuCall(_) | UprobeKind::Nccl { .. }, true) => {
+                (GPU_CALL_PROGRAM, Some(GPU_RET_PROGRAM))
+            }
         }
     }
 
@@ -545,6 +723,13 @@ impl UprobeHook {
             UprobeKind::Call => uprobe_cookie::pack(self.id as u16, self.ret),
             UprobeKind::GpuLaunch(s) | UprobeKind::GpuCall(s) => {
                 uprobe_cookie::pack_gpu(self.id as u16, self.ret, s)
+            }
+            UprobeKind::Nccl { stream, out } => {
+                let c = uprobe_cookie::pack_gpu(self.id as u16, self.ret, stream);
+                match out {
+                    Some(r) => uprobe_cookie::with_out(c, r),
+                    None => c,
+                }
             }
         }
     }
@@ -628,6 +813,10 @@ mod tests {
             match u.library {
                 "libcuda.so" => assert!((100..200).contains(&id), "{}", u.symbol),
                 "libcudart.so" => assert!(u.id.is_cuda_runtime(), "{}", u.symbol),
+                "libnccl.so" => {
+                    assert!(u.id.is_nccl() && u.ret, "{}", u.symbol);
+                    continue;
+                }
                 l => panic!("{l}"),
             }
             assert_eq!(u.symbol.contains("Synchronize"), u.ret, "{}", u.symbol);
@@ -642,6 +831,20 @@ mod tests {
             .cookie();
         assert_eq!(uprobe_cookie::stream(c), stream_at::stack(2));
         assert_eq!(c & uprobe_cookie::HOOK_MASK, 100);
+        let c = uprobes()
+            .find(|u| u.id == HookId::NcclCommInitRank)
+            .unwrap()
+            .cookie();
+        assert_eq!(uprobe_cookie::out(c), Some(0));
+        assert_ne!(c & uprobe_cookie::PAIRED, 0);
+        let c = uprobes()
+            .find(|u| u.id == HookId::NcclReduce)
+            .unwrap()
+            .cookie();
+        assert_eq!(
+            (uprobe_cookie::stream(c), uprobe_cookie::out(c)),
+            (stream_at::stack(1), None)
+        );
     }
 
     #[test]

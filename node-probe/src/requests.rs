@@ -22,7 +22,9 @@ use serde_json::Value;
 use crate::clock::WallClock;
 use crate::engine::Engines;
 use crate::event::{ArrivalRecord, Event, SockRecord, SocketId};
+use crate::gpu::nccl::{Collective, CollectiveSync, Collectives, NcclStats};
 use crate::gpu::steps::{GpuStep, GpuSteps, StepStats};
+use crate::gpu::GpuOp;
 use crate::http::{Bytes, Exchange, HttpConn, Outcome};
 use phases::{engine_phases, span_id, step_link, Phases};
 
@@ -130,6 +132,11 @@ pub struct Tracker {
     /// follower, and to `gpu_done` for printing.
     gpu: GpuSteps,
     gpu_done: Vec<GpuStep>,
+    /// NCCL communicators and collectives; collectives lined up across ranks go to the
+    /// engine follower of the straggler's process, and every call to `colls_done` (printing).
+    nccl: Collectives,
+    colls_done: Vec<Collective>,
+    synced: Vec<CollectiveSync>,
     clock: WallClock,
     exchanges: Vec<Exchange>,
     /// What makes engine-step ids unique beyond this host: its kernel boot id.
@@ -182,6 +189,9 @@ impl Tracker {
             engines: Engines::new(proc_root),
             gpu: GpuSteps::new(),
             gpu_done: Vec::new(),
+            nccl: Collectives::new(),
+            colls_done: Vec::new(),
+            synced: Vec::new(),
             clock,
             exchanges: Vec::new(),
             step_scope: host_boot_id(proc_root),
@@ -191,10 +201,20 @@ impl Tracker {
     }
 
     /// A CUDA boundary call: completes GPU steps, which go to the process's engine follower.
+    /// An NCCL call: lines collectives up across ranks.
     fn on_gpu(&mut self, g: &crate::gpu::GpuRecord) {
+        if g.is_nccl() {
+            self.on_nccl(g);
+            return;
+        }
         let Some(c) = crate::gpu::decode(g) else {
             return;
         };
+        match c.op {
+            GpuOp::CaptureBegin => self.nccl.on_capture(g.call.tgid, c.stream, true),
+            GpuOp::CaptureEnd => self.nccl.on_capture(g.call.tgid, c.stream, false),
+            _ => {}
+        }
         let first = self.gpu_done.len();
         self.gpu.on_call(g, &c, &mut self.gpu_done);
         for s in &self.gpu_done[first..] {
@@ -204,6 +224,30 @@ impl Tracker {
         if self.gpu_done.len() > 4096 {
             self.gpu_done.clear();
         }
+    }
+
+    fn on_nccl(&mut self, g: &crate::gpu::GpuRecord) {
+        self.nccl.on_call(g, &mut self.colls_done, &mut self.synced);
+        self.route_synced();
+        if self.colls_done.len() > 4096 {
+            self.colls_done.clear();
+        }
+    }
+
+    fn route_synced(&mut self) {
+        for s in self.synced.drain(..) {
+            self.engines.on_collective(&s);
+        }
+    }
+
+    /// Moves the collectives called since the last call into `out` (printing).
+    pub fn take_collectives(&mut self, out: &mut Vec<Collective>) {
+        out.append(&mut self.colls_done);
+    }
+
+    /// The NCCL follower's counters.
+    pub fn nccl_stats(&self) -> NcclStats {
+        self.nccl.stats
     }
 
     /// Moves the GPU steps completed since the last call into `out` (printing).
@@ -269,6 +313,7 @@ impl Tracker {
             Event::Proc(p) if p.kind == EventKind::ProcExit => {
                 self.engines.forget(p.tgid);
                 self.gpu.forget(p.tgid);
+                self.nccl.forget(p.tgid);
                 let keys: Vec<_> = self
                     .conns
                     .keys()
@@ -477,6 +522,8 @@ impl Tracker {
         }
         self.engines.expire(cutoff);
         self.engines.recheck_unclaimed();
+        self.nccl.settle_expired(now_ns, &mut self.synced);
+        self.route_synced();
     }
 
     /// Ends everything (at shutdown).
@@ -653,6 +700,10 @@ impl Tracker {
             gpu_cost_ns: ph.gpu.and_then(|g| g.cost_ns),
             gpu_host_bound_ns: ph.gpu.map(|g| g.host_bound_ns),
             gpu_upper_bound_steps: ph.gpu.map(|g| g.upper_bound_steps),
+            collectives: ph.coll.map(|c| c.collectives),
+            collective_wait_ns: ph.coll.map(|c| c.wait_ns),
+            straggler_rank: ph.coll.map(|c| c.straggler.0),
+            straggler_lag_ns: ph.coll.map(|c| c.straggler.1),
             spans,
         }
     }

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
+use crate::gpu::nccl::Collective;
 use crate::gpu::steps::{GpuStep, StepStats};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
@@ -199,6 +200,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let (mut main_batch, mut gpu_batch) = (Vec::with_capacity(4096), Vec::with_capacity(1024));
     let mut finished: Vec<RequestRecord> = Vec::new();
     let mut steps_done: Vec<GpuStep> = Vec::new();
+    let mut colls_done: Vec<Collective> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -216,6 +218,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         for ev in pending.drain(..) {
             tracker.on_event(&ev, &mut finished);
             tracker.take_gpu_steps(&mut steps_done);
+            tracker.take_collectives(&mut colls_done);
             *stats.events.entry(kind_name(ev.kind())).or_default() += 1;
             if let Event::Proc(p) = &ev {
                 let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
@@ -236,8 +239,10 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
             if let Some(fmt) = cfg.print {
                 print_event(&mut out, fmt, &ev, &clock, cfg.print_payload)?;
                 print_gpu_steps(&mut out, fmt, &mut steps_done, &clock)?;
+                print_collectives(&mut out, &mut colls_done, &clock)?;
             }
             steps_done.clear();
+            colls_done.clear();
         }
         watch_new_ports(&mut probe, &mut tracker);
         if last_rescan.elapsed() >= cfg.rescan_interval {
@@ -330,6 +335,23 @@ fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker, gpu: St
     stats.engine = tracker.engines().counters();
     stats.engine.push(("gpu", "steps", gpu.steps));
     stats.engine.push(("gpu", "steps_abandoned", gpu.abandoned));
+    stats
+        .engine
+        .push(("gpu", "captured_launches", gpu.captured_launches));
+    let n = tracker.nccl_stats();
+    for (name, v) in [
+        ("comms", n.comms),
+        ("comms_dropped", n.comms_dropped),
+        ("collectives", n.collectives),
+        ("collectives_captured", n.captured),
+        ("collectives_unknown_comm", n.unknown_comm),
+        ("collectives_aligned", n.aligned),
+        ("collectives_partial", n.partial),
+        ("collectives_unaligned", n.unaligned),
+        ("collectives_grouped_dropped", n.grouped_dropped),
+    ] {
+        stats.engine.push(("nccl", name, v));
+    }
 }
 
 /// Attaches uprobes for what every target maps now, releases what no target maps any more.
@@ -485,6 +507,19 @@ fn print_gpu_steps(
 ) -> std::io::Result<()> {
     for s in steps.drain(..) {
         serde_json::to_writer(&mut *out, &s.to_json(|t| clock.to_wall(t)))?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Collectives called, one JSON line each (`"kind": "collective"`), after the NCCL record.
+fn print_collectives(
+    out: &mut impl Write,
+    colls: &mut Vec<Collective>,
+    clock: &WallClock,
+) -> std::io::Result<()> {
+    for c in colls.drain(..) {
+        serde_json::to_writer(&mut *out, &c.to_json(|t| clock.to_wall(t)))?;
         writeln!(out)?;
     }
     Ok(())

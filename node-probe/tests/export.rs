@@ -255,6 +255,7 @@ fn record(n: u64) -> RequestRecord {
         batch_unit: "requests",
         tokens: 0,
         gpu: None,
+        coll: None,
     };
     let spans = vec![
         SpanJson {
@@ -338,6 +339,10 @@ fn record(n: u64) -> RequestRecord {
         gpu_cost_ns: None,
         gpu_host_bound_ns: None,
         gpu_upper_bound_steps: None,
+        collectives: None,
+        collective_wait_ns: None,
+        straggler_rank: None,
+        straggler_lag_ns: None,
         spans,
     }
 }

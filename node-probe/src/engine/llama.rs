@@ -116,6 +116,7 @@ impl LlamaFollower {
             batch: n_tokens.max(0) as u32,
             tokens: n_tokens.max(0) as u32,
             gpu: None,
+            coll: None,
         };
         let dropped = inst.steps.len() >= MAX_STEPS;
         if dropped {

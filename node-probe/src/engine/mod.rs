@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::event::{CallRecord, SockRecord};
+use crate::gpu::nccl::CollectiveSync;
 use crate::gpu::steps::{GpuStep, StepClass};
 use crate::http::Exchange;
 
@@ -53,6 +54,47 @@ pub struct Step {
     pub tokens: u32,
     /// What the GPU did in it, when the CUDA hooks saw it.
     pub gpu: Option<StepGpu>,
+    /// Its collectives lined up across ranks, when the NCCL hooks saw them.
+    pub coll: Option<StepColl>,
+}
+
+/// The collectives of one engine step, lined up across its tensor-parallel ranks
+/// ([`CollectiveSync`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepColl {
+    /// Collectives lined up.
+    pub collectives: u32,
+    /// Sum of their waits (last − first arrival): time ranks spent waiting for the slowest.
+    pub wait_ns: u64,
+    /// The rank that delayed the step most: the straggler with the largest summed lag.
+    pub straggler_rank: u32,
+    /// Its summed lag (last − second-to-last arrival of the collectives it was last at).
+    pub straggler_lag_ns: u64,
+}
+
+impl StepColl {
+    /// One collective.
+    pub fn of(c: &CollectiveSync) -> Self {
+        Self {
+            collectives: 1,
+            wait_ns: c.wait_ns,
+            straggler_rank: c.last.rank,
+            straggler_lag_ns: c.lag_ns,
+        }
+    }
+
+    /// Adds a collective of the same step. The straggler kept is the rank with the largest
+    /// summed lag among those seen leading (exact when one rank leads throughout).
+    pub fn add(&mut self, c: &CollectiveSync) {
+        self.collectives = self.collectives.saturating_add(1);
+        self.wait_ns = self.wait_ns.saturating_add(c.wait_ns);
+        if c.last.rank == self.straggler_rank {
+            self.straggler_lag_ns = self.straggler_lag_ns.saturating_add(c.lag_ns);
+        } else if c.lag_ns > self.straggler_lag_ns {
+            self.straggler_rank = c.last.rank;
+            self.straggler_lag_ns = c.lag_ns;
+        }
+    }
 }
 
 /// What the GPU did in one engine step: one [`GpuStep`], or several merged (the ranks of a
@@ -222,6 +264,9 @@ pub trait EngineFollower {
     fn on_call(&mut self, _ev: &CallRecord) {}
     /// A GPU step of a claimed process (`gpu/steps.rs`).
     fn on_gpu_step(&mut self, _step: &GpuStep) {}
+    /// A collective lined up across ranks (`gpu/nccl.rs`) whose straggler is a claimed
+    /// process.
+    fn on_collective(&mut self, _c: &CollectiveSync) {}
     /// The engine side of a finished exchange served by claimed process `pid`.
     fn take_trace(&mut self, pid: u32, ex: &Exchange) -> Option<EngineTrace>;
     /// Drops state older than `cutoff_ns` that no exchange claimed.
@@ -309,6 +354,13 @@ impl Engines {
     pub fn on_gpu_step(&mut self, step: &GpuStep) {
         if let Some(i) = self.owner(step.tgid) {
             self.followers[i].on_gpu_step(step);
+        }
+    }
+
+    /// A collective lined up across ranks: to the follower of its straggler's process.
+    pub fn on_collective(&mut self, c: &CollectiveSync) {
+        if let Some(i) = self.owner(c.last.tgid) {
+            self.followers[i].on_collective(c);
         }
     }
 

@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::{EngineFollower, EngineTrace, InstanceId, ProcView, Step, StepIds};
 use crate::event::SockRecord;
+use crate::gpu::nccl::CollectiveSync;
 use crate::gpu::steps::GpuStep;
 use crate::gpu::Api;
 
@@ -143,6 +144,11 @@ pub struct VllmStats {
     /// GPU steps with no engine step to go to (no instance, no containing doorbell step, or
     /// another CUDA API than the one this instance's steps come from).
     pub gpu_steps_unmatched: u64,
+    /// Collectives lined up across a core's workers, attached to the step containing the
+    /// straggler's arrival.
+    pub collectives_attached: u64,
+    /// Collectives with no step to go to.
+    pub collectives_unmatched: u64,
 }
 
 /// One EngineCore's step timeline.
@@ -397,6 +403,7 @@ impl VllmFollower {
                         batch: 0,
                         tokens: 0,
                         gpu: None,
+                        coll: None,
                     });
                 }
             }
@@ -648,6 +655,10 @@ impl EngineFollower for VllmFollower {
         VllmFollower::on_gpu_step(self, step);
     }
 
+    fn on_collective(&mut self, c: &CollectiveSync) {
+        VllmFollower::on_collective(self, c);
+    }
+
     fn take_trace(&mut self, _pid: u32, ex: &Exchange) -> Option<EngineTrace> {
         let (r, steps, instance) = self.take_for_response(ex.response_id.as_deref()?)?;
         Some(EngineTrace {
@@ -686,6 +697,8 @@ impl EngineFollower for VllmFollower {
             ("gpu_steps", s.gpu_steps),
             ("gpu_steps_attached", s.gpu_steps_attached),
             ("gpu_steps_unmatched", s.gpu_steps_unmatched),
+            ("collectives_attached", s.collectives_attached),
+            ("collectives_unmatched", s.collectives_unmatched),
         ]
     }
 }

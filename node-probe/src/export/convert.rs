@@ -187,6 +187,10 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
             host_bound: s.gpu.is_some_and(|g| g.host_bound),
             gpu_upper_bound: s.gpu.is_some_and(|g| g.gpu_upper_bound),
             gpu_ranks: s.gpu.map_or(0, |g| u32::from(g.gpu_ranks)),
+            collectives: s.coll.map(|c| c.collectives),
+            collective_wait_ns: s.coll.map_or(0, |c| c.collective_wait_ns),
+            straggler_rank: s.coll.map(|c| c.straggler_rank),
+            straggler_lag_ns: s.coll.map_or(0, |c| c.straggler_lag_ns),
         });
     }
     let step_ids = r.steps.iter().map(|s| s.step_id).collect();
@@ -241,6 +245,10 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
         gpu_host_bound_ns: r.gpu_host_bound_ns,
         gpu_upper_bound_steps: r.gpu_upper_bound_steps,
         step_tokens: r.step_tokens.clone(),
+        collectives: r.collectives,
+        collective_wait_ns: r.collective_wait_ns,
+        straggler_rank: r.straggler_rank,
+        straggler_lag_ns: r.straggler_lag_ns,
     };
     Ok(Converted {
         request,
@@ -311,6 +319,7 @@ pub(crate) mod tests {
                     batch_unit: "requests",
                     tokens: 0,
                     gpu: None,
+                    coll: None,
                 }
             })
             .collect();
@@ -415,6 +424,10 @@ pub(crate) mod tests {
             gpu_cost_ns: None,
             gpu_host_bound_ns: None,
             gpu_upper_bound_steps: None,
+            collectives: None,
+            collective_wait_ns: None,
+            straggler_rank: None,
+            straggler_lag_ns: None,
             spans,
         }
     }

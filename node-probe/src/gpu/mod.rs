@@ -9,6 +9,7 @@
 use inferscope_common::{EventHeader, GpuCallEvent};
 use serde::Serialize;
 
+pub mod nccl;
 pub mod steps;
 
 use crate::event::{read, CallRecord, DecodeError};
@@ -25,9 +26,19 @@ pub struct GpuRecord {
     pub launches: u64,
     /// Entry of the first of them (monotonic ns; 0 when none).
     pub first_launch_ns: u64,
+    /// What the hook's output argument pointed to at the return (NCCL inits: the new
+    /// communicator); 0 for other hooks.
+    pub out: u64,
 }
 
-/// Decodes a [`GpuCallEvent`] record (its header already read).
+impl GpuRecord {
+    /// Whether it is an NCCL call (`EventKind::NcclCall`).
+    pub fn is_nccl(&self) -> bool {
+        HookId::from_u16(self.call.hook).is_some_and(HookId::is_nccl)
+    }
+}
+
+/// Decodes a [`GpuCallEvent`] record (its header already read): CUDA and NCCL calls.
 pub fn decode_record(h: &EventHeader, bytes: &[u8]) -> Result<GpuRecord, DecodeError> {
     let ev = read::<GpuCallEvent>(bytes)?;
     let c = &ev.call;
@@ -47,6 +58,7 @@ pub fn decode_record(h: &EventHeader, bytes: &[u8]) -> Result<GpuRecord, DecodeE
         stream: ev.stream,
         launches: ev.launches,
         first_launch_ns: ev.first_launch_ns,
+        out: ev.out,
     })
 }
 
@@ -131,6 +143,11 @@ pub enum GpuOp {
     },
     /// The thread waited for the whole context/device.
     ContextSync,
+    /// The stream began capturing into a graph: what is queued on it until
+    /// [`GpuOp::CaptureEnd`] is recorded, not run (NCCL calls made then are flagged).
+    CaptureBegin,
+    /// The stream's capture ended (the launches it carries were captured, not run).
+    CaptureEnd,
 }
 
 /// One boundary call, decoded.
@@ -190,6 +207,33 @@ pub fn decode(r: &GpuRecord) -> Option<GpuCall> {
             flags: a[2] as u32,
         },
         CuCtxSynchronize | CudaDeviceSynchronize => GpuOp::ContextSync,
+        CuStreamBeginCapture
+        | CuStreamBeginCapturePtsz
+        | CudaStreamBeginCapture
+        | CudaStreamBeginCapturePtsz => GpuOp::CaptureBegin,
+        CuStreamEndCapture
+        | CuStreamEndCapturePtsz
+        | CudaStreamEndCapture
+        | CudaStreamEndCapturePtsz => GpuOp::CaptureEnd,
+        NcclCommInitRank
+        | NcclCommInitRankConfig
+        | NcclCommInitRankScalable
+        | NcclCommSplit
+        | NcclCommUserRank
+        | NcclCommCount
+        | NcclCommDestroy
+        | NcclCommAbort
+        | NcclAllReduce
+        | NcclReduceScatter
+        | NcclAllGather
+        | NcclBroadcast
+        | NcclBcast
+        | NcclReduce
+        | NcclSend
+        | NcclRecv
+        | NcclAlltoAll
+        | NcclGroupStart
+        | NcclGroupEnd => return None,
         LlamaDecode
         | CuLaunchKernel
         | CuLaunchKernelPtsz
@@ -238,6 +282,7 @@ mod tests {
             stream: 0x55,
             launches: 3,
             first_launch_ns: 5,
+            out: 0,
         }
     }
 

@@ -121,6 +121,9 @@ pub struct StepStats {
     /// Steps given up waiting for their synchronize ([`MAX_AWAITING`] reached, or the process
     /// exited).
     pub abandoned: u64,
+    /// Kernel launches made while their stream captured a graph (recorded, not run; not in
+    /// any step).
+    pub captured_launches: u64,
 }
 
 /// Builds [`GpuStep`]s per (process, API).
@@ -139,6 +142,11 @@ impl GpuSteps {
 
     /// Feeds one boundary call; completed steps go to `out`.
     pub fn on_call(&mut self, r: &GpuRecord, c: &GpuCall, out: &mut Vec<GpuStep>) {
+        if c.op == GpuOp::CaptureEnd {
+            // The launches it carries were captured into a graph, not run.
+            self.stats.captured_launches += c.launches;
+            return;
+        }
         let p = self.procs.entry((r.call.tgid, c.api)).or_default();
         let at = r.call.start_ns;
         let launching = matches!(
@@ -299,6 +307,7 @@ mod tests {
             stream: 1,
             launches,
             first_launch_ns: if launches > 0 { t - 1_000 } else { 0 },
+            out: 0,
         }
     }
 
@@ -379,7 +388,8 @@ mod tests {
             s.stats,
             StepStats {
                 steps: 5,
-                abandoned: 0
+                abandoned: 0,
+                captured_launches: 0,
             }
         );
         s.forget(7);

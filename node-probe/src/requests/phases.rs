@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use inferscope_api::SpanId;
 use serde_json::Value;
 
-use super::record::{LinkJson, SpanJson, StepGpuJson, StepJson};
+use super::record::{LinkJson, SpanJson, StepCollJson, StepGpuJson, StepJson};
 use crate::clock::WallClock;
-use crate::engine::{EngineTrace, Step, StepGpu};
+use crate::engine::{EngineTrace, Step, StepColl, StepGpu};
 use crate::gpu::steps::StepClass;
 
 /// Engine-side phase durations of one request.
@@ -23,7 +23,47 @@ pub(super) struct Phases {
     pub(super) steps: Vec<StepJson>,
     pub(super) step_tokens: Vec<u32>,
     pub(super) gpu: Option<GpuTime>,
+    pub(super) coll: Option<CollTime>,
     pub(super) engine_id: Option<String>,
+}
+
+/// A request's collectives from the steps it was in that the NCCL hooks saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct CollTime {
+    /// Collectives lined up.
+    pub(super) collectives: u32,
+    /// Their summed waits for the slowest rank.
+    pub(super) wait_ns: u64,
+    /// The rank with the largest lag summed over the steps, and that sum.
+    pub(super) straggler: (u32, u64),
+}
+
+/// The collectives of a request's `steps`: the rank that delayed it most is the one whose
+/// lags, summed over the steps it led, are the largest.
+pub(super) fn coll_time(steps: &[Step]) -> Option<CollTime> {
+    let mut t = CollTime::default();
+    let mut lags: Vec<(u32, u64)> = Vec::new();
+    for c in steps.iter().filter_map(|s| s.coll) {
+        t.collectives = t.collectives.saturating_add(c.collectives);
+        t.wait_ns = t.wait_ns.saturating_add(c.wait_ns);
+        match lags.iter_mut().find(|l| l.0 == c.straggler_rank) {
+            Some(l) => l.1 = l.1.saturating_add(c.straggler_lag_ns),
+            None => lags.push((c.straggler_rank, c.straggler_lag_ns)),
+        }
+    }
+    t.straggler = lags
+        .into_iter()
+        .max_by_key(|l| (l.1, std::cmp::Reverse(l.0)))?;
+    Some(t)
+}
+
+fn coll_json(c: &StepColl) -> StepCollJson {
+    StepCollJson {
+        collectives: c.collectives,
+        collective_wait_ns: c.wait_ns,
+        straggler_rank: c.straggler_rank,
+        straggler_lag_ns: c.straggler_lag_ns,
+    }
 }
 
 /// A request's GPU time from the steps it was in that the CUDA hooks saw.
@@ -167,6 +207,7 @@ pub(super) fn engine_phases(
                 batch_unit: er.batch_unit,
                 tokens: s.tokens,
                 gpu: s.gpu.as_ref().map(gpu_json),
+                coll: s.coll.as_ref().map(coll_json),
             }
         })
         .collect();
@@ -184,6 +225,7 @@ pub(super) fn engine_phases(
         engine_ttft: er.first_output_ns.map(|f| f.saturating_sub(handed)),
         engine_e2e: er.last_output_ns.map(|l| l.saturating_sub(handed)),
         gpu: gpu_time(&er.steps, &step_tokens),
+        coll: coll_time(&er.steps),
         steps,
         step_tokens,
         engine_id: er.request_id.clone(),
@@ -225,7 +267,30 @@ mod tests {
                 upper_bound: id == 3,
                 ranks: 1,
             }),
+            coll: None,
         }
+    }
+
+    #[test]
+    fn the_rank_with_the_most_lag_delayed_the_request() {
+        let coll = |rank, lag| {
+            Some(StepColl {
+                collectives: 4,
+                wait_ns: lag + 10,
+                straggler_rank: rank,
+                straggler_lag_ns: lag,
+            })
+        };
+        let mut steps = vec![step(1, 0, 10, 3, Some(5)), step(2, 10, 20, 1, Some(5))];
+        assert_eq!(coll_time(&steps), None);
+        steps[0].coll = coll(1, 5_000);
+        steps[1].coll = coll(0, 3_000);
+        steps.push(step(3, 20, 30, 1, Some(5)));
+        steps[2].coll = coll(0, 3_000);
+        let t = coll_time(&steps).unwrap();
+        assert_eq!(t.collectives, 12);
+        assert_eq!(t.wait_ns, 11_030);
+        assert_eq!(t.straggler, (0, 6_000), "summed over the steps it led");
     }
 
     /// Two requests share steps 1 and 2: their cost shares add up to each step's GPU time;

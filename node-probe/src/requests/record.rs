@@ -66,6 +66,22 @@ pub struct StepJson {
     /// What the GPU did in it (CUDA hooks), when seen.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<StepGpuJson>,
+    /// Its collectives lined up across ranks (NCCL hooks), when seen.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub coll: Option<StepCollJson>,
+}
+
+/// The collectives of one engine step (`engine::StepColl`), in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StepCollJson {
+    /// Collectives lined up across the step's ranks.
+    pub collectives: u32,
+    /// Their summed waits: last − first arrival of each.
+    pub collective_wait_ns: u64,
+    /// The rank that delayed the step most.
+    pub straggler_rank: u32,
+    /// Its summed lag: last − second-to-last arrival of the collectives it was last at.
+    pub straggler_lag_ns: u64,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -271,6 +287,18 @@ pub struct RequestRecord {
     /// GPU figures above are exact when 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_upper_bound_steps: Option<u32>,
+    /// Collectives lined up across ranks in its steps (NCCL hooks; absent when none seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collectives: Option<u32>,
+    /// Their summed waits for the slowest rank.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collective_wait_ns: Option<u64>,
+    /// The rank that delayed it most: the largest lag summed over its steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub straggler_rank: Option<u32>,
+    /// That rank's summed lag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub straggler_lag_ns: Option<u64>,
     /// The span tree.
     pub spans: Vec<SpanJson>,
 }

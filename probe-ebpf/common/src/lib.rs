@@ -74,7 +74,7 @@ pub const COMM_LEN: usize = 16;
 /// | 16–31 | process lifecycle |
 /// | 32–47 | user-space calls (uprobes on engine libraries) |
 /// | 48–95 | GPU runtime and driver (CUDA) |
-/// | 96–111 | collectives (NCCL), reserved |
+/// | 96–111 | collectives (NCCL) |
 /// | 112–127 | reserved |
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +105,10 @@ pub enum EventKind {
     /// launches counted on its stream since the previous one ([`GpuCallEvent`], in
     /// [`MAP_GPU_EVENTS`]).
     GpuCall = 48,
+    /// A probed NCCL call (communicator set-up, collective, point-to-point, group), in the
+    /// [`GpuCallEvent`] layout and in [`MAP_GPU_EVENTS`]: `stream` is the call's stream, `out`
+    /// what an output argument points to at the return (the new communicator of an init).
+    NcclCall = 96,
 }
 
 /// First value of each reserved [`EventKind`] range.
@@ -117,7 +121,7 @@ pub mod kind_range {
     pub const UPROBES: u32 = 32;
     /// GPU runtime and driver: 48–95.
     pub const GPU: u32 = 48;
-    /// Collectives: 96–111 (reserved).
+    /// Collectives: 96–111.
     pub const COLLECTIVES: u32 = 96;
     /// Reserved: 112–127.
     pub const RESERVED: u32 = 112;
@@ -138,6 +142,7 @@ impl EventKind {
             18 => Self::ProcExit,
             32 => Self::UprobeCall,
             48 => Self::GpuCall,
+            96 => Self::NcclCall,
             _ => return None,
         })
     }
@@ -407,8 +412,9 @@ pub const UPROBE_ARGS: usize = 6;
 pub const UPROBE_STACK_WORDS: usize = 4;
 
 /// The attach cookie of a uprobe: which hook of node-probe's hook table it is, whether a
-/// return probe completes the call, and (GPU hooks) where the call's stream handle is. Packed
-/// as `hook | flags << 16 | stream location << 24`.
+/// return probe completes the call, (GPU hooks) where the call's stream handle is and which
+/// argument register points to an output read at the return. Packed as
+/// `hook | flags << 16 | stream location << 24 | output register + 1 << 32`.
 pub mod uprobe_cookie {
     /// Bits of the hook id.
     pub const HOOK_MASK: u64 = 0xffff;
@@ -428,6 +434,20 @@ pub mod uprobe_cookie {
     /// The stream location of a cookie.
     pub const fn stream(cookie: u64) -> u8 {
         (cookie >> STREAM_SHIFT) as u8
+    }
+    /// Shift of the output-register byte ([`with_out`]).
+    pub const OUT_SHIFT: u64 = 32;
+    /// Adds to a cookie: at the return, read the 8 bytes that argument register `reg` (0–5)
+    /// pointed to at the entry (`ncclCommInitRank`'s `ncclComm_t *comm`: the new handle).
+    pub const fn with_out(cookie: u64, reg: u8) -> u64 {
+        cookie | ((reg as u64 + 1) & 0x7) << OUT_SHIFT
+    }
+    /// The output register of a cookie: `Some(i)` for argument register `i`.
+    pub const fn out(cookie: u64) -> Option<u8> {
+        match (cookie >> OUT_SHIFT) & 0x7 {
+            0 => None,
+            r => Some(r as u8 - 1),
+        }
     }
 }
 
@@ -456,16 +476,32 @@ pub mod stream_at {
 pub struct GpuStreamKey {
     /// Process.
     pub tgid: u32,
-    /// Which API counted: 0 the driver, 1 the runtime ([`gpu_api`]); a runtime call may
-    /// reach the driver's probed entry points too, so the two are never added.
+    /// Which API counted: 0 the driver, 1 the runtime, 2 NCCL ([`gpu_api`]); a runtime call
+    /// may reach the driver's probed entry points too, so the two are never added. NCCL
+    /// launches nothing itself that is counted (its kernels go through the driver), so its
+    /// calls find no launches under their key.
     pub api: u32,
     /// Stream handle (0: the legacy default stream; per-thread default streams are 2).
     pub stream: u64,
 }
 
-/// The API of a GPU hook id: 1 for the CUDA runtime's range (200–299), else 0 (driver).
+/// The API of a GPU hook id: 1 for the CUDA runtime's range (200–299), 2 for NCCL's
+/// (300–399), else 0 (driver).
 pub const fn gpu_api(hook: u32) -> u32 {
-    (hook >= 200 && hook < 300) as u32
+    match hook {
+        200..=299 => 1,
+        300..=399 => 2,
+        _ => 0,
+    }
+}
+
+/// The record kind of a GPU-ring hook: [`EventKind::NcclCall`] for NCCL's range (300–399),
+/// else [`EventKind::GpuCall`].
+pub const fn gpu_kind(hook: u32) -> EventKind {
+    match hook {
+        300..=399 => EventKind::NcclCall,
+        _ => EventKind::GpuCall,
+    }
 }
 
 /// Value of [`MAP_GPU_LAUNCHES`].
@@ -492,8 +528,11 @@ pub struct GpuCallEvent {
     pub launches: u64,
     /// Entry time of the first of those launches (0 when none).
     pub first_launch_ns: u64,
+    /// Hooks with an output register ([`uprobe_cookie::with_out`]): the 8 bytes it pointed to,
+    /// read at the return (0 otherwise, or when unreadable).
+    pub out: u64,
 }
-const _: () = assert!(core::mem::size_of::<GpuCallEvent>() == 128 + 24);
+const _: () = assert!(core::mem::size_of::<GpuCallEvent>() == 128 + 32);
 
 /// One probed user-space call by a target ([`EventKind::UprobeCall`]). `header.ts_ns` is the
 /// return time for paired hooks (the entry time otherwise).

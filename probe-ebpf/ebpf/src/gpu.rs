@@ -9,6 +9,11 @@
 //!   return for synchronizes (their return time is the fact), carrying the stream handle and
 //!   the launches taken from its counter at entry.
 //!
+//! NCCL calls (uprobes on `libnccl.so`) share these two programs: their records are
+//! [`EventKind::NcclCall`] (the kind follows the hook id), their launch key (API 2) never has
+//! launches, and an init's new communicator handle is read at its return from the pointer
+//! argument the cookie names ([`uprobe_cookie::out`]).
+//!
 //! The attach cookie names the hook and where its stream handle is
 //! ([`inferscope_common::stream_at`]); userspace decodes the other arguments per hook.
 use aya_ebpf::{
@@ -17,7 +22,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use inferscope_common::{
-    gpu_api, uprobe_cookie, EventKind, GpuCallEvent, GpuLaunches, GpuStreamKey, UprobeInflight,
+    gpu_api, gpu_kind, uprobe_cookie, GpuCallEvent, GpuLaunches, GpuStreamKey, UprobeInflight,
 };
 
 use crate::uprobes::{call_event, cookie, save_entry, save_inflight, take_inflight};
@@ -107,7 +112,7 @@ pub fn uprobe_gpu_call(ctx: ProbeContext) -> u32 {
         save_inflight(pid_tgid, hook, &saved);
         return 0;
     }
-    emit(pid_tgid, hook, 0, 0, &saved);
+    emit(pid_tgid, hook, 0, 0, 0, &saved);
     0
 }
 
@@ -115,26 +120,50 @@ pub fn uprobe_gpu_call(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn uretprobe_gpu_call(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let hook = (cookie(&ctx) & uprobe_cookie::HOOK_MASK) as u32;
+    let c = cookie(&ctx);
+    let hook = (c & uprobe_cookie::HOOK_MASK) as u32;
     let Some(saved) = take_inflight(pid_tgid, hook) else {
         return 0;
     };
-    emit(pid_tgid, hook, 1, ctx.ret::<u64>(), &saved);
+    let out = match uprobe_cookie::out(c) {
+        Some(r) => out_at(r, &saved),
+        None => 0,
+    };
+    emit(pid_tgid, hook, 1, ctx.ret::<u64>(), out, &saved);
     0
 }
 
+/// The 8 bytes argument register `reg` pointed to at the entry (0 when unreadable).
 #[inline(always)]
-fn emit(pid_tgid: u64, hook: u32, paired: u32, ret: u64, saved: &UprobeInflight) {
+fn out_at(reg: u8, saved: &UprobeInflight) -> u64 {
+    let ptr = match reg {
+        0 => saved.args[0],
+        1 => saved.args[1],
+        2 => saved.args[2],
+        3 => saved.args[3],
+        4 => saved.args[4],
+        _ => saved.args[5],
+    };
+    if ptr == 0 {
+        return 0;
+    }
+    ru::<u64>(ptr).unwrap_or(0)
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, hook: u32, paired: u32, ret: u64, out: u64, saved: &UprobeInflight) {
+    let kind = gpu_kind(hook);
     let ev = GpuCallEvent {
-        call: call_event(EventKind::GpuCall, pid_tgid, hook, paired, ret, saved),
+        call: call_event(kind, pid_tgid, hook, paired, ret, saved),
         stream: saved.stream,
         launches: saved.launches,
         first_launch_ns: saved.first_launch_ns,
+        out,
     };
     if GPU_EVENTS
         .output::<GpuCallEvent>(&ev, BPF_RB_NO_WAKEUP)
         .is_err()
     {
-        count_loss(EventKind::GpuCall);
+        count_loss(kind);
     }
 }

@@ -1,7 +1,8 @@
 //! The GPU side of the vLLM follower: GPU steps (`gpu/steps.rs`) become engine steps on an
 //! EngineCore without doorbells (the one-GPU `uni` executor) and join doorbell steps otherwise.
 use super::{Role, VllmFollower};
-use crate::engine::{Step, StepGpu};
+use crate::engine::{Step, StepColl, StepGpu};
+use crate::gpu::nccl::CollectiveSync;
 use crate::gpu::steps::GpuStep;
 
 impl VllmFollower {
@@ -30,6 +31,7 @@ impl VllmFollower {
                 batch: 0,
                 tokens: 0,
                 gpu: Some(StepGpu::of(g)),
+                coll: None,
             });
             self.stats.steps += 1;
             self.stats.gpu_steps += 1;
@@ -44,6 +46,26 @@ impl VllmFollower {
                 self.stats.gpu_steps_attached += 1;
             }
             None => self.stats.gpu_steps_unmatched += 1,
+        }
+    }
+
+    /// A collective lined up across the ranks of a core's workers: it joins the step that
+    /// contains the straggler's arrival.
+    pub fn on_collective(&mut self, c: &CollectiveSync) {
+        let m = self.member(c.last.tgid);
+        let inst = match m.role {
+            Role::Frontend => None,
+            _ => self.instances.get_mut(&m.core),
+        };
+        match inst.and_then(|i| i.containing(c.last.arrive_ns)) {
+            Some(s) => {
+                match &mut s.coll {
+                    Some(have) => have.add(c),
+                    None => s.coll = Some(StepColl::of(c)),
+                }
+                self.stats.collectives_attached += 1;
+            }
+            None => self.stats.collectives_unmatched += 1,
         }
     }
 }
