@@ -400,6 +400,11 @@ async fn insert_data(store: &Store) -> Data {
             host_bound: 0,
             gpu_ranks: 1,
             gpu_upper_bound: u8::from(s == 900_006),
+            // From 900007 on, collectives lined up across two ranks (migration 12's columns).
+            collectives: (s >= 900_007).then_some(4),
+            collective_wait_ns: if s >= 900_007 { 3 * MS } else { 0 },
+            straggler_rank: (s >= 900_007).then_some(1),
+            straggler_lag_ns: if s >= 900_007 { 2 * MS } else { 0 },
         };
         ins.write(&row).await.unwrap();
         if s == 900_001 {
@@ -872,6 +877,17 @@ async fn traces(addr: SocketAddr, d: &Data) {
         );
         assert_eq!(g.upper_bound, st.step_id == 900_006);
         assert_eq!(st.tokens, Some(12));
+        match &st.collectives {
+            Some(c) => {
+                assert!(st.step_id >= 900_007);
+                assert_eq!(
+                    (c.count, c.wait_ms, c.straggler_rank, c.straggler_lag_ms),
+                    (4, 3.0, 1, 2.0)
+                );
+                assert_eq!(sp.attributes["nccl.straggler_rank"], "1");
+            }
+            None => assert!(st.step_id < 900_007),
+        }
         assert!(root.links.iter().any(|l| l.span_id == sp.span_id));
     }
     // 11 steps, deduplicated, each with timing from engine_steps and its batch neighbours.

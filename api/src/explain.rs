@@ -454,6 +454,7 @@ mod tests {
             tokens: None,
             request_tokens: None,
             gpu: None,
+            collectives: None,
             shared_with_count: shared.len() as u64,
             shared_with: shared
                 .iter()

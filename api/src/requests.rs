@@ -103,6 +103,19 @@ pub struct RequestSummary {
     /// measurements).
     #[serde(default)]
     pub gpu_upper_bound_steps: Option<u32>,
+    /// NCCL collectives of its steps lined up across tensor-parallel ranks (null: none seen).
+    #[serde(default)]
+    pub collectives: Option<u32>,
+    /// Their summed waits for the slowest rank (last − first arrival of each).
+    #[serde(default)]
+    pub collective_wait_ms: Option<f64>,
+    /// The rank that delayed the request most: the largest lag (last − second-to-last
+    /// arrival) summed over its steps.
+    #[serde(default)]
+    pub straggler_rank: Option<u32>,
+    /// That rank's summed lag.
+    #[serde(default)]
+    pub straggler_lag_ms: Option<f64>,
 }
 
 /// The `/api/v1/requests` response.

@@ -127,6 +127,9 @@ pub struct StepOut {
     /// What the GPU did in it (null: not seen by the CUDA hooks).
     #[serde(default)]
     pub gpu: Option<StepGpuOut>,
+    /// Its NCCL collectives lined up across tensor-parallel ranks (null: none seen).
+    #[serde(default)]
+    pub collectives: Option<StepCollOut>,
     /// Other stored requests that took part in this step.
     pub shared_with_count: u64,
     /// Their trace ids (at most 32).
@@ -161,6 +164,19 @@ pub struct StepGpuOut {
     pub upper_bound: bool,
     /// GPU steps merged into it (tensor-parallel ranks).
     pub ranks: u32,
+}
+
+/// The NCCL collectives of an engine step, lined up across its ranks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepCollOut {
+    /// Collectives lined up.
+    pub count: u32,
+    /// Their summed waits for the slowest rank (last − first arrival of each).
+    pub wait_ms: f64,
+    /// The rank that delayed the step most.
+    pub straggler_rank: u32,
+    /// Its summed lag (last − second-to-last arrival of the collectives it was last at).
+    pub straggler_lag_ms: f64,
 }
 
 /// Another request batched with this one.

@@ -15,6 +15,9 @@
  *   cuGraphLaunch[_ptsz]         cost = exec->cost_ns (exec made by fakegpu_graph_create)
  *   cuMemcpy*Async*              cost = 2000 + bytes/16 ns; memory is never touched
  *   cuEventRecord*               ev->ts_ns = max(now, busy_until); queues no work
+ *   cuStreamBeginCapture_v2, cuStreamEndCapture[_ptsz]: while a stream captures, work queued
+ *                                on it is recorded, not run (no GPU time); the end returns a
+ *                                new graph of cost 0 (as fakegpu_graph_create(0))
  * Prototypes are the real x86-64 driver ones (gpu.md section 2); int return = CUresult.
  * The exported functions are `noipa` so that gcc neither inlines them nor folds identical
  * bodies (X and X_ptsz must keep their own addresses for the uprobes); each also bumps its own
@@ -35,7 +38,9 @@
 
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
+#define CUDA_ERROR_OUT_OF_MEMORY 2
 #define CUDA_ERROR_INVALID_HANDLE 400
+#define CUDA_ERROR_ILLEGAL_STATE 401
 #define GRAPH_MAGIC 0x4850415247454b46ULL /* "FKEGRAPH" */
 #define EVENT_MAGIC 0x544e455645454b46ULL /* "FKEEVENT" */
 
@@ -85,6 +90,30 @@ static void sleep_until(int64_t t) {
 
 static uint64_t copy_cost(size_t bytes) { return 2000 + (uint64_t)bytes / 16; }
 
+/* Streams in capture (cuStreamBeginCapture_v2 .. cuStreamEndCapture), under `mu`;
+ * `ncapturing` lets launches skip the lock when nothing captures (the usual case). */
+#define MAX_CAPTURING 16
+static void *capturing[MAX_CAPTURING];
+static int ncapturing;
+
+static int capture_slot(const void *stream) { /* call with mu held; -1 if not capturing */
+    for (int i = 0; i < MAX_CAPTURING; i++)
+        if (capturing[i] && capturing[i] == stream) return i;
+    return -1;
+}
+
+/* Queues `cost` ns of work issued on `stream`: none while the stream captures, since captured
+ * work is recorded into the graph and runs only when the graph is launched. */
+static void enqueue_on(const void *stream, uint64_t cost) {
+    if (stream && __atomic_load_n(&ncapturing, __ATOMIC_ACQUIRE) > 0) {
+        pthread_mutex_lock(&mu);
+        int cap = capture_slot(stream);
+        pthread_mutex_unlock(&mu);
+        if (cap >= 0) return;
+    }
+    enqueue(cost);
+}
+
 /* ---- driver API --------------------------------------------------------------------------- */
 
 API int cuInit(unsigned flags) { (void)flags; STAMP(0); return CUDA_SUCCESS; }
@@ -92,20 +121,20 @@ API int cuInit(unsigned flags) { (void)flags; STAMP(0); return CUDA_SUCCESS; }
 API int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                        unsigned bz, unsigned sharedMemBytes, void *hStream, void **params,
                        void **extra) {
-    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)hStream;
+    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz;
     (void)params; (void)extra;
     STAMP(1);
-    enqueue(sharedMemBytes); /* test convention: the kernel's GPU time in ns */
+    enqueue_on(hStream, sharedMemBytes); /* test convention: the kernel's GPU time in ns */
     return CUDA_SUCCESS;
 }
 
 API int cuLaunchKernel_ptsz(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                             unsigned by, unsigned bz, unsigned sharedMemBytes, void *hStream,
                             void **params, void **extra) {
-    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)hStream;
+    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz;
     (void)params; (void)extra;
     STAMP(2);
-    enqueue(sharedMemBytes);
+    enqueue_on(hStream, sharedMemBytes);
     return CUDA_SUCCESS;
 }
 
@@ -113,7 +142,8 @@ API int cuLaunchKernel_ptsz(void *f, unsigned gx, unsigned gy, unsigned gz, unsi
  * hStream @32; attrs @40; numAttrs @48. */
 static int launch_ex(const void *cfg) {
     if (!cfg) return CUDA_ERROR_INVALID_VALUE;
-    enqueue(*(const uint32_t *)((const char *)cfg + 24));
+    const char *c = cfg;
+    enqueue_on(*(void *const *)(c + 32), *(const uint32_t *)(c + 24));
     return CUDA_SUCCESS;
 }
 API int cuLaunchKernelEx(const void *cfg, void *f, void **params, void **extra) {
@@ -123,32 +153,32 @@ API int cuLaunchKernelEx_ptsz(const void *cfg, void *f, void **params, void **ex
     (void)f; (void)params; (void)extra; STAMP(4); return launch_ex(cfg);
 }
 
-static int graph_launch(void *exec) {
+static int graph_launch(void *exec, void *stream) {
     const struct fake_graph *g = exec;
     if (!g || g->magic != GRAPH_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
-    enqueue(g->cost_ns);
+    enqueue_on(stream, g->cost_ns);
     return CUDA_SUCCESS;
 }
-API int cuGraphLaunch(void *exec, void *stream) { (void)stream; STAMP(5); return graph_launch(exec); }
-API int cuGraphLaunch_ptsz(void *exec, void *stream) { (void)stream; STAMP(6); return graph_launch(exec); }
+API int cuGraphLaunch(void *exec, void *stream) { STAMP(5); return graph_launch(exec, stream); }
+API int cuGraphLaunch_ptsz(void *exec, void *stream) { STAMP(6); return graph_launch(exec, stream); }
 
 API int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, void *stream) {
-    (void)dst; (void)src; (void)stream; STAMP(7); enqueue(copy_cost(bytes)); return 0;
+    (void)dst; (void)src; STAMP(7); enqueue_on(stream, copy_cost(bytes)); return 0;
 }
 API int cuMemcpyDtoHAsync_v2_ptsz(void *dst, uint64_t src, size_t bytes, void *stream) {
-    (void)dst; (void)src; (void)stream; STAMP(8); enqueue(copy_cost(bytes)); return 0;
+    (void)dst; (void)src; STAMP(8); enqueue_on(stream, copy_cost(bytes)); return 0;
 }
 API int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t bytes, void *stream) {
-    (void)dst; (void)src; (void)stream; STAMP(9); enqueue(copy_cost(bytes)); return 0;
+    (void)dst; (void)src; STAMP(9); enqueue_on(stream, copy_cost(bytes)); return 0;
 }
 API int cuMemcpyHtoDAsync_v2_ptsz(uint64_t dst, const void *src, size_t bytes, void *stream) {
-    (void)dst; (void)src; (void)stream; STAMP(10); enqueue(copy_cost(bytes)); return 0;
+    (void)dst; (void)src; STAMP(10); enqueue_on(stream, copy_cost(bytes)); return 0;
 }
 API int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void *stream) {
-    (void)dst; (void)src; (void)stream; STAMP(11); enqueue(copy_cost(bytes)); return 0;
+    (void)dst; (void)src; STAMP(11); enqueue_on(stream, copy_cost(bytes)); return 0;
 }
 API int cuMemcpyAsync(uint64_t dst, uint64_t src, size_t bytes, void *stream) {
-    (void)dst; (void)src; (void)stream; STAMP(12); enqueue(copy_cost(bytes)); return 0;
+    (void)dst; (void)src; STAMP(12); enqueue_on(stream, copy_cost(bytes)); return 0;
 }
 
 static int event_record(void *ev) {
@@ -182,6 +212,51 @@ API int cuCtxSynchronize(void) { STAMP(20); sleep_until(busy_until()); return 0;
 
 API int cuStreamWaitEvent(void *s, void *ev, unsigned flags) { (void)s; (void)ev; (void)flags; STAMP(21); return 0; }
 API int cuStreamWaitEvent_ptsz(void *s, void *ev, unsigned flags) { (void)s; (void)ev; (void)flags; STAMP(22); return 0; }
+
+/* Stream capture (CUstreamCaptureMode: 0 global, 1 thread-local, 2 relaxed; not enforced).
+ * Capturing the legacy stream (NULL) is refused, as by the driver; beginning twice or ending a
+ * stream that does not capture is CUDA_ERROR_ILLEGAL_STATE. */
+static int begin_capture(void *s, int mode) {
+    if (!s || mode < 0 || mode > 2) return CUDA_ERROR_INVALID_VALUE;
+    int rc = CUDA_ERROR_ILLEGAL_STATE, free_slot = -1;
+    pthread_mutex_lock(&mu);
+    if (capture_slot(s) < 0) {
+        for (int i = 0; i < MAX_CAPTURING && free_slot < 0; i++)
+            if (!capturing[i]) free_slot = i;
+        if (free_slot >= 0) {
+            capturing[free_slot] = s;
+            __atomic_add_fetch(&ncapturing, 1, __ATOMIC_RELEASE);
+            rc = CUDA_SUCCESS;
+        } else {
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+void *fakegpu_graph_create(uint64_t cost_ns);
+static int end_capture(void *s, void **graph) {
+    if (!s || !graph) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&mu);
+    int i = capture_slot(s);
+    if (i >= 0) {
+        capturing[i] = NULL;
+        __atomic_sub_fetch(&ncapturing, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&mu);
+    if (i < 0) return CUDA_ERROR_ILLEGAL_STATE;
+    *graph = fakegpu_graph_create(0); /* the recorded work is not kept: replays cost what the
+                                          simulator sets with fakegpu_graph_set_cost */
+    return *graph ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+API int cuStreamBeginCapture_v2(void *s, int mode) {
+    STAMP(23); return begin_capture(s, mode);
+}
+API int cuStreamBeginCapture_v2_ptsz(void *s, int mode) {
+    STAMP(24); return begin_capture(s, mode);
+}
+API int cuStreamEndCapture(void *s, void **graph) { STAMP(25); return end_capture(s, graph); }
+API int cuStreamEndCapture_ptsz(void *s, void **graph) { STAMP(26); return end_capture(s, graph); }
 
 /* ---- helpers for the simulator (not CUDA names, never probed) ---------------------------- */
 

@@ -88,7 +88,8 @@ model, method, path, status, outcome, stream, e2e_ns, ttft_ns, tpot_ns, frontend
 prefill_ns, decode_ns, delivery_ns, engine_ttft_ns, engine_e2e_ns, read_wait_ns, req_bytes, \
 resp_bytes, chunks, engine_steps, max_gap_ns, client, server, response_id, x_request_id, \
 engine_request_id, gave_up, first_text_ns, prompt_tokens, completion_tokens, gpu_ns, \
-gpu_cost_ns, gpu_host_bound_ns, gpu_upper_bound_steps";
+gpu_cost_ns, gpu_host_bound_ns, gpu_upper_bound_steps, collectives, collective_wait_ns, \
+straggler_rank, straggler_lag_ns";
 
 /// A row read with [`SUMMARY_COLUMNS`].
 #[derive(Debug, Default, Row, Deserialize)]
@@ -134,6 +135,10 @@ pub(crate) struct SummaryRow {
     pub(crate) gpu_cost_ns: Option<u64>,
     pub(crate) gpu_host_bound_ns: Option<u64>,
     pub(crate) gpu_upper_bound_steps: Option<u32>,
+    pub(crate) collectives: Option<u32>,
+    pub(crate) collective_wait_ns: Option<u64>,
+    pub(crate) straggler_rank: Option<u32>,
+    pub(crate) straggler_lag_ns: Option<u64>,
 }
 
 impl From<SummaryRow> for RequestSummary {
@@ -182,6 +187,10 @@ impl From<SummaryRow> for RequestSummary {
             gpu_cost_ms: opt(r.gpu_cost_ns),
             gpu_host_bound_ms: opt(r.gpu_host_bound_ns),
             gpu_upper_bound_steps: r.gpu_upper_bound_steps,
+            collectives: r.collectives,
+            collective_wait_ms: opt(r.collective_wait_ns),
+            straggler_rank: r.straggler_rank,
+            straggler_lag_ms: opt(r.straggler_lag_ns),
         }
     }
 }

@@ -22,8 +22,9 @@ use crate::store::Store;
 use inferscope_api::{step_context, SpanId, TraceId};
 
 pub use inferscope_api::trace::{
-    Endpoint, Neighbour, RequestDetail, SpanLinkOut, SpanOut, StepGpuOut, StepOut, Trace,
-    MAX_CANDIDATES, MAX_NEIGHBOURS, MAX_SHARED_IDS, MAX_SPANS, MAX_STEPS, NEIGHBOUR_LOOKBACK_S,
+    Endpoint, Neighbour, RequestDetail, SpanLinkOut, SpanOut, StepCollOut, StepGpuOut, StepOut,
+    Trace, MAX_CANDIDATES, MAX_NEIGHBOURS, MAX_SHARED_IDS, MAX_SPANS, MAX_STEPS,
+    NEIGHBOUR_LOOKBACK_S,
 };
 /// Slack around a request when reading its node's engine steps (same clock: only rounding).
 const STEP_SLACK_NS: u64 = 5_000_000_000;
@@ -94,6 +95,10 @@ struct StepRowOut {
     host_bound: u8,
     gpu_ranks: u32,
     gpu_upper_bound: u8,
+    collectives: Option<u32>,
+    collective_wait_ns: u64,
+    straggler_rank: Option<u32>,
+    straggler_lag_ns: u64,
 }
 
 impl StepRowOut {
@@ -111,6 +116,16 @@ impl StepRowOut {
             host_bound: self.host_bound != 0,
             upper_bound: self.gpu_upper_bound != 0,
             ranks: self.gpu_ranks,
+        })
+    }
+
+    /// Its collectives, when the NCCL hooks saw some.
+    fn collectives(&self) -> Option<StepCollOut> {
+        Some(StepCollOut {
+            count: self.collectives?,
+            wait_ms: ns_to_ms(self.collective_wait_ns),
+            straggler_rank: self.straggler_rank?,
+            straggler_lag_ms: ns_to_ms(self.straggler_lag_ns),
         })
     }
 
@@ -437,6 +452,19 @@ fn step_spans(spans: &mut Vec<SpanOut>, steps: &[StepOut], t0: u64) {
                 attributes.insert(k.to_string(), v);
             }
         }
+        if let Some(c) = &st.collectives {
+            for (k, v) in [
+                ("nccl.collectives", c.count.to_string()),
+                ("nccl.wait_ms", format!("{:.3}", c.wait_ms)),
+                ("nccl.straggler_rank", c.straggler_rank.to_string()),
+                (
+                    "nccl.straggler_lag_ms",
+                    format!("{:.3}", c.straggler_lag_ms),
+                ),
+            ] {
+                attributes.insert(k.to_string(), v);
+            }
+        }
         if let Some(i) = &st.engine_instance {
             attributes.insert("engine.instance".to_string(), i.clone());
         }
@@ -506,7 +534,8 @@ async fn batch_context(
         "SELECT engine_instance, step_id, start_unix_ns, end_unix_ns, batch_size, \
                   trace_id, span_id, batch_unit, tokens, gpu_class, gpu_ns, gpu_launch_ns, \
                   sync_wait_ns, graph_launches, kernel_launches, dtoh_bytes, htod_bytes, \
-                  host_bound, gpu_ranks, gpu_upper_bound FROM ",
+                  host_bound, gpu_ranks, gpu_upper_bound, collectives, collective_wait_ns, \
+                  straggler_rank, straggler_lag_ns FROM ",
     );
     sql.push(&store.table("engine_steps"))
         .push(" WHERE node = ")
@@ -615,6 +644,7 @@ async fn batch_context(
                 tokens: f.map(|f| f.tokens).filter(|&t| t > 0),
                 request_tokens: None,
                 gpu: f.and_then(StepRowOut::gpu),
+                collectives: f.and_then(StepRowOut::collectives),
                 shared_with_count: s.0,
                 shared_with: s.1.iter().map(|t| stored_trace_id(t)).collect(),
             }

@@ -187,6 +187,30 @@ fn check_request(r: &Request, now: u64, l: &Limits) -> Result<(), Invalid> {
             ),
         ));
     }
+    check_collectives(
+        r.collectives,
+        r.collective_wait_ns,
+        r.straggler_rank,
+        r.straggler_lag_ns,
+    )
+}
+
+/// A request's or step's collectives: a straggler only with collectives, its lag within the
+/// waits (it is the last arrival of some of them).
+fn check_collectives(
+    n: Option<u32>,
+    wait: Option<u64>,
+    rank: Option<u32>,
+    lag: Option<u64>,
+) -> Result<(), Invalid> {
+    if rank.is_some() && n.is_none() || lag > wait {
+        return Err(bad(
+            "inconsistent_durations",
+            format!(
+                "straggler rank {rank:?} lag {lag:?} without collectives {n:?} or above their wait {wait:?}"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -329,6 +353,12 @@ pub fn validate(b: &Batch, now: u64, l: &Limits) -> Result<(), Invalid> {
                     ),
                 ));
             }
+            check_collectives(
+                s.collectives,
+                Some(s.collective_wait_ns),
+                s.straggler_rank,
+                Some(s.straggler_lag_ns),
+            )?;
             // Older senders send no span context; a present one is a valid W3C pair.
             let ctx_ok = (s.trace_id.is_empty() && s.span_id.is_empty())
                 || (s.trace_id.len() == 16
@@ -473,6 +503,26 @@ mod tests {
             (
                 "inconsistent_durations",
                 Box::new(|b| b.resources[0].requests[0].e2e_ns = u64::MAX),
+            ),
+            (
+                "inconsistent_durations",
+                Box::new(|b| {
+                    let r = &mut b.resources[0].requests[0];
+                    (r.collectives, r.collective_wait_ns) = (Some(2), Some(10));
+                    (r.straggler_rank, r.straggler_lag_ns) = (Some(1), Some(11));
+                }),
+            ),
+            (
+                "inconsistent_durations",
+                Box::new(|b| {
+                    b.resources[0].steps = vec![inferscope_proto::v1::EngineStep {
+                        step_id: 1,
+                        start_unix_ns: NOW - 10,
+                        end_unix_ns: NOW,
+                        straggler_rank: Some(1),
+                        ..Default::default()
+                    }]
+                }),
             ),
             (
                 "batch_too_large",

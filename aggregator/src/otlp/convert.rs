@@ -253,6 +253,14 @@ fn step(s: &EngineStep, scope: &InstrumentationScope) -> SpanData {
             KeyValue::new("inferscope.gpu.upper_bound", s.gpu_upper_bound),
         ]);
     }
+    if let (Some(n), Some(rank)) = (s.collectives, s.straggler_rank) {
+        attributes.extend([
+            KeyValue::new("inferscope.nccl.collectives", i64::from(n)),
+            KeyValue::new("inferscope.nccl.wait_ns", int(s.collective_wait_ns)),
+            KeyValue::new("inferscope.nccl.straggler_rank", i64::from(rank)),
+            KeyValue::new("inferscope.nccl.straggler_lag_ns", int(s.straggler_lag_ns)),
+        ]);
+    }
     SpanData {
         span_context: context(&s.trace_id, &s.span_id),
         parent_span_id: SpanId::INVALID,
@@ -409,6 +417,9 @@ pub fn figures(r: &RequestRow) -> Vec<KeyValue> {
         ("gpu.time_ns", r.gpu_ns),
         ("gpu.cost_ns", r.gpu_cost_ns),
         ("gpu.host_bound_ns", r.gpu_host_bound_ns),
+        ("nccl.wait_ns", r.collective_wait_ns),
+        ("nccl.straggler_lag_ns", r.straggler_lag_ns),
+        ("nccl.straggler_rank", r.straggler_rank.map(u64::from)),
     ];
     always
         .into_iter()

@@ -83,6 +83,10 @@ pub struct RequestRow {
     pub gpu_host_bound_ns: Option<u64>,
     pub gpu_upper_bound_steps: Option<u32>,
     pub step_tokens: Vec<u32>,
+    pub collectives: Option<u32>,
+    pub collective_wait_ns: Option<u64>,
+    pub straggler_rank: Option<u32>,
+    pub straggler_lag_ns: Option<u64>,
 }
 
 /// A row of `spans`.
@@ -129,6 +133,10 @@ pub struct StepRow {
     pub host_bound: u8,
     pub gpu_ranks: u32,
     pub gpu_upper_bound: u8,
+    pub collectives: Option<u32>,
+    pub collective_wait_ns: u64,
+    pub straggler_rank: Option<u32>,
+    pub straggler_lag_ns: u64,
 }
 
 /// A row of `ingested_batches`.
@@ -199,6 +207,10 @@ impl RequestRow {
             gpu_host_bound_ns: r.gpu_host_bound_ns,
             gpu_upper_bound_steps: r.gpu_upper_bound_steps,
             step_tokens: r.step_tokens.clone(),
+            collectives: r.collectives,
+            collective_wait_ns: r.collective_wait_ns,
+            straggler_rank: r.straggler_rank,
+            straggler_lag_ns: r.straggler_lag_ns,
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,
@@ -299,6 +311,10 @@ impl StepRow {
             host_bound: u8::from(s.host_bound),
             gpu_ranks: s.gpu_ranks,
             gpu_upper_bound: u8::from(s.gpu_upper_bound),
+            collectives: s.collectives,
+            collective_wait_ns: s.collective_wait_ns,
+            straggler_rank: s.straggler_rank,
+            straggler_lag_ns: s.straggler_lag_ns,
         }
     }
 }

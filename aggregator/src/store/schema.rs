@@ -326,6 +326,23 @@ FROM {db}.requests"
              ADD COLUMN gpu_upper_bound_steps Nullable(UInt32), ADD COLUMN step_tokens Array(UInt32)"
             )],
         },
+        Migration {
+            version: 12,
+            name: "engine_steps and requests: NCCL collectives and stragglers",
+            // From the NCCL hooks; NULL (and 0) where none were seen and for rows stored before.
+            statements: vec![
+                format!(
+                    "ALTER TABLE {db}.engine_steps ADD COLUMN collectives Nullable(UInt32), \
+             ADD COLUMN collective_wait_ns UInt64 DEFAULT 0, \
+             ADD COLUMN straggler_rank Nullable(UInt32), ADD COLUMN straggler_lag_ns UInt64 DEFAULT 0"
+                ),
+                format!(
+                    "ALTER TABLE {db}.requests ADD COLUMN collectives Nullable(UInt32), \
+             ADD COLUMN collective_wait_ns Nullable(UInt64), \
+             ADD COLUMN straggler_rank Nullable(UInt32), ADD COLUMN straggler_lag_ns Nullable(UInt64)"
+                ),
+            ],
+        },
     ]
 }
 

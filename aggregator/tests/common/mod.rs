@@ -253,6 +253,10 @@ pub fn request(
         gpu_host_bound_ns: None,
         gpu_upper_bound_steps: None,
         step_tokens: Vec::new(),
+        collectives: None,
+        collective_wait_ns: None,
+        straggler_rank: None,
+        straggler_lag_ns: None,
     }
 }
 
@@ -309,5 +313,9 @@ pub fn step_row(
         host_bound: 0,
         gpu_ranks: 0,
         gpu_upper_bound: 0,
+        collectives: None,
+        collective_wait_ns: 0,
+        straggler_rank: None,
+        straggler_lag_ns: 0,
     }
 }
