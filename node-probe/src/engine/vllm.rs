@@ -308,7 +308,14 @@ impl VllmFollower {
         let send = ev.kind == EventKind::SockSend;
         if ev.ret == 3 {
             if send {
-                self.on_doorbell(m, ev.end_ns);
+                // A core's doorbell starts the step when it is rung (the send's entry: a
+                // worker may wake and launch before the send returns); a worker's ends it
+                // when its send is done.
+                let ts = match m.role {
+                    Role::EngineCore => ev.start_ns,
+                    _ => ev.end_ns,
+                };
+                self.on_doorbell(m, ts);
             }
             return;
         }
