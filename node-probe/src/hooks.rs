@@ -176,8 +176,8 @@ hook_ids! {
     NcclAllGather = 312,
     /// `ncclBroadcast(send, recv, count, dtype, root, comm, stream)`.
     NcclBroadcast = 313,
-    /// `ncclBcast(buff, count, dtype, root, comm, stream)`.
-    NcclBcast = 314,
+    // 314 is not used: `ncclBcast` calls the exported `ncclBroadcast` (NCCL 2.29, measured
+    // by `tests/gpu.rs`), whose probe reports it.
     /// `ncclReduce(send, recv, count, dtype, op, root, comm, stream)`: comm and stream are
     /// the first two stack words.
     NcclReduce = 315,
@@ -633,7 +633,7 @@ const fn nccl(symbol: &'static str, id: HookId, stream: u8, out: Option<u8>) -> 
 /// NCCL hooks: argument positions from `../shared/notes/gpu.md` §2 (x86-64 SysV), asserted on
 /// the real `libnccl.so.2` by `tests/gpu.rs`. NCCL exports weak `ncclX` at the address of
 /// `pncclX`, so one probe catches both names.
-const NCCL_HOOKS: [Hook; 19] = {
+const NCCL_HOOKS: [Hook; 18] = {
     use HookId::*;
     const NONE: u8 = stream_at::NONE;
     [
@@ -664,7 +664,6 @@ const NCCL_HOOKS: [Hook; 19] = {
         ),
         nccl("ncclAllGather", NcclAllGather, stream_at::reg(5), None),
         nccl("ncclBroadcast", NcclBroadcast, stream_at::stack(0), None),
-        nccl("ncclBcast", NcclBcast, stream_at::reg(5), None),
         nccl("ncclReduce", NcclReduce, stream_at::stack(1), None),
         nccl("ncclSend", NcclSend, stream_at::reg(5), None),
         nccl("ncclRecv", NcclRecv, stream_at::reg(5), None),

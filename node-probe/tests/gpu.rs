@@ -1,5 +1,6 @@
 //! The GPU hooks on the real NVIDIA libraries (no GPU needed): `libcuda.so.1` of driver 535
-//! from Debian non-free and `libcudart.so.12` from PyPI, fetched by `scripts/nvidia-libs.sh`.
+//! from Debian non-free, `libcudart.so.12` and `libnccl.so.2` from PyPI, fetched by
+//! `scripts/nvidia-libs.sh`.
 //! A caller (`fixtures/c/cuda_caller.c`) makes every probed call with marker handles and
 //! scalars; the real libraries return an error at once, and the uprobes fire all the same.
 //! Each record must name its call, decode every argument where the hook table says it is,
@@ -19,15 +20,20 @@ const STREAM: u64 = 0x5151;
 const EVENT: u64 = 0xe1e1;
 const EXEC: u64 = 0x7a7a;
 
-/// `(libcuda.so.1, libcudart.so.12)`, fetched once; `None` (skip) when they cannot be had and
-/// the test is not required.
-fn nvidia_libs() -> Option<(PathBuf, PathBuf)> {
+/// `(libcuda.so.1, libcudart.so.12, libnccl.so.2)`, fetched once; `None` (skip) when they
+/// cannot be had and the test is not required.
+fn nvidia_libs() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nvidia-libs.sh");
     let out = Command::new("bash").arg(script).output().expect("bash");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().map(PathBuf::from);
-    match (out.status.success(), lines.next(), lines.next()) {
-        (true, Some(drv), Some(rt)) => Some((drv, rt)),
+    match (
+        out.status.success(),
+        lines.next(),
+        lines.next(),
+        lines.next(),
+    ) {
+        (true, Some(drv), Some(rt), Some(nccl)) => Some((drv, rt, nccl)),
         _ => {
             let why = String::from_utf8_lossy(&out.stderr);
             if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
@@ -98,7 +104,7 @@ fn every_cuda_hook_decodes_its_arguments_on_the_real_libraries() {
     if !bpf_or_skip("every_cuda_hook_decodes_its_arguments_on_the_real_libraries") {
         return;
     }
-    let Some((drv, rt)) = nvidia_libs() else {
+    let Some((drv, rt, _)) = nvidia_libs() else {
         return;
     };
     let bin = build_caller();
@@ -148,6 +154,120 @@ fn every_cuda_hook_decodes_its_arguments_on_the_real_libraries() {
     ));
 }
 
+/// What each NCCL record must decode to (besides its name), in call order.
+fn nccl_expected(sym: &str) -> Value {
+    let coll = |func: &str, count: u64, dtype: u64, bytes: u64, peer: Option<u64>| {
+        let mut v = json!({"op": "collective", "func": func, "comm": 0, "count": count,
+            "dtype": dtype, "bytes": bytes, "stream": STREAM});
+        if let Some(p) = peer {
+            v["peer"] = p.into();
+        }
+        v
+    };
+    match sym {
+        // The real init fails without a GPU: no communicator is written back.
+        "ncclCommInitRank" => json!({"op": "comm_init", "comm": 0, "nranks": 4, "rank": 3}),
+        "ncclAllReduce" => coll("all_reduce", 1001, 7, 4004, None),
+        "ncclReduceScatter" => coll("reduce_scatter", 1002, 9, 2004, None),
+        "ncclAllGather" => coll("all_gather", 1003, 4, 8024, None),
+        "ncclBroadcast" => coll("broadcast", 1004, 0, 1004, Some(2)),
+        // ncclBcast calls the exported ncclBroadcast: one record, of that probe.
+        "ncclBcast" => coll("broadcast", 1005, 6, 2010, Some(1)),
+        "ncclReduce" => coll("reduce", 1006, 2, 4024, Some(1)),
+        "ncclSend" => coll("send", 1007, 8, 8056, Some(2)),
+        "ncclRecv" => coll("recv", 1008, 8, 8064, Some(1)),
+        "ncclGroupStart" => json!({"op": "group_start"}),
+        "ncclGroupEnd" => json!({"op": "group_end"}),
+        "ncclCommUserRank" => json!({"op": "comm_rank", "comm": 0}),
+        "ncclCommCount" => json!({"op": "comm_count", "comm": 0}),
+        other => panic!("unexpected call {other}"),
+    }
+}
+
+#[test]
+fn every_nccl_hook_decodes_its_arguments_on_the_real_library() {
+    if !bpf_or_skip("every_nccl_hook_decodes_its_arguments_on_the_real_library") {
+        return;
+    }
+    let Some((_, _, nccl)) = nvidia_libs() else {
+        return;
+    };
+    const NCCL_CALLER: &str = "inferscope-nccl-caller";
+    let bin = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("gpu-fixtures")
+        .join(NCCL_CALLER);
+    compile_c(
+        &fixture("c").join("nccl_caller.c"),
+        &bin,
+        &["-O1", "-Wall"],
+        &["-ldl"],
+    );
+    let mut probe = start_probe(&["--cmdline", NCCL_CALLER, "--rescan-s", "0.2"]);
+    let mut cmd = Command::new(&bin);
+    cmd.arg(&nccl).arg("1500");
+    let mut caller = JsonChild::spawn(cmd);
+    let done = caller.wait_for("caller done", Duration::from_secs(60), |v| {
+        v.get("done").is_some()
+    });
+    let pid = done["pid"].as_u64().unwrap();
+    probe.wait_for("the last record", Duration::from_secs(30), |v| {
+        v["pid"] == pid && v["comm"] == "ncclCommCount"
+    });
+    let records: Vec<&Value> = probe
+        .seen
+        .iter()
+        .filter(|v| v["kind"] == "nccl" && v["pid"] == pid)
+        .collect();
+    let calls: Vec<&Value> = caller
+        .seen
+        .iter()
+        .filter(|c| c.get("call").is_some())
+        .collect();
+    let names: Vec<&str> = records.iter().filter_map(|r| r["comm"].as_str()).collect();
+    let want: Vec<&str> = calls
+        .iter()
+        .filter_map(|c| c["call"].as_str())
+        .map(|c| if c == "ncclBcast" { "ncclBroadcast" } else { c })
+        .collect();
+    assert_eq!(names, want, "one record per call, in order");
+    for (c, r) in calls.iter().zip(&records) {
+        let sym = c["call"].as_str().unwrap();
+        let mut got = r["nccl"].clone();
+        // The communicator id hashes the unique id's first 32 bytes; the rank/count read back
+        // is whatever the failed call left: neither is compared here.
+        let id = got.as_object_mut().and_then(|o| o.remove("id"));
+        if let Some(o) = got.as_object_mut() {
+            if matches!(sym, "ncclCommUserRank" | "ncclCommCount") {
+                o.remove("rank");
+                o.remove("nranks");
+            }
+        }
+        assert_eq!(got, nccl_expected(sym), "{sym}: {r}");
+        if sym == "ncclCommInitRank" {
+            assert!(id.and_then(|i| i.as_u64()).is_some_and(|i| i > 1), "{r}");
+            // The id's first 32 bytes, as the caller filled them, are the saved stack words.
+            let words: Vec<u64> = r["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_u64().unwrap())
+                .collect();
+            let want: Vec<u64> = (0..4u64)
+                .map(|k| {
+                    u64::from_le_bytes(std::array::from_fn(|i| 0x40 + (8 * k as u8) + i as u8))
+                })
+                .collect();
+            assert_eq!(words, want, "the unique id is on the stack");
+        }
+        assert_eq!(r["ret"].as_i64(), c["ret"].as_i64(), "{sym}: result");
+    }
+    figure(&format!(
+        "nccl hooks: {} records from {} real libnccl calls, every argument as called",
+        records.len(),
+        calls.len()
+    ));
+}
+
 /// GPU steps in vLLM's async order (step N+1 launched before step N is waited for, two
 /// alternating events) through the real `libcudart`: one `gpu_step` per step, paired with the
 /// wait on its own event, classed by its graph launches, with its kernel launches counted, and
@@ -157,7 +277,7 @@ fn gpu_steps_match_the_callers_truth() {
     if !bpf_or_skip("gpu_steps_match_the_callers_truth") {
         return;
     }
-    let Some((_, rt)) = nvidia_libs() else {
+    let Some((_, rt, _)) = nvidia_libs() else {
         return;
     };
     const STEPS: usize = 40;

@@ -227,7 +227,6 @@ pub fn decode(r: &GpuRecord) -> Option<GpuCall> {
         | NcclReduceScatter
         | NcclAllGather
         | NcclBroadcast
-        | NcclBcast
         | NcclReduce
         | NcclSend
         | NcclRecv

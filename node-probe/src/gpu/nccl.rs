@@ -48,7 +48,7 @@ pub enum CollFunc {
     ReduceScatter,
     /// `ncclAllGather`.
     AllGather,
-    /// `ncclBroadcast` / `ncclBcast`.
+    /// `ncclBroadcast` (and `ncclBcast`, which calls it).
     Broadcast,
     /// `ncclReduce`.
     Reduce,
@@ -223,7 +223,6 @@ pub fn decode(r: &GpuRecord) -> Option<NcclCall> {
         NcclReduceScatter => coll(CollFunc::ReduceScatter, a[2], a[3], None, a[5]),
         NcclAllGather => coll(CollFunc::AllGather, a[2], a[3], None, a[4]),
         NcclBroadcast => coll(CollFunc::Broadcast, a[2], a[3], Some(a[4]), a[5]),
-        NcclBcast => coll(CollFunc::Broadcast, a[1], a[2], Some(a[3]), a[4]),
         NcclReduce => coll(CollFunc::Reduce, a[2], a[3], Some(a[5]), st[0]),
         NcclSend => coll(CollFunc::Send, a[1], a[2], Some(a[3]), a[4]),
         NcclRecv => coll(CollFunc::Recv, a[1], a[2], Some(a[3]), a[4]),
