@@ -168,6 +168,13 @@ struct Cli {
     /// Distinct tenant labels kept; later new ones are stored as `_other` (counted).
     #[arg(long, default_value_t = 256)]
     tenant_max_values: usize,
+    /// Sample every GPU through NVML this often, in milliseconds (0: never). Without NVML (no
+    /// driver, a CPU node) one line says so and everything else works.
+    #[arg(long, default_value_t = 1000)]
+    nvml_ms: u64,
+    /// The NVML library to load (default: `libnvidia-ml.so.1` from the loader's path).
+    #[arg(long, value_name = "PATH")]
+    nvml_lib: Option<std::path::PathBuf>,
 }
 
 /// The tenant extraction of `--tenant-header`/`--tenant-field` (names are kept for the
@@ -283,6 +290,10 @@ fn real_main() -> anyhow::Result<()> {
         export,
         metrics_listen: cli.metrics_listen,
         proc_root: cli.proc_root.clone(),
+        nvml: (cli.nvml_ms > 0).then(|| node_probe::run::NvmlConfig {
+            period: Duration::from_millis(cli.nvml_ms.max(100)),
+            lib: cli.nvml_lib.clone(),
+        }),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

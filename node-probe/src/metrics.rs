@@ -172,6 +172,7 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
             "inferscope_probe_engine_events_total{{engine=\"{engine}\",counter=\"{what}\"}} {n}"
         );
     }
+    gpu_gauges(&mut o, stats);
     let u = gauges.uprobes;
     single(
         &mut o,
@@ -310,6 +311,69 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
         }
     }
     o
+}
+
+/// The latest NVML sample of each GPU, as gauges labelled by index and UUID.
+fn gpu_gauges(o: &mut String, stats: &Stats) {
+    type Get = fn(&crate::gpu::nvml::DeviceSample) -> Option<f64>;
+    let rows: [(&str, &str, Get); 9] = [
+        (
+            "inferscope_gpu_utilization_ratio",
+            "Time with a kernel running, last NVML period.",
+            |d| d.gpu_util_pct.map(|v| f64::from(v) / 100.0),
+        ),
+        (
+            "inferscope_gpu_memory_utilization_ratio",
+            "Time with device memory busy, last NVML period.",
+            |d| d.mem_util_pct.map(|v| f64::from(v) / 100.0),
+        ),
+        (
+            "inferscope_gpu_memory_used_bytes",
+            "Device memory in use.",
+            |d| d.mem_used_bytes.map(|v| v as f64),
+        ),
+        (
+            "inferscope_gpu_memory_total_bytes",
+            "Device memory installed.",
+            |d| d.mem_total_bytes.map(|v| v as f64),
+        ),
+        ("inferscope_gpu_sm_clock_hertz", "SM clock.", |d| {
+            d.sm_clock_mhz.map(|v| f64::from(v) * 1e6)
+        }),
+        ("inferscope_gpu_memory_clock_hertz", "Memory clock.", |d| {
+            d.mem_clock_mhz.map(|v| f64::from(v) * 1e6)
+        }),
+        ("inferscope_gpu_power_watts", "Board power.", |d| {
+            d.power_mw.map(|v| f64::from(v) / 1e3)
+        }),
+        (
+            "inferscope_gpu_energy_joules_total",
+            "Energy since the driver loaded.",
+            |d| d.energy_mj.map(|v| v as f64 / 1e3),
+        ),
+        (
+            "inferscope_gpu_throttle_reasons",
+            "nvmlClocksThrottleReasons bits (0: not throttled).",
+            |d| d.throttle_reasons.map(|v| v as f64),
+        ),
+    ];
+    if stats.gpus.is_empty() {
+        return;
+    }
+    for (name, help, get) in rows {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in stats.gpus.values() {
+            if let Some(v) = get(d) {
+                let uuid = d.uuid.replace(['"', '\\', '\n'], "_");
+                let _ = writeln!(o, "{name}{{gpu=\"{}\",uuid=\"{uuid}\"}} {v}", d.index);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
 use crate::gpu::nccl::Collective;
+use crate::gpu::nvml::{self, DeviceSample};
 use crate::gpu::steps::{GpuStep, StepStats};
 use crate::kernel::{btf::KernelBtf, preflight, tracefs};
 use crate::listen::listening_ports;
@@ -65,6 +66,17 @@ pub struct RunConfig {
     /// Where the host's /proc is (`--proc-root`; `/proc` unless node-probe runs in a pod with
     /// the host's /proc mounted elsewhere).
     pub proc_root: PathBuf,
+    /// GPU device samples from NVML (`--nvml-ms`, `--nvml-lib`); `None`: off.
+    pub nvml: Option<NvmlConfig>,
+}
+
+/// NVML sampling options.
+#[derive(Debug, Clone)]
+pub struct NvmlConfig {
+    /// Sampling period.
+    pub period: Duration,
+    /// `libnvidia-ml.so.1` to load (default: the loader's search).
+    pub lib: Option<PathBuf>,
 }
 
 /// Counters kept by the loop, reported at exit.
@@ -84,6 +96,8 @@ pub struct Stats {
     pub tracker: crate::requests::TrackerStats,
     /// Exporter counters, when exporting.
     pub export: Option<ExportSnapshot>,
+    /// The latest NVML sample of each GPU (empty without NVML).
+    pub gpus: BTreeMap<u32, DeviceSample>,
 }
 
 /// Runs until `stop` is set or the configured duration passes.
@@ -201,6 +215,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     let mut finished: Vec<RequestRecord> = Vec::new();
     let mut steps_done: Vec<GpuStep> = Vec::new();
     let mut colls_done: Vec<Collective> = Vec::new();
+    let nvml = cfg
+        .nvml
+        .as_ref()
+        .and_then(|n| nvml::start(n.lib.as_ref(), n.period, crate::clock::monotonic_ns));
+    let mut samples: Vec<DeviceSample> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -244,6 +263,15 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
             steps_done.clear();
             colls_done.clear();
         }
+        if let Some(n) = &nvml {
+            n.drain(&mut samples);
+            for d in samples.drain(..) {
+                if cfg.print.is_some() {
+                    print_device_sample(&mut out, &d, &clock)?;
+                }
+                stats.gpus.insert(d.index, d);
+            }
+        }
         watch_new_ports(&mut probe, &mut tracker);
         if last_rescan.elapsed() >= cfg.rescan_interval {
             let t = Instant::now();
@@ -273,6 +301,12 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if let Some(page) = &metrics_page {
             if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 collect_counters(&mut stats, &probe, &tracker, tracker.gpu_stats());
+                if let Some(n) = &nvml {
+                    for (name, v) in [("samples", &n.stats.samples), ("dropped", &n.stats.dropped)]
+                    {
+                        stats.engine.push(("nvml", name, v.load(Ordering::Relaxed)));
+                    }
+                }
                 let gauges = Gauges {
                     targets: probe.targets().len(),
                     connections: tracker.conns(),
@@ -510,6 +544,22 @@ fn print_gpu_steps(
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// One NVML sample as a JSON line (`"kind": "gpu_sample"`, time in Unix ns).
+fn print_device_sample(
+    out: &mut impl Write,
+    d: &DeviceSample,
+    clock: &WallClock,
+) -> std::io::Result<()> {
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("kind".into(), "gpu_sample".into());
+        o.insert("ts_unix_ns".into(), clock.to_wall(d.ts_ns).into());
+        o.remove("ts_ns");
+    }
+    serde_json::to_writer(&mut *out, &v)?;
+    writeln!(out)
 }
 
 /// Collectives called, one JSON line each (`"kind": "collective"`), after the NCCL record.

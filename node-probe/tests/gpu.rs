@@ -339,3 +339,42 @@ fn gpu_steps_match_the_callers_truth() {
         worst as f64 / 1e3
     ));
 }
+
+/// NVML absent is one log line and nothing else: the real `libnvidia-ml.so.1` of driver 535
+/// finds no driver (`DriverNotLoaded`), a path with no library fails to load; either way the
+/// probe starts, traces and stops as usual, and says so once.
+#[test]
+fn nvml_absent_is_one_line_and_the_probe_works() {
+    if !bpf_or_skip("nvml_absent_is_one_line_and_the_probe_works") {
+        return;
+    }
+    let Some((drv, _, _)) = nvidia_libs() else {
+        return;
+    };
+    let real = drv.with_file_name("libnvidia-ml.so.1");
+    assert!(real.exists(), "{}", real.display());
+    for (lib, why) in [
+        (real.as_path(), "driver is not loaded"),
+        (Path::new("/nonexistent/libnvidia-ml.so.1"), "libloading"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_node-probe"))
+            .args(["--pid", "1", "--duration-s", "1.5", "--nvml-ms", "200"])
+            .arg("--nvml-lib")
+            .arg(lib)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("NVML")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("NVML unavailable")
+                && lines[0].to_lowercase().contains(&why.to_lowercase()),
+            "{}",
+            lines[0]
+        );
+        assert!(err.contains("node-probe stopped"), "{err}");
+    }
+}

@@ -10,6 +10,7 @@ use inferscope_common::{EventHeader, GpuCallEvent};
 use serde::Serialize;
 
 pub mod nccl;
+pub mod nvml;
 pub mod steps;
 
 use crate::event::{read, CallRecord, DecodeError};
