@@ -483,7 +483,10 @@ async fn check_breakdown(
     )
     .await;
     let table = store.table("requests");
-    let metrics: [(&str, Pick); 8] = [
+    let metrics: [(&str, Pick); 11] = [
+        ("gpu", (|q| q.resources.gpu)),
+        ("gpu_host_bound", (|q| q.resources.gpu_host_bound)),
+        ("collective_wait", (|q| q.resources.collective_wait)),
         ("e2e", (|q| q.e2e_ms)),
         ("ttft", (|q| q.ttft_ms)),
         ("tpot", (|q| q.tpot_ms)),

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::window::Window;
-use crate::PHASES;
+use crate::{PHASES, RESOURCES};
 
 /// One value per phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -44,6 +44,36 @@ impl<T> Phases<T> {
     }
 }
 
+/// One value per resource ([`RESOURCES`]): what a request used on the GPUs, beside its phases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Resources<T> {
+    /// GPU time, latency view: the GPU spans of its steps.
+    pub gpu: T,
+    /// Wall time of its host-paced (CPU-bound) steps.
+    pub gpu_host_bound: T,
+    /// Time its steps' collectives waited for the slowest tensor-parallel rank.
+    pub collective_wait: T,
+}
+
+impl<T> Resources<T> {
+    /// From values in [`RESOURCES`] order (`None`: fewer than three).
+    pub fn from_vec(v: Vec<T>) -> Option<Self> {
+        let mut it = v.into_iter();
+        Some(Self {
+            gpu: it.next()?,
+            gpu_host_bound: it.next()?,
+            collective_wait: it.next()?,
+        })
+    }
+
+    /// `(name, value)` in [`RESOURCES`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        RESOURCES
+            .into_iter()
+            .zip([&self.gpu, &self.gpu_host_bound, &self.collective_wait])
+    }
+}
+
 /// How many requests of the window have each metric (phases are unknown when the engine was
 /// not followed; `tpot` needs two or more content events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +87,9 @@ pub struct MetricCounts {
     /// Requests with each phase.
     #[serde(flatten)]
     pub phases: Phases<u64>,
+    /// Requests with each resource (GPU hooks, NCCL hooks).
+    #[serde(default)]
+    pub resources: Resources<u64>,
 }
 
 /// The value of every metric at one quantile level, in milliseconds (`null`: no request in the
@@ -81,6 +114,10 @@ pub struct QuantileRow {
     pub decode_ms: Option<f64>,
     /// Delivery.
     pub delivery_ms: Option<f64>,
+    /// Resources ([`RESOURCES`]): GPU time, CPU-bound time, collective wait (`null`: no
+    /// request of the window has it).
+    #[serde(default)]
+    pub resources: Resources<Option<f64>>,
 }
 
 /// A phase in a cohort.
@@ -113,6 +150,10 @@ pub struct Cohort {
     pub covered_share: f64,
     /// `mean_e2e_ms` minus the phase means (time outside every known phase), and its share.
     pub unattributed: PhaseMean,
+    /// Each resource's mean over the cohort and share of `mean_e2e_ms` (they overlap the
+    /// phases: not in `covered_share`).
+    #[serde(default)]
+    pub resources: Resources<PhaseMean>,
 }
 
 /// Slow minus median, for one phase.
@@ -137,6 +178,9 @@ pub struct SlowVsMedian {
     pub diff: Phases<PhaseDiff>,
     /// `slow - median` of the unattributed time.
     pub unattributed_diff: PhaseDiff,
+    /// `slow - median` per resource.
+    #[serde(default)]
+    pub resources_diff: Resources<PhaseDiff>,
     /// The phase (or `unattributed`) whose share grew the most in the slow cohort.
     pub largest_difference: Option<String>,
 }

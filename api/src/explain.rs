@@ -474,6 +474,7 @@ mod tests {
             prefill_ms: Some(10.0),
             decode_ms: Some(40.0),
             delivery_ms: Some(1.0),
+            resources: Default::default(),
         }
     }
 

@@ -44,6 +44,12 @@ pub fn escape_controls(s: &str) -> String {
 /// `aggregator/tests/model_agreement.rs` fails when any of them disagrees with this list.
 pub const PHASES: [&str; 5] = ["frontend", "queue", "prefill", "decode", "delivery"];
 
+/// What a request used on the engine's GPUs, beside its phases (they overlap them, so they do
+/// not add up with them): GPU time (latency view), wall time of host-paced (CPU-bound) steps,
+/// and time waiting for the slowest tensor-parallel rank in collectives. Each is the stored
+/// column `<name>_ns`; the breakdown reports them as `<name>_ms`.
+pub const RESOURCES: [&str; 3] = ["gpu", "gpu_host_bound", "collective_wait"];
+
 /// The request filters every request endpoint takes besides its window (`from`, `to`), as
 /// query parameter names: exact `model`, `node`, `engine`, `outcome` and `tenant`; `status` a
 /// code or class (`5xx`); `tag` one run tag `key=value`.

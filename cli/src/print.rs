@@ -1,7 +1,9 @@
 //! The table form of each API response.
 use std::collections::{BTreeMap, HashMap};
 
-use inferscope_api::breakdown::{level_name, Breakdown, Cohort, PhaseDiff, PhaseMean};
+use inferscope_api::breakdown::{
+    level_name, Breakdown, Cohort, PhaseDiff, PhaseMean, SlowVsMedian,
+};
 use inferscope_api::filters::FilterValues;
 use inferscope_api::groups::Groups;
 use inferscope_api::requests::{RequestList, RequestSummary};
@@ -61,6 +63,7 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
         s.phases.delivery,
         b.count
     );
+    print_resource_quantiles(b);
     let Some(c) = &b.slow_vs_median else {
         return;
     };
@@ -126,6 +129,7 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
     last[6] = String::new();
     t.row(last);
     print!("{}", t.render());
+    print_resource_cohorts(c);
     if let Some(name) = &c.largest_difference {
         let d = c
             .diff
@@ -139,6 +143,94 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
             signed(format!("{:.1}", d.share * 100.0))
         );
     }
+}
+
+/// GPU time, CPU-bound time and collective wait per request, when the window has any.
+fn print_resource_quantiles(b: &Breakdown) {
+    let s = &b.samples.resources;
+    if s.iter().all(|(_, &n)| n == 0) {
+        return;
+    }
+    println!();
+    let mut t = Table::new(&["quantile", "gpu", "cpu-bound", "collective wait"], &[0]);
+    for q in &b.quantiles {
+        let r = &q.resources;
+        t.row(vec![
+            format!("p{}", level_name(q.q)),
+            ms_opt(r.gpu),
+            ms_opt(r.gpu_host_bound),
+            ms_opt(r.collective_wait),
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "(ms per request, overlapping the phases; known for: gpu {}, cpu-bound {}, collective wait {} of {} requests)",
+        s.gpu, s.gpu_host_bound, s.collective_wait, b.count
+    );
+}
+
+/// The resources of the two cohorts, when either has any.
+fn print_resource_cohorts(c: &SlowVsMedian) {
+    if c.slow
+        .resources
+        .iter()
+        .chain(c.median.resources.iter())
+        .all(|(_, m)| m.requests == 0)
+    {
+        return;
+    }
+    let mut t = Table::new(
+        &[
+            "resource",
+            "slow ms",
+            "slow %",
+            "median ms",
+            "median %",
+            "diff ms",
+            "diff pts",
+        ],
+        &[0],
+    );
+    for (((name, a), (_, m)), (_, d)) in c
+        .slow
+        .resources
+        .iter()
+        .zip(c.median.resources.iter())
+        .zip(c.resources_diff.iter())
+    {
+        t.row(vec![
+            name.replace('_', " "),
+            ms(a.mean_ms),
+            pct(a.share),
+            ms(m.mean_ms),
+            pct(m.share),
+            signed(ms(d.mean_ms)),
+            signed(format!("{:.1}", d.share * 100.0)),
+        ]);
+    }
+    println!("\nGPU side (overlaps the phases above):");
+    print!("{}", t.render());
+}
+
+/// A request's GPU side in one line (`None`: the GPU hooks saw none of its steps).
+fn gpu_line(r: &RequestSummary) -> Option<String> {
+    let mut parts = vec![format!("GPU {} ms", ms(r.gpu_ms?))];
+    if let Some(c) = r.gpu_cost_ms {
+        parts.push(format!("cost {} ms", ms(c)));
+    }
+    if let Some(h) = r.gpu_host_bound_ms.filter(|&h| h > 0.0) {
+        parts.push(format!("cpu-bound {} ms", ms(h)));
+    }
+    if r.gpu_upper_bound_steps.is_some_and(|n| n > 0) {
+        parts.push("upper bound".into());
+    }
+    if let (Some(n), Some(w)) = (r.collectives, r.collective_wait_ms) {
+        parts.push(format!("{n} collectives waited {} ms", ms(w)));
+    }
+    if let (Some(rank), Some(lag)) = (r.straggler_rank, r.straggler_lag_ms) {
+        parts.push(format!("straggler rank {rank} (+{} ms)", ms(lag)));
+    }
+    Some(parts.join(", "))
 }
 
 pub(crate) fn print_requests(l: &RequestList, filters: &str) {
@@ -392,6 +484,11 @@ pub(crate) fn print_trace(tr: &Trace) {
         let rs: Vec<RequestSummary> = tr.requests.iter().map(|r| r.request.clone()).collect();
         let steps: Vec<usize> = tr.requests.iter().map(|r| r.step_ids.len()).collect();
         print_request_rows(&rs, &steps);
+        for r in &rs {
+            if let Some(line) = gpu_line(r) {
+                println!("{}: {line}", r.trace_id);
+            }
+        }
     }
     if !tr.spans.is_empty() {
         println!(
@@ -417,9 +514,18 @@ pub(crate) fn print_trace(tr: &Trace) {
         );
         let mut t = Table::new(
             &[
-                "node", "step", "instance", "offset", "duration", "batch", "shared", "with",
+                "node",
+                "step",
+                "instance",
+                "offset",
+                "duration",
+                "batch",
+                "gpu",
+                "straggler",
+                "shared",
+                "with",
             ],
-            &[0, 2, 7],
+            &[0, 2, 6, 7, 9],
         );
         let mut shown: Vec<&StepOut> = tr.steps.iter().collect();
         if shown.len() > MAX_STEP_ROWS {
@@ -448,6 +554,17 @@ pub(crate) fn print_trace(tr: &Trace) {
                 ms_opt(s.offset_ms),
                 ms_opt(s.duration_ms),
                 s.batch_size.map_or("-".into(), |b| b.to_string()),
+                s.gpu.as_ref().map_or("-".into(), |g| {
+                    format!(
+                        "{} {}{}",
+                        ms(g.gpu_ms),
+                        g.class,
+                        if g.host_bound { " cpu-bound" } else { "" }
+                    )
+                }),
+                s.collectives.as_ref().map_or("-".into(), |c| {
+                    format!("rank {} +{}", c.straggler_rank, ms(c.straggler_lag_ms))
+                }),
                 s.shared_with_count.to_string(),
                 with,
             ]);

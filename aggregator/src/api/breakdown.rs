@@ -28,9 +28,22 @@ pub const MEDIAN_COHORT: (f64, f64) = (0.4, 0.6);
 /// The phase columns, in pipeline order (declared once, in the proto crate).
 pub use inferscope_api::breakdown::{
     level_name, Breakdown, Cohort, MetricCounts, PhaseDiff, PhaseMean, Phases, QuantileRow,
-    SlowVsMedian,
+    Resources, SlowVsMedian,
 };
-pub use inferscope_api::PHASES;
+pub use inferscope_api::{PHASES, RESOURCES};
+
+/// The nullable columns quantiled besides e2e and ttft: tpot, the phases, the resources.
+fn nullable_metrics() -> impl Iterator<Item = &'static str> + Clone {
+    ["tpot"].into_iter().chain(PHASES).chain(RESOURCES)
+}
+
+/// tpot + phases + resources.
+const NULLABLE: usize = 1 + PHASES.len() + RESOURCES.len();
+
+/// The columns summed per cohort: the phases, then the resources.
+fn cohort_metrics() -> impl Iterator<Item = &'static str> + Clone {
+    PHASES.into_iter().chain(RESOURCES)
+}
 
 /// Validated parameters.
 #[derive(Debug, Clone)]
@@ -132,7 +145,7 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
     quantiles_expr(&mut sql, levels, "quantilesExact", "e2e_ns");
     sql.push(", ");
     quantiles_expr(&mut sql, levels, "quantilesExact", "ttft_ns");
-    let nullable = ["tpot"].into_iter().chain(PHASES);
+    let nullable = nullable_metrics();
     sql.push(", [");
     for (i, m) in nullable.clone().enumerate() {
         sql.push(if i > 0 { ", " } else { "" })
@@ -164,8 +177,8 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
     let expect = levels.len();
     if r.e2e.len() != expect
         || r.ttft.len() != expect
-        || r.present.len() != 6
-        || r.values.len() != 6
+        || r.present.len() != NULLABLE
+        || r.values.len() != NULLABLE
         || r.values.iter().any(|v| v.len() != expect)
         || r.thresholds.len() != 3
     {
@@ -188,13 +201,20 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
             prefill_ms: pick(&r.values[3], r.present[3], i),
             decode_ms: pick(&r.values[4], r.present[4], i),
             delivery_ms: pick(&r.values[5], r.present[5], i),
+            resources: Resources::from_vec(
+                (6..NULLABLE)
+                    .map(|k| pick(&r.values[k], r.present[k], i))
+                    .collect(),
+            )
+            .unwrap_or_default(),
         })
         .collect();
     let samples = MetricCounts {
         e2e: r.count,
         ttft: r.count,
         tpot: r.present[0],
-        phases: Phases::from_vec(r.present[1..].to_vec()).unwrap_or_default(),
+        phases: Phases::from_vec(r.present[1..6].to_vec()).unwrap_or_default(),
+        resources: Resources::from_vec(r.present[6..].to_vec()).unwrap_or_default(),
     };
     let slow_vs_median = if r.count == 0 {
         None
@@ -233,12 +253,12 @@ async fn cohorts(
         sql.push(&format!(
             "countIf({c}), sumIf(e2e_ns, {c}), minIf(e2e_ns, {c}), maxIf(e2e_ns, {c}), ["
         ));
-        for (i, ph) in PHASES.iter().enumerate() {
+        for (i, ph) in cohort_metrics().enumerate() {
             sql.push(if i > 0 { ", " } else { "" })
                 .push(&format!("sumIf(ifNull({ph}_ns, 0), {c})"));
         }
         sql.push("], [");
-        for (i, ph) in PHASES.iter().enumerate() {
+        for (i, ph) in cohort_metrics().enumerate() {
             sql.push(if i > 0 { ", " } else { "" })
                 .push(&format!("countIf(isNotNull({ph}_ns) AND {c})"));
         }
@@ -286,6 +306,17 @@ async fn cohorts(
         delivery: d(&slow.phases.delivery, &median.phases.delivery),
     };
     let unattributed_diff = d(&slow.unattributed, &median.unattributed);
+    let resources_diff = Resources {
+        gpu: d(&slow.resources.gpu, &median.resources.gpu),
+        gpu_host_bound: d(
+            &slow.resources.gpu_host_bound,
+            &median.resources.gpu_host_bound,
+        ),
+        collective_wait: d(
+            &slow.resources.collective_wait,
+            &median.resources.collective_wait,
+        ),
+    };
     let largest_difference = diff
         .iter()
         .map(|(n, v)| (n, v.share))
@@ -299,6 +330,7 @@ async fn cohorts(
         median,
         diff,
         unattributed_diff,
+        resources_diff,
         largest_difference,
     })
 }
@@ -330,6 +362,12 @@ fn cohort(
         decode: phase(3),
         delivery: phase(4),
     };
+    let resources = Resources::from_vec(
+        (PHASES.len()..PHASES.len() + RESOURCES.len())
+            .map(phase)
+            .collect(),
+    )
+    .unwrap_or_default();
     let covered: f64 = phases.iter().map(|(_, p)| p.share).sum();
     let covered_ms: f64 = phases.iter().map(|(_, p)| p.mean_ms).sum();
     let unattributed_ms = mean_e2e / 1e6 - covered_ms;
@@ -350,6 +388,7 @@ fn cohort(
             },
             requests: n,
         },
+        resources,
     }
 }
 
@@ -369,9 +408,20 @@ mod tests {
         let c = cohort(
             "x".into(),
             (2, 200_000_000, 50_000_000, 150_000_000),
-            &[10_000_000, 40_000_000, 20_000_000, 100_000_000, 10_000_000],
-            &[2, 2, 2, 2, 2],
+            &[
+                10_000_000,
+                40_000_000,
+                20_000_000,
+                100_000_000,
+                10_000_000,
+                60_000_000,
+                0,
+                4_000_000,
+            ],
+            &[2, 2, 2, 2, 2, 2, 0, 1],
         );
+        assert_eq!(c.resources.gpu.mean_ms, 30.0);
+        assert_eq!(c.resources.collective_wait.requests, 1);
         assert_eq!(c.mean_e2e_ms, 100.0);
         assert_eq!(c.phases.queue.mean_ms, 20.0);
         assert!((c.covered_share - 0.9).abs() < 1e-12);

@@ -248,15 +248,17 @@ pub fn request(
         // Non-streamed bodies carry usage.
         prompt_tokens: (!stream).then_some(9),
         completion_tokens: (!stream).then_some(64),
-        gpu_ns: None,
-        gpu_cost_ns: None,
-        gpu_host_bound_ns: None,
-        gpu_upper_bound_steps: None,
+        // Requests with engine phases carry a GPU side (from their prefill and decode), and
+        // those with a long decode waited in collectives.
+        gpu_ns: prefill.zip(decode).map(|(p, d)| (p + d) * 3 / 4),
+        gpu_cost_ns: prefill.zip(decode).map(|(p, d)| (p + d) / 4),
+        gpu_host_bound_ns: prefill.map(|p| p / 10),
+        gpu_upper_bound_steps: prefill.map(|_| 0),
         step_tokens: Vec::new(),
-        collectives: None,
-        collective_wait_ns: None,
-        straggler_rank: None,
-        straggler_lag_ns: None,
+        collectives: decode.filter(|&d| d > 50 * MS).map(|_| 4),
+        collective_wait_ns: decode.filter(|&d| d > 50 * MS).map(|d| d / 20),
+        straggler_rank: decode.filter(|&d| d > 50 * MS).map(|_| 1),
+        straggler_lag_ns: decode.filter(|&d| d > 50 * MS).map(|d| d / 40),
     }
 }
 
