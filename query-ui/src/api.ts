@@ -20,7 +20,19 @@ export interface QuantileRow {
   prefill_ms: number | null;
   decode_ms: number | null;
   delivery_ms: number | null;
+  /** GPU time, CPU-bound time, collective wait (absent from older aggregators). */
+  resources?: Resources<number | null>;
 }
+
+/** What a request used on the GPUs, beside its phases (they overlap them). */
+export const RESOURCES = ['gpu', 'gpu_host_bound', 'collective_wait'] as const;
+export type Resource = (typeof RESOURCES)[number];
+export type Resources<T> = Record<Resource, T>;
+export const RESOURCE_LABELS: Resources<string> = {
+  gpu: 'GPU time',
+  gpu_host_bound: 'CPU-bound steps',
+  collective_wait: 'collective wait',
+};
 
 export interface PhaseMean {
   mean_ms: number;
@@ -42,6 +54,7 @@ export interface Cohort {
   phases: Record<Phase, PhaseMean>;
   covered_share: number;
   unattributed: PhaseMean;
+  resources?: Resources<PhaseMean>;
 }
 
 export interface SlowVsMedian {
@@ -50,6 +63,7 @@ export interface SlowVsMedian {
   median: Cohort;
   diff: Record<Phase, PhaseDiff>;
   unattributed_diff: PhaseDiff;
+  resources_diff?: Resources<PhaseDiff>;
   largest_difference: string | null;
 }
 
@@ -102,6 +116,19 @@ export interface RequestSummary {
   x_request_id: string;
   engine_request_id: string;
   gave_up: string;
+  /** GPU time of its steps, latency view (null: no step seen by the CUDA hooks). */
+  gpu_ms?: number | null;
+  /** Its share of its steps' GPU time, split by tokens. */
+  gpu_cost_ms?: number | null;
+  /** Wall time of its host-paced (CPU-bound) steps. */
+  gpu_host_bound_ms?: number | null;
+  /** Its steps whose GPU time is only an upper bound. */
+  gpu_upper_bound_steps?: number | null;
+  /** NCCL collectives of its steps lined up across ranks, their waits, the straggler. */
+  collectives?: number | null;
+  collective_wait_ms?: number | null;
+  straggler_rank?: number | null;
+  straggler_lag_ms?: number | null;
 }
 
 export interface RequestList {
@@ -159,11 +186,40 @@ export interface Step {
   batch_size: number | null;
   /** `requests` (vLLM) or `tokens` (llama.cpp). */
   batch_unit: string | null;
+  /** Tokens its requests computed in it, and this request's (the cost weight). */
+  tokens?: number | null;
+  request_tokens?: number | null;
+  /** What the GPU did in it (null: not seen by the CUDA hooks). */
+  gpu?: StepGpu | null;
+  /** Its NCCL collectives lined up across ranks (null: none seen). */
+  collectives?: StepCollectives | null;
   /** The step's own span (the `engine.step` span under each request's root has this id). */
   span_id: string | null;
   trace_id: string | null;
   shared_with_count: number;
   shared_with: string[];
+}
+
+export interface StepGpu {
+  /** `full_graph`, `piecewise` or `eager`. */
+  class: string;
+  gpu_ms: number;
+  launch_ms: number;
+  sync_wait_ms: number;
+  graph_launches: number;
+  kernel_launches: number;
+  dtoh_bytes: number;
+  htod_bytes: number;
+  host_bound: boolean;
+  upper_bound: boolean;
+  ranks: number;
+}
+
+export interface StepCollectives {
+  count: number;
+  wait_ms: number;
+  straggler_rank: number;
+  straggler_lag_ms: number;
 }
 
 export interface Neighbour extends RequestSummary {

@@ -208,6 +208,14 @@ async function functional() {
     const d = bd.slow_vs_median.diff.queue.share * 100;
     eq('overview: queue Δ share', await text('[data-testid="cohort-delta-share-queue"]'), `${d > 0 ? '+' : ''}${d.toFixed(1)} pp`);
   }
+  // The GPU side: a table of its own when, and only when, some request has one.
+  const res = bd.samples.resources ?? {};
+  const hasGpu = ['gpu', 'gpu_host_bound', 'collective_wait'].some((r) => (res[r] ?? 0) > 0);
+  eq('overview: GPU side table iff GPU data', (await page.locator('[data-testid="resources-table"]').count()) > 0, hasGpu);
+  if (hasGpu) {
+    eq('overview: GPU side rows', await page.locator('[data-testid="resources-table"] tbody tr').count(), 3);
+    eq('overview: p50 GPU time', await text('[data-testid="resources-table"] tr[data-resource="gpu"] td'), fmtMs(q(0.5).resources.gpu));
+  }
   // Tenants (here only the hostile request has one): a dropdown and a table of their own,
   // one row per group of /api/v1/groups, the markup shown as text.
   const fvals = await api('filters', { from, to });
@@ -285,6 +293,10 @@ async function functional() {
   }
   const steps = tr.spans.filter((x) => x.name === 'engine.step');
   check('trace: engine steps in the waterfall', steps.length > 0 && (await page.locator('.wf-steps .span-bar.step').count()) === steps.length, `${steps.length} steps`);
+  // GPU lanes under the steps: one bar per step the CUDA hooks saw, one mark per step whose
+  // collectives were lined up across ranks.
+  eq('trace: GPU bars', await page.locator('[data-testid="gpu-bar"]').count(), steps.filter((x) => x.attributes['gpu.ms'] !== undefined).length);
+  eq('trace: collective marks', await page.locator('[data-testid="collective-mark"]').count(), steps.filter((x) => x.attributes['nccl.straggler_rank'] !== undefined).length);
   const stepRows = await page.locator('[data-testid="steps-table"] tbody tr').count();
   eq('trace: steps table rows', stepRows, tr.steps.length);
   const st = tr.steps.find((x) => x.batch_size !== null);

@@ -1,6 +1,6 @@
 // Overview: the window's latency at a glance: percentiles over time, the distribution, the phase
 // breakdown per percentile and what is different about the slowest requests.
-import { type Breakdown, type FilterValues, get, type Groups, type Histogram, PHASES, type Timeseries } from '../api';
+import { type Breakdown, type FilterValues, get, type Groups, type Histogram, PHASES, RESOURCE_LABELS, RESOURCES, type Timeseries } from '../api';
 import { legend, stackedBar, type Segment } from '../bars';
 import { countChart, destroyChartsIn, histogramChart, LEVEL_COLORS, lineChart } from '../charts';
 import { scopeControls } from '../controls';
@@ -61,7 +61,10 @@ export async function overview(root: HTMLElement, ctx: Ctx): Promise<void> {
     fv,
     fill(ctx, summary, () => breakdown, (b) => renderSummary(summary, b, p)),
     fill(ctx, phases, () => breakdown, (b) => renderPhases(phases, b)),
-    fill(ctx, cohorts, () => breakdown, (b) => renderCohorts(cohorts, b)),
+    fill(ctx, cohorts, () => breakdown, (b) => {
+      renderCohorts(cohorts, b);
+      renderResources(cohorts, b);
+    }),
     fill(
       ctx,
       ts,
@@ -346,4 +349,39 @@ function renderCohorts(el: HTMLElement, b: Breakdown): void {
       ? h('p', { 'data-testid': 'largest-difference' }, 'The slow requests differ most in ', h('strong', null, c.largest_difference), ` (${fmtPoints(diff(c.largest_difference).share)} of e2e).`)
       : null,
   ]);
+}
+
+/** GPU time, CPU-bound time and collective wait per request, when the window has any: their
+ * percentiles and the slow cohort against the median one. They overlap the phases. */
+function renderResources(el: HTMLElement, b: Breakdown): void {
+  const counts = (b.samples as Record<string, unknown>).resources as Record<string, number> | undefined;
+  if (!counts || RESOURCES.every((r) => !counts[r])) return;
+  const c = b.slow_vs_median;
+  const head = h(
+    'tr',
+    null,
+    h('th', null, 'GPU side'),
+    b.quantiles.map((q) => h('th', null, `p${levelName(q.q)}`)),
+    c?.resources_diff ? [h('th', null, 'median: mean'), h('th', null, 'slow: mean'), h('th', null, 'Δ share')] : null,
+  );
+  const rows = RESOURCES.map((r) =>
+    h(
+      'tr',
+      { 'data-resource': r },
+      h('th', null, RESOURCE_LABELS[r], h('span', { class: 'muted small' }, ` (${fmtCount(counts[r] ?? 0)} requests)`)),
+      b.quantiles.map((q) => h('td', null, fmtMs(q.resources?.[r] ?? null))),
+      c?.resources_diff
+        ? [
+            h('td', null, fmtMs(c.median.resources?.[r].mean_ms ?? null)),
+            h('td', null, fmtMs(c.slow.resources?.[r].mean_ms ?? null)),
+            h('td', null, fmtPoints(c.resources_diff[r].share)),
+          ]
+        : null,
+    ),
+  );
+  el.append(
+    h('h3', null, 'GPU side'),
+    h('p', { class: 'muted small' }, 'Per request, from the CUDA and NCCL hooks; these overlap the phases above (a step is both prefill or decode time and GPU time).'),
+    h('div', { class: 'table-wrap' }, h('table', { class: 'num', 'data-testid': 'resources-table' }, h('thead', null, head), h('tbody', null, rows))),
+  );
 }

@@ -134,6 +134,7 @@ function requestCard(r: RequestDetail): HTMLElement {
     ['decode', fmtMs(r.decode_ms)],
     ['delivery', fmtMs(r.delivery_ms)],
     ['chunks / steps', `${r.chunks} / ${r.engine_steps}`],
+    ...gpuFields(r),
     ['tokens in / out', fmtTokens(r)],
     ['connection', fmtConnection(r)],
   ];
@@ -160,6 +161,26 @@ function requestCard(r: RequestDetail): HTMLElement {
     ),
   );
 }
+
+/** A request's GPU side for its card (none when the CUDA hooks saw none of its steps). */
+function gpuFields(r: RequestDetail): [string, string][] {
+  if (r.gpu_ms == null) return [];
+  const out: [string, string][] = [
+    ['GPU (latency / cost)', `${fmtMs(r.gpu_ms)} / ${fmtMs(r.gpu_cost_ms ?? null)}${r.gpu_upper_bound_steps ? ` (${r.gpu_upper_bound_steps} steps upper bounds)` : ''}`],
+    ['CPU-bound steps', fmtMs(r.gpu_host_bound_ms ?? null)],
+  ];
+  if (r.collectives != null) {
+    out.push(['collectives (wait)', `${r.collectives} (${fmtMs(r.collective_wait_ms ?? null)})`]);
+    out.push(['straggler', r.straggler_rank == null ? '—' : `rank ${r.straggler_rank} (+${fmtMs(r.straggler_lag_ms ?? null)})`]);
+  }
+  return out;
+}
+
+const GPU_CLASS_COLORS: Record<string, string> = {
+  full_graph: '#72b7b2',
+  piecewise: '#eeca3b',
+  eager: '#ff9da6',
+};
 
 /** Rows shown of the token-gap table. */
 const GAP_ROWS = 64;
@@ -337,6 +358,45 @@ function waterfall(t: Trace, total: number, rel: (ns: number) => number, onSelec
       const label = h('div', { class: 'wf-label' }, h('span', { class: 'wf-name' }, `engine.step × ${steps.length}`), h('span', { class: 'wf-node' }, ` ${steps[0].node}`));
       label.style.paddingLeft = `${4 + (depth + 1) * 14}px`;
       wf.append(h('div', { class: 'wf-row wf-steps', 'data-name': 'engine.step' }, label, lane));
+      gpuLanes(steps, depth + 1);
+    }
+  };
+  // Under the engine steps: their GPU time by class (hatched when the host paced it), then the
+  // collectives' straggler per step, when the hooks saw them.
+  const gpuLanes = (steps: Span[], depth: number) => {
+    const withGpu = steps.filter((st) => st.attributes['gpu.ms'] !== undefined);
+    if (withGpu.length) {
+      const lane = h('div', { class: 'wf-track', 'data-testid': 'gpu-lane' });
+      for (const st of withGpu) {
+        const ms = Number(st.attributes['gpu.ms']);
+        const cls = st.attributes['gpu.class'] ?? '';
+        const hostBound = st.attributes['gpu.host_bound'] === 'true';
+        const g = h('div', { class: `gpu-bar${hostBound ? ' host-bound' : ''}`, 'data-testid': 'gpu-bar', 'data-class': cls });
+        g.style.left = pct(st.offset_ms);
+        g.style.width = `max(2px, ${pct(Math.min(ms, st.duration_ms))})`;
+        g.style.background = GPU_CLASS_COLORS[cls] ?? '#bab0ac';
+        g.title = `GPU ${fmtMs(ms)} (${cls}${hostBound ? ', CPU-bound' : ''}${st.attributes['gpu.upper_bound'] === 'true' ? ', upper bound' : ''}) in a ${fmtMs(st.duration_ms)} step`;
+        lane.appendChild(g);
+      }
+      const label = h('div', { class: 'wf-label' }, h('span', { class: 'wf-name' }, 'GPU'), h('span', { class: 'wf-node' }, ' by class'));
+      label.style.paddingLeft = `${4 + depth * 14}px`;
+      wf.append(h('div', { class: 'wf-row wf-gpu', 'data-name': 'gpu' }, label, lane));
+    }
+    const withColl = steps.filter((st) => st.attributes['nccl.straggler_rank'] !== undefined);
+    if (withColl.length) {
+      const lane = h('div', { class: 'wf-track', 'data-testid': 'collective-lane' });
+      for (const st of withColl) {
+        const lag = Number(st.attributes['nccl.straggler_lag_ms']);
+        const m = h('div', { class: 'collective-mark', 'data-testid': 'collective-mark', 'data-rank': st.attributes['nccl.straggler_rank'] });
+        m.style.left = pct(st.offset_ms);
+        m.style.width = `max(2px, ${pct(Math.min(lag, st.duration_ms))})`;
+        m.title = `${st.attributes['nccl.collectives']} collectives waited ${fmtMs(Number(st.attributes['nccl.wait_ms']))}; rank ${st.attributes['nccl.straggler_rank']} was last (+${fmtMs(lag)})`;
+        m.textContent = `r${st.attributes['nccl.straggler_rank']}`;
+        lane.appendChild(m);
+      }
+      const label = h('div', { class: 'wf-label' }, h('span', { class: 'wf-name' }, 'collectives'), h('span', { class: 'wf-node' }, ' straggler rank'));
+      label.style.paddingLeft = `${4 + depth * 14}px`;
+      wf.append(h('div', { class: 'wf-row wf-collectives', 'data-name': 'collectives' }, label, lane));
     }
   };
   for (const r of roots.sort(byStart)) row(r, 0);
@@ -421,7 +481,9 @@ function stepsSection(t: Trace): HTMLElement {
             null,
             h('th', null, 'step'),
             h('th', { class: 'left' }, 'node'),
-            ['offset', 'duration', 'batch size'].map((c) => h('th', null, c)),
+            ['offset', 'duration', 'batch size', 'GPU', 'launches'].map((c) => h('th', null, c)),
+            h('th', { class: 'left' }, 'GPU class'),
+            h('th', { class: 'left' }, 'straggler'),
             h('th', { class: 'left' }, 'other requests in this step'),
           ),
         ),
@@ -437,6 +499,10 @@ function stepsSection(t: Trace): HTMLElement {
               h('td', null, fmtMs(st.offset_ms)),
               h('td', { 'data-col': 'duration' }, fmtMs(st.duration_ms)),
               h('td', { 'data-col': 'batch' }, st.batch_size === null ? '—' : String(st.batch_size)),
+              h('td', { 'data-col': 'gpu' }, st.gpu ? fmtMs(st.gpu.gpu_ms) : '—'),
+              h('td', { 'data-col': 'launches' }, st.gpu ? `${st.gpu.graph_launches} / ${st.gpu.kernel_launches}` : '—'),
+              h('td', { class: 'left', 'data-col': 'gpu-class' }, st.gpu ? `${st.gpu.class}${st.gpu.host_bound ? ', CPU-bound' : ''}${st.gpu.ranks > 1 ? `, ${st.gpu.ranks} ranks` : ''}` : '—'),
+              h('td', { class: 'left', 'data-col': 'straggler' }, st.collectives ? `rank ${st.collectives.straggler_rank} (+${fmtMs(st.collectives.straggler_lag_ms)})` : '—'),
               h('td', { class: 'left' }, sharedList(st)),
             ),
           ),
