@@ -25,7 +25,7 @@ use inferscope_loadtests::harness::{
 };
 use inferscope_proto::v1::{
     ack::Status as AckStatus, any_value::Value as Av, ingest_client::IngestClient, AnyValue, Batch,
-    KeyValue, Request, Resource, ResourceData, Span,
+    EngineStep, KeyValue, Request, Resource, ResourceData, Span,
 };
 use serde_json::Value;
 use tokio_stream::StreamExt;
@@ -42,6 +42,9 @@ const HOSTILE_SCRIPT: &str = "<script>window.__xss=1</script>";
 const HOSTILE_ATTR: &str = "\"><img src=x onerror=\"window.__xss=2\">";
 /// The hostile request's trace id.
 const HOSTILE_TRACE: &str = "3c3c3c3c3c3c3c3c3e3e3e3e3e3e3e3e";
+/// A request on a (simulated) tensor-parallel GPU engine: three steps the CUDA hooks saw, two
+/// of them with collectives lined up across ranks.
+const GPU_TRACE: &str = "6770756770756770756770756770752a";
 
 fn now_s() -> u64 {
     SystemTime::now()
@@ -220,6 +223,120 @@ fn ingest_hostile(grpc: u16) {
             steps: vec![],
         }],
     };
+    send_batch(grpc, batch);
+}
+
+fn hex_bytes(h: &str) -> Vec<u8> {
+    (0..h.len() / 2)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// One request on a tensor-parallel GPU engine, as node-probe would send it: three engine
+/// steps with their GPU side (the last host-bound), the first two with collectives whose
+/// straggler is rank 1, and the request's GPU time, CPU-bound time, collective wait and
+/// straggler.
+fn ingest_gpu(grpc: u16) {
+    let trace = hex_bytes(GPU_TRACE);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let start = now - 3_000_000_000;
+    let ms = 1_000_000u64;
+    let root = vec![7, 7, 7, 7, 7, 7, 7, 1];
+    let steps: Vec<EngineStep> = (0..3u64)
+        .map(|k| EngineStep {
+            step_id: 5_000 + k,
+            engine_instance: "77:1".into(),
+            start_unix_ns: start + (2 + 10 * k) * ms,
+            end_unix_ns: start + (11 + 10 * k) * ms,
+            batch_size: 2,
+            trace_id: vec![0x70; 15].into_iter().chain([k as u8 + 1]).collect(),
+            span_id: vec![0x71, 0x71, 0x71, 0x71, 0x71, 0x71, 0x71, k as u8 + 1],
+            batch_unit: "requests".into(),
+            tokens: 40,
+            gpu_class: if k == 0 { "piecewise" } else { "full_graph" }.into(),
+            gpu_ns: Some((6 + k) * ms),
+            gpu_launch_ns: ms / 2,
+            graph_launches: 1,
+            kernel_launches: 3,
+            dtoh_bytes: 16,
+            sync_wait_ns: 5 * ms,
+            host_bound: k == 2,
+            gpu_ranks: 2,
+            collectives: (k < 2).then_some(4),
+            collective_wait_ns: if k < 2 { 3 * ms } else { 0 },
+            straggler_rank: (k < 2).then_some(1),
+            straggler_lag_ns: if k < 2 { 2 * ms } else { 0 },
+            ..Default::default()
+        })
+        .collect();
+    let mut root_span = Span {
+        trace_id: trace.clone(),
+        span_id: root.clone(),
+        name: "http.server".into(),
+        start_unix_ns: start,
+        end_unix_ns: start + 32 * ms,
+        attributes: vec![kv("http.method", "POST"), kv("http.status_code", "200")],
+        ..Default::default()
+    };
+    root_span.links = steps
+        .iter()
+        .map(|s| inferscope_proto::v1::SpanLink {
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+            attributes: vec![kv("engine.step_id", &s.step_id.to_string())],
+        })
+        .collect();
+    let request = Request {
+        trace_id: trace,
+        method: "POST".into(),
+        path: "/v1/completions".into(),
+        status: 200,
+        outcome: "complete".into(),
+        model: "tp-gpu-model".into(),
+        stream: true,
+        start_unix_ns: start,
+        end_unix_ns: start + 32 * ms,
+        e2e_ns: 32 * ms,
+        ttft_ns: 12 * ms,
+        step_ids: steps.iter().map(|s| s.step_id).collect(),
+        engine_steps: 3,
+        engine_instance: "77:1".into(),
+        gpu_ns: Some(21 * ms),
+        gpu_cost_ns: Some(10 * ms),
+        gpu_host_bound_ns: Some(9 * ms),
+        gpu_upper_bound_steps: Some(1),
+        collectives: Some(8),
+        collective_wait_ns: Some(6 * ms),
+        straggler_rank: Some(1),
+        straggler_lag_ns: Some(4 * ms),
+        ..Default::default()
+    };
+    send_batch(
+        grpc,
+        Batch {
+            node_id: "gpu-node".into(),
+            boot_id: format!("gpu-{now}"),
+            sequence: 1,
+            resources: vec![ResourceData {
+                resource: Some(Resource {
+                    node: "gpu-node".into(),
+                    pid: 77,
+                    engine: "vllm".into(),
+                    ..Default::default()
+                }),
+                requests: vec![request],
+                spans: vec![root_span],
+                steps,
+            }],
+        },
+    );
+}
+
+/// Sends one batch over gRPC and waits for its ack (stored).
+fn send_batch(grpc: u16, batch: Batch) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -237,11 +354,7 @@ fn ingest_hostile(grpc: u16) {
             .expect("ack in time")
             .expect("an ack")
             .expect("ack ok");
-        assert_eq!(
-            ack.status,
-            AckStatus::Stored as i32,
-            "hostile batch: {ack:?}"
-        );
+        assert_eq!(ack.status, AckStatus::Stored as i32, "batch: {ack:?}");
     });
 }
 
@@ -291,8 +404,9 @@ fn ui_on_the_real_engine() {
             return Err(format!("only {n} of 40 requests stored"));
         }
         ingest_hostile(grpc);
-        if wait_count(&db, 41, Duration::from_secs(30)) < 41 {
-            return Err("the hostile request was not stored".into());
+        ingest_gpu(grpc);
+        if wait_count(&db, 42, Duration::from_secs(30)) < 42 {
+            return Err("the hostile or the GPU request was not stored".into());
         }
         let from: u64 = sql(&format!(
             "SELECT toUnixTimestamp(min(start)) - 1 FROM {db}.requests"
@@ -313,6 +427,8 @@ fn ui_on_the_real_engine() {
                 &to.to_string(),
                 "--hostile",
                 HOSTILE_TRACE,
+                "--gpu",
+                GPU_TRACE,
                 "--compare-model",
                 "tiny-llm",
             ],

@@ -341,6 +341,27 @@ async function functional() {
     await shot('trace-streamed');
   }
 
+  // A tensor-parallel GPU request: its GPU lanes, step columns and card fields.
+  if (args.gpu) {
+    const gid = String(args.gpu);
+    const gt = await api(`traces/${gid}`);
+    await load(`#/trace/${gid}`, 'trace');
+    await noSectionErrors('gpu trace');
+    const gsteps = gt.steps.filter((x) => x.gpu);
+    eq('gpu trace: steps with a GPU side (API)', gsteps.length, 3);
+    eq('gpu trace: one GPU bar per such step', await page.locator('[data-testid="gpu-bar"]').count(), gsteps.length);
+    eq('gpu trace: host-bound bars hatched', await page.locator('[data-testid="gpu-bar"].host-bound').count(), gsteps.filter((x) => x.gpu.host_bound).length);
+    eq('gpu trace: one straggler mark per step with collectives', await page.locator('[data-testid="collective-mark"]').count(), gt.steps.filter((x) => x.collectives).length);
+    eq('gpu trace: straggler rank shown', await page.locator('[data-testid="collective-mark"]').first().getAttribute('data-rank'), String(gt.steps.find((x) => x.collectives).collectives.straggler_rank));
+    const s0 = gsteps[0];
+    eq('gpu trace: step GPU time', await text(`[data-testid="steps-table"] tr[data-step-id="${s0.step_id}"] td[data-col="gpu"]`), fmtMs(s0.gpu.gpu_ms));
+    const r = gt.requests[0];
+    eq('gpu trace: card GPU time', await text('[data-testid="request-card"] dd[data-field="GPU (latency / cost)"]'), `${fmtMs(r.gpu_ms)} / ${fmtMs(r.gpu_cost_ms)} (${r.gpu_upper_bound_steps} steps upper bounds)`);
+    eq('gpu trace: card straggler', await text('[data-testid="request-card"] dd[data-field="straggler"]'), `rank ${r.straggler_rank} (+${fmtMs(r.straggler_lag_ms)})`);
+    await xssClean('gpu trace');
+    await shot('trace-gpu');
+  }
+
   // Hostile strings render as text.
   if (args.hostile) {
     const hid = String(args.hostile);

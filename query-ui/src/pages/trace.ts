@@ -374,7 +374,7 @@ function waterfall(t: Trace, total: number, rel: (ns: number) => number, onSelec
         const g = h('div', { class: `gpu-bar${hostBound ? ' host-bound' : ''}`, 'data-testid': 'gpu-bar', 'data-class': cls });
         g.style.left = pct(st.offset_ms);
         g.style.width = `max(2px, ${pct(Math.min(ms, st.duration_ms))})`;
-        g.style.background = GPU_CLASS_COLORS[cls] ?? '#bab0ac';
+        g.style.backgroundColor = GPU_CLASS_COLORS[cls] ?? '#bab0ac';
         g.title = `GPU ${fmtMs(ms)} (${cls}${hostBound ? ', CPU-bound' : ''}${st.attributes['gpu.upper_bound'] === 'true' ? ', upper bound' : ''}) in a ${fmtMs(st.duration_ms)} step`;
         lane.appendChild(g);
       }
