@@ -283,6 +283,16 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
             "Requests labelled tenant _other: the distinct-tenant cap was reached.",
             t.tenant_overflow,
         ),
+        (
+            "inferscope_probe_nccl_connections_total",
+            "TCP connections classified as NCCL traffic (an NCCL thread used them): not parsed as HTTP.",
+            t.nccl_conns,
+        ),
+        (
+            "inferscope_probe_nccl_bytes_total",
+            "Bytes moved on NCCL connections.",
+            t.nccl_bytes,
+        ),
     ] {
         single(&mut o, name, "counter", help, v);
     }

@@ -92,7 +92,17 @@ pub struct TrackerStats {
     pub early_responses: u64,
     /// Requests whose tenant became `_other` (the distinct-value cap was reached).
     pub tenant_overflow: u64,
+    /// TCP connections classified as NCCL traffic (an NCCL thread moved bytes on them): not
+    /// parsed as HTTP.
+    pub nccl_conns: u64,
+    /// Bytes moved on them.
+    pub nccl_bytes: u64,
 }
+
+/// Threads whose NCCL-ness is remembered; beyond it the cache is cleared.
+const MAX_THREAD_NAMES: usize = 65_536;
+/// Connections remembered as NCCL traffic.
+const MAX_NCCL_CONNS: usize = 65_536;
 
 /// A TCP connection's addresses inside its network namespace: `(netns, local, remote)`.
 type Tuple = (u32, (IpAddr, u16), (IpAddr, u16));
@@ -143,6 +153,11 @@ pub struct Tracker {
     step_scope: String,
     /// Tenant labels handed out (when extraction is on).
     tenants: Option<tenant::Tenants>,
+    /// Threads seen moving TCP bytes: whether each is one of NCCL's (`comm` `NCCL …`).
+    nccl_threads: HashMap<(u32, u32), bool>,
+    /// Connections an NCCL thread used: NCCL traffic, never HTTP.
+    nccl_conns: HashSet<(u32, u64)>,
+    proc_root: std::path::PathBuf,
     /// Counters.
     pub stats: TrackerStats,
 }
@@ -196,6 +211,9 @@ impl Tracker {
             exchanges: Vec::new(),
             step_scope: host_boot_id(proc_root),
             tenants,
+            nccl_threads: HashMap::new(),
+            nccl_conns: HashSet::new(),
+            proc_root: proc_root.to_owned(),
             stats: TrackerStats::default(),
         }
     }
@@ -350,8 +368,58 @@ impl Tracker {
         }
     }
 
+    /// Whether thread `tid` of `tgid` is one of NCCL's (its proxy, socket and bootstrap
+    /// threads are named `NCCL …`), read once per thread from `/proc` (bounded cache).
+    fn is_nccl_thread(&mut self, tgid: u32, tid: u32) -> bool {
+        if let Some(&v) = self.nccl_threads.get(&(tgid, tid)) {
+            return v;
+        }
+        if self.nccl_threads.len() >= MAX_THREAD_NAMES {
+            self.nccl_threads.clear();
+        }
+        let comm = std::fs::read_to_string(
+            self.proc_root
+                .join(tgid.to_string())
+                .join("task")
+                .join(tid.to_string())
+                .join("comm"),
+        )
+        .unwrap_or_default();
+        let v = comm.starts_with("NCCL ");
+        self.nccl_threads.insert((tgid, tid), v);
+        v
+    }
+
+    /// NCCL traffic: a connection an NCCL thread moved bytes on is NCCL's from then on (its
+    /// HTTP state, if any, is dropped unparsed); its bytes are counted, never parsed.
+    fn on_nccl_tcp(&mut self, s: &SockRecord, key: (u32, u64)) -> bool {
+        let nccl = self.nccl_conns.contains(&key)
+            || (matches!(s.kind, EventKind::SockRecv | EventKind::SockSend)
+                && self.is_nccl_thread(s.tgid, s.tid));
+        if !nccl {
+            return false;
+        }
+        if self.nccl_conns.len() < MAX_NCCL_CONNS && self.nccl_conns.insert(key) {
+            self.stats.nccl_conns += 1;
+            self.conns.remove(&key);
+        }
+        match s.kind {
+            EventKind::SockRecv | EventKind::SockSend if s.ret > 0 => {
+                self.stats.nccl_bytes += s.ret as u64;
+            }
+            EventKind::SockClose => {
+                self.nccl_conns.remove(&key);
+            }
+            _ => {}
+        }
+        true
+    }
+
     fn on_tcp(&mut self, s: &SockRecord, out: &mut Vec<RequestRecord>) {
         let key = (s.tgid, s.sock.inode);
+        if self.on_nccl_tcp(s, key) {
+            return;
+        }
         let tuple = tuple_of(s);
         if s.kind == EventKind::SockAccept {
             if let Some((netns, (_, lport), _)) = tuple {

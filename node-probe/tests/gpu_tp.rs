@@ -6,8 +6,8 @@
 //! Checked: every all-reduce reported once per rank with its rank, size of communicator,
 //! bytes and stream; the same per-communicator sequence number on both ranks; the calls made
 //! during graph capture flagged; arrivals against the simulator's clock; both ranks' GPU
-//! steps merged into the doorbell steps; and the injected straggler named for the requests it
-//! delayed.
+//! steps merged into the doorbell steps; the injected straggler named for the requests it
+//! delayed; and NCCL's sockets classified as NCCL traffic, not HTTP.
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +60,17 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
+/// The body of `GET /metrics` at `addr`.
+fn metrics_page(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
 #[test]
 fn nccl_collectives_name_the_straggler_rank() {
     if !bpf_or_skip("nccl_collectives_name_the_straggler_rank") {
@@ -68,6 +79,10 @@ fn nccl_collectives_name_the_straggler_rank() {
     let (cuda, nccl) = build_libs();
     let truth_file = cuda.parent().unwrap().join("truth.jsonl");
     let _ = std::fs::remove_file(&truth_file);
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_node-probe"));
     cmd.args(["--print-events", "--format", "json", "--poll-ms", "5"])
         .args([
@@ -76,7 +91,8 @@ fn nccl_collectives_name_the_straggler_rank() {
             "--rescan-s",
             "0.2",
             "--requests",
-        ]);
+        ])
+        .args(["--metrics-listen", &metrics_addr]);
     let mut probe = JsonChild::spawn(cmd);
     probe.wait_for("probe ready", Duration::from_secs(60), |v| {
         v["kind"] == "ready"
@@ -147,6 +163,25 @@ fn nccl_collectives_name_the_straggler_rank() {
     while seen(&probe) < REQUESTS && std::time::Instant::now() < deadline {
         probe.drain_for(Duration::from_millis(200));
     }
+    // NCCL's sockets (the stand-in's exchange runs on a thread named `NCCL Progress 0`) are
+    // NCCL traffic, never parsed as HTTP: no request record other than the load's.
+    std::thread::sleep(Duration::from_millis(1500));
+    let page = metrics_page(&metrics_addr);
+    let counter = |name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {page}"))
+    };
+    let (nccl_conns, nccl_bytes) = (
+        counter("inferscope_probe_nccl_connections_total"),
+        counter("inferscope_probe_nccl_bytes_total"),
+    );
+    assert!(
+        nccl_conns >= 1 && nccl_bytes > 0,
+        "{nccl_conns} NCCL connections, {nccl_bytes} bytes"
+    );
+    let records = probe.seen.iter().filter(|v| v["kind"] == "request").count();
+    assert_eq!(records, REQUESTS, "only the load's requests are HTTP");
     drop(server);
     let offset = mono_to_wall_offset();
     if let Ok(p) = std::env::var("GPU_TP_DUMP") {
@@ -171,7 +206,22 @@ fn nccl_collectives_name_the_straggler_rank() {
             .collect();
         let captured = mine.iter().filter(|c| c["captured"] == true).count();
         // One captured all-reduce per decode graph (buckets 1, 2, 4, 8).
-        assert_eq!(captured, 4, "worker {w}: captured all-reduces");
+        let seen = |name: &str| {
+            probe
+                .seen
+                .iter()
+                .filter(|v| v["comm"] == name && v["pid"].as_u64() == Some(w))
+                .count()
+        };
+        assert_eq!(
+            captured,
+            4,
+            "worker {w}: captured all-reduces (records seen: {} ncclCommInitRank, {} \
+             cuStreamBeginCapture_v2, first collective {:?})",
+            seen("ncclCommInitRank"),
+            seen("cuStreamBeginCapture_v2"),
+            mine.first()
+        );
         let rank = u(&mine[0]["rank"]);
         for c in &mine {
             assert_eq!((u(&c["rank"]), u(&c["nranks"])), (rank, 2), "{c}");
