@@ -9,6 +9,12 @@
 //! (`cuEventRecord`: one GPU ring record) and a synchronize (`cuStreamSynchronize`: entry and
 //! return probes).
 //!
+//! With `--gpu-steps`, the step-time inflation at a realistic call rate: a one-GPU vLLM's
+//! steps (CUDA-graph decode, an eager prefill every 8th step, async scheduling) made against the
+//! stand-in driver of `loadtests/gpu-sim/` (whose synchronizes block for the modelled GPU time),
+//! untraced and traced, interleaved rounds: the host's launch window and the step period
+//! (synchronize return to synchronize return), medians, as ratios.
+//!
 //! `cargo build --release && sudo target/release/uprobe-cost --probe target/release/node-probe`
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +38,74 @@ struct Args {
     /// Also measure the CUDA hooks on this `libcuda.so.1`.
     #[arg(long)]
     cuda: Option<PathBuf>,
+    /// Also measure the step-time inflation on the stand-in driver, this many steps per round.
+    #[arg(long)]
+    gpu_steps: Option<u32>,
+}
+
+/// Per-step medians of one `engine` round: (decode period, decode window, eager period,
+/// eager window), ns.
+fn engine_round(bin: &Path, lib: &Path, steps: u32) -> anyhow::Result<[f64; 4]> {
+    let out = Command::new(bin)
+        .arg(lib)
+        .args(["-", "engine", "3000", &steps.to_string()])
+        .output()?;
+    ensure!(out.status.success(), "engine caller failed");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.get("step").is_some())
+        .collect();
+    let pick = |eager: u64, k: &str| {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r["eager"] == eager)
+            .filter_map(|r| r[k].as_f64())
+            .collect();
+        median(&v)
+    };
+    Ok([
+        pick(0, "period_ns"),
+        pick(0, "window_ns"),
+        pick(1, "period_ns"),
+        pick(1, "window_ns"),
+    ])
+}
+
+/// Interleaved untraced/traced rounds of engine steps on the stand-in driver.
+fn gpu_steps(dir: &Path, a: &Args, steps: u32) -> anyhow::Result<()> {
+    let bin = build_cuda(dir)?;
+    let lib = dir.join("libcuda.so.1");
+    let st = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(harness::repo().join("loadtests/gpu-sim/fakecuda.c"))
+        .arg("-lpthread")
+        .status()
+        .context("cc")?;
+    ensure!(st.success(), "cc fakecuda.c");
+    let plain = dir.join("plain-cuda");
+    std::fs::copy(&bin, &plain)?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..a.rounds {
+        off.push(engine_round(&plain, &lib, steps)?);
+        on.push(engine_round(&bin, &lib, steps)?);
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    let m = |v: &[[f64; 4]], i: usize| median(&v.iter().map(|r| r[i]).collect::<Vec<_>>());
+    for (name, p, w, calls) in [("decode (graph)", 0, 1, 5), ("eager prefill", 2, 3, 43)] {
+        let (po, pt, wo, wt) = (m(&off, p), m(&on, p), m(&off, w), m(&on, w));
+        println!(
+            "uprobe-cost gpu steps {name}: {calls} probed calls per step; step period untraced {:.3} ms, traced {:.3} ms ({:+.3} %); launch window untraced {:.1} us, traced {:.1} us (+{:.0} ns per probed call)",
+            po / 1e6,
+            pt / 1e6,
+            (pt / po - 1.0) * 100.0,
+            wo / 1e3,
+            wt / 1e3,
+            (wt - wo) / f64::from(calls - 1)
+        );
+    }
+    Ok(())
 }
 
 const CUDA_CALLER: &str = "inferscope-uprobe-cost-cuda";
@@ -155,6 +229,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(lib) = &a.cuda {
         cuda_cost(&dir, lib, &a)?;
+    }
+    if let Some(steps) = a.gpu_steps {
+        gpu_steps(&dir, &a, steps)?;
     }
     harness::kill(&mut probe, libc::SIGINT);
     let (m_off, m_on) = (median(&off), median(&on));
