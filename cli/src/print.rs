@@ -87,17 +87,7 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
         ],
         &[0],
     );
-    let row = |name: &str, a: &PhaseMean, m: &PhaseMean, d: &PhaseDiff| {
-        vec![
-            name.to_string(),
-            ms(a.mean_ms),
-            pct(a.share),
-            ms(m.mean_ms),
-            pct(m.share),
-            signed(ms(d.mean_ms)),
-            signed(format!("{:.1}", d.share * 100.0)),
-        ]
-    };
+    let row = cohort_row;
     for ((name, a), ((_, m), (_, d))) in c
         .slow
         .phases
@@ -143,6 +133,19 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
             signed(format!("{:.1}", d.share * 100.0))
         );
     }
+}
+
+/// One row of a cohort table: the slow and median means and shares, and their difference.
+fn cohort_row(name: &str, a: &PhaseMean, m: &PhaseMean, d: &PhaseDiff) -> Vec<String> {
+    vec![
+        name.to_string(),
+        ms(a.mean_ms),
+        pct(a.share),
+        ms(m.mean_ms),
+        pct(m.share),
+        signed(ms(d.mean_ms)),
+        signed(format!("{:.1}", d.share * 100.0)),
+    ]
 }
 
 /// GPU time, CPU-bound time and collective wait per request, when the window has any.
@@ -198,15 +201,7 @@ fn print_resource_cohorts(c: &SlowVsMedian) {
         .zip(c.median.resources.iter())
         .zip(c.resources_diff.iter())
     {
-        t.row(vec![
-            name.replace('_', " "),
-            ms(a.mean_ms),
-            pct(a.share),
-            ms(m.mean_ms),
-            pct(m.share),
-            signed(ms(d.mean_ms)),
-            signed(format!("{:.1}", d.share * 100.0)),
-        ]);
+        t.row(cohort_row(&name.replace('_', " "), a, m, d));
     }
     println!("\nGPU side (overlaps the phases above):");
     print!("{}", t.render());

@@ -19,36 +19,12 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn sim_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtests/gpu-sim")
-}
-
 /// Builds the stand-in driver as `libcuda.so.1` (the hooks match the library by file name).
 fn build_fake_driver() -> PathBuf {
     let lib = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-sim/libcuda.so.1");
     let src = sim_dir().join("fakecuda.c");
     compile_c(&src, &lib, &["-O2", "-shared", "-fPIC"], &["-lpthread"]);
     lib
-}
-
-fn sim(args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(sim_dir().join("vllm")).args(args);
-    c
-}
-
-/// Truth lines of one kind.
-fn truth(path: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["kind"] == kind)
-        .collect()
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 /// Per truth step: the probe's `gpu_step` of the same core whose completion is nearest (the

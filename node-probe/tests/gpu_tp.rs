@@ -21,10 +21,6 @@ use serde_json::Value;
 const REQUESTS: usize = 48;
 const STRAGGLER: u64 = 1;
 
-fn sim_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtests/gpu-sim")
-}
-
 /// The stand-in driver and NCCL, under the file names the hooks match.
 fn build_libs() -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-sim-tp");
@@ -39,25 +35,6 @@ fn build_libs() -> (PathBuf, PathBuf) {
         &["-lpthread", "-ldl"],
     );
     (cuda, nccl)
-}
-
-fn sim(args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(sim_dir().join("vllm")).args(args);
-    c
-}
-
-fn truth(path: &Path, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["kind"] == kind)
-        .collect()
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 /// The body of `GET /metrics` at `addr`.

@@ -235,3 +235,30 @@ pub fn compile_c(src: &Path, out: &Path, flags: &[&str], libs: &[&str]) {
         String::from_utf8_lossy(&r.stderr)
     );
 }
+
+/// The GPU simulator's directory (`loadtests/gpu-sim/`).
+pub fn sim_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtests/gpu-sim")
+}
+
+/// A `loadtests/gpu-sim/vllm` command with `args`.
+pub fn sim(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(sim_dir().join("vllm")).args(args);
+    c
+}
+
+/// The simulator's truth lines of one kind.
+pub fn truth(path: &Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+/// A JSON number as u64 (panics with the value otherwise).
+pub fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
