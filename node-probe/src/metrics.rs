@@ -391,6 +391,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gpu_samples_render_as_labelled_gauges() {
+        let mut s = Stats::default();
+        let mut o = String::new();
+        gpu_gauges(&mut o, &s);
+        assert!(o.is_empty(), "no GPU, no family");
+        s.gpus.insert(
+            0,
+            crate::gpu::nvml::DeviceSample {
+                ts_ns: 1,
+                index: 0,
+                uuid: "GPU-\"x\"".into(),
+                name: "H200".into(),
+                gpu_util_pct: Some(87),
+                mem_util_pct: None,
+                mem_used_bytes: Some(1 << 30),
+                mem_total_bytes: Some(141 << 30),
+                sm_clock_mhz: Some(1980),
+                mem_clock_mhz: None,
+                power_mw: Some(350_500),
+                energy_mj: Some(12_000),
+                throttle_reasons: Some(4),
+                temperature_c: None,
+            },
+        );
+        gpu_gauges(&mut o, &s);
+        for want in [
+            "# TYPE inferscope_gpu_power_watts gauge",
+            "inferscope_gpu_power_watts{gpu=\"0\",uuid=\"GPU-_x_\"} 350.5",
+            "inferscope_gpu_utilization_ratio{gpu=\"0\",uuid=\"GPU-_x_\"} 0.87",
+            "# TYPE inferscope_gpu_energy_joules_total counter",
+            "inferscope_gpu_energy_joules_total{gpu=\"0\",uuid=\"GPU-_x_\"} 12",
+            "inferscope_gpu_sm_clock_hertz{gpu=\"0\",uuid=\"GPU-_x_\"} 1980000000",
+        ] {
+            assert!(o.contains(want), "{want} not in\n{o}");
+        }
+        // A field the device does not report has no sample line.
+        assert!(!o.contains("inferscope_gpu_memory_clock_hertz{"));
+    }
+
+    #[test]
     fn renders_every_family_with_help_and_type() {
         let mut s = Stats::default();
         s.events.insert("send", 12);
