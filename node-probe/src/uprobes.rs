@@ -118,11 +118,13 @@ impl Uprobes {
     }
 
     /// Reads a target's maps and attaches what it maps and is not yet attached; files it no
-    /// longer maps are released when no other target maps them.
+    /// longer maps are released when no other target maps them. A read that fails (a process
+    /// in the middle of an exec, or gone) changes nothing: a gone target is forgotten at its
+    /// exit or when it leaves the target set, and releasing a live one's files here would
+    /// detach probes another target is about to need.
     pub fn sync_pid(&mut self, probe: &mut Probe, proc_root: &Path, pid: u32) {
         let maps_path = proc_root.join(pid.to_string()).join("maps");
         let Ok(maps) = std::fs::read_to_string(&maps_path) else {
-            self.forget_pid(probe, pid);
             return;
         };
         let libs = matching_libs(&maps);
