@@ -75,18 +75,7 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
         c.median.definition, c.median.count
     );
     println!();
-    let mut t = Table::new(
-        &[
-            "phase",
-            "slow ms",
-            "slow %",
-            "median ms",
-            "median %",
-            "diff ms",
-            "diff pts",
-        ],
-        &[0],
-    );
+    let mut t = cohort_table("phase");
     let row = cohort_row;
     for ((name, a), ((_, m), (_, d))) in c
         .slow
@@ -133,6 +122,22 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
             signed(format!("{:.1}", d.share * 100.0))
         );
     }
+}
+
+/// A cohort table whose first column names a phase or a resource.
+fn cohort_table(first: &'static str) -> Table {
+    Table::new(
+        &[
+            first,
+            "slow ms",
+            "slow %",
+            "median ms",
+            "median %",
+            "diff ms",
+            "diff pts",
+        ],
+        &[0],
+    )
 }
 
 /// One row of a cohort table: the slow and median means and shares, and their difference.
@@ -182,18 +187,7 @@ fn print_resource_cohorts(c: &SlowVsMedian) {
     {
         return;
     }
-    let mut t = Table::new(
-        &[
-            "resource",
-            "slow ms",
-            "slow %",
-            "median ms",
-            "median %",
-            "diff ms",
-            "diff pts",
-        ],
-        &[0],
-    );
+    let mut t = cohort_table("resource");
     for (((name, a), (_, m)), (_, d)) in c
         .slow
         .resources

@@ -108,26 +108,7 @@ fn gpu_steps_are_vllm_steps_on_one_gpu() {
         .map(|r| r["response_id"].as_str().unwrap().to_owned())
         .collect();
     let ports: Vec<String> = engines.iter().map(|e| e.1["port"].to_string()).collect();
-    let out = sim(&[
-        "load",
-        "--port",
-        &ports[0],
-        "--port",
-        &ports[1],
-        "--clients",
-        "8",
-        "--requests",
-        &REQUESTS.to_string(),
-        "--seed",
-        "11",
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "load: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    sim_load(&ports, 8, REQUESTS, 11);
     let want: Vec<Value> = engines
         .iter()
         .flat_map(|e| truth(&e.2, "request"))

@@ -108,24 +108,7 @@ fn nccl_collectives_name_the_straggler_rank() {
         .collect();
     assert_eq!(workers.len(), 2);
     let port = ready["port"].to_string();
-    let out = sim(&[
-        "load",
-        "--port",
-        &port,
-        "--clients",
-        "8",
-        "--requests",
-        &REQUESTS.to_string(),
-        "--seed",
-        "5",
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "load: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    sim_load(std::slice::from_ref(&port), 8, REQUESTS, 5);
     let want = truth(&truth_file, "request");
     assert_eq!(want.len(), REQUESTS);
     let seen = |p: &JsonChild| {

@@ -262,3 +262,22 @@ pub fn truth(path: &Path, kind: &str) -> Vec<Value> {
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
+
+/// Runs the simulator's bounded load against `ports` and asserts that every request succeeded.
+pub fn sim_load(ports: &[String], clients: usize, requests: usize, seed: u64) {
+    let mut args: Vec<String> = vec!["load".into()];
+    for p in ports {
+        args.extend(["--port".into(), p.clone()]);
+    }
+    for (k, v) in [("--clients", clients), ("--requests", requests)] {
+        args.extend([k.into(), v.to_string()]);
+    }
+    args.extend(["--seed".into(), seed.to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sim(&refs).output().unwrap();
+    assert!(
+        out.status.success(),
+        "load: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
