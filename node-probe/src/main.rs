@@ -101,6 +101,10 @@ struct Cli {
     /// How often /proc is rescanned to repair the target set (seconds).
     #[arg(long, default_value_t = 5.0)]
     rescan_s: f64,
+    /// How long a library no target maps any more keeps its uprobes (seconds): a forked child
+    /// maps its parent's libraries until it execs, and a restarting engine maps them again.
+    #[arg(long, default_value_t = 30.0)]
+    uprobe_linger_s: f64,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long)]
     duration_s: Option<f64>,
@@ -278,6 +282,7 @@ fn real_main() -> anyhow::Result<()> {
         print_payload: cli.print_payload,
         poll_interval: Duration::from_millis(cli.poll_ms.max(1)),
         rescan_interval: Duration::from_secs_f64(cli.rescan_s.clamp(0.1, 3600.0)),
+        uprobe_linger: Duration::from_secs_f64(cli.uprobe_linger_s.clamp(0.0, 86_400.0)),
         duration,
         print_requests: cli.requests,
         ports: cli.ports,

@@ -202,6 +202,13 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
         "Library files released because no target mapped them any more.",
         u.released_total,
     );
+    single(
+        &mut o,
+        "inferscope_probe_uprobe_detached_inline_total",
+        "counter",
+        "Releases detached on the main loop because the detach queue was full.",
+        u.detached_inline_total,
+    );
     let decode: Vec<(String, u64)> = stats
         .decode_errors
         .iter()

@@ -6,7 +6,10 @@ use std::path::Path;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{
+            UProbeAttachLocation, UProbeAttachPoint, UProbeLink as UProbeOwnedLink, UProbeLinkId,
+            UProbeScope,
+        },
         RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -388,6 +391,16 @@ impl Probe {
     }
 
     /// Releases a uprobe link (absent is fine).
+    /// Takes a link out of its program so that it can be dropped (detached) on another
+    /// thread: closing a uprobe link waits for RCU grace periods in the kernel.
+    pub fn take_uprobe_link(&mut self, link: UprobeLink) -> Option<UProbeOwnedLink> {
+        self.uprobe_program(link.program)
+            .ok()?
+            .take_link(link.id)
+            .ok()
+    }
+
+    /// Detaches a link here and now (it blocks for the kernel's grace periods).
     pub fn detach_uprobe(&mut self, link: UprobeLink) {
         if let Ok(p) = self.uprobe_program(link.program) {
             let _ = p.detach(link.id);

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub poll_interval: Duration,
     /// How often /proc is rescanned to repair the target set.
     pub rescan_interval: Duration,
+    /// How long a library no target maps stays attached before its uprobes are released.
+    pub uprobe_linger: Duration,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Print finished requests ([`RequestRecord`]) to stdout as JSON lines.
@@ -140,7 +142,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
 
     let (mut probe, mut rings) = Probe::load(&opts, offsets)?;
     let proc_root = cfg.proc_root.as_path();
-    let mut uprobes = Uprobes::new();
+    let mut uprobes = Uprobes::new(cfg.uprobe_linger);
     // Lifecycle first, so children forked by targets during the scan are caught in-kernel.
     let initial = cfg.selector.initial(&scan(proc_root));
     for (&pid, &reason) in &initial {
@@ -243,7 +245,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 let is_target = on_proc_event(&mut probe, &cfg.selector, p.kind, p.tgid, proc_root);
                 match p.kind {
                     EventKind::ProcExit => {
-                        uprobes.forget_pid(&mut probe, p.tgid);
+                        uprobes.forget_pid(p.tgid);
                     }
                     EventKind::ProcExec | EventKind::ProcFork if is_target => {
                         uprobes.sync_pid(&mut probe, proc_root, p.tgid);
@@ -329,9 +331,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         &mut finished,
     )?;
     out.flush()?;
-    for pid in uprobes.pids() {
-        uprobes.forget_pid(&mut probe, pid);
-    }
+    uprobes.release_all(&mut probe);
     if let (Some(h), Some(e)) = (exporter, &cfg.export) {
         stats.export = Some(h.shutdown(e.drain_timeout));
     }
@@ -393,12 +393,13 @@ fn sync_uprobes(probe: &mut Probe, uprobes: &mut Uprobes, proc_root: &Path) {
     let targets = probe.targets();
     for pid in uprobes.pids() {
         if !targets.contains_key(&pid) {
-            uprobes.forget_pid(probe, pid);
+            uprobes.forget_pid(pid);
         }
     }
     for &pid in targets.keys() {
         uprobes.sync_pid(probe, proc_root, pid);
     }
+    uprobes.sweep(probe, Instant::now());
 }
 
 /// Applies a lifecycle event to the target set; returns whether the process is (now) a target.
@@ -513,9 +514,11 @@ fn watch_new_ports(probe: &mut Probe, tracker: &mut Tracker) {
 /// Repairs the in-kernel target set against /proc: adds what should be traced and is not
 /// (missed execs, lost fork events), removes processes that are gone (lost exit events).
 fn sync_targets(probe: &mut Probe, sel: &Selector, proc_root: &Path) {
+    // The target set before /proc: a child the kernel adds during the scan is then neither
+    // in `have` nor taken for gone.
+    let have = probe.targets();
     let procs = scan(proc_root);
     let want = sel.initial(&procs);
-    let have = probe.targets();
     for (&pid, &reason) in &want {
         if !have.contains_key(&pid) {
             if let Err(e) = probe.add_target(pid, reason, sel.follow_children) {

@@ -7,10 +7,19 @@
 //! different paths or mount namespaces is one file — and opened through `/proc/PID/root/…` so that
 //! a library inside a container is found. Attachments are for all processes (the kernel programs
 //! filter by the target set), so one link per hook per file serves every target that maps it.
+//!
+//! A file no target maps stays attached for a while (`linger`) before it is released: a child
+//! forked by a target maps its parent's libraries until it execs, and an engine restarting maps
+//! the same files again. Releasing is slow (the kernel waits for RCU grace periods per link), so
+//! links are detached on a thread of their own ([`detach`]), never on the main loop.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
+
+mod detach;
+use detach::Detacher;
 
 use crate::hooks::{self, UprobeHook};
 use crate::probe::{Probe, UprobeLink};
@@ -31,22 +40,37 @@ pub struct UprobeStats {
     pub released_total: u64,
     /// Attach failures (symbol missing, file unreadable).
     pub failures_total: u64,
+    /// Releases detached on the main loop because the detach queue was full.
+    pub detached_inline_total: u64,
 }
+
+/// How long a file no target maps stays attached, by default.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 
 struct Attached {
     path: PathBuf,
     links: Vec<UprobeLink>,
     users: HashSet<u32>,
+    /// Since when no target maps it.
+    idle_since: Option<Instant>,
+}
+
+impl Attached {
+    fn expired(&self, now: Instant, linger: Duration) -> bool {
+        self.idle_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= linger)
+    }
 }
 
 /// The uprobe attachments of one node-probe.
-#[derive(Default)]
 pub struct Uprobes {
     files: HashMap<FileKey, Attached>,
     by_pid: HashMap<u32, HashSet<FileKey>>,
     /// Files that failed to attach, not retried until their users are gone.
     failed: HashSet<FileKey>,
     stats: UprobeStats,
+    linger: Duration,
+    detacher: Detacher,
 }
 
 /// One mapped file of interest in a process.
@@ -99,9 +123,16 @@ fn parse_dev(s: &str) -> Option<u64> {
 }
 
 impl Uprobes {
-    /// Nothing attached.
-    pub fn new() -> Self {
-        Self::default()
+    /// Nothing attached; a file no target maps is released after `linger`.
+    pub fn new(linger: Duration) -> Self {
+        Self {
+            files: HashMap::new(),
+            by_pid: HashMap::new(),
+            failed: HashSet::new(),
+            stats: UprobeStats::default(),
+            linger,
+            detacher: Detacher::start(),
+        }
     }
 
     /// Counters.
@@ -130,7 +161,11 @@ impl Uprobes {
         let libs = matching_libs(&maps);
         let now: HashSet<FileKey> = libs.iter().map(|l| l.key).collect();
         for lib in &libs {
-            if !self.files.contains_key(&lib.key) && !self.failed.contains(&lib.key) {
+            // A file whose old links are still being detached is attached at a later sync.
+            if !self.files.contains_key(&lib.key)
+                && !self.failed.contains(&lib.key)
+                && !self.detacher.is_pending(&lib.key)
+            {
                 let root_path = proc_root
                     .join(pid.to_string())
                     .join("root")
@@ -139,11 +174,12 @@ impl Uprobes {
             }
             if let Some(a) = self.files.get_mut(&lib.key) {
                 a.users.insert(pid);
+                a.idle_since = None;
             }
         }
         let before = self.by_pid.insert(pid, now.clone()).unwrap_or_default();
         for gone in before.difference(&now) {
-            self.release_user(probe, *gone, pid);
+            self.release_user(*gone, pid);
         }
         if self.by_pid.get(&pid).is_some_and(HashSet::is_empty) {
             self.by_pid.remove(&pid);
@@ -185,33 +221,67 @@ impl Uprobes {
                 path: path.to_owned(),
                 links,
                 users: HashSet::new(),
+                idle_since: None,
             },
         );
     }
 
-    fn release_user(&mut self, probe: &mut Probe, key: FileKey, pid: u32) {
+    fn release_user(&mut self, key: FileKey, pid: u32) {
         let Some(a) = self.files.get_mut(&key) else {
             return;
         };
         a.users.remove(&pid);
-        if !a.users.is_empty() {
-            return;
+        if a.users.is_empty() && a.idle_since.is_none() {
+            a.idle_since = Some(Instant::now());
         }
-        let a = self.files.remove(&key).expect("present");
-        for l in a.links {
-            probe.detach_uprobe(l);
+    }
+
+    /// Releases the files no target has mapped for `linger`.
+    pub fn sweep(&mut self, probe: &mut Probe, now: Instant) {
+        let expired: Vec<FileKey> = self
+            .files
+            .iter()
+            .filter(|(_, a)| a.expired(now, self.linger))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.release_file(probe, key);
+        }
+    }
+
+    /// Releases every file (at shutdown) and waits until their links are detached.
+    pub fn release_all(&mut self, probe: &mut Probe) {
+        let keys: Vec<FileKey> = self.files.keys().copied().collect();
+        for key in keys {
+            self.release_file(probe, key);
+        }
+        self.by_pid.clear();
+        self.detacher.shutdown();
+    }
+
+    fn release_file(&mut self, probe: &mut Probe, key: FileKey) {
+        let Some(a) = self.files.remove(&key) else {
+            return;
+        };
+        let links = a
+            .links
+            .into_iter()
+            .filter_map(|l| probe.take_uprobe_link(l))
+            .collect();
+        if !self.detacher.detach(key, links) {
+            self.stats.detached_inline_total += 1;
         }
         self.stats.released_total += 1;
         info!(library = %a.path.display(), "uprobes released (no target maps it)");
     }
 
-    /// A target is gone: its files are released when no other target maps them.
-    pub fn forget_pid(&mut self, probe: &mut Probe, pid: u32) {
+    /// A target is gone: its files are released once no target has mapped them for `linger`.
+    pub fn forget_pid(&mut self, pid: u32) {
         let Some(keys) = self.by_pid.remove(&pid) else {
             return;
         };
         for k in keys {
-            self.release_user(probe, k, pid);
+            self.release_user(k, pid);
         }
         // A file that failed may be another build next time.
         let live: HashSet<FileKey> = self.by_pid.values().flatten().copied().collect();
@@ -246,5 +316,22 @@ mod tests {
         assert_eq!(libs[1].path, "/srv/with space/libllama.so.1");
         assert_eq!(libs[1].key, ((8 << 32) | 0x10, 77));
         assert!(matching_libs("garbage\n\n1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn a_file_expires_only_after_linger_without_users() {
+        let t0 = Instant::now();
+        let mut a = Attached {
+            path: PathBuf::from("/x"),
+            links: Vec::new(),
+            users: HashSet::new(),
+            idle_since: None,
+        };
+        let linger = Duration::from_secs(30);
+        assert!(!a.expired(t0 + linger * 2, linger), "in use");
+        a.idle_since = Some(t0);
+        assert!(!a.expired(t0 + Duration::from_secs(29), linger));
+        assert!(a.expired(t0 + linger, linger));
+        assert!(a.expired(t0 + Duration::ZERO, Duration::ZERO), "no linger");
     }
 }
