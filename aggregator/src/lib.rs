@@ -12,6 +12,6 @@ pub mod error;
 pub mod ingest;
 pub mod latency;
 pub mod metrics;
-pub mod otlp;
+pub use inferscope_otlp as otlp;
 pub mod server;
 pub mod store;

@@ -39,7 +39,7 @@ pub struct Metrics {
     /// Request-latency histograms (GenAI names), observed as requests are committed.
     pub latency: crate::latency::Latency,
     /// OTLP export counters.
-    pub otlp: crate::otlp::OtlpMetrics,
+    pub otlp: std::sync::Arc<crate::otlp::OtlpMetrics>,
     insert_hist: [AtomicU64; BUCKETS.len() + 1],
     insert_sum_us: AtomicU64,
     insert_count: AtomicU64,

@@ -96,7 +96,7 @@ pub async fn serve(
     load_recent_batches(&store, &dedup).await;
     let (otlp, otlp_task) = match &cfg.otlp {
         Some(o) => {
-            let (sink, task) = OtlpSink::start(o, metrics.clone())?;
+            let (sink, task) = OtlpSink::start(o, metrics.otlp.clone())?;
             (Some(sink), Some(task))
         }
         None => (None, None),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use inferscope_common::{DEFAULT_PAYLOAD_CAP, MAX_PAYLOAD};
+use node_probe::export::otlp::OtlpExportConfig;
 use node_probe::export::{
     default_spool_dir, hostname, Compression, ExportConfig, DEFAULT_SPOOL_DIR,
 };
@@ -161,6 +162,10 @@ struct Cli {
     /// 16): select a run with `inferscope … --tag run=ci-1234`.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     tags: Vec<String>,
+    /// OTLP export of finished requests straight from this node (with or without --export):
+    /// batched as for the aggregator (--batch-max-requests, --batch-max-ms), at most once.
+    #[command(flatten)]
+    otlp: inferscope_otlp::OtlpArgs,
     /// Label each request with the value of this request header (e.g. `x-tenant-id`), to
     /// filter and group by tenant. Off by default: a tenant or user id may be personal data.
     #[arg(long, value_name = "HEADER", conflicts_with = "tenant_field")]
@@ -265,6 +270,7 @@ fn real_main() -> anyhow::Result<()> {
         Some(url) => Some(export_config(&cli, url)?),
         None => None,
     };
+    let otlp = otlp_config(&cli)?;
     let cfg = RunConfig {
         selector,
         probe: ProbeOptions {
@@ -293,6 +299,7 @@ fn real_main() -> anyhow::Result<()> {
             tenant,
         },
         export,
+        otlp,
         metrics_listen: cli.metrics_listen,
         proc_root: cli.proc_root.clone(),
         nvml: (cli.nvml_ms > 0).then(|| node_probe::run::NvmlConfig {
@@ -317,6 +324,7 @@ fn real_main() -> anyhow::Result<()> {
         requests = stats.tracker.requests,
         tracker = ?stats.tracker,
         export = %export,
+        otlp = ?stats.otlp,
         "node-probe stopped"
     );
     Ok(())
@@ -363,11 +371,34 @@ fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
     cfg.spool_max_bytes = cli.spool_max_mib.saturating_mul(1 << 20);
     cfg.write_ahead = !cli.no_spool_write_ahead;
     cfg.drain_timeout = Duration::from_secs_f64(cli.export_drain_s);
-    cfg.tags = cli
+    cfg.tags = tags(cli)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn tags(cli: &Cli) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(cli
         .tags
         .iter()
         .map(|t| node_probe::export::parse_tag(t))
-        .collect::<Result<_, _>>()?;
-    cfg.validate()?;
-    Ok(cfg)
+        .collect::<Result<_, _>>()?)
+}
+
+/// The OTLP export of `--otlp-*` (none without `--otlp-endpoint`).
+fn otlp_config(cli: &Cli) -> anyhow::Result<Option<OtlpExportConfig>> {
+    let Some(otlp) = cli.otlp.config() else {
+        return Ok(None);
+    };
+    let batch = node_probe::export::BatchLimits {
+        max_requests: cli.batch_max_requests as usize,
+        max_age: Duration::from_millis(cli.batch_max_ms),
+        ..Default::default()
+    };
+    Ok(Some(OtlpExportConfig {
+        otlp,
+        node_name: cli.node_name.clone().unwrap_or_else(hostname),
+        tags: tags(cli)?,
+        batch,
+        queue_capacity: 65_536,
+    }))
 }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::WallClock;
 use crate::event::{decode, kind_name, peek_kind, Event, EventJson};
+use crate::export::otlp::{OtlpExport, OtlpExportConfig};
 use crate::export::{ExportConfig, ExportHandle, ExportSnapshot, Exporter};
 use crate::gpu::nccl::Collective;
 use crate::gpu::nvml::{self, DeviceSample};
@@ -63,6 +64,8 @@ pub struct RunConfig {
     pub tracker: TrackerConfig,
     /// Ship finished requests to an aggregator (`--export`).
     pub export: Option<ExportConfig>,
+    /// Export finished requests as OTLP spans (`--otlp-endpoint`).
+    pub otlp: Option<OtlpExportConfig>,
     /// Serve node-probe's own metrics here (`--metrics-listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where the host's /proc is (`--proc-root`; `/proc` unless node-probe runs in a pod with
@@ -71,6 +74,9 @@ pub struct RunConfig {
     /// GPU device samples from NVML (`--nvml-ms`, `--nvml-lib`); `None`: off.
     pub nvml: Option<NvmlConfig>,
 }
+
+/// How long the OTLP export may take to send what is queued at shutdown.
+const OTLP_DRAIN: Duration = Duration::from_secs(5);
 
 /// NVML sampling options.
 #[derive(Debug, Clone)]
@@ -98,6 +104,8 @@ pub struct Stats {
     pub tracker: crate::requests::TrackerStats,
     /// Exporter counters, when exporting.
     pub export: Option<ExportSnapshot>,
+    /// OTLP export counters at shutdown, when exporting over OTLP.
+    pub otlp: Option<crate::export::otlp::OtlpExportStats>,
     /// The latest NVML sample of each GPU (empty without NVML).
     pub gpus: BTreeMap<u32, DeviceSample>,
 }
@@ -112,6 +120,13 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
             info!(addr = %bound, "serving metrics on /metrics");
             Some(page)
+        }
+        None => None,
+    };
+    let otlp = match &cfg.otlp {
+        Some(o) => {
+            let x = OtlpExport::start(o.clone()).context("cannot start the OTLP export")?;
+            Some(x)
         }
         None => None,
     };
@@ -294,7 +309,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         let wrote = deliver_requests(
             &mut out,
             cfg.print_requests,
-            exporter.as_ref(),
+            (exporter.as_ref(), otlp.as_ref()),
             &mut finished,
         )?;
         if drained > 0 || wrote {
@@ -315,7 +330,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                     uprobes: uprobes.stats(),
                 };
                 let export = exporter.as_ref().map(|h| h.stats().snapshot());
-                page.publish(metrics::render(&stats, gauges, export.as_ref()));
+                let mut text = metrics::render(&stats, gauges, export.as_ref());
+                if let Some(o) = &otlp {
+                    o.render(&mut text);
+                }
+                page.publish(text);
                 last_metrics = Some(Instant::now());
             }
         }
@@ -327,11 +346,12 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     deliver_requests(
         &mut out,
         cfg.print_requests,
-        exporter.as_ref(),
+        (exporter.as_ref(), otlp.as_ref()),
         &mut finished,
     )?;
     out.flush()?;
     uprobes.release_all(&mut probe);
+    stats.otlp = otlp.map(|o| o.shutdown(OTLP_DRAIN));
     if let (Some(h), Some(e)) = (exporter, &cfg.export) {
         stats.export = Some(h.shutdown(e.drain_timeout));
     }
@@ -456,7 +476,7 @@ fn on_proc_event(
 fn deliver_requests(
     out: &mut impl Write,
     print: bool,
-    exporter: Option<&ExportHandle>,
+    (exporter, otlp): (Option<&ExportHandle>, Option<&OtlpExport>),
     finished: &mut Vec<RequestRecord>,
 ) -> std::io::Result<bool> {
     let any = !finished.is_empty();
@@ -464,6 +484,9 @@ fn deliver_requests(
         if print {
             serde_json::to_writer(&mut *out, &r)?;
             writeln!(out)?;
+        }
+        if let Some(o) = otlp {
+            o.send(r.clone());
         }
         if let Some(x) = exporter {
             x.send(r);

@@ -12,42 +12,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Reads one HTTP response (Content-Length or chunked) from a keep-alive connection.
-fn read_response(s: &mut TcpStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            if head.contains("transfer-encoding: chunked") {
-                if buf.ends_with(b"\r\n0\r\n\r\n") || buf[end + 4..].starts_with(b"0\r\n\r\n") {
-                    return buf;
-                }
-            } else if let Some(cl) = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                if buf.len() >= end + 4 + cl {
-                    return buf;
-                }
-            }
-        }
-        let n = s.read(&mut b).expect("read");
-        if n == 0 {
-            return buf;
-        }
-        buf.extend_from_slice(&b[..n]);
-    }
-}
-
-fn post(path: &str, body: &str, extra: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 fn by_path<'a>(seen: &'a [Value], path: &str) -> Vec<&'a Value> {
     seen.iter()
         .filter(|v| v["kind"] == "request" && v["path"] == path)

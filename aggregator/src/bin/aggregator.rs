@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser};
 use inferscope_aggregator::ingest::writer::WriterConfig;
-use inferscope_aggregator::otlp::{OtlpConfig, Protocol};
 use inferscope_aggregator::server::{serve, ServerConfig};
 use inferscope_aggregator::store::StoreConfig;
 
@@ -92,50 +91,8 @@ struct Cli {
     /// Ingest streams open at once (one per node-probe); beyond, RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     max_streams: usize,
-    /// Also export every stored trace to this OpenTelemetry collector (`http://host:4317` for
-    /// gRPC, `http://host:4318` for HTTP; off when unset).
-    #[arg(long, env = "INFERSCOPE_OTLP_ENDPOINT", value_name = "URL")]
-    otlp_endpoint: Option<String>,
-    /// OTLP transport: `grpc` or `http/protobuf`.
-    #[arg(long, default_value = "grpc", value_parser = ["grpc", "http/protobuf"])]
-    otlp_protocol: String,
-    /// A header (gRPC metadata) sent with every export, `NAME=VALUE` (repeatable).
-    #[arg(long = "otlp-header", value_name = "NAME=VALUE", value_parser = header)]
-    otlp_headers: Vec<(String, String)>,
-    /// Longest wait for one OTLP export call (seconds).
-    #[arg(long, default_value_t = 10)]
-    otlp_timeout_s: u64,
-    /// Spans waiting for OTLP export at most; beyond, they are dropped and counted.
-    #[arg(long, default_value_t = 200_000)]
-    otlp_queue_spans: usize,
-    /// CA certificate (PEM) to trust for an `https://` gRPC collector.
-    #[arg(long, value_name = "FILE")]
-    otlp_ca_file: Option<PathBuf>,
-    /// Send OTLP bodies uncompressed (default: gzip).
-    #[arg(long)]
-    otlp_no_gzip: bool,
-}
-
-/// `NAME=VALUE` of `--otlp-header`.
-fn header(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("{s:?}: want NAME=VALUE")),
-    }
-}
-
-/// The OTLP export configuration of the flags (none without an endpoint).
-fn otlp(cli: &Cli) -> Option<OtlpConfig> {
-    let url = cli.otlp_endpoint.clone().filter(|u| !u.is_empty())?;
-    let protocol = cli.otlp_protocol.parse().unwrap_or(Protocol::Grpc);
-    Some(OtlpConfig {
-        headers: cli.otlp_headers.clone(),
-        timeout: Duration::from_secs(cli.otlp_timeout_s.max(1)),
-        queue_spans: cli.otlp_queue_spans.max(1),
-        ca_file: cli.otlp_ca_file.clone(),
-        gzip: !cli.otlp_no_gzip,
-        ..OtlpConfig::new(url, protocol)
-    })
+    #[command(flatten)]
+    otlp: inferscope_aggregator::otlp::OtlpArgs,
 }
 
 /// A secret from its flag/environment value or its file (first line, trimmed); exits with a
@@ -199,7 +156,7 @@ async fn main() {
             }
         };
     let cli = Cli::parse_from(argv);
-    let otlp = otlp(&cli);
+    let otlp = cli.otlp.config();
     let cfg = ServerConfig {
         grpc_listen: cli.grpc_listen,
         http_listen: cli.http_listen,

@@ -1,6 +1,6 @@
 //! ClickHouse storage: connection, version detection, migrations, and the row types written by
 //! the ingest pipeline (see [`crate::ingest`]).
-pub mod rows;
+pub use inferscope_rows as rows;
 pub mod schema;
 
 use std::time::Duration;

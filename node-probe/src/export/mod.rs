@@ -24,6 +24,7 @@
 pub mod batch;
 pub mod client;
 pub mod convert;
+pub mod otlp;
 pub mod spool;
 mod worker;
 

@@ -281,3 +281,41 @@ pub fn sim_load(ports: &[String], clients: usize, requests: usize, seed: u64) {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Reads one HTTP response (Content-Length or chunked) from a keep-alive connection.
+pub fn read_response(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if head.contains("transfer-encoding: chunked") {
+                if buf.ends_with(b"\r\n0\r\n\r\n") || buf[end + 4..].starts_with(b"0\r\n\r\n") {
+                    return buf;
+                }
+            } else if let Some(cl) = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                if buf.len() >= end + 4 + cl {
+                    return buf;
+                }
+            }
+        }
+        let n = s.read(&mut b).expect("read");
+        if n == 0 {
+            return buf;
+        }
+        buf.extend_from_slice(&b[..n]);
+    }
+}
+
+/// A POST request with a JSON body and `extra` header lines.
+pub fn post(path: &str, body: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}

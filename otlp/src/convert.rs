@@ -17,7 +17,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::store::rows::RequestRow;
+use inferscope_rows::RequestRow;
 
 /// Name of the spans made of engine steps.
 pub const STEP_SPAN: &str = "engine.step";

@@ -1,5 +1,5 @@
-//! OTLP trace export: every batch, once it is stored in ClickHouse, also goes to an
-//! OpenTelemetry collector (OTLP/gRPC or OTLP/HTTP protobuf), converted by [`convert`].
+//! OTLP trace export: every batch, once it is stored in ClickHouse (the aggregator) or closed
+//! (node-probe without an aggregator), also goes to an OpenTelemetry collector (OTLP/gRPC or OTLP/HTTP protobuf), converted by [`convert`].
 //!
 //! Export never slows ingest: the writer hands a stored batch to [`OtlpSink::offer`], which
 //! queues it when the queue's span budget allows and drops it otherwise; one task converts and
@@ -7,7 +7,10 @@
 //! (`queue_full`, `export_failed`) on `/metrics`. Delivery is at most once: a collector that is
 //! down loses the spans of its outage (ClickHouse keeps them), a resent batch is not exported
 //! again (only stored batches reach the writer's hand-off, and each is stored once).
+pub mod args;
 pub mod convert;
+
+pub use args::OtlpArgs;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -20,8 +23,6 @@ use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicCo
 use opentelemetry_sdk::trace::SpanExporter as _;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
-
-use crate::metrics::Metrics;
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +180,7 @@ struct Work {
 pub struct OtlpSink {
     tx: mpsc::Sender<Work>,
     budget: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<OtlpMetrics>,
 }
 
 /// Budget permits are u32: a batch counts at most this many spans against it.
@@ -190,7 +191,7 @@ impl OtlpSink {
     /// once every sink is dropped and the queue is drained.
     pub fn start(
         cfg: &OtlpConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<OtlpMetrics>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), OtlpError> {
         let exporter = exporter(cfg)?;
         let queue = cfg.queue_spans.clamp(1, MAX_PERMITS);
@@ -211,7 +212,7 @@ impl OtlpSink {
         if n == 0 {
             return;
         }
-        let m = &self.metrics.otlp;
+        let m = &self.metrics;
         let permits = u32::try_from(n.min(MAX_PERMITS)).unwrap_or(u32::MAX);
         let Ok(budget) = self.budget.clone().try_acquire_many_owned(permits) else {
             m.dropped_queue_full.fetch_add(n as u64, Relaxed);
@@ -232,8 +233,8 @@ impl OtlpSink {
 }
 
 /// The export task: converts and exports queued batches one after the other.
-async fn run(mut exporter: Exporter, mut rx: mpsc::Receiver<Work>, metrics: Arc<Metrics>) {
-    let m = &metrics.otlp;
+async fn run(mut exporter: Exporter, mut rx: mpsc::Receiver<Work>, metrics: Arc<OtlpMetrics>) {
+    let m = &metrics;
     let mut seen = convert::SeenSteps::new(262_144);
     let mut failing = false;
     while let Some(w) = rx.recv().await {
@@ -266,7 +267,7 @@ async fn run(mut exporter: Exporter, mut rx: mpsc::Receiver<Work>, metrics: Arc<
     let _ = exporter.shutdown();
 }
 
-/// Export counters (part of [`Metrics`]).
+/// Export counters, rendered on the owner's `/metrics`.
 #[derive(Debug, Default)]
 pub struct OtlpMetrics {
     /// Spans the collector accepted.
@@ -347,7 +348,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_configurations_are_refused_up_front() {
-        let m = Arc::new(Metrics::default());
+        let m = Arc::new(OtlpMetrics::default());
         for (url, p) in [
             ("127.0.0.1:4317", Protocol::Grpc),
             ("https://c:4317", Protocol::Grpc),
@@ -363,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
-        let m = Arc::new(Metrics::default());
+        let m = Arc::new(OtlpMetrics::default());
         let mut c = OtlpConfig::new("http://127.0.0.1:9", Protocol::HttpProtobuf);
         c.queue_spans = 1;
         c.timeout = Duration::from_millis(200);
@@ -378,7 +379,7 @@ mod tests {
             ..Default::default()
         };
         sink.offer(b, "x".into());
-        assert_eq!(m.otlp.dropped_queue_full.load(Relaxed), 2);
+        assert_eq!(m.dropped_queue_full.load(Relaxed), 2);
         drop(sink);
         task.await.expect("task ends when the sinks are gone");
     }
