@@ -226,6 +226,11 @@ pub fn wait_count(db: &str, want: u64, timeout: Duration) -> u64 {
 /// The `loadgen` command against `url` (8 clients, `max_tokens` each), its per-request log to
 /// `log`.
 fn loadgen(url: &str, n: u64, max_tokens: u32, log: &Path) -> Command {
+    loadgen_with(url, n, max_tokens, log, &[])
+}
+
+/// [`loadgen`] with extra request headers (`NAME: VALUE`).
+fn loadgen_with(url: &str, n: u64, max_tokens: u32, log: &Path, headers: &[&str]) -> Command {
     let mut c = Command::new(bin("loadgen"));
     c.args([
         "--url",
@@ -239,6 +244,9 @@ fn loadgen(url: &str, n: u64, max_tokens: u32, log: &Path) -> Command {
     .arg("--trace-log")
     .arg(log)
     .stdout(Stdio::null());
+    for h in headers {
+        c.args(["--header", h]);
+    }
     c
 }
 
@@ -251,6 +259,15 @@ pub fn load(url: &str, n: u64, max_tokens: u32, log: &Path) -> Vec<String> {
         .into_iter()
         .map(|s| s.trace_id)
         .collect()
+}
+
+/// [`load`] with extra request headers (`NAME: VALUE`) on every request; returns what was sent.
+pub fn load_with(url: &str, n: u64, max_tokens: u32, log: &Path, headers: &[&str]) -> Vec<Sent> {
+    let st = loadgen_with(url, n, max_tokens, log, headers)
+        .status()
+        .expect("loadgen");
+    assert!(st.success(), "loadgen failed");
+    read_trace_log(log)
 }
 
 /// One request of a `loadgen --trace-log` file: its trace id and client-side wall-clock span.

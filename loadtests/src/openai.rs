@@ -22,6 +22,8 @@ pub struct LoadConfig {
     pub max_tokens: u32,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Extra request headers (name, value), e.g. a label a probe extracts as the tenant.
+    pub headers: Vec<(String, String)>,
 }
 
 /// One request's client-side view.
@@ -169,9 +171,13 @@ fn one(agent: &ureq::Agent, c: &LoadConfig, i: u64) -> Outcome {
         e2e_ns: 0,
         chunks: 0,
     };
-    let resp = agent
+    let mut req = agent
         .post(&format!("{}{path}", c.url))
-        .set("Content-Type", "application/json")
+        .set("Content-Type", "application/json");
+    for (k, v) in &c.headers {
+        req = req.set(k, v);
+    }
+    let resp = req
         .set("traceparent", &format!("00-{tid}-{:016x}-01", i + 1))
         // A UUID (the trace id's digits): llama-cpp-python's server refuses any other form
         // with 400; vLLM takes it as its request id.

@@ -1,21 +1,30 @@
-//! `inferscope gate` on the real vLLM: runs of the same load, told apart by their time
-//! windows and selected by the probe's run tag. A/A pairs (two unchanged runs) must pass at least
-//! 9 times in 10; a run with the engine starved of CPU (its EngineCore stopped 30 ms once in
-//! every 70–130 ms, as a noisy neighbour or a CPU-throttled pod would) must fail every time, naming
-//! engine-side metrics and never the frontend or delivery. False-positive and detection rates and
-//! the minimum detectable effects are figures.
+//! `inferscope gate` on the real vLLM: A/A pairs (two arms of unchanged load) must pass at least
+//! 9 times in 10; an arm with the engine starved of CPU (its EngineCore and Worker stopped 30 ms
+//! once in every 70–130 ms, as a noisy neighbour or a CPU-throttled pod would) must fail every
+//! time, naming engine-side metrics and never the frontend or delivery. False-positive and
+//! detection rates and the minimum detectable effects are figures.
+//!
+//! Each repetition interleaves its three arms (A, A', starved) round by round, in a random order
+//! within every block of three rounds, each request labelled with its arm in a header the probe
+//! stores as the tenant; the gate compares the arms' label sets over the repetition's window.
+//! Runs one after another would not do on a shared 2-core machine: a few seconds of someone
+//! else's CPU (a ClickHouse merge, another test's leftovers) move a whole 8 s run by up to 2.5×,
+//! which no within-run statistic can tell from a regression (measured: A/A e2e p50 41–189 ms
+//! between back-to-back runs of a full suite). Interleaving spreads such drift over every arm —
+//! the design `deploy/ci/` recommends for CI runners too.
 //!
 //! Needs root, the shared engine from `scripts/test.sh`, and the local ClickHouse.
-//! `INFERSCOPE_GATE_REPS` (default 10) and `INFERSCOPE_GATE_RUN_S` (default 8) size it.
+//! `INFERSCOPE_GATE_REPS` (default 10) and `INFERSCOPE_GATE_RUN_S` (seconds of load per arm,
+//! default 8) size it.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inferscope_loadtests::fidelity::figure;
 use inferscope_loadtests::harness::{
-    bin, engine_root_clickhouse, free_port, load_for, sql, start_aggregator,
+    bin, engine_root_clickhouse, free_port, load_for, load_with, sql, start_aggregator,
     start_exporting_probe_with, unix_ns, wait_count, Children,
 };
 use serde_json::Value;
@@ -24,7 +33,8 @@ const TOKEN: &str = "gate-token";
 /// A `loadgen` round of 16 requests every 0.5 s: 32 requests/s while the engine keeps up.
 const ROUND: u64 = 16;
 const PACE: Duration = Duration::from_millis(500);
-const MAX_ROUNDS: usize = 200;
+/// The request header that carries a request's arm (the probe's `--tenant-header`).
+const ARM_HEADER: &str = "x-gate-arm";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -33,12 +43,60 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// One run: the window its requests started in, and how many were sent.
+/// The arms of a repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    A,
+    A2,
+    Starved,
+}
+
+impl Arm {
+    const ALL: [Arm; 3] = [Arm::A, Arm::A2, Arm::Starved];
+
+    /// The arm's label (the header value, stored as the tenant).
+    fn label(self) -> &'static str {
+        match self {
+            Arm::A => "a",
+            Arm::A2 => "a2",
+            Arm::Starved => "starved",
+        }
+    }
+}
+
+/// A fixed xorshift sequence: the schedule is the same in every run of the test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `blocks` blocks of three rounds, each block the three arms in a random order.
+fn schedule(blocks: usize, rng: &mut Rng) -> Vec<Arm> {
+    let mut out = Vec::with_capacity(blocks * 3);
+    for _ in 0..blocks {
+        let mut b = Arm::ALL;
+        for i in (1..b.len()).rev() {
+            b.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        out.extend(b);
+    }
+    out
+}
+
+/// One repetition: the window its requests started in, how many each arm sent, and each arm's
+/// client-side e2e median (ms; to tell a gate's verdict from what the client saw).
 #[derive(Debug, Clone, Copy)]
-struct Run {
+struct Rep {
     from_ns: u64,
     to_ns: u64,
-    sent: usize,
+    sent: [usize; 3],
+    client_e2e_p50_ms: [f64; 3],
 }
 
 fn secs(ns: u64) -> String {
@@ -75,17 +133,19 @@ fn descendants(root: u32) -> Vec<i32> {
 }
 
 /// Stops `pids` for `stop` once in every period until dropped, the periods drawn uniformly
-/// from `period ± 30 %` (a fixed sequence): a period commensurate with the load's pace would
-/// always pause the same moment of every round, idle or busy. Always leaves them running.
+/// from `period ± 30 %` after a random first phase: a period commensurate with the load's pace
+/// would always pause the same moment of every round, idle or busy. Always leaves them running; a drop
+/// ends it at once (the thread is unparked), so the next round starts unstarved and on time.
 struct Starve {
     quit: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Starve {
-    fn start(pids: Vec<i32>, stop: Duration, period: Duration) -> Self {
+    fn start(pids: Vec<i32>, stop: Duration, period: Duration, rng: &mut Rng) -> Self {
         let quit = Arc::new(AtomicBool::new(false));
         let q = Arc::clone(&quit);
+        let mut x = rng.next() | 1;
         let thread = std::thread::spawn(move || {
             let signal = |sig| {
                 for &p in &pids {
@@ -93,18 +153,34 @@ impl Starve {
                     unsafe { libc::kill(p, sig) };
                 }
             };
-            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-            while !q.load(Ordering::Relaxed) {
+            // Sleeps `d` unless told to quit; false when told.
+            let nap = |d: Duration| {
+                let until = Instant::now() + d;
+                while !q.load(Ordering::Relaxed) {
+                    let Some(left) = until.checked_duration_since(Instant::now()) else {
+                        return true;
+                    };
+                    std::thread::park_timeout(left);
+                }
+                false
+            };
+            // A random phase: pauses fall anywhere in the round, not always at its start
+            // (where `loadgen` is still starting and no request is in flight yet).
+            if !nap(period.mul_f64((x % 1000) as f64 / 1000.0)) {
+                return;
+            }
+            loop {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 let p = period.mul_f64(0.7 + 0.6 * (x % 1000) as f64 / 1000.0);
                 signal(libc::SIGSTOP);
-                std::thread::sleep(stop);
+                let go_on = nap(stop);
                 signal(libc::SIGCONT);
-                std::thread::sleep(p.saturating_sub(stop));
+                if !go_on || !nap(p.saturating_sub(stop)) {
+                    break;
+                }
             }
-            signal(libc::SIGCONT);
         });
         Self {
             quit,
@@ -117,6 +193,7 @@ impl Drop for Starve {
     fn drop(&mut self) {
         self.quit.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -127,53 +204,62 @@ struct Bench {
     dir: PathBuf,
     api: String,
     tag: String,
-    run_for: Duration,
-    runs: usize,
+    /// Rounds per arm in a repetition.
+    rounds: usize,
+    starve_pids: Vec<i32>,
+    rng: Rng,
 }
 
 impl Bench {
-    fn run(&mut self, label: &str) -> Run {
-        self.runs += 1;
+    /// One repetition: its arms interleaved round by round, the starved arm's rounds with the
+    /// engine starved from before its first request to after its last response.
+    fn rep(&mut self, i: usize) -> Rep {
+        let order = schedule(self.rounds, &mut self.rng);
         let from_ns = unix_ns();
-        let name = format!("{label}-{}", self.runs);
-        let sent = load_for(
-            &self.url,
-            self.run_for,
-            PACE,
-            ROUND,
-            MAX_ROUNDS,
-            &self.dir,
-            &name,
-        )
-        .len();
+        let t = Instant::now();
+        let mut e2e_ms: [Vec<f64>; 3] = Default::default();
+        for (k, &arm) in order.iter().enumerate() {
+            std::thread::sleep((PACE * k as u32).saturating_sub(t.elapsed()));
+            let log = self.dir.join(format!("rep{i}-{k}-{}.jsonl", arm.label()));
+            let header = format!("{ARM_HEADER}: {}", arm.label());
+            let _starve = (arm == Arm::Starved).then(|| {
+                Starve::start(
+                    self.starve_pids.clone(),
+                    Duration::from_millis(30),
+                    Duration::from_millis(100),
+                    &mut self.rng,
+                )
+            });
+            let sent = load_with(&self.url, ROUND, 8, &log, &[&header]);
+            e2e_ms[arm as usize].extend(
+                sent.iter()
+                    .map(|r| r.end_ns.saturating_sub(r.start_ns) as f64 / 1e6),
+            );
+        }
+        std::thread::sleep((PACE * order.len() as u32).saturating_sub(t.elapsed()));
         let to_ns = unix_ns();
-        // Requests of the next run start after this one's last has ended.
+        // The next repetition's requests start after this one's last has ended.
         std::thread::sleep(Duration::from_millis(200));
-        Run {
+        Rep {
             from_ns,
             to_ns,
-            sent,
+            sent: e2e_ms.each_ref().map(Vec::len),
+            client_e2e_p50_ms: e2e_ms.map(median),
         }
     }
 
-    /// `inferscope gate` of `cand` against `base`: (exit status, JSON report).
-    fn gate(&self, base: Run, cand: Run) -> (i32, Value) {
-        let filter = format!("tag={}", self.tag);
+    /// `inferscope gate` of arm `cand` against arm `base` over `rep`'s window: (exit status,
+    /// JSON report).
+    fn gate(&self, rep: Rep, base: Arm, cand: Arm) -> (i32, Value) {
+        let filter = |arm: Arm| format!("tag={},tenant={}", self.tag, arm.label());
         let out = Command::new(bin("inferscope"))
             .args(["--api", &self.api, "--output", "json", "gate"])
-            .args([
-                "--baseline-from",
-                &secs(base.from_ns),
-                "--baseline-to",
-                &secs(base.to_ns),
-            ])
-            .args([
-                "--candidate-from",
-                &secs(cand.from_ns),
-                "--candidate-to",
-                &secs(cand.to_ns),
-            ])
-            .args(["--baseline-filter", &filter, "--candidate-filter", &filter])
+            .args(["--baseline-from", &secs(rep.from_ns)])
+            .args(["--baseline-to", &secs(rep.to_ns)])
+            .args(["--candidate-from", &secs(rep.from_ns)])
+            .args(["--candidate-to", &secs(rep.to_ns)])
+            .args(["--baseline-filter", &filter(base)])
+            .args(["--candidate-filter", &filter(cand)])
             .output()
             .expect("inferscope gate");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -237,6 +323,7 @@ fn gate_on_the_real_engine() {
         "the engine {pid} has no EngineCore child"
     );
     let reps = env_or("INFERSCOPE_GATE_REPS", 10) as usize;
+    let run_for = Duration::from_secs(env_or("INFERSCOPE_GATE_RUN_S", 8));
     let db = format!("test_gate_{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("inferscope-gate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -250,7 +337,7 @@ fn gate_on_the_real_engine() {
         TOKEN,
         "gate-node",
         &dir,
-        &["--tag", &tag],
+        &["--tag", &tag, "--tenant-header", ARM_HEADER],
     );
     children.0.push(probe);
     let mut b = Bench {
@@ -258,51 +345,55 @@ fn gate_on_the_real_engine() {
         dir: dir.clone(),
         api: format!("http://127.0.0.1:{http}"),
         tag,
-        run_for: Duration::from_secs(env_or("INFERSCOPE_GATE_RUN_S", 8)),
-        runs: 0,
+        rounds: (run_for.as_millis() / PACE.as_millis()).max(1) as usize,
+        starve_pids,
+        rng: Rng(0x9e37_79b9_7f4a_7c15),
     };
-    b.run("warm-up");
-    let mut reps_runs = Vec::new();
-    for _ in 0..reps {
-        let a = b.run("a");
-        let a2 = b.run("a2");
-        let s = {
-            let _starve = Starve::start(
-                starve_pids.clone(),
-                Duration::from_millis(30),
-                Duration::from_millis(100),
-            );
-            b.run("starved")
-        };
-        reps_runs.push((a, a2, s));
-    }
-    let total = reps_runs
-        .iter()
-        .map(|(a, a2, s)| a.sent + a2.sent + s.sent)
-        .sum::<usize>();
+    let warm = load_for(
+        &b.url,
+        Duration::from_secs(4),
+        PACE,
+        ROUND,
+        8,
+        &dir,
+        "warm-up",
+    )
+    .len();
+    let runs: Vec<Rep> = (0..reps).map(|i| b.rep(i)).collect();
+    let total = warm + runs.iter().flat_map(|r| r.sent).sum::<usize>();
     wait_count(&db, total as u64, Duration::from_secs(120));
-    judge(&b, &reps_runs, &dir);
+    let clean = judge(&b, &runs, run_for, &dir);
     drop(children);
     sql(&format!("DROP DATABASE IF EXISTS {db}"));
-    let _ = std::fs::remove_dir_all(&dir);
+    // A failed A/A's reports and request logs stay for a look (the test still passes).
+    if clean {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("reports and request logs kept in {}", dir.display());
+    }
 }
 
-fn judge(b: &Bench, reps: &[(Run, Run, Run)], dir: &Path) {
+/// Judges every repetition (panics below the bars); whether every A/A passed.
+fn judge(b: &Bench, reps: &[Rep], run_for: Duration, dir: &Path) -> bool {
     let n = reps.len();
     let (mut aa_pass, mut caught) = (0, 0);
     let (mut mde_e2e, mut mde_ttft) = (Vec::new(), Vec::new());
     let mut named = std::collections::BTreeMap::<String, usize>::new();
-    for (i, &(a, a2, s)) in reps.iter().enumerate() {
-        let (code, aa) = b.gate(a, a2);
+    for (i, &rep) in reps.iter().enumerate() {
+        let (code, aa) = b.gate(rep, Arm::A, Arm::A2);
         assert!(code == 0 || code == 1, "A/A {i}: exit {code}: {aa}");
         aa_pass += usize::from(code == 0);
         if code != 0 {
-            eprintln!("A/A {i} failed: {}", aa["summary"]);
+            let c = rep.client_e2e_p50_ms;
+            eprintln!(
+                "A/A {i} failed: {} (client e2e p50 A {:.1} ms, A' {:.1} ms)",
+                aa["summary"], c[0], c[1]
+            );
             std::fs::write(dir.join(format!("aa-{i}.json")), aa.to_string()).ok();
         }
         mde_e2e.extend(detectable(&aa, "e2e", 0.5));
         mde_ttft.extend(detectable(&aa, "ttft", 0.5));
-        let (code, slow) = b.gate(a, s);
+        let (code, slow) = b.gate(rep, Arm::A, Arm::Starved);
         let names = regressed(&slow);
         eprintln!("starved {i}: exit {code}: {}", slow["summary"]);
         std::fs::write(dir.join(format!("starved-{i}.json")), slow.to_string()).ok();
@@ -328,11 +419,11 @@ fn judge(b: &Bench, reps: &[(Run, Run, Run)], dir: &Path) {
     }
     let sizes: Vec<String> = reps
         .iter()
-        .map(|(a, a2, s)| format!("{}/{}/{}", a.sent, a2.sent, s.sent))
+        .map(|r| format!("{}/{}/{}", r.sent[0], r.sent[1], r.sent[2]))
         .collect();
     figure(&format!(
-        "gate on real vLLM ({n} reps of {} s runs, requests per A/A'/starved run {}): A/A passed {aa_pass}/{n}; engine starved 30 % of the time failed {caught}/{n}; metrics named (runs): {named:?}; minimum detectable effect (median over A/A) e2e p50 {:.1} %, ttft p50 {:.1} %",
-        b.run_for.as_secs(),
+        "gate on real vLLM ({n} reps, each {} s of load per arm with the arms interleaved round by round; requests per A/A'/starved arm {}): A/A passed {aa_pass}/{n}; engine starved 30 % of the time failed {caught}/{n}; metrics named (runs): {named:?}; minimum detectable effect (median over A/A) e2e p50 {:.1} %, ttft p50 {:.1} %",
+        run_for.as_secs(),
         sizes.join(" "),
         median(mde_e2e) * 100.0,
         median(mde_ttft) * 100.0,
@@ -342,4 +433,5 @@ fn judge(b: &Bench, reps: &[(Run, Run, Run)], dir: &Path) {
         caught, n,
         "the starved engine failed the gate {caught} of {n} times"
     );
+    aa_pass == n
 }

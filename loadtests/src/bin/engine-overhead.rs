@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         concurrency: a.concurrency,
         max_tokens: a.max_tokens,
         timeout: Duration::from_secs(120),
+        headers: Vec::new(),
     };
     measure(&LoadConfig {
         requests: a.concurrency * 2,

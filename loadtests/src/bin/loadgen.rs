@@ -31,6 +31,23 @@ struct Args {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 60)]
     timeout_s: u64,
+    /// An extra request header, `NAME: VALUE` (repeatable), e.g. a tenant or A/B arm label.
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not NAME: VALUE"))?;
+    let k = k.trim();
+    let valid = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return Err(format!("{k:?} is not a header name"));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         concurrency: a.concurrency,
         max_tokens: a.max_tokens,
         timeout: Duration::from_secs(a.timeout_s),
+        headers: a.headers,
     };
     let r = run(&cfg);
     if let Some(p) = &a.trace_log {
@@ -84,4 +102,24 @@ fn main() -> anyhow::Result<()> {
     );
     anyhow::ensure!(r.ok() == n, "{} requests failed", n - r.ok());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_header;
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("x-arm: a2").unwrap(),
+            ("x-arm".to_string(), "a2".to_string())
+        );
+        assert_eq!(
+            parse_header("x:").unwrap(),
+            ("x".to_string(), String::new())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": v").is_err());
+        assert!(parse_header("bad name: v").is_err());
+    }
 }

@@ -8,7 +8,9 @@
 //!   the API server's ZMQ IO thread is when the request is *handed to the engine*; EngineCore's
 //!   receive of the same bytes is when it *arrives at the scheduler*.
 //! * EngineCore → Worker: a 3-byte doorbell per forward step (step start); Worker → EngineCore:
-//!   one per step (step end). Roles come from the processes' `comm`.
+//!   one per step (step end). Roles come from the processes' `comm`. The doorbells are
+//!   notifications of a PUB socket that holds one pending message and drops the rest, so one
+//!   is missing now and then: a step whose end doorbell never came ends at its output message.
 //! * EngineCore → API server: one message per step carrying the outputs of the requests that
 //!   advanced; their ids appear as msgpack strings. The API server's receive is when the
 //!   frontend *has* the tokens.
@@ -149,6 +151,9 @@ pub struct VllmStats {
     pub collectives_attached: u64,
     /// Collectives with no step to go to.
     pub collectives_unmatched: u64,
+    /// Doorbell steps whose worker doorbell never came (vLLM's notify socket keeps one
+    /// pending notification and drops the rest), ended by the core's output message instead.
+    pub steps_ended_by_outputs: u64,
 }
 
 /// One EngineCore's step timeline.
@@ -160,6 +165,8 @@ struct Instance {
     ids: StepIds,
     /// This core's output sends are visible (steps are attributed there).
     outputs_seen: bool,
+    /// The step the latest output message was attributed to, and when it was sent.
+    last_output: Option<(u64, u64)>,
     /// This core rang a doorbell: its steps come from doorbells, GPU steps attach to them.
     doorbells: bool,
     /// The CUDA API its GPU steps come from. A runtime call can reach the driver's entry
@@ -176,6 +183,7 @@ impl Instance {
             open_step: None,
             ids: StepIds::default(),
             outputs_seen: false,
+            last_output: None,
             doorbells: false,
             gpu_api: None,
         }
@@ -198,6 +206,22 @@ impl Instance {
             .take(8)
             .find(|s| s.end_ns <= ts)
             .map(|s| s.id)
+    }
+
+    /// Whether an output message about to be attributed to `last_ended` (the last step ended
+    /// before it) is in fact the open step's. A step sends one output message, after its end;
+    /// when `last_ended` already had its message and the open step was running when that one
+    /// went out, this second message is the open step's — the step ended without a worker
+    /// doorbell (vLLM's notify socket holds one pending notification and drops the rest, so
+    /// doorbells are lost at random; the step after it would otherwise stretch over the next
+    /// idle gap, seen as a prefill of 400 ms in a 40 ms request).
+    fn outputs_after_missing_end(&self, last_ended: Option<u64>) -> bool {
+        match (self.open_step, self.last_output) {
+            (Some(open), Some((step, sent_ns))) => {
+                last_ended == Some(step) && open.start_ns < sent_ns
+            }
+            _ => false,
+        }
     }
 
     /// Whether a GPU step through `api` belongs to this instance's steps (see `gpu_api`).
@@ -437,7 +461,19 @@ impl VllmFollower {
             return;
         };
         inst.outputs_seen = true;
-        if let Some(step) = inst.last_ended_by(ts) {
+        let mut step = inst.last_ended_by(ts);
+        if inst.outputs_after_missing_end(step) {
+            // The open step has ended: its worker doorbell was dropped.
+            if let Some(mut s) = inst.open_step.take() {
+                s.end_ns = ts;
+                step = Some(s.id);
+                inst.push(s);
+                self.stats.steps += 1;
+                self.stats.steps_ended_by_outputs += 1;
+            }
+        }
+        if let Some(step) = step {
+            inst.last_output = Some((step, ts));
             self.attribute(core, step, payload);
         }
     }
@@ -706,6 +742,7 @@ impl EngineFollower for VllmFollower {
             ("gpu_steps_unmatched", s.gpu_steps_unmatched),
             ("collectives_attached", s.collectives_attached),
             ("collectives_unmatched", s.collectives_unmatched),
+            ("steps_ended_by_outputs", s.steps_ended_by_outputs),
         ]
     }
 }

@@ -151,6 +151,37 @@ fn steps_attributed_at_the_engine_not_the_frontend() {
     assert_eq!(f.step(core, 2).unwrap().batch, 0);
 }
 
+/// vLLM's notify socket drops a worker's doorbell now and then (it holds one pending
+/// notification). The step it would have ended is ended by its output message, so the next
+/// step starts at its own doorbell rather than stretching back over the idle gap before it —
+/// as captured on vLLM 0.32: core rings at 61.83 ms, outputs of the previous step at 61.98, of
+/// this one at 62.81 (no worker doorbell), idle, core rings at 480.44, worker at 483.69.
+#[test]
+fn a_lost_worker_doorbell_does_not_stretch_the_next_step() {
+    let mut f = VllmFollower::new();
+    let (api, core, worker) = (10, 11, 12);
+    deployment(&mut f, api, core, worker);
+    let bell = b"\x00\x01\x00";
+    f.on_unix(&ev(api, EventKind::SockSend, 100, ADD));
+    // step 1: 120..150 (its outputs at 165, after step 2 began)
+    f.on_unix(&ev(core, EventKind::SockSend, 120, bell));
+    f.on_unix(&ev(worker, EventKind::SockSend, 150, bell));
+    // step 2 from 160; its worker doorbell is lost; outputs of step 1, then of step 2
+    f.on_unix(&ev(core, EventKind::SockSend, 160, bell));
+    f.on_unix(&ev(core, EventKind::SockSend, 165, OUT));
+    f.on_unix(&ev(core, EventKind::SockSend, 190, OUT));
+    // idle; step 3 at 10 000..10 030
+    f.on_unix(&ev(core, EventKind::SockSend, 10_000, bell));
+    f.on_unix(&ev(worker, EventKind::SockSend, 10_030, bell));
+    assert_eq!(f.stats.steps_ended_by_outputs, 1);
+    let s2 = f.step(core, 2).unwrap();
+    assert_eq!((s2.start_ns, s2.end_ns, s2.batch), (160, 190, 1));
+    let s3 = f.step(core, 3).unwrap();
+    assert_eq!((s3.start_ns, s3.end_ns), (10_000, 10_030));
+    let (_, steps, _) = f.take_for_response("cmpl-9f0db1b837668a6b").unwrap();
+    assert_eq!(steps.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2]);
+}
+
 /// Two engines on one node, their doorbells interleaved: each request gets only its own
 /// core's steps, and the steps' timings are their core's.
 #[test]
