@@ -4,6 +4,7 @@ pub mod fidelity;
 pub mod harness;
 pub mod openai;
 pub mod probe;
+pub mod stats;
 pub mod wire;
 
 /// Median of a non-empty slice (sorted copy).
@@ -56,6 +57,36 @@ pub fn proc_cpu_ticks_ns(pid: u32) -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Some((utime + stime) * 1_000_000_000 / hz.max(1))
+}
+
+/// The descendants of `root` (children, their children, …) from /proc: an engine's
+/// EngineCore, workers and helpers.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": the comm may hold spaces, so split after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent.push((pid, ppid));
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out.into_iter().skip(1).collect()
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use inferscope_loadtests::descendants;
 use inferscope_loadtests::fidelity::figure;
 use inferscope_loadtests::harness::{
     bin, engine_root_clickhouse, free_port, load_for, load_with, sql, start_aggregator,
@@ -101,35 +102,6 @@ struct Rep {
 
 fn secs(ns: u64) -> String {
     format!("{:.3}", ns as f64 / 1e9)
-}
-
-/// The engine's descendants (EngineCore and anything it started): the processes to starve.
-fn descendants(root: u32) -> Vec<i32> {
-    let mut parent = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid …": the comm may hold spaces, so split after its ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(ppid) = ppid {
-            parent.push((pid, ppid));
-        }
-    }
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        out.extend(parent.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    out.into_iter().skip(1).map(|p| p as i32).collect()
 }
 
 /// Stops `pids` for `stop` once in every period until dropped, the periods drawn uniformly
@@ -317,7 +289,7 @@ fn gate_on_the_real_engine() {
     let Some((url, pid)) = engine_root_clickhouse("gate_on_the_real_engine") else {
         return;
     };
-    let starve_pids = descendants(pid);
+    let starve_pids: Vec<i32> = descendants(pid).into_iter().map(|p| p as i32).collect();
     assert!(
         !starve_pids.is_empty(),
         "the engine {pid} has no EngineCore child"

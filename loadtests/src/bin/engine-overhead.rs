@@ -2,16 +2,24 @@
 //!
 //! Rounds alternate the order of two conditions — the same bounded load without and with
 //! node-probe attached (`--requests`, full request tracking) — so drift on a noisy machine hits
-//! both alike. Reports per condition the medians over rounds of completion tokens/s and p99
-//! streamed TTFT, their ratios, and node-probe's CPU per request.
+//! both alike. Per round and condition: completion tokens/s, p99 streamed TTFT and the engine's
+//! CPU per request (every thread of the API server and its descendants, from schedstat); with
+//! the probe also node-probe's CPU and the run time of its BPF programs (kernel BPF statistics,
+//! switched on for the run). The cost of tracing is reported as a fraction of the engine's CPU
+//! per request, with 95 % bootstrap intervals over rounds, next to the ratios of throughput and
+//! tail latency and of the engine's own CPU (which also carries what the hooks cost inside the
+//! engine's threads beyond the programs' run time).
 //!
 //!     sudo target/release/engine-overhead --url http://127.0.0.1:8765 --pid $(cat …/server-8765.pid)
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use clap::Parser;
 use inferscope_loadtests::openai::{run, LoadConfig, LoadResult};
 use inferscope_loadtests::probe::start_probe;
-use inferscope_loadtests::{median, proc_cpu_ns};
+use inferscope_loadtests::stats::mean_ci95;
+use inferscope_loadtests::{descendants, median, proc_cpu_ns};
 
 #[derive(Parser)]
 struct Args {
@@ -25,7 +33,7 @@ struct Args {
     #[arg(long, default_value = "target/release/node-probe")]
     probe: String,
     /// Rounds (each runs both conditions).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 10)]
     rounds: u32,
     /// Requests per measurement.
     #[arg(long, default_value_t = 96)]
@@ -38,6 +46,86 @@ struct Args {
     max_tokens: u32,
 }
 
+/// One measurement of one condition.
+#[derive(Debug, Default, Clone, Copy)]
+struct Side {
+    tokens_per_s: f64,
+    p99_ttft_ms: f64,
+    /// The engine's CPU (all its processes' threads) per request, ms.
+    engine_ms: f64,
+    /// node-probe's CPU per request, ms (with the probe).
+    probe_ms: f64,
+    /// Run time of node-probe's BPF programs per request, ms (with the probe and statistics).
+    bpf_ms: Option<f64>,
+}
+
+/// Kernel BPF run-time statistics, on while this lives.
+struct BpfStats {
+    fd: Option<OwnedFd>,
+}
+
+impl BpfStats {
+    fn enable() -> Self {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| {
+                eprintln!("BPF statistics unavailable ({e}): kernel program time not measured")
+            })
+            .ok();
+        Self { fd }
+    }
+
+    fn on(&self) -> bool {
+        self.fd.is_some()
+    }
+}
+
+/// Ids of the BPF programs loaded now.
+fn program_ids() -> BTreeSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Run time (ns) and run count of each program not in `before` (node-probe's, when it is the
+/// only loader meanwhile), by name.
+fn run_times(before: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::<String, (u64, u64)>::new();
+    for p in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if before.contains(&p.id()) {
+            continue;
+        }
+        let e = out
+            .entry(p.name_as_str().unwrap_or("?").to_string())
+            .or_default();
+        e.0 += p.run_time().as_nanos() as u64;
+        e.1 += p.run_count();
+    }
+    out
+}
+
+/// `after − before` per program, added into `into`.
+fn add_delta(
+    into: &mut BTreeMap<String, (u64, u64)>,
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+) {
+    for (name, &(t, c)) in after {
+        let (t0, c0) = before.get(name).copied().unwrap_or_default();
+        let e = into.entry(name.clone()).or_default();
+        e.0 += t.saturating_sub(t0);
+        e.1 += c.saturating_sub(c0);
+    }
+}
+
+/// CPU time (ns) of the engine: its API server and every descendant.
+fn engine_cpu_ns(root: u32) -> u64 {
+    std::iter::once(root)
+        .chain(descendants(root))
+        .filter_map(proc_cpu_ns)
+        .sum()
+}
+
 fn measure(cfg: &LoadConfig) -> anyhow::Result<LoadResult> {
     let r = run(cfg);
     anyhow::ensure!(
@@ -46,6 +134,140 @@ fn measure(cfg: &LoadConfig) -> anyhow::Result<LoadResult> {
         r.outcomes.len() - r.ok()
     );
     Ok(r)
+}
+
+/// The load without the probe.
+fn without(cfg: &LoadConfig, engine: u32) -> anyhow::Result<Side> {
+    let e0 = engine_cpu_ns(engine);
+    let m = measure(cfg)?;
+    let e1 = engine_cpu_ns(engine);
+    let n = m.outcomes.len() as f64;
+    Ok(Side {
+        tokens_per_s: m.tokens_per_s(cfg.max_tokens),
+        p99_ttft_ms: m.ttft_ms(0.99),
+        engine_ms: e1.saturating_sub(e0) as f64 / 1e6 / n,
+        ..Side::default()
+    })
+}
+
+/// The load with node-probe attached (started before, stopped after, not measured).
+fn with(
+    cfg: &LoadConfig,
+    a: &Args,
+    stats: &BpfStats,
+    programs: &mut BTreeMap<String, (u64, u64)>,
+) -> anyhow::Result<Side> {
+    let before = program_ids();
+    let p = start_probe(
+        &a.probe,
+        &["--pid".into(), a.pid.to_string(), "--requests".into()],
+    )?;
+    let (c0, e0, b0) = (
+        proc_cpu_ns(p.id()).unwrap_or(0),
+        engine_cpu_ns(a.pid),
+        run_times(&before),
+    );
+    let m = measure(cfg)?;
+    let e1 = engine_cpu_ns(a.pid);
+    // The probe's share of the last requests: it reads them a poll interval later.
+    std::thread::sleep(Duration::from_millis(200));
+    let (c1, b1) = (proc_cpu_ns(p.id()).unwrap_or(0), run_times(&before));
+    let mut delta = BTreeMap::new();
+    add_delta(&mut delta, &b0, &b1);
+    let bpf_ns: u64 = delta.values().map(|v| v.0).sum();
+    add_delta(programs, &BTreeMap::new(), &delta);
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+    let mut p = p;
+    let _ = p.wait();
+    let n = m.outcomes.len() as f64;
+    Ok(Side {
+        tokens_per_s: m.tokens_per_s(cfg.max_tokens),
+        p99_ttft_ms: m.ttft_ms(0.99),
+        engine_ms: e1.saturating_sub(e0) as f64 / 1e6 / n,
+        probe_ms: c1.saturating_sub(c0) as f64 / 1e6 / n,
+        bpf_ms: stats.on().then(|| bpf_ns as f64 / 1e6 / n),
+    })
+}
+
+/// "mean [lo, hi]" of `v` scaled by `k`, with `digits` decimals.
+fn ci(v: &[f64], k: f64, digits: usize) -> String {
+    match mean_ci95(v) {
+        Some((m, lo, hi)) => format!("{:.d$} [{:.d$}, {:.d$}]", m * k, lo * k, hi * k, d = digits),
+        None => format!("{:.d$}", median(v) * k, d = digits),
+    }
+}
+
+/// The programs' run time per request and per run, costliest first.
+fn report_programs(programs: &BTreeMap<String, (u64, u64)>, requests: f64) {
+    let mut v: Vec<_> = programs.iter().filter(|(_, p)| p.1 > 0).collect();
+    v.sort_by_key(|(_, p)| std::cmp::Reverse(p.0));
+    for (name, (t, c)) in v.into_iter().take(10) {
+        println!(
+            "    {name:<28} {:8.1} µs/request  {:7.1} runs/request  {:6.0} ns/run",
+            *t as f64 / 1e3 / requests,
+            *c as f64 / requests,
+            *t as f64 / *c as f64
+        );
+    }
+}
+
+fn report(a: &Args, rounds: &[(Side, Side)]) {
+    let col = |f: fn(&(Side, Side)) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let m = |f: fn(&(Side, Side)) -> f64| median(&col(f));
+    println!(
+        "engine-overhead: {} rounds x {} requests at concurrency {} ({} tokens each); medians over rounds, ratios and costs as mean [95 % bootstrap interval] over rounds",
+        a.rounds, a.requests, a.concurrency, a.max_tokens
+    );
+    println!(
+        "  tokens/s                 without {:8.0}  with {:8.0}  ratio {}",
+        m(|r| r.0.tokens_per_s),
+        m(|r| r.1.tokens_per_s),
+        ci(&col(|r| r.1.tokens_per_s / r.0.tokens_per_s), 1.0, 3)
+    );
+    println!(
+        "  p99 TTFT ms              without {:8.1}  with {:8.1}  ratio {}",
+        m(|r| r.0.p99_ttft_ms),
+        m(|r| r.1.p99_ttft_ms),
+        ci(&col(|r| r.1.p99_ttft_ms / r.0.p99_ttft_ms), 1.0, 3)
+    );
+    println!(
+        "  engine CPU ms/request    without {:8.3}  with {:8.3}  ratio {}",
+        m(|r| r.0.engine_ms),
+        m(|r| r.1.engine_ms),
+        ci(&col(|r| r.1.engine_ms / r.0.engine_ms), 1.0, 3)
+    );
+    println!(
+        "  node-probe CPU/request   {:.3} ms = {} % of the engine's",
+        m(|r| r.1.probe_ms),
+        ci(&col(|r| r.1.probe_ms / r.0.engine_ms), 100.0, 2)
+    );
+    if rounds.iter().all(|r| r.1.bpf_ms.is_some()) {
+        let bpf = |r: &(Side, Side)| r.1.bpf_ms.unwrap_or(0.0);
+        println!(
+            "  BPF programs/request     {:.3} ms = {} % of the engine's",
+            median(&rounds.iter().map(bpf).collect::<Vec<_>>()),
+            ci(
+                &rounds
+                    .iter()
+                    .map(|r| bpf(r) / r.0.engine_ms)
+                    .collect::<Vec<_>>(),
+                100.0,
+                2
+            )
+        );
+        println!(
+            "  probe cost (node-probe + BPF programs) = {} % of the engine's CPU per request",
+            ci(
+                &rounds
+                    .iter()
+                    .map(|r| (r.1.probe_ms + bpf(r)) / r.0.engine_ms)
+                    .collect::<Vec<_>>(),
+                100.0,
+                2
+            )
+        );
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,70 +281,38 @@ fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(120),
         headers: Vec::new(),
     };
+    let stats = BpfStats::enable();
+    let mut programs = BTreeMap::new();
     measure(&LoadConfig {
         requests: a.concurrency * 2,
         ..cfg.clone()
     })?; // warm-up
-    let (mut tok_off, mut tok_on, mut p99_off, mut p99_on, mut cpu_per_req) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let mut rounds = Vec::new();
     for r in 0..a.rounds {
-        let mut run_off = || -> anyhow::Result<()> {
-            let m = measure(&cfg)?;
-            tok_off.push(m.tokens_per_s(cfg.max_tokens));
-            p99_off.push(m.ttft_ms(0.99));
-            Ok(())
+        let (off, on) = if r % 2 == 0 {
+            let off = without(&cfg, a.pid)?;
+            (off, with(&cfg, &a, &stats, &mut programs)?)
+        } else {
+            let on = with(&cfg, &a, &stats, &mut programs)?;
+            (without(&cfg, a.pid)?, on)
         };
-        if r % 2 == 0 {
-            run_off()?;
-        }
-        let p = start_probe(
-            &a.probe,
-            &["--pid".into(), a.pid.to_string(), "--requests".into()],
-        )?;
-        let c0 = proc_cpu_ns(p.id()).unwrap_or(0);
-        let m = measure(&cfg)?;
-        std::thread::sleep(Duration::from_millis(200));
-        let c1 = proc_cpu_ns(p.id()).unwrap_or(0);
-        // SAFETY: signal to our own child.
-        unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
-        let mut p = p;
-        let _ = p.wait();
-        tok_on.push(m.tokens_per_s(cfg.max_tokens));
-        p99_on.push(m.ttft_ms(0.99));
-        cpu_per_req.push(c1.saturating_sub(c0) as f64 / 1e6 / m.outcomes.len() as f64);
-        if r % 2 == 1 {
-            run_off()?;
-        }
         eprintln!(
-            "round {r}: tokens/s off {:.0} on {:.0}; p99 TTFT ms off {:.1} on {:.1}; probe CPU {:.3} ms/request",
-            tok_off.last().unwrap_or(&f64::NAN),
-            tok_on.last().unwrap_or(&f64::NAN),
-            p99_off.last().unwrap_or(&f64::NAN),
-            p99_on.last().unwrap_or(&f64::NAN),
-            cpu_per_req.last().unwrap_or(&f64::NAN)
+            "round {r}: tokens/s off {:.0} on {:.0}; p99 TTFT ms off {:.1} on {:.1}; engine CPU ms/request off {:.3} on {:.3}; probe {:.3} ms/request, BPF {:.3}",
+            off.tokens_per_s,
+            on.tokens_per_s,
+            off.p99_ttft_ms,
+            on.p99_ttft_ms,
+            off.engine_ms,
+            on.engine_ms,
+            on.probe_ms,
+            on.bpf_ms.unwrap_or(f64::NAN)
         );
+        rounds.push((off, on));
     }
-    let (t0, t1, q0, q1) = (
-        median(&tok_off),
-        median(&tok_on),
-        median(&p99_off),
-        median(&p99_on),
-    );
-    println!(
-        "engine-overhead: {} rounds x {} requests at concurrency {} ({} tokens each), medians over rounds",
-        a.rounds, a.requests, a.concurrency, a.max_tokens
-    );
-    println!(
-        "  tokens/s      without probe {t0:8.0}   with probe {t1:8.0}   ratio {:.3}",
-        t1 / t0
-    );
-    println!(
-        "  p99 TTFT ms   without probe {q0:8.1}   with probe {q1:8.1}   ratio {:.3}",
-        q1 / q0
-    );
-    println!(
-        "  node-probe CPU per request {:.3} ms (median)",
-        median(&cpu_per_req)
-    );
+    report(&a, &rounds);
+    if stats.on() {
+        println!("  BPF programs (all rounds):");
+        report_programs(&programs, (a.rounds as u64 * a.requests) as f64);
+    }
     Ok(())
 }
