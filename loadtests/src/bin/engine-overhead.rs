@@ -212,31 +212,31 @@ fn report_programs(programs: &BTreeMap<String, (u64, u64)>, requests: f64) {
     }
 }
 
+/// Median over rounds of `f`.
+fn m_of(rounds: &[(Side, Side)], f: impl Fn(&(Side, Side)) -> f64) -> f64 {
+    median(&rounds.iter().map(f).collect::<Vec<f64>>())
+}
+
 fn report(a: &Args, rounds: &[(Side, Side)]) {
     let col = |f: fn(&(Side, Side)) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
-    let m = |f: fn(&(Side, Side)) -> f64| median(&col(f));
+    let m = |f: fn(&(Side, Side)) -> f64| m_of(rounds, f);
     println!(
         "engine-overhead: {} rounds x {} requests at concurrency {} ({} tokens each); medians over rounds, ratios and costs as mean [95 % bootstrap interval] over rounds",
         a.rounds, a.requests, a.concurrency, a.max_tokens
     );
-    println!(
-        "  tokens/s                 without {:8.0}  with {:8.0}  ratio {}",
-        m(|r| r.0.tokens_per_s),
-        m(|r| r.1.tokens_per_s),
-        ci(&col(|r| r.1.tokens_per_s / r.0.tokens_per_s), 1.0, 3)
-    );
-    println!(
-        "  p99 TTFT ms              without {:8.1}  with {:8.1}  ratio {}",
-        m(|r| r.0.p99_ttft_ms),
-        m(|r| r.1.p99_ttft_ms),
-        ci(&col(|r| r.1.p99_ttft_ms / r.0.p99_ttft_ms), 1.0, 3)
-    );
-    println!(
-        "  engine CPU ms/request    without {:8.3}  with {:8.3}  ratio {}",
-        m(|r| r.0.engine_ms),
-        m(|r| r.1.engine_ms),
-        ci(&col(|r| r.1.engine_ms / r.0.engine_ms), 1.0, 3)
-    );
+    // A figure measured in both conditions: medians, and the per-round ratio with its interval.
+    let both = |label: &str, digits: usize, f: fn(&Side) -> f64| {
+        let (off, on) = (m_of(rounds, |r| f(&r.0)), m_of(rounds, |r| f(&r.1)));
+        let ratios: Vec<f64> = rounds.iter().map(|r| f(&r.1) / f(&r.0)).collect();
+        println!(
+            "  {label:<24} without {off:8.d$}  with {on:8.d$}  ratio {}",
+            ci(&ratios, 1.0, 3),
+            d = digits
+        );
+    };
+    both("tokens/s", 0, |s| s.tokens_per_s);
+    both("p99 TTFT ms", 1, |s| s.p99_ttft_ms);
+    both("engine CPU ms/request", 3, |s| s.engine_ms);
     println!(
         "  node-probe CPU/request   {:.3} ms = {} % of the engine's",
         m(|r| r.1.probe_ms),

@@ -28,16 +28,17 @@
 //! message, in its first step; one in each later step) weigh its share of the step's GPU time.
 use std::collections::{HashMap, VecDeque};
 
-use super::{EngineFollower, EngineTrace, InstanceId, ProcView, Step, StepIds};
+use super::{EngineFollower, EngineTrace, InstanceId, ProcView, Step};
 use crate::event::SockRecord;
 use crate::gpu::nccl::CollectiveSync;
 use crate::gpu::steps::GpuStep;
-use crate::gpu::Api;
 
 mod gpu;
+mod instance;
 mod wire;
 use crate::http::Exchange;
 use inferscope_common::EventKind;
+use instance::Instance;
 use wire::for_each_str;
 pub use wire::{parse_adds, parse_request_message, parse_request_messages, response_ids_of};
 
@@ -154,107 +155,6 @@ pub struct VllmStats {
     /// Doorbell steps whose worker doorbell never came (vLLM's notify socket keeps one
     /// pending notification and drops the rest), ended by the core's output message instead.
     pub steps_ended_by_outputs: u64,
-}
-
-/// One EngineCore's step timeline.
-#[derive(Debug)]
-struct Instance {
-    id: InstanceId,
-    steps: VecDeque<Step>,
-    open_step: Option<Step>,
-    ids: StepIds,
-    /// This core's output sends are visible (steps are attributed there).
-    outputs_seen: bool,
-    /// The step the latest output message was attributed to, and when it was sent.
-    last_output: Option<(u64, u64)>,
-    /// This core rang a doorbell: its steps come from doorbells, GPU steps attach to them.
-    doorbells: bool,
-    /// The CUDA API its GPU steps come from. A runtime call can reach the driver's entry
-    /// points too, so one process can yield a step through each: the runtime's are kept
-    /// (PyTorch's event record and synchronize, which end steps, go through it).
-    gpu_api: Option<Api>,
-}
-
-impl Instance {
-    fn new(id: InstanceId) -> Self {
-        Self {
-            id,
-            steps: VecDeque::new(),
-            open_step: None,
-            ids: StepIds::default(),
-            outputs_seen: false,
-            last_output: None,
-            doorbells: false,
-            gpu_api: None,
-        }
-    }
-
-    fn step(&self, id: u64) -> Option<Step> {
-        let first = self.steps.front()?.id;
-        let s = *self
-            .steps
-            .get(usize::try_from(id.checked_sub(first)?).ok()?)?;
-        (s.id == id).then_some(s)
-    }
-
-    /// The last step that ended at or before `ts` (GPU steps can be known before an output
-    /// sent earlier than their end is read: look past them).
-    fn last_ended_by(&self, ts: u64) -> Option<u64> {
-        self.steps
-            .iter()
-            .rev()
-            .take(8)
-            .find(|s| s.end_ns <= ts)
-            .map(|s| s.id)
-    }
-
-    /// Whether an output message about to be attributed to `last_ended` (the last step ended
-    /// before it) is in fact the open step's. A step sends one output message, after its end;
-    /// when `last_ended` already had its message and the open step was running when that one
-    /// went out, this second message is the open step's — the step ended without a worker
-    /// doorbell (vLLM's notify socket holds one pending notification and drops the rest, so
-    /// doorbells are lost at random; the step after it would otherwise stretch over the next
-    /// idle gap, seen as a prefill of 400 ms in a 40 ms request).
-    fn outputs_after_missing_end(&self, last_ended: Option<u64>) -> bool {
-        match (self.open_step, self.last_output) {
-            (Some(open), Some((step, sent_ns))) => {
-                last_ended == Some(step) && open.start_ns < sent_ns
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether a GPU step through `api` belongs to this instance's steps (see `gpu_api`).
-    fn accepts(&mut self, api: Api) -> bool {
-        match self.gpu_api {
-            Some(a) if a == api => true,
-            Some(Api::Runtime) => false,
-            _ => {
-                self.gpu_api = Some(api);
-                true
-            }
-        }
-    }
-
-    /// The doorbell step that contains a GPU step starting at `start_ns`: the latest one (open
-    /// or among the last few) that started at or before it.
-    fn containing(&mut self, start_ns: u64) -> Option<&mut Step> {
-        if self.open_step.is_some_and(|s| s.start_ns <= start_ns) {
-            return self.open_step.as_mut();
-        }
-        self.steps
-            .iter_mut()
-            .rev()
-            .take(8)
-            .find(|s| s.start_ns <= start_ns)
-    }
-
-    fn push(&mut self, s: Step) {
-        if self.steps.len() >= MAX_STEPS {
-            self.steps.pop_front();
-        }
-        self.steps.push_back(s);
-    }
 }
 
 /// A claimed process: its role and, for engine processes, the EngineCore it belongs to.

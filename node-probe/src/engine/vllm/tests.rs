@@ -2,6 +2,7 @@
 //! instances on one node, roles, bounds.
 use super::*;
 use crate::event::SocketId;
+use crate::gpu::Api;
 use inferscope_common::{SockInfo, SyscallId};
 
 /// The ADD message vLLM 0.32 sent for one request (start of it, as captured on the wire).
