@@ -433,6 +433,11 @@ impl Probe {
         self.targets.get(&tgid, 0).is_ok()
     }
 
+    /// Why `tgid` is a target (a [`TargetReason`] value), `None` when it is not one.
+    pub fn target_reason(&self, tgid: u32) -> Option<u32> {
+        self.targets.get(&tgid, 0).ok().map(|v| v.reason)
+    }
+
     /// The in-kernel target set.
     pub fn targets(&self) -> BTreeMap<u32, u32> {
         self.targets

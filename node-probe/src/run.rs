@@ -432,17 +432,32 @@ fn on_proc_event(
 ) -> bool {
     match kind {
         EventKind::ProcExec => {
-            if probe.is_target(tgid) {
+            let reason = probe.target_reason(tgid);
+            // A target by pid or descent stays one through exec; one chosen by its command line
+            // is chosen again by its new one (and its new user: `setpriv`/`su` then exec).
+            if reason.is_some_and(|r| r != TargetReason::Pattern as u32) {
                 return true;
             }
             if !sel.has_patterns() || tgid == sel.exclude {
                 return false;
             }
             let Some(p) = read_proc(proc_root, tgid) else {
-                return false;
+                return reason.is_some();
             };
             if !sel.matches(&p) {
+                if reason.is_some() {
+                    info!(
+                        pid = tgid,
+                        program = crate::targets::program_of(&p.cmdline),
+                        uid = p.uid,
+                        "target dropped: its new program or user no longer matches"
+                    );
+                    probe.remove_target(tgid);
+                }
                 return false;
+            }
+            if reason.is_some() {
+                return true;
             }
             // The program only: arguments can hold secrets.
             info!(
@@ -550,6 +565,8 @@ fn sync_targets(probe: &mut Probe, sel: &Selector, proc_root: &Path) {
         }
     }
     // Gone, or exited and not yet reaped (a zombie's pid is about to be free for reuse).
+    // A live pattern target stays one between execs even if it rewrites its own command line
+    // (setproctitle): it is chosen again only when it execs.
     let live: std::collections::HashSet<u32> = procs.iter().map(|p| p.pid).collect();
     for &pid in have.keys() {
         if !live.contains(&pid) {

@@ -32,6 +32,19 @@ fn talker(uid: Option<u32>) -> Child {
         .expect("spawn talker")
 }
 
+/// Root's shell that matches the pattern, waits until node-probe has surely made it a target,
+/// then becomes nobody's talker through `setpriv` (exec without a fork: the same pid).
+fn talker_after_root_shell() -> Child {
+    let code = "import socket,sys,time\na,b=socket.socketpair()\nfor _ in range(1000):\n    a.send(b'x'); b.recv(1); time.sleep(0.02)\n";
+    let script = format!(
+        "sleep 0.5; exec setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"{code}\" {MARKER}"
+    );
+    Command::new("sh")
+        .args(["-c", &script, MARKER])
+        .spawn()
+        .expect("spawn shell talker")
+}
+
 fn pids_seen(probe: &JsonChild) -> std::collections::HashSet<u64> {
     probe
         .seen
@@ -62,6 +75,8 @@ fn other_users_processes_are_not_targeted_by_default() {
     // One of each started after node-probe: the exec path.
     kids.0.push(talker(None));
     kids.0.push(talker(Some(65534)));
+    // A pattern target that execs as another user is chosen again, and dropped.
+    kids.0.push(talker_after_root_shell());
     probe.drain_for(Duration::from_secs(3));
     let seen = pids_seen(&probe);
     let ids: Vec<u64> = kids.0.iter().map(|c| u64::from(c.id())).collect();
@@ -75,13 +90,16 @@ fn other_users_processes_are_not_targeted_by_default() {
     let owner = |pid: u64| {
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}")).unwrap())
     };
-    assert_eq!((owner(ids[1]), owner(ids[3])), (65534, 65534));
+    assert_eq!(
+        (owner(ids[1]), owner(ids[3]), owner(ids[4])),
+        (65534, 65534, 65534)
+    );
     assert!(
         seen.contains(&ids[0]) && seen.contains(&ids[2]),
         "root's talkers traced: {seen:?} {ids:?}"
     );
     assert!(
-        !seen.contains(&ids[1]) && !seen.contains(&ids[3]),
+        !seen.contains(&ids[1]) && !seen.contains(&ids[3]) && !seen.contains(&ids[4]),
         "nobody's talkers not traced: {seen:?} {ids:?}"
     );
     drop(probe);
