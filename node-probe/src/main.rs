@@ -116,9 +116,11 @@ struct Cli {
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
     /// Ship finished requests to this aggregator (gRPC), e.g. http://127.0.0.1:7070 (https://
-    /// needs --export-tls-ca).
-    #[arg(long, value_name = "URL")]
-    export: Option<String>,
+    /// needs --export-tls-ca). Several (repeated, or comma-separated): replicas behind one
+    /// ClickHouse, used one at a time, the next after a failure; a batch acknowledged by any of
+    /// them is done. A name resolving to several addresses is tried address by address.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    export: Vec<String>,
     /// This node's name in exported data (default: the host name).
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
@@ -266,9 +268,10 @@ fn real_main() -> anyhow::Result<()> {
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
-    let export = match &cli.export {
-        Some(url) => Some(export_config(&cli, url)?),
-        None => None,
+    let export = if cli.export.is_empty() {
+        None
+    } else {
+        Some(export_config(&cli, &cli.export)?)
     };
     let otlp = otlp_config(&cli)?;
     let cfg = RunConfig {
@@ -330,7 +333,7 @@ fn real_main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
+fn export_config(cli: &Cli, urls: &[String]) -> anyhow::Result<ExportConfig> {
     if !(cli.export_drain_s.is_finite() && cli.export_drain_s >= 0.0) {
         anyhow::bail!("--export-drain-s must be zero or positive");
     }
@@ -347,7 +350,8 @@ fn export_config(cli: &Cli, url: &str) -> anyhow::Result<ExportConfig> {
             d
         }
     };
-    let mut cfg = ExportConfig::new(url, cli.node_name.clone().unwrap_or_else(hostname));
+    let mut cfg = ExportConfig::new(&urls[0], cli.node_name.clone().unwrap_or_else(hostname));
+    cfg.urls = urls.to_vec();
     cfg.token = match &cli.token_file {
         Some(f) => {
             let s = std::fs::read_to_string(f)

@@ -134,7 +134,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         Some(e) => {
             let h = Exporter::start(e.clone()).context("cannot start the exporter")?;
             info!(
-                url = %e.url,
+                urls = %e.urls.join(","),
                 node = %e.node_name,
                 boot_id = %h.boot_id(),
                 spool = ?e.spool_dir,

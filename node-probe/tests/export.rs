@@ -576,6 +576,67 @@ fn server_restart_mid_stream() {
     assert_eq!(s.batches_dropped, 0, "{s}");
 }
 
+/// (b'') Two aggregator replicas: when the one in use dies, the next batches go to the other at
+/// once (no backoff while another replica is untried); when that one dies too and the first is
+/// back, they go there. Every record is stored, none lost.
+#[test]
+fn fails_over_between_replicas() {
+    init_logs();
+    let fakes = [Fake::new(stored()), Fake::new(stored())];
+    let mut servers: Vec<Option<Server>> = fakes
+        .iter()
+        .map(|f| Some(Server::start(f, "127.0.0.1:0".parse().expect("addr"))))
+        .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().flatten().map(|s| s.addr).collect();
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(&format!("http://{}", addrs[0]));
+    c.urls.push(format!("http://{}", addrs[1]));
+    c.spool_dir = Some(spool.path().to_owned());
+    let h = Exporter::start(c).expect("start");
+    let stats = h.stats();
+    send_all(&h, 0..30);
+    wait_until("first delivery", Duration::from_secs(10), || {
+        stats.snapshot().records_delivered == 30
+    });
+    let first = usize::from(fakes[0].stored_trace_ids().is_empty());
+    let other = 1 - first;
+    assert!(
+        fakes[other].stored_trace_ids().is_empty(),
+        "one replica at a time"
+    );
+    servers[first] = None;
+    let t = Instant::now();
+    send_all(&h, 30..60);
+    wait_until(
+        "delivery through the other replica",
+        Duration::from_secs(10),
+        || stats.snapshot().records_delivered == 60,
+    );
+    let failover = t.elapsed();
+    // Batches in flight when the first died are resent to the other: a lost ack may store one
+    // twice across replicas (the aggregators recognise it through ClickHouse), never lose one.
+    let mut all: Vec<String> = fakes.iter().flat_map(|f| f.stored_trace_ids()).collect();
+    all.dedup();
+    assert_eq!(sorted(all).into_iter().collect::<HashSet<_>>().len(), 60);
+    assert!(fakes[other].stored_trace_ids().len() >= 30);
+    // And back: the other dies, the first returns on its address.
+    servers[other] = None;
+    servers[first] = Some(Server::start(&fakes[first], addrs[first]));
+    send_all(&h, 60..70);
+    wait_until(
+        "delivery after the first came back",
+        Duration::from_secs(15),
+        || stats.snapshot().records_delivered == 70,
+    );
+    let s = h.shutdown(Duration::from_secs(5));
+    let ids: HashSet<String> = fakes.iter().flat_map(|f| f.stored_trace_ids()).collect();
+    assert_eq!(ids, expect_ids(0..70).into_iter().collect::<HashSet<_>>());
+    assert!(s.failovers >= 2, "{s}");
+    assert_eq!(s.batches_dropped, 0, "{s}");
+    assert_eq!(spool_files(spool.path()), 0);
+    eprintln!("failover: 30 records delivered through the other replica {failover:?} after the first died");
+}
+
 /// (c) RETRY twice, then STORED: each batch is resent and stored once.
 #[test]
 fn retry_then_stored() {
@@ -831,6 +892,23 @@ fn cli_rejects_bad_export_settings() {
     let (code, err) = run(&["--export", "ftp://x:1", "--spool-dir", &spool]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("bad export URL"), "{err}");
+    // Every replica's URL is checked, comma-separated or repeated.
+    let (code, err) = run(&["--export", "http://x:1,ftp://y:2", "--spool-dir", &spool]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("bad export URL") && err.contains("ftp://y:2"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--export",
+        "http://127.0.0.1:1",
+        "--export",
+        "http://10.0.0.9:7070",
+        "--token",
+        "t",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("10.0.0.9"), "{err}");
     let (code, err) = run(&["--export", "https://x:1", "--spool-dir", &spool]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("--export-tls-ca"), "{err}");
@@ -1102,7 +1180,7 @@ fn written_ahead_batches_survive_a_kill() {
 
         let fake = Fake::new(stored());
         let server = Server::start(&fake, "127.0.0.1:0".parse().expect("addr"));
-        c.url = server.url();
+        c.urls = vec![server.url()];
         c.spool_dir = Some(left.path().to_owned());
         let h = Exporter::start(c).expect("restart");
         let stats = h.stats();

@@ -79,10 +79,12 @@ pub struct Stream {
     pub acks: Streaming<Ack>,
 }
 
-/// Everything needed to open streams to one aggregator.
+/// Everything needed to open streams to the aggregators: one endpoint at a time, the next one
+/// after a failure ([`Connector::fail_over`]).
 #[derive(Debug, Clone)]
 pub struct Connector {
-    endpoint: Endpoint,
+    endpoints: Vec<Endpoint>,
+    current: usize,
     auth: Option<MetadataValue<Ascii>>,
     compression: Compression,
     queue: usize,
@@ -90,71 +92,30 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Validates the URL, TLS and token settings of `cfg`.
+    /// Validates the URLs, TLS and token settings of `cfg`. The first endpoint tried is picked
+    /// by the node name, so that the nodes of a fleet spread over the replicas.
     pub fn new(cfg: &ExportConfig) -> Result<Self, ExportError> {
-        let url = cfg.url.trim();
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ExportError::Url {
-            url: url.to_owned(),
-            reason: error_chain(&e),
-        })?;
-        let https = match endpoint.uri().scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => {
-                return Err(ExportError::Url {
-                    url: url.to_owned(),
-                    reason: "want http://HOST:PORT or https://HOST:PORT".into(),
-                })
-            }
-        };
-        let mut endpoint = endpoint
-            .connect_timeout(cfg.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        match (https, &cfg.tls_ca) {
-            (true, Some(ca)) => {
-                let pem = std::fs::read(ca).map_err(|source| ExportError::TlsCa {
-                    path: ca.clone(),
-                    source,
-                })?;
-                if !pem
-                    .windows(b"-----BEGIN CERTIFICATE-----".len())
-                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-                {
-                    return Err(ExportError::Tls(format!(
-                        "{} holds no PEM certificate",
-                        ca.display()
-                    )));
-                }
-                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| ExportError::Tls(error_chain(&e)))?;
-            }
-            (true, None) => {
-                return Err(ExportError::Tls(
-                    "an https:// export URL needs --export-tls-ca (the PEM CA that signed the \
-                     aggregator's certificate)"
-                        .into(),
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(ExportError::Tls(
-                    "--export-tls-ca needs an https:// export URL".into(),
-                ))
-            }
-            (false, None) => {}
+        if cfg.urls.is_empty() {
+            return Err(ExportError::Url {
+                url: String::new(),
+                reason: "no aggregator URL".into(),
+            });
         }
+        let endpoints = cfg
+            .urls
+            .iter()
+            .map(|u| endpoint(cfg, u))
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = match &cfg.token {
             Some(t) if !t.is_empty() => Some(
                 MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ExportError::Token)?,
             ),
             _ => None,
         };
+        let current = (fnv1a(cfg.node_name.as_bytes()) % endpoints.len() as u64) as usize;
         Ok(Self {
-            endpoint,
+            endpoints,
+            current,
             auth,
             compression: cfg.compression,
             queue: cfg.window.max(1),
@@ -162,9 +123,20 @@ impl Connector {
         })
     }
 
-    /// The aggregator's URL.
+    /// The URL of the aggregator in use.
     pub fn uri(&self) -> String {
-        self.endpoint.uri().to_string()
+        self.endpoints[self.current].uri().to_string()
+    }
+
+    /// How many aggregator endpoints there are.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Moves on to the next endpoint (round robin); returns whether it is another one.
+    pub fn fail_over(&mut self) -> bool {
+        self.current = (self.current + 1) % self.endpoints.len();
+        self.endpoints.len() > 1
     }
 
     /// Connects and opens an `Export` stream (a fresh connection per call).
@@ -180,8 +152,7 @@ impl Connector {
     }
 
     async fn open(self) -> Result<Stream, ConnectError> {
-        let channel = self
-            .endpoint
+        let channel = self.endpoints[self.current]
             .connect()
             .await
             .map_err(|e| ConnectError::Transport(error_chain(&e)))?;
@@ -202,6 +173,68 @@ impl Connector {
         let acks = client.export(req).await?.into_inner();
         Ok(Stream { tx, acks })
     }
+}
+
+/// One aggregator endpoint: URL scheme, timeouts and TLS.
+fn endpoint(cfg: &ExportConfig, url: &str) -> Result<Endpoint, ExportError> {
+    let url = url.trim();
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ExportError::Url {
+        url: url.to_owned(),
+        reason: error_chain(&e),
+    })?;
+    let https = match endpoint.uri().scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(ExportError::Url {
+                url: url.to_owned(),
+                reason: "want http://HOST:PORT or https://HOST:PORT".into(),
+            })
+        }
+    };
+    let endpoint = endpoint
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    match (https, &cfg.tls_ca) {
+        (true, Some(ca)) => {
+            let pem = std::fs::read(ca).map_err(|source| ExportError::TlsCa {
+                path: ca.clone(),
+                source,
+            })?;
+            if !pem
+                .windows(b"-----BEGIN CERTIFICATE-----".len())
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+            {
+                return Err(ExportError::Tls(format!(
+                    "{} holds no PEM certificate",
+                    ca.display()
+                )));
+            }
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| ExportError::Tls(error_chain(&e)))
+        }
+        (true, None) => Err(ExportError::Tls(
+            "an https:// export URL needs --export-tls-ca (the PEM CA that signed the \
+             aggregator's certificate)"
+                .into(),
+        )),
+        (false, Some(_)) => Err(ExportError::Tls(
+            "--export-tls-ca needs an https:// export URL".into(),
+        )),
+        (false, None) => Ok(endpoint),
+    }
+}
+
+/// FNV-1a, 64 bits: a stable spread of node names over endpoints.
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// 62 random bits (the low half of a UUID v4), enough for jitter.
@@ -244,6 +277,11 @@ impl Backoff {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         jitter(d)
+    }
+
+    /// The first delay (jittered), leaving the backoff where it is.
+    pub fn first(&self) -> Duration {
+        jitter(self.initial)
     }
 
     /// Back to `initial` (after a success).
@@ -305,7 +343,7 @@ mod tests {
         let mut c = cfg("http://127.0.0.1:7070");
         c.tls_ca = Some("/nonexistent/ca.pem".into());
         assert!(matches!(Connector::new(&c), Err(ExportError::Tls(_))));
-        c.url = "https://127.0.0.1:7070".into();
+        c.urls = vec!["https://127.0.0.1:7070".into()];
         assert!(matches!(Connector::new(&c), Err(ExportError::TlsCa { .. })));
         let d = tempfile::tempdir().expect("tempdir");
         let bad = d.path().join("ca.pem");
@@ -315,5 +353,43 @@ mod tests {
         let mut c = cfg("http://127.0.0.1:7070");
         c.token = Some("bad\ntoken".into());
         assert!(matches!(Connector::new(&c), Err(ExportError::Token)));
+        c.urls.clear();
+        c.token = None;
+        assert!(matches!(Connector::new(&c), Err(ExportError::Url { .. })));
+    }
+
+    #[test]
+    fn fails_over_round_robin_from_a_node_dependent_start() {
+        let mut c = ExportConfig::new("http://127.0.0.1:1", "n");
+        c.urls.push("http://127.0.0.1:2".into());
+        c.urls.push("http://127.0.0.1:3".into());
+        let mut conn = Connector::new(&c).expect("connector");
+        let first = conn.uri();
+        let mut seen = vec![first.clone()];
+        for _ in 0..2 {
+            assert!(conn.fail_over());
+            seen.push(conn.uri());
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "http://127.0.0.1:1/",
+                "http://127.0.0.1:2/",
+                "http://127.0.0.1:3/"
+            ]
+        );
+        assert!(conn.fail_over());
+        assert_eq!(conn.uri(), first);
+        // Nodes start on different replicas.
+        let starts: std::collections::HashSet<String> = (0..32)
+            .map(|i| {
+                c.node_name = format!("node-{i}");
+                Connector::new(&c).expect("connector").uri()
+            })
+            .collect();
+        assert_eq!(starts.len(), 3);
+        let mut one = Connector::new(&ExportConfig::new("http://127.0.0.1:1", "n")).expect("one");
+        assert!(!one.fail_over());
     }
 }

@@ -107,8 +107,11 @@ pub enum ExportError {
 /// Exporter settings. [`ExportConfig::new`] fills in the defaults.
 #[derive(Clone)]
 pub struct ExportConfig {
-    /// Aggregator gRPC URL, `http://HOST:PORT` or `https://HOST:PORT`.
-    pub url: String,
+    /// Aggregator gRPC URLs, `http://HOST:PORT` or `https://HOST:PORT`: replicas behind one
+    /// ClickHouse, used one at a time; a failed connection or stream moves to the next, and a
+    /// batch acknowledged by any of them is done. A name that resolves to several addresses
+    /// is tried address by address at each connect.
+    pub urls: Vec<String>,
     /// This node's name (`Batch.node_id`, `Resource.node`).
     pub node_name: String,
     /// Bearer token (`authorization: Bearer …`).
@@ -189,7 +192,7 @@ impl ExportConfig {
     /// (so that an aggregator back after an outage gets every node within about 5 s).
     pub fn new(url: impl Into<String>, node_name: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            urls: vec![url.into()],
             node_name: node_name.into(),
             token: None,
             tls_ca: None,
@@ -234,7 +237,7 @@ impl ExportConfig {
     /// touches the spool), so that a command line can be refused before anything is loaded.
     pub fn validate(&self) -> Result<(), ExportError> {
         if self.token.is_some() && !self.allow_plaintext_token {
-            if let Some(host) = plaintext_remote_host(&self.url) {
+            if let Some(host) = self.urls.iter().find_map(|u| plaintext_remote_host(u)) {
                 return Err(ExportError::PlaintextToken { host });
             }
         }
@@ -262,7 +265,7 @@ impl ExportConfig {
 impl std::fmt::Debug for ExportConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExportConfig")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("node_name", &self.node_name)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls_ca", &self.tls_ca)
@@ -365,6 +368,8 @@ counters! {
     batches_dropped,
     /// Connection attempts after the first.
     reconnects,
+    /// Moves to another aggregator endpoint after a failure (with several `--export` URLs).
+    failovers,
     /// Failed connection attempts and broken streams.
     connect_errors,
     /// Streams refused for a missing or wrong token.

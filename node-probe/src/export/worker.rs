@@ -91,6 +91,8 @@ pub(super) struct Worker {
     write_ahead: bool,
     reachable: bool,
     connector: Connector,
+    /// Endpoints failed since the last acknowledgement (the backoff grows once per round).
+    failed_in_round: usize,
     backoff: Backoff,
     retry_backoff: Backoff,
     retry_at: Instant,
@@ -132,6 +134,7 @@ impl Worker {
             write_ahead: cfg.write_ahead,
             reachable: true,
             connector,
+            failed_in_round: 0,
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
             retry_backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
             retry_at: now,
@@ -446,6 +449,7 @@ impl Worker {
         };
         // An ack proves the stream works: later failures start the backoff afresh.
         self.backoff.reset();
+        self.failed_in_round = 0;
         match AckStatus::try_from(ack.status) {
             Ok(AckStatus::Stored) => {
                 add(&self.stats.acked_stored, 1);
@@ -536,10 +540,22 @@ impl Worker {
             slot.sent_at = None;
         }
         self.spill();
-        let delay = self.backoff.next_delay();
+        let failed = self.connector.uri();
+        // Another replica is tried at once; the backoff grows when every one has failed.
+        self.failed_in_round += 1;
+        let delay = if self.failed_in_round < self.connector.endpoints() {
+            self.backoff.first()
+        } else {
+            self.failed_in_round = 0;
+            self.backoff.next_delay()
+        };
+        if self.connector.fail_over() {
+            add(&self.stats.failovers, 1);
+        }
         self.retry_at = Instant::now() + delay;
         warn!(
-            url = %self.connector.uri(),
+            url = %failed,
+            next_url = %self.connector.uri(),
             error = %reason,
             retry_in_ms = delay.as_millis() as u64,
             pending = self.pending.len(),
