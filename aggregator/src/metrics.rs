@@ -18,6 +18,10 @@ pub struct Metrics {
     pub batches_duplicate: AtomicU64,
     /// Batches answered RETRY (storage failure or full queue).
     pub batches_retry: AtomicU64,
+    /// Resent batches (`Batch.resend`) looked up in storage before writing.
+    pub resend_lookups: AtomicU64,
+    /// Resent batches that storage held in part (only the missing tables were written).
+    pub resend_partly_stored: AtomicU64,
     /// Batches dropped because the writer queue was full (subset of retry).
     pub queue_full_drops: AtomicU64,
     /// Requests stored.
@@ -101,6 +105,18 @@ impl Metrics {
             "Batches answered RETRY.",
             "counter",
             self.batches_retry.load(Relaxed),
+        );
+        c(
+            "resend_lookups_total",
+            "Resent batches looked up in storage before writing (recognised across replicas and restarts).",
+            "counter",
+            self.resend_lookups.load(Relaxed),
+        );
+        c(
+            "resend_partly_stored_total",
+            "Resent batches found partly stored: only the missing tables were written.",
+            "counter",
+            self.resend_partly_stored.load(Relaxed),
         );
         c(
             "queue_full_drops_total",

@@ -128,7 +128,8 @@ pub async fn serve(
             cfg.queue_bytes.max(cfg.max_message_bytes),
         )
         .with_max_streams(cfg.max_streams)
-        .with_node_tokens(cfg.node_tokens.clone()),
+        .with_node_tokens(cfg.node_tokens.clone())
+        .with_resend_lookup(store.clone()),
     )
     .accept_compressed(CompressionEncoding::Gzip)
     .accept_compressed(CompressionEncoding::Zstd)

@@ -272,6 +272,86 @@ async fn failure_between_table_commits_stores_nothing_twice() {
     agg.stop().await;
 }
 
+/// Resends flagged by the node (`Batch.resend`) are recognised by what storage holds, not by an
+/// aggregator's memory: a batch stored through replica A and resent to replica B is answered
+/// DUPLICATE; one A stored in part (a failure between table commits, or before its marker) is
+/// completed by B with only the missing tables; a resend never stored before is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_are_recognised_across_replicas() {
+    if !ch_available() {
+        return;
+    }
+    let a = Agg::start("replica_a").await;
+    let b = a.replica("replica_b").await;
+    let db = a.db.clone();
+    let resent = |mut x: Batch| {
+        x.resend = true;
+        x
+    };
+    let status = |acks: &[Ack]| AckStatus::try_from(acks[0].status).unwrap();
+
+    // Stored through A; resent to B (its ack to the node was lost with A).
+    let acks = send(a.grpc, Some("s3cret"), vec![batch(1, 20, 1)])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Stored);
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(1, 20, 1))])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Duplicate, "{acks:?}");
+    assert_eq!(count(&db, "requests").await, 20);
+
+    // A commits steps and spans of batch 2, then fails on requests; B gets the resend.
+    sql(&format!("RENAME TABLE {db}.requests TO {db}.requests_away")).await;
+    let acks = send(a.grpc, Some("s3cret"), vec![batch(2, 30, 1)])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Retry, "{acks:?}");
+    sql(&format!("RENAME TABLE {db}.requests_away TO {db}.requests")).await;
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(2, 30, 1))])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
+    assert_eq!(count(&db, "requests").await, 50);
+    assert_eq!(count(&db, "spans").await, 50, "batch 2's spans once");
+
+    // A stores every data table of batch 3 but not its marker (it died in between).
+    sql(&format!(
+        "RENAME TABLE {db}.ingested_batches TO {db}.batches_away"
+    ))
+    .await;
+    let acks = send(a.grpc, Some("s3cret"), vec![batch(3, 10, 1)])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Retry, "{acks:?}");
+    sql(&format!(
+        "RENAME TABLE {db}.batches_away TO {db}.ingested_batches"
+    ))
+    .await;
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(3, 10, 1))])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
+    assert_eq!(count(&db, "requests").await, 60, "batch 3's requests once");
+    assert_eq!(count(&db, "spans").await, 60);
+    assert_eq!(count(&db, "ingested_batches").await, 3);
+
+    // A resend that never reached storage is simply stored.
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(4, 5, 1))])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
+    assert_eq!(count(&db, "requests").await, 65);
+    let m = ureq_get(&format!("http://{}/metrics", b.http));
+    assert!(m.contains("inferscope_resend_lookups_total 4\n"), "{m}");
+    assert!(
+        m.contains("inferscope_resend_partly_stored_total 2\n"),
+        "{m}"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
 /// Stopping the aggregator while a node keeps its stream open: queued batches are answered,
 /// the stream ends with UNAVAILABLE, and the server exits promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,6 +211,7 @@ fn ingest_hostile(grpc: u16) {
         node_id: "hostile-node".into(),
         boot_id: format!("hostile-{now}"),
         sequence: 1,
+        resend: false,
         resources: vec![ResourceData {
             resource: Some(Resource {
                 node: "hostile-node".into(),
@@ -320,6 +321,7 @@ fn ingest_gpu(grpc: u16) {
             node_id: "gpu-node".into(),
             boot_id: format!("gpu-{now}"),
             sequence: 1,
+            resend: false,
             resources: vec![ResourceData {
                 resource: Some(Resource {
                     node: "gpu-node".into(),

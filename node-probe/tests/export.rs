@@ -572,6 +572,17 @@ fn server_restart_mid_stream() {
     });
     let s = h.shutdown(Duration::from_secs(5));
     assert_eq!(sorted(fake.stored_trace_ids()), expect_ids(0..60));
+    // A batch says when it may have reached an aggregator before (so that one looks in storage).
+    let mut receipts: HashMap<u64, usize> = HashMap::new();
+    for b in &fake.log().received {
+        let n = receipts.entry(b.sequence).or_default();
+        *n += 1;
+        if *n > 1 {
+            assert!(b.resend, "receipt {n} of batch {} not flagged", b.sequence);
+        } else if b.sequence <= 3 {
+            assert!(!b.resend, "first send of batch {} flagged", b.sequence);
+        }
+    }
     assert_eq!(spool_files(spool.path()), 0);
     assert_eq!(s.batches_dropped, 0, "{s}");
 }

@@ -503,6 +503,7 @@ mod tests {
             node_id: "n".into(),
             boot_id: "b".into(),
             sequence: 1,
+            resend: false,
             resources: vec![ResourceData {
                 resource: Some(Resource {
                     node: "n".into(),

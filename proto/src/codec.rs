@@ -386,6 +386,7 @@ mod tests {
             node_id: "n".into(),
             boot_id: "b".into(),
             sequence: 1,
+            resend: false,
             resources: vec![v1::ResourceData {
                 resource: Some(v1::Resource {
                     node: "n".into(),

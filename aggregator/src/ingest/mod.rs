@@ -7,6 +7,7 @@
 //! a reason for invalid input, RETRY when storage is down or the queue is full. Nothing is ever
 //! acknowledged as stored before ClickHouse accepted it.
 pub mod dedup;
+pub mod resend;
 pub mod validate;
 pub mod writer;
 
@@ -23,8 +24,9 @@ use tracing::debug;
 use crate::error::ErrorCode;
 use crate::metrics::Metrics;
 use dedup::{Dedup, Seen};
+use resend::Found;
 use validate::{validate, Limits};
-use writer::WriteJob;
+use writer::{Stage, WriteJob};
 
 /// The service state.
 #[derive(Clone)]
@@ -41,6 +43,8 @@ pub struct IngestService {
     /// Export streams open at once, at most (beyond: RESOURCE_EXHAUSTED).
     streams: Arc<Semaphore>,
     max_streams: usize,
+    /// Where resent batches are looked up (none: only this process's memory recognises them).
+    store: Option<crate::store::Store>,
 }
 
 /// Export streams open at once when [`IngestService::with_max_streams`] is not called.
@@ -72,7 +76,15 @@ impl IngestService {
             budget: Arc::new(Semaphore::new(queue_bytes.min(Semaphore::MAX_PERMITS))),
             streams: Arc::new(Semaphore::new(DEFAULT_MAX_STREAMS)),
             max_streams: DEFAULT_MAX_STREAMS,
+            store: None,
         }
+    }
+
+    /// Looks resent batches up in `store` before writing them ([`resend`]), so that a batch
+    /// another replica stored, or this one before a restart, is stored once.
+    pub fn with_resend_lookup(mut self, store: crate::store::Store) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// At most `n` Export streams at once (every node holds one): a stream beyond is refused
@@ -170,6 +182,28 @@ impl IngestService {
             }
             Seen::New => {}
         }
+        let stored = match self.look_up_resend(&b, &batch_id).await {
+            Ok(Found::All) => {
+                self.dedup.mark_stored(&batch_id);
+                self.metrics.batches_duplicate.fetch_add(1, Relaxed);
+                let _ = acks
+                    .send(Ok(ack(AckStatus::Duplicate, String::new())))
+                    .await;
+                return;
+            }
+            Ok(Found::Upto(stage)) => stage,
+            Err(e) => {
+                self.dedup.unmark_inflight(&batch_id);
+                self.metrics.batches_retry.fetch_add(1, Relaxed);
+                let _ = acks
+                    .send(Ok(ack(
+                        AckStatus::Retry,
+                        format!("storage unavailable: {e}"),
+                    )))
+                    .await;
+                return;
+            }
+        };
         let size = u32::try_from(b.encoded_len().max(1)).unwrap_or(u32::MAX);
         let Ok(budget) = Arc::clone(&self.budget).try_acquire_many_owned(size) else {
             self.dedup.unmark_inflight(&batch_id);
@@ -189,6 +223,7 @@ impl IngestService {
             batch_id: batch_id.clone(),
             done: done_tx,
             budget,
+            stored,
         };
         // Counted before the writer can take it, so the gauge never goes below zero.
         self.metrics.queue_depth.fetch_add(1, Relaxed);
@@ -214,6 +249,23 @@ impl IngestService {
             };
             let _ = acks.send(Ok(a)).await;
         });
+    }
+}
+
+impl IngestService {
+    /// What storage holds of a resent batch (nothing to look up for a first send, or without
+    /// a store).
+    async fn look_up_resend(&self, b: &Batch, batch_id: &str) -> Result<Found, String> {
+        let Some(store) = self.store.as_ref().filter(|_| b.resend) else {
+            return Ok(Found::Upto(Stage::None));
+        };
+        self.metrics.resend_lookups.fetch_add(1, Relaxed);
+        let found = resend::stored(store, b, batch_id).await?;
+        if matches!(found, Found::Upto(s) if s > Stage::None) {
+            self.metrics.resend_partly_stored.fetch_add(1, Relaxed);
+        }
+        debug!(batch = batch_id, ?found, "resent batch looked up");
+        Ok(found)
     }
 }
 

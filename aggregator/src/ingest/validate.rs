@@ -388,6 +388,7 @@ mod tests {
             node_id: "n1".into(),
             boot_id: "b1".into(),
             sequence: 1,
+            resend: false,
             resources: vec![ResourceData {
                 resource: Some(Resource {
                     node: "n1".into(),

@@ -46,6 +46,8 @@ pub struct WriteJob {
     pub done: oneshot::Sender<Result<(), String>>,
     /// The batch's share of the queue's byte budget, given back when its commit ends.
     pub budget: tokio::sync::OwnedSemaphorePermit,
+    /// The tables storage already holds this batch's rows in (a resend, looked up).
+    pub stored: Stage,
 }
 
 /// Commit policy.
@@ -168,7 +170,8 @@ pub async fn run_writer(
             let stored = partly_stored
                 .get(&job.batch_id)
                 .copied()
-                .unwrap_or(Stage::None);
+                .unwrap_or(Stage::None)
+                .max(job.stored);
             match write_job(&mut ins, &job, stored).await {
                 Ok(p) => {
                     first_pending.get_or_insert_with(Instant::now);
@@ -263,10 +266,14 @@ fn fail(
 
 /// How far a commit got: the tables, in commit order, that it stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Stage {
+pub enum Stage {
+    /// Nothing.
     None,
+    /// `engine_steps`.
     Steps,
+    /// `engine_steps` and `spans`.
     Spans,
+    /// Every data table (the batch marker is what is left).
     Requests,
 }
 

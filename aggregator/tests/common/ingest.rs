@@ -82,6 +82,7 @@ pub fn batch(seq: u64, n: usize, tag: u8) -> Batch {
         node_id: "node-a".into(),
         boot_id: "boot-1".into(),
         sequence: seq,
+        resend: false,
         resources: vec![ResourceData {
             resource: Some(Resource {
                 node: "node-a".into(),
@@ -202,6 +203,7 @@ impl Agg {
         };
         let mut cfg = cfg;
         tune(&mut cfg);
+        let db = cfg.store.database.clone();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(cfg, async move {
             let _ = stop_rx.await;
@@ -227,6 +229,12 @@ impl Agg {
             stop,
             server,
         }
+    }
+
+    /// Another aggregator replica on the same database (stopping either drops it).
+    pub async fn replica(&self, name: &str) -> Agg {
+        let db = self.db.clone();
+        Self::start_with(name, move |c| c.store.database = db).await
     }
 
     pub async fn stop(self) {

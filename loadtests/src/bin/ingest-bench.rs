@@ -138,6 +138,7 @@ fn make_batches(a: &Args, boot: &str) -> Vec<Batch> {
                 node_id: "bench-node".into(),
                 boot_id: boot.into(),
                 sequence: seq,
+                resend: false,
                 resources: vec![ResourceData {
                     resource: Some(Resource {
                         node: "bench-node".into(),

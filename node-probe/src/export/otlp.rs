@@ -198,6 +198,7 @@ impl Batcher {
             node_id: self.node_id.clone(),
             boot_id: self.boot_id.clone(),
             sequence: seq,
+            resend: false,
             resources,
         };
         self.sink.offer(batch, format!("{}/{seq}", self.boot_id));

@@ -39,6 +39,8 @@ struct Slot {
     attempts: u32,
     not_before: Option<Instant>,
     requests: usize,
+    /// It may have reached an aggregator: sent before, or found in the spool at start.
+    sent_before: bool,
 }
 
 /// Why a batch is written to the spool.
@@ -168,6 +170,7 @@ impl Worker {
                         attempts: 0,
                         not_before: None,
                         requests: 0,
+                        sent_before: true,
                     },
                 );
             }
@@ -217,6 +220,7 @@ impl Worker {
             boot_id: self.boot_id.clone(),
             sequence: seq,
             resources,
+            resend: false,
         };
         let key = spool::key(self.run_start_ns, seq, &self.boot_id);
         let mut slot = Slot {
@@ -227,6 +231,7 @@ impl Worker {
             attempts: 0,
             not_before: None,
             requests,
+            sent_before: false,
         };
         if self.reachable && self.mem < self.window {
             if self.write_ahead && self.spool.is_some() {
@@ -383,10 +388,13 @@ impl Worker {
             let Some(b) = &slot.batch else {
                 continue;
             };
-            if stream.tx.try_send(b.clone()).is_err() {
+            let mut b = b.clone();
+            b.resend = slot.sent_before;
+            if stream.tx.try_send(b).is_err() {
                 broken = true;
                 break;
             }
+            slot.sent_before = true;
             slot.sent_at = Some(now);
             self.in_flight.insert(slot.seq, key.clone());
             add(&self.stats.batches_sent, 1);
