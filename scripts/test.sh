@@ -67,6 +67,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
+# deploy/: the Helm chart lints, renders to the committed plain manifests, validates against the
+# Kubernetes schemas offline; the systemd units verify; every flag they use exists.
+scripts/check-deploy.sh
 if [ "${INFERSCOPE_SKIP_ENGINE:-0}" != 1 ]; then
   if wait "$ENGINE_STARTER"; then
     export INFERSCOPE_ENGINE_URL="http://127.0.0.1:$ENGINE_PORT"

@@ -124,6 +124,12 @@ fn api_token_login_and_host_guard() {
     );
     assert_eq!(get(a, "/login", h, "").0, 200);
     assert_eq!(get(a, "/healthz", h, "").0, 200, "liveness stays open");
+    let (code, body) = get(a, "/readyz", h, "");
+    assert_eq!(
+        code, 200,
+        "readiness stays open and sees ClickHouse: {body}"
+    );
+    assert!(body.ends_with("ready"), "{body}");
     assert_eq!(
         get(a, "/api/v1/filters", h, "Authorization: Bearer wrong\r\n").0,
         401

@@ -7,7 +7,7 @@
 //! * **Read-only credential** (when `--api-token` is set): `Authorization: Bearer TOKEN` (CLI,
 //!   Grafana, scripts) or the `inferscope_session` cookie that `POST /login` sets for browsers
 //!   (HttpOnly, SameSite=Strict). Without it an API call gets 401 and a page is sent to
-//!   `/login`. `/healthz` stays open (liveness probes).
+//!   `/login`. `/healthz` and `/readyz` stay open (liveness and readiness probes).
 //!
 //! The server refuses to listen on a non-loopback address without a token unless told to
 //! (`--insecure-open-http`; see `server.rs`).
@@ -125,7 +125,7 @@ pub async fn check(State(a): State<Access>, req: Request, next: Next) -> Respons
         }
     }
     let path = req.uri().path();
-    if path == "/healthz" || path == "/login" || !a.has_token() {
+    if path == "/healthz" || path == "/readyz" || path == "/login" || !a.has_token() {
         return next.run(req).await;
     }
     let h = req.headers();

@@ -102,6 +102,20 @@ pub fn router_with_access(state: ApiState, a: access::Access) -> Router {
     router_with_limits(state, a, limit::QueryLimit::default())
 }
 
+/// Readiness: 200 when ClickHouse answers within 2 s (a replica behind a load balancer gets
+/// traffic only then), else 503 saying why. Open like `/healthz`.
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
+    let ping = state.store.client().query("SELECT 1").fetch_one::<u8>();
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("clickhouse: {e}")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clickhouse: no answer within 2 s".into(),
+        ),
+    }
+}
+
 /// All HTTP routes behind [`access::check`], the query routes behind `q`.
 pub fn router_with_limits(state: ApiState, a: access::Access, q: limit::QueryLimit) -> Router {
     let v1 = Router::new()
@@ -119,6 +133,7 @@ pub fn router_with_limits(state: ApiState, a: access::Access, q: limit::QueryLim
         .layer(axum::middleware::from_fn_with_state(q, limit::limit));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.yaml", get(openapi))
         .route("/", get(ui::index))

@@ -32,6 +32,23 @@ struct Cli {
     /// ClickHouse database (created if missing).
     #[arg(long, default_value = "inferscope")]
     database: String,
+    /// A ClickHouse cluster (its `remote_servers` name): tables are created ON CLUSTER as
+    /// replicated `<table>_local` tables plus `Distributed` tables under the usual names, inserts
+    /// are synchronous distributed inserts, queries read the `Distributed` tables.
+    #[arg(long, value_name = "NAME")]
+    clickhouse_cluster: Option<String>,
+    /// Print the DDL that creates the schema (for --clickhouse-cluster when given, for the
+    /// server version of --clickhouse-version) and exit, without connecting.
+    #[arg(long)]
+    print_schema: bool,
+    /// The ClickHouse version --print-schema renders for (e.g. 18.16 or 24.8).
+    #[arg(
+        long,
+        value_name = "X.Y",
+        default_value = "18.16",
+        requires = "print_schema"
+    )]
+    clickhouse_version: String,
     /// ClickHouse user.
     #[arg(long, env = "INFERSCOPE_CLICKHOUSE_USER")]
     clickhouse_user: Option<String>,
@@ -138,6 +155,32 @@ fn node_tokens(path: &std::path::Path) -> Result<Vec<(String, String)>, String> 
     Ok(out)
 }
 
+/// `--print-schema`: every statement, `;`-terminated, in the order the aggregator runs them.
+fn print_schema(cli: &Cli) {
+    use inferscope_aggregator::store::schema::{
+        full_schema, valid_identifier, ChVersion, SchemaOptions,
+    };
+    let Some(version) = ChVersion::parse(&cli.clickhouse_version) else {
+        eprintln!("aggregator: error: --clickhouse-version wants X.Y, e.g. 18.16");
+        std::process::exit(2);
+    };
+    for name in std::iter::once(&cli.database).chain(cli.clickhouse_cluster.as_ref()) {
+        if !valid_identifier(name) {
+            eprintln!("aggregator: error: invalid name {name:?}: use letters, digits and _");
+            std::process::exit(2);
+        }
+    }
+    let o = SchemaOptions {
+        database: cli.database.clone(),
+        version,
+        retention_days: cli.retention_days,
+        cluster: cli.clickhouse_cluster.clone(),
+    };
+    for s in full_schema(&o) {
+        println!("{s};\n");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -156,6 +199,10 @@ async fn main() {
             }
         };
     let cli = Cli::parse_from(argv);
+    if cli.print_schema {
+        print_schema(&cli);
+        return;
+    }
     let otlp = cli.otlp.config();
     let cfg = ServerConfig {
         grpc_listen: cli.grpc_listen,
@@ -166,6 +213,7 @@ async fn main() {
             user: cli.clickhouse_user,
             password: cli.clickhouse_password,
             retention_days: cli.retention_days,
+            cluster: cli.clickhouse_cluster,
         },
         token: secret(cli.token, cli.token_file.as_deref()),
         node_tokens: match cli.node_tokens_file.as_deref().map(node_tokens) {

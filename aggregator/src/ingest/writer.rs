@@ -83,9 +83,7 @@ impl Inserters {
         // Inserters escape the table name as one identifier: set the database on the client.
         // Ingest outranks queries (see crate::api::sql::QUERY_PRIORITY).
         let c = store
-            .client()
-            .clone()
-            .with_database(&store.database)
+            .insert_client()
             .with_setting("priority", INGEST_PRIORITY.to_string());
         // A hung ClickHouse (frozen host, dropped packets) fails the commit instead of stalling
         // the writer, and with it every node's acks, for as long as TCP keeps trying.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use schema::{
-    migrations, migrations_table, retention_statements, valid_identifier, ChVersion, SchemaOptions,
+    create_database, migrations, migrations_table, retention_statements, valid_identifier,
+    ChVersion, SchemaOptions,
 };
 use tracing::info;
 
@@ -35,6 +36,9 @@ pub struct StoreConfig {
     pub password: Option<String>,
     /// Days to keep data, where the server supports TTL (0: forever).
     pub retention_days: u32,
+    /// A ClickHouse cluster (`remote_servers` name): replicated local tables and `Distributed`
+    /// tables created `ON CLUSTER`, synchronous distributed inserts. `None`: one server.
+    pub cluster: Option<String>,
 }
 
 /// A connected store.
@@ -45,6 +49,8 @@ pub struct Store {
     pub database: String,
     /// Server version.
     pub version: ChVersion,
+    /// The cluster, when the tables are distributed over one.
+    pub cluster: Option<String>,
 }
 
 impl Store {
@@ -55,6 +61,11 @@ impl Store {
             return Err(StoreError::Config(format!(
                 "invalid database name {:?}: use letters, digits and _",
                 cfg.database
+            )));
+        }
+        if let Some(c) = cfg.cluster.as_deref().filter(|c| !valid_identifier(c)) {
+            return Err(StoreError::Config(format!(
+                "invalid cluster name {c:?}: use letters, digits and _"
             )));
         }
         let mut client = Client::default().with_url(&cfg.url).with_validation(false);
@@ -82,7 +93,11 @@ impl Store {
             client,
             database: cfg.database.clone(),
             version,
+            cluster: cfg.cluster.clone(),
         };
+        if let Some(c) = &store.cluster {
+            store.check_cluster(c).await?;
+        }
         store.migrate(cfg.retention_days).await?;
         Ok(store)
     }
@@ -97,23 +112,66 @@ impl Store {
         format!("{}.{t}", self.database)
     }
 
+    /// The rows of one insert are written before it returns: on a cluster every insert goes
+    /// through a `Distributed` table synchronously (`insert_distributed_sync`), so that an
+    /// acknowledgement still means stored (on one replica of each shard it touches).
+    pub fn insert_client(&self) -> Client {
+        let c = self.client.clone().with_database(&self.database);
+        match self.cluster {
+            Some(_) => c.with_setting("insert_distributed_sync", "1"),
+            None => c,
+        }
+    }
+
+    /// Refuses a cluster the server does not define, and says which servers and coordinator
+    /// it has (ZooKeeper on 18.16, ClickHouse Keeper or ZooKeeper on current releases: both
+    /// answer through `system.zookeeper`).
+    async fn check_cluster(&self, cluster: &str) -> Result<(), StoreError> {
+        let servers: u64 = self
+            .client
+            .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+            .bind(cluster)
+            .fetch_one()
+            .await?;
+        if servers == 0 {
+            return Err(StoreError::Config(format!(
+                "cluster {cluster:?} is not defined on this ClickHouse server (remote_servers)"
+            )));
+        }
+        let coordinator = self
+            .client
+            .query("SELECT count() FROM system.zookeeper WHERE path = '/'")
+            .fetch_one::<u64>()
+            .await;
+        if let Err(e) = coordinator {
+            return Err(StoreError::Config(format!(
+                "cluster {cluster:?}: no ZooKeeper/Keeper reachable from ClickHouse \
+                 (replicated tables need one): {e}"
+            )));
+        }
+        info!(cluster, servers, clickhouse = ?self.version, "clickhouse cluster mode");
+        Ok(())
+    }
+
     async fn migrate(&self, retention_days: u32) -> Result<(), StoreError> {
         let db = &self.database;
-        self.client
-            .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
-            .execute()
-            .await?;
-        self.client.query(&migrations_table(db)).execute().await?;
-        let applied: Vec<u32> = self
-            .client
-            .query(&format!("SELECT version FROM {db}.schema_migrations"))
-            .fetch_all()
-            .await?;
         let opts = SchemaOptions {
             database: db.clone(),
             version: self.version,
             retention_days,
+            cluster: self.cluster.clone(),
         };
+        self.client.query(&create_database(&opts)).execute().await?;
+        for s in migrations_table(&opts) {
+            self.client.query(&s).execute().await?;
+        }
+        let applied: Vec<u32> = self
+            .client
+            .query(&format!(
+                "SELECT DISTINCT version FROM {db}.schema_migrations"
+            ))
+            .fetch_all()
+            .await?;
         for m in migrations(&opts) {
             if applied.contains(&m.version) {
                 continue;
@@ -121,7 +179,7 @@ impl Store {
             for s in &m.statements {
                 self.client.query(s).execute().await?;
             }
-            self.client
+            self.insert_client()
                 .query(&format!(
                     "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES (?, ?, now())"
                 ))

@@ -54,6 +54,10 @@ pub struct SchemaOptions {
     pub version: ChVersion,
     /// Days to keep data (0: forever). Applied where TTL is supported.
     pub retention_days: u32,
+    /// A ClickHouse cluster (`remote_servers` name, validated like the database): every table
+    /// becomes a replicated `<table>_local` on each server plus a `Distributed` table under the
+    /// table's own name, all created `ON CLUSTER`. `None`: one server.
+    pub cluster: Option<String>,
 }
 
 /// Whether `name` is a safe unquoted identifier.
@@ -75,6 +79,164 @@ pub struct Migration {
     pub statements: Vec<String>,
 }
 
+/// One schema change, rendered for one server or for a cluster by [`Renderer`].
+enum Ddl {
+    /// A table: columns (`name type …`, one per line), data-skipping indexes (`,\n    INDEX …`,
+    /// or empty), engine family (`MergeTree`, `ReplacingMergeTree`), the clauses after the
+    /// engine, and the sharding key of its `Distributed` table on a cluster.
+    Table {
+        name: &'static str,
+        columns: String,
+        indexes: &'static str,
+        engine: &'static str,
+        tail: String,
+        shard_key: &'static str,
+    },
+    /// `ALTER TABLE … ADD COLUMN …[, ADD COLUMN …]`.
+    AddColumns { table: &'static str, clause: String },
+    /// A view over tables of the database (on a cluster it reads the `Distributed` tables,
+    /// which keep the tables' names).
+    View { name: &'static str, select: String },
+    /// Drops a view.
+    DropView { name: &'static str },
+}
+
+/// Renders [`Ddl`] for `o`, remembering each table's columns and sharding key: on a cluster a
+/// `Distributed` table is not altered (18.16 refuses `ALTER … ON CLUSTER` on a non-replicated
+/// table of a replicated shard, and a new replica could copy the old structure) but created
+/// again with the columns the local table has after the change (it holds no data: inserts
+/// into it are synchronous).
+struct Renderer<'a> {
+    o: &'a SchemaOptions,
+    tables: std::collections::HashMap<&'static str, (Vec<String>, &'static str)>,
+}
+
+impl<'a> Renderer<'a> {
+    fn new(o: &'a SchemaOptions) -> Self {
+        Self {
+            o,
+            tables: std::collections::HashMap::new(),
+        }
+    }
+
+    fn render(&mut self, d: &Ddl) -> Vec<String> {
+        let db = &self.o.database;
+        if let Ddl::Table {
+            name,
+            columns,
+            shard_key,
+            ..
+        } = d
+        {
+            let cols = columns.split(",\n").map(|c| c.trim().to_owned()).collect();
+            self.tables.insert(name, (cols, shard_key));
+        }
+        if let Ddl::AddColumns { table, clause } = d {
+            let (cols, _) = self
+                .tables
+                .get_mut(table)
+                .expect("table created before it is altered");
+            cols.extend(
+                clause
+                    .split("ADD COLUMN ")
+                    .map(|c| c.trim().trim_end_matches(',').trim())
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let Some(c) = self.o.cluster.as_deref() else {
+            return vec![match d {
+                Ddl::Table {
+                    name,
+                    columns,
+                    indexes,
+                    engine,
+                    tail,
+                    ..
+                } => format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.{name} (\n{columns}{indexes}\n) ENGINE = {engine}()\n{tail}"
+                ),
+                Ddl::AddColumns { table, clause } => format!("ALTER TABLE {db}.{table} {clause}"),
+                Ddl::View { name, select } => {
+                    format!("CREATE VIEW IF NOT EXISTS {db}.{name} AS {select}")
+                }
+                Ddl::DropView { name } => format!("DROP TABLE IF EXISTS {db}.{name}"),
+            }];
+        };
+        match d {
+            Ddl::Table {
+                name,
+                columns,
+                indexes,
+                engine,
+                tail,
+                ..
+            } => vec![
+                // One replica path per shard and table; `{shard}`/`{replica}` are the servers'
+                // macros.
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.{name}_local ON CLUSTER {c} (\n{columns}{indexes}\n) \
+                     ENGINE = Replicated{engine}('/clickhouse/tables/{{shard}}/{db}/{name}', '{{replica}}')\n{tail}"
+                ),
+                self.distributed(name, c),
+            ],
+            Ddl::AddColumns { table, clause } => vec![
+                format!("ALTER TABLE {db}.{table}_local ON CLUSTER {c} {clause}"),
+                format!("DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {c}"),
+                self.distributed(table, c),
+            ],
+            Ddl::View { name, select } => vec![format!(
+                "CREATE VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {c} AS {select}"
+            )],
+            Ddl::DropView { name } => {
+                vec![format!("DROP TABLE IF EXISTS {db}.{name} ON CLUSTER {c}")]
+            }
+        }
+    }
+
+    /// The `Distributed` table over `<name>_local`, with its current columns.
+    fn distributed(&self, name: &str, cluster: &str) -> String {
+        let db = &self.o.database;
+        let (cols, key) = &self.tables[name];
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} (\n    {}\n) \
+             ENGINE = Distributed({cluster}, {db}, {name}_local, {key})",
+            cols.join(",\n    ")
+        )
+    }
+}
+
+/// `CREATE DATABASE` (on every server of a cluster).
+pub fn create_database(o: &SchemaOptions) -> String {
+    match &o.cluster {
+        Some(c) => format!(
+            "CREATE DATABASE IF NOT EXISTS {} ON CLUSTER {c}",
+            o.database
+        ),
+        None => format!("CREATE DATABASE IF NOT EXISTS {}", o.database),
+    }
+}
+
+/// The `requests_ms` view (`first_text` adds time to first visible text, migration 5).
+fn requests_ms(db: &str, first_text: bool) -> String {
+    let first_text = if first_text {
+        " first_text_ns / 1e6 AS first_text_ms,\n   "
+    } else {
+        ""
+    };
+    format!(
+        "SELECT
+    start, trace_id, node, pid, engine, model, method, path, status, outcome, stream,
+    e2e_ns / 1e6 AS e2e_ms, ttft_ns / 1e6 AS ttft_ms,{first_text} tpot_ns / 1e6 AS tpot_ms,
+    frontend_ns / 1e6 AS frontend_ms, queue_ns / 1e6 AS queue_ms, prefill_ns / 1e6 AS prefill_ms,
+    decode_ns / 1e6 AS decode_ms, delivery_ns / 1e6 AS delivery_ms,
+    engine_ttft_ns / 1e6 AS engine_ttft_ms, engine_e2e_ns / 1e6 AS engine_e2e_ms,
+    read_wait_ns / 1e6 AS read_wait_ms, chunks, engine_steps, req_bytes, resp_bytes,
+    client, server, response_id, x_request_id
+FROM {db}.requests"
+    )
+}
+
 /// All migrations, rendered for `o`.
 pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
     let db = &o.database;
@@ -84,7 +246,7 @@ pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
         "String"
     };
     let ttl = if o.version.ttl() && o.retention_days > 0 {
-        format!("TTL start + INTERVAL {} DAY", o.retention_days)
+        format!("TTL start + INTERVAL {} DAY\n", o.retention_days)
     } else {
         String::new()
     };
@@ -93,14 +255,19 @@ pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
     } else {
         ""
     };
-    vec![
-        Migration {
-            version: 1,
-            name: "requests, spans, engine steps, batches, views",
-            statements: vec![
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {db}.requests (
-    start DateTime,
+    let daily = |order: &str| {
+        format!("PARTITION BY toYYYYMMDD(start)\nORDER BY ({order})\n{ttl}SETTINGS index_granularity = 8192")
+    };
+    let alter = |table, clause: String| Ddl::AddColumns { table, clause };
+    let steps: Vec<(u32, &'static str, Vec<Ddl>)> = vec![
+        (
+            1,
+            "requests, spans, engine steps, batches, views",
+            vec![
+                Ddl::Table {
+                    name: "requests",
+                    columns: format!(
+                        "    start DateTime,
     start_unix_ns UInt64,
     end_unix_ns UInt64,
     trace_id String,
@@ -137,16 +304,18 @@ pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
     gave_up String,
     step_ids Array(UInt64),
     chunk_offsets_ns Array(UInt64),
-    batch_id String{trace_index}
-) ENGINE = MergeTree()
-PARTITION BY toYYYYMMDD(start)
-ORDER BY (model, node, start, trace_id)
-{ttl}
-SETTINGS index_granularity = 8192"
-                ),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {db}.spans (
-    start DateTime,
+    batch_id String"
+                    ),
+                    indexes: trace_index,
+                    engine: "MergeTree",
+                    tail: daily("model, node, start, trace_id"),
+                    // A request and its spans on one shard.
+                    shard_key: "cityHash64(trace_id)",
+                },
+                Ddl::Table {
+                    name: "spans",
+                    columns: format!(
+                        "    start DateTime,
     trace_id String,
     span_id String,
     parent_span_id String,
@@ -159,191 +328,215 @@ SETTINGS index_granularity = 8192"
     attr_values Array(String),
     link_trace_ids Array(String),
     link_span_ids Array(String),
-    batch_id String
-) ENGINE = MergeTree()
-PARTITION BY toYYYYMMDD(start)
-ORDER BY (trace_id, start_unix_ns)
-{ttl}
-SETTINGS index_granularity = 8192"
-                ),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {db}.engine_steps (
-    start DateTime,
+    batch_id String"
+                    ),
+                    indexes: "",
+                    engine: "MergeTree",
+                    tail: daily("trace_id, start_unix_ns"),
+                    shard_key: "cityHash64(trace_id)",
+                },
+                Ddl::Table {
+                    name: "engine_steps",
+                    columns: format!(
+                        "    start DateTime,
     node {lc},
     engine_instance String,
     step_id UInt64,
     start_unix_ns UInt64,
     end_unix_ns UInt64,
-    batch_size UInt32
-) ENGINE = ReplacingMergeTree()
-PARTITION BY toYYYYMMDD(start)
-ORDER BY (node, engine_instance, step_id)
-{ttl}
-SETTINGS index_granularity = 8192"
-                ),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {db}.ingested_batches (
-    received DateTime,
+    batch_size UInt32"
+                    ),
+                    // Replacing: the same step stored twice collapses; on a cluster the key
+                    // keeps a step's copies on one shard.
+                    indexes: "",
+                    engine: "ReplacingMergeTree",
+                    tail: daily("node, engine_instance, step_id"),
+                    shard_key: "cityHash64(node, engine_instance)",
+                },
+                Ddl::Table {
+                    name: "ingested_batches",
+                    columns: "    received DateTime,
     node_id String,
     boot_id String,
     sequence UInt64,
     requests UInt32,
-    spans UInt32
-) ENGINE = MergeTree()
-PARTITION BY toYYYYMM(received)
-ORDER BY (node_id, boot_id, sequence)"
-                ),
-                format!(
-                    "CREATE VIEW IF NOT EXISTS {db}.requests_ms AS SELECT
-    start, trace_id, node, pid, engine, model, method, path, status, outcome, stream,
-    e2e_ns / 1e6 AS e2e_ms, ttft_ns / 1e6 AS ttft_ms, tpot_ns / 1e6 AS tpot_ms,
-    frontend_ns / 1e6 AS frontend_ms, queue_ns / 1e6 AS queue_ms, prefill_ns / 1e6 AS prefill_ms,
-    decode_ns / 1e6 AS decode_ms, delivery_ns / 1e6 AS delivery_ms,
-    engine_ttft_ns / 1e6 AS engine_ttft_ms, engine_e2e_ns / 1e6 AS engine_e2e_ms,
-    read_wait_ns / 1e6 AS read_wait_ms, chunks, engine_steps, req_bytes, resp_bytes,
-    client, server, response_id, x_request_id
-FROM {db}.requests"
-                ),
-                format!(
-                    "CREATE VIEW IF NOT EXISTS {db}.engine_steps_ms AS SELECT
+    spans UInt32"
+                        .into(),
+                    indexes: "",
+                    engine: "MergeTree",
+                    tail: "PARTITION BY toYYYYMM(received)\nORDER BY (node_id, boot_id, sequence)"
+                        .into(),
+                    shard_key: "cityHash64(node_id)",
+                },
+                Ddl::View {
+                    name: "requests_ms",
+                    select: requests_ms(db, false),
+                },
+                Ddl::View {
+                    name: "engine_steps_ms",
+                    select: format!(
+                        "SELECT
     start, node, engine_instance, step_id, (end_unix_ns - start_unix_ns) / 1e6 AS duration_ms,
     batch_size
 FROM {db}.engine_steps"
-                ),
+                    ),
+                },
             ],
-        },
-        Migration {
-            version: 2,
-            name: "requests: engine_instance and netns",
+        ),
+        (
+            2,
+            "requests: engine_instance and netns",
             // One statement, so that a failure leaves the table as it was. Rows stored before
             // have '' and 0: their steps' instance is the boot id in their batch_id (docs/schema.md).
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN engine_instance String DEFAULT '', \
-             ADD COLUMN netns UInt32 DEFAULT 0"
+            vec![alter(
+                "requests",
+                "ADD COLUMN engine_instance String DEFAULT '', ADD COLUMN netns UInt32 DEFAULT 0"
+                    .into(),
             )],
-        },
-        Migration {
-            version: 3,
-            name: "requests: structured endpoints and TCP sequence numbers",
+        ),
+        (
+            3,
+            "requests: structured endpoints and TCP sequence numbers",
             // One statement per migration (a failure leaves the table as it was). Rows stored
             // before: '' / 0 / NULL; `client`/`server` (addr:port text) are still written for
             // one release (docs/schema.md).
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN client_ip String DEFAULT '', \
+            vec![alter(
+                "requests",
+                "ADD COLUMN client_ip String DEFAULT '', \
              ADD COLUMN client_port UInt16 DEFAULT 0, ADD COLUMN server_ip String DEFAULT '', \
              ADD COLUMN server_port UInt16 DEFAULT 0, \
              ADD COLUMN req_tcp_seq Nullable(UInt32), ADD COLUMN resp_tcp_seq Nullable(UInt32)"
+                    .into(),
             )],
-        },
-        Migration {
-            version: 4,
-            name: "engine_steps: span context and batch unit",
+        ),
+        (
+            4,
+            "engine_steps: span context and batch unit",
             // Steps stored before have '': the trace API derives their span ids
             // (inferscope_api::step_context over the node name).
-            statements: vec![format!(
-                "ALTER TABLE {db}.engine_steps ADD COLUMN trace_id String DEFAULT '', \
+            vec![alter(
+                "engine_steps",
+                "ADD COLUMN trace_id String DEFAULT '', \
              ADD COLUMN span_id String DEFAULT '', ADD COLUMN batch_unit String DEFAULT ''"
+                    .into(),
             )],
-        },
-        Migration {
-            version: 5,
-            name: "requests: time to first visible text",
+        ),
+        (
+            5,
+            "requests: time to first visible text",
             // NULL for requests stored before, and for non-streamed ones.
-            statements: vec![
-                format!("ALTER TABLE {db}.requests ADD COLUMN first_text_ns Nullable(UInt64)"),
-                format!("DROP TABLE IF EXISTS {db}.requests_ms"),
-                format!(
-                    "CREATE VIEW IF NOT EXISTS {db}.requests_ms AS SELECT
-    start, trace_id, node, pid, engine, model, method, path, status, outcome, stream,
-    e2e_ns / 1e6 AS e2e_ms, ttft_ns / 1e6 AS ttft_ms, first_text_ns / 1e6 AS first_text_ms,
-    tpot_ns / 1e6 AS tpot_ms,
-    frontend_ns / 1e6 AS frontend_ms, queue_ns / 1e6 AS queue_ms, prefill_ns / 1e6 AS prefill_ms,
-    decode_ns / 1e6 AS decode_ms, delivery_ns / 1e6 AS delivery_ms,
-    engine_ttft_ns / 1e6 AS engine_ttft_ms, engine_e2e_ns / 1e6 AS engine_e2e_ms,
-    read_wait_ns / 1e6 AS read_wait_ms, chunks, engine_steps, req_bytes, resp_bytes,
-    client, server, response_id, x_request_id
-FROM {db}.requests"
+            vec![
+                alter(
+                    "requests",
+                    "ADD COLUMN first_text_ns Nullable(UInt64)".into(),
                 ),
+                Ddl::DropView {
+                    name: "requests_ms",
+                },
+                Ddl::View {
+                    name: "requests_ms",
+                    select: requests_ms(db, true),
+                },
             ],
-        },
-        Migration {
-            version: 6,
-            name: "requests: engine output times",
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN engine_output_offsets_ns Array(UInt64)"
+        ),
+        (
+            6,
+            "requests: engine output times",
+            vec![alter(
+                "requests",
+                "ADD COLUMN engine_output_offsets_ns Array(UInt64)".into(),
             )],
-        },
-        Migration {
-            version: 7,
-            name: "requests: run tags",
+        ),
+        (
+            7,
+            "requests: run tags",
             // `key=value` per resource attribute (node-probe --tag); [] for rows stored before.
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN tags Array(String)"
-            )],
-        },
-        Migration {
-            version: 8,
-            name: "requests: tenant label",
+            vec![alter("requests", "ADD COLUMN tags Array(String)".into())],
+        ),
+        (
+            8,
+            "requests: tenant label",
             // node-probe --tenant-header/--tenant-field (bounded cardinality); '' when not
             // extracted and for rows stored before.
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN tenant {lc} DEFAULT ''"
+            vec![alter(
+                "requests",
+                format!("ADD COLUMN tenant {lc} DEFAULT ''"),
             )],
-        },
-        Migration {
-            version: 9,
-            name: "requests: token usage",
+        ),
+        (
+            9,
+            "requests: token usage",
             // The response's `usage` counts; NULL when the server sent none (streams without
             // stream_options.include_usage), when its end was not captured, and before.
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN prompt_tokens Nullable(UInt32), \
+            vec![alter(
+                "requests",
+                "ADD COLUMN prompt_tokens Nullable(UInt32), \
              ADD COLUMN completion_tokens Nullable(UInt32)"
+                    .into(),
             )],
-        },
-        Migration {
-            version: 10,
-            name: "engine_steps: tokens and the GPU side",
+        ),
+        (
+            10,
+            "engine_steps: tokens and the GPU side",
             // From the CUDA hooks; gpu_ns NULL (and the rest 0, gpu_class '') for steps the
             // hooks did not see and for rows stored before.
-            statements: vec![format!(
-                "ALTER TABLE {db}.engine_steps ADD COLUMN tokens UInt32 DEFAULT 0, \
+            vec![alter(
+                "engine_steps",
+                format!(
+                    "ADD COLUMN tokens UInt32 DEFAULT 0, \
              ADD COLUMN gpu_class {lc} DEFAULT '', ADD COLUMN gpu_ns Nullable(UInt64), \
              ADD COLUMN gpu_launch_ns UInt64 DEFAULT 0, ADD COLUMN graph_launches UInt32 DEFAULT 0, \
              ADD COLUMN kernel_launches UInt64 DEFAULT 0, ADD COLUMN dtoh_bytes UInt64 DEFAULT 0, \
              ADD COLUMN htod_bytes UInt64 DEFAULT 0, ADD COLUMN sync_wait_ns UInt64 DEFAULT 0, \
              ADD COLUMN host_bound UInt8 DEFAULT 0, ADD COLUMN gpu_ranks UInt32 DEFAULT 0, \
              ADD COLUMN gpu_upper_bound UInt8 DEFAULT 0"
+                ),
             )],
-        },
-        Migration {
-            version: 11,
-            name: "requests: GPU time",
+        ),
+        (
+            11,
+            "requests: GPU time",
             // Latency and cost views of the request's GPU time and the weights of the cost
             // view (its tokens per step, beside step_ids); NULL / [] without GPU steps.
-            statements: vec![format!(
-                "ALTER TABLE {db}.requests ADD COLUMN gpu_ns Nullable(UInt64), \
+            vec![alter(
+                "requests",
+                "ADD COLUMN gpu_ns Nullable(UInt64), \
              ADD COLUMN gpu_cost_ns Nullable(UInt64), ADD COLUMN gpu_host_bound_ns Nullable(UInt64), \
              ADD COLUMN gpu_upper_bound_steps Nullable(UInt32), ADD COLUMN step_tokens Array(UInt32)"
+                    .into(),
             )],
-        },
-        Migration {
-            version: 12,
-            name: "engine_steps and requests: NCCL collectives and stragglers",
+        ),
+        (
+            12,
+            "engine_steps and requests: NCCL collectives and stragglers",
             // From the NCCL hooks; NULL (and 0) where none were seen and for rows stored before.
-            statements: vec![
-                format!(
-                    "ALTER TABLE {db}.engine_steps ADD COLUMN collectives Nullable(UInt32), \
+            vec![
+                alter(
+                    "engine_steps",
+                    "ADD COLUMN collectives Nullable(UInt32), \
              ADD COLUMN collective_wait_ns UInt64 DEFAULT 0, \
              ADD COLUMN straggler_rank Nullable(UInt32), ADD COLUMN straggler_lag_ns UInt64 DEFAULT 0"
+                        .into(),
                 ),
-                format!(
-                    "ALTER TABLE {db}.requests ADD COLUMN collectives Nullable(UInt32), \
+                alter(
+                    "requests",
+                    "ADD COLUMN collectives Nullable(UInt32), \
              ADD COLUMN collective_wait_ns Nullable(UInt64), \
              ADD COLUMN straggler_rank Nullable(UInt32), ADD COLUMN straggler_lag_ns Nullable(UInt64)"
+                        .into(),
                 ),
             ],
-        },
-    ]
+        ),
+    ];
+    let mut r = Renderer::new(o);
+    steps
+        .into_iter()
+        .map(|(version, name, ddl)| Migration {
+            version,
+            name,
+            statements: ddl.iter().flat_map(|d| r.render(d)).collect(),
+        })
+        .collect()
 }
 
 /// Days the batch markers are kept where the server supports TTL: the dedup reload at start
@@ -353,36 +546,54 @@ pub const BATCH_MARKER_DAYS: u32 = 7;
 /// Statements that bring existing tables' TTL in line with the options, run at every start
 /// after the migrations (a `--retention-days` changed later takes effect): data tables get
 /// `retention_days` when it is set, batch markers [`BATCH_MARKER_DAYS`]. Empty where the
-/// server has no TTL.
+/// server has no TTL. On a cluster they change the local tables (TTL is a storage setting).
 pub fn retention_statements(o: &SchemaOptions) -> Vec<String> {
     if !o.version.ttl() {
         return Vec::new();
     }
     let db = &o.database;
+    let (suffix, on) = match &o.cluster {
+        Some(c) => ("_local", format!(" ON CLUSTER {c}")),
+        None => ("", String::new()),
+    };
     let mut v = Vec::new();
     if o.retention_days > 0 {
         for t in ["requests", "spans", "engine_steps"] {
             v.push(format!(
-                "ALTER TABLE {db}.{t} MODIFY TTL start + INTERVAL {} DAY",
+                "ALTER TABLE {db}.{t}{suffix}{on} MODIFY TTL start + INTERVAL {} DAY",
                 o.retention_days
             ));
         }
     }
     v.push(format!(
-        "ALTER TABLE {db}.ingested_batches MODIFY TTL received + INTERVAL {BATCH_MARKER_DAYS} DAY"
+        "ALTER TABLE {db}.ingested_batches{suffix}{on} MODIFY TTL received + INTERVAL {BATCH_MARKER_DAYS} DAY"
     ));
     v
 }
 
-/// The bookkeeping table of applied migrations.
-pub fn migrations_table(db: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
-    version UInt32,
-    name String,
-    applied_at DateTime
-) ENGINE = MergeTree() ORDER BY version"
-    )
+/// The bookkeeping table of applied migrations (on a cluster: replicated per shard, read and
+/// written through its `Distributed` table like the data).
+pub fn migrations_table(o: &SchemaOptions) -> Vec<String> {
+    Renderer::new(o).render(&Ddl::Table {
+        name: "schema_migrations",
+        columns: "    version UInt32,\n    name String,\n    applied_at DateTime".into(),
+        indexes: "",
+        engine: "MergeTree",
+        tail: "ORDER BY version".into(),
+        shard_key: "version",
+    })
+}
+
+/// Every statement that creates the schema from nothing for `o`, in order (the database, the
+/// bookkeeping table, each migration, the TTLs): what `aggregator --print-schema` prints.
+pub fn full_schema(o: &SchemaOptions) -> Vec<String> {
+    let mut v = vec![create_database(o)];
+    v.extend(migrations_table(o));
+    for m in migrations(o) {
+        v.extend(m.statements);
+    }
+    v.extend(retention_statements(o));
+    v
 }
 
 #[cfg(test)]
@@ -398,6 +609,7 @@ mod tests {
             database: "db".into(),
             version,
             retention_days,
+            cluster: None,
         };
         assert!(retention_statements(&opts(v18, 30)).is_empty());
         assert_eq!(
@@ -417,6 +629,7 @@ mod tests {
                 database: "inferscope".into(),
                 version: v,
                 retention_days: 30,
+                cluster: None,
             })[0]
                 .statements
                 .join("\n")
@@ -432,6 +645,117 @@ mod tests {
             new.contains("LowCardinality(String)") && new.contains("TTL start + INTERVAL 30 DAY")
         );
         assert!(new.contains("bloom_filter"));
+    }
+
+    #[test]
+    fn cluster_ddl_is_the_single_server_ddl_on_replicated_local_and_distributed_tables() {
+        let v24 = ChVersion::parse("24.8").unwrap();
+        let o = |cluster: Option<&str>| SchemaOptions {
+            database: "inferscope".into(),
+            version: v24,
+            retention_days: 0,
+            cluster: cluster.map(str::to_owned),
+        };
+        let (one, many) = (full_schema(&o(None)), full_schema(&o(Some("c1"))));
+        assert_eq!(one[0], "CREATE DATABASE IF NOT EXISTS inferscope");
+        assert_eq!(
+            many[0],
+            "CREATE DATABASE IF NOT EXISTS inferscope ON CLUSTER c1"
+        );
+        let find = |prefix: &str| {
+            many.iter()
+                .position(|m| m.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no statement starting {prefix:?}"))
+        };
+        // The last Distributed table of each table has every column its local table has.
+        let mut columns: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for s in &one[1..] {
+            if let Some(rest) = s.strip_prefix("CREATE TABLE IF NOT EXISTS inferscope.") {
+                let (name, body) = rest.split_once(" (").unwrap();
+                let (cols, tail) = body.split_once("\n) ENGINE = ").unwrap();
+                let local = &many[find(&format!(
+                    "CREATE TABLE IF NOT EXISTS inferscope.{name}_local ON CLUSTER c1 ("
+                ))];
+                assert!(local.contains(cols), "{name}: columns differ");
+                let (engine, after) = tail.split_once("()").unwrap();
+                assert!(
+                    local.contains(&format!(
+                        "ENGINE = Replicated{engine}('/clickhouse/tables/{{shard}}/inferscope/{name}', '{{replica}}'){after}"
+                    )),
+                    "{local}"
+                );
+                let names = cols
+                    .split(",\n")
+                    .map(|c| c.split_whitespace().next().unwrap().to_owned())
+                    .filter(|c| c != "INDEX")
+                    .collect();
+                columns.insert(name.to_owned(), names);
+            } else if let Some((table, ttl)) = s
+                .strip_prefix("ALTER TABLE inferscope.")
+                .and_then(|r| r.split_once(" MODIFY TTL "))
+            {
+                find(&format!(
+                    "ALTER TABLE inferscope.{table}_local ON CLUSTER c1 MODIFY TTL {ttl}"
+                ));
+            } else if let Some(rest) = s.strip_prefix("ALTER TABLE inferscope.") {
+                let (table, clause) = rest.split_once(' ').unwrap();
+                let i = find(&format!(
+                    "ALTER TABLE inferscope.{table}_local ON CLUSTER c1 {clause}"
+                ));
+                assert_eq!(
+                    many[i + 1],
+                    format!("DROP TABLE IF EXISTS inferscope.{table} ON CLUSTER c1")
+                );
+                assert!(many[i + 2].starts_with(&format!(
+                    "CREATE TABLE IF NOT EXISTS inferscope.{table} ON CLUSTER c1 ("
+                )));
+                let added = clause
+                    .split("ADD COLUMN ")
+                    .filter_map(|c| c.split_whitespace().next())
+                    .map(str::to_owned);
+                columns.get_mut(table).unwrap().extend(added);
+            } else if let Some(rest) = s.strip_prefix("CREATE VIEW IF NOT EXISTS inferscope.") {
+                let (name, select) = rest.split_once(" AS ").unwrap();
+                find(&format!(
+                    "CREATE VIEW IF NOT EXISTS inferscope.{name} ON CLUSTER c1 AS {select}"
+                ));
+            } else {
+                assert!(s.starts_with("DROP TABLE IF EXISTS"), "{s}");
+            }
+        }
+        for (table, cols) in &columns {
+            let last = many
+                .iter()
+                .rev()
+                .find(|m| {
+                    m.starts_with(&format!(
+                        "CREATE TABLE IF NOT EXISTS inferscope.{table} ON CLUSTER c1 ("
+                    ))
+                })
+                .unwrap();
+            assert!(last.contains(&format!(
+                "ENGINE = Distributed(c1, inferscope, {table}_local, "
+            )));
+            assert!(!last.contains("INDEX"), "{last}");
+            let body = last
+                .split_once(" (\n")
+                .unwrap()
+                .1
+                .split_once("\n) ENGINE")
+                .unwrap()
+                .0;
+            let got: Vec<&str> = body
+                .split(",\n")
+                .map(|c| c.split_whitespace().next().unwrap())
+                .collect();
+            assert_eq!(&got, cols, "{table}");
+        }
+        let tables = one.iter().filter(|s| s.starts_with("CREATE TABLE")).count();
+        let alters = one
+            .iter()
+            .filter(|s| s.starts_with("ALTER") && s.contains("ADD COLUMN"))
+            .count();
+        assert_eq!(many.len(), one.len() + tables + 2 * alters);
     }
 
     #[test]

@@ -177,6 +177,7 @@ impl Agg {
                 user: None,
                 password: None,
                 retention_days: 0,
+                cluster: None,
             },
             token: Some("s3cret".into()),
             node_tokens: vec![

@@ -34,6 +34,7 @@ pub async fn open_store(test: &str) -> Option<Store> {
         user: None,
         password: None,
         retention_days: 0,
+        cluster: None,
     };
     match Store::open(&cfg, Duration::from_secs(2)).await {
         Ok(s) => Some(s),
