@@ -648,6 +648,39 @@ fn fails_over_between_replicas() {
     eprintln!("failover: 30 records delivered through the other replica {failover:?} after the first died");
 }
 
+/// (b''') A replica that answers only RETRY (its ClickHouse server is down) is left for the
+/// other after a few answers; everything is stored there.
+#[test]
+fn leaves_a_replica_that_cannot_store() {
+    init_logs();
+    let stuck = Fake::new(Box::new(|_, _| AckStatus::Retry));
+    let good = Fake::new(stored());
+    let servers = [
+        Server::start(&stuck, "127.0.0.1:0".parse().expect("addr")),
+        Server::start(&good, "127.0.0.1:0".parse().expect("addr")),
+    ];
+    let spool = tempfile::tempdir().expect("tempdir");
+    // Both orders: whichever replica a node starts on, the batches end up stored.
+    for (i, urls) in [[0, 1], [1, 0]].into_iter().enumerate() {
+        let mut c = cfg(&servers[urls[0]].url());
+        c.urls.push(servers[urls[1]].url());
+        c.spool_dir = Some(spool.path().to_owned());
+        let h = Exporter::start(c).expect("start");
+        let stats = h.stats();
+        let ids = (i as u64 * 30)..(i as u64 * 30 + 30);
+        send_all(&h, ids);
+        wait_until(
+            "delivery through the replica that stores",
+            Duration::from_secs(15),
+            || stats.snapshot().records_delivered == 30,
+        );
+        let s = h.shutdown(Duration::from_secs(5));
+        assert_eq!(s.batches_dropped, 0, "{s}");
+    }
+    assert!(stuck.stored_trace_ids().is_empty());
+    assert_eq!(sorted(good.stored_trace_ids()), expect_ids(0..60));
+}
+
 /// (c) RETRY twice, then STORED: each batch is resent and stored once.
 #[test]
 fn retry_then_stored() {

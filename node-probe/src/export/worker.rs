@@ -52,6 +52,10 @@ enum SpoolWrite {
     Ahead,
 }
 
+/// With several aggregator replicas, this many RETRY answers in a row (and no success) move
+/// the export to the next replica.
+const RETRIES_BEFORE_FAILOVER: u32 = 3;
+
 type Connecting = Pin<Box<dyn Future<Output = Result<Stream, ConnectError>> + Send>>;
 
 /// The connection.
@@ -93,8 +97,10 @@ pub(super) struct Worker {
     write_ahead: bool,
     reachable: bool,
     connector: Connector,
-    /// Endpoints failed since the last acknowledgement (the backoff grows once per round).
+    /// Endpoints failed since the last STORED/DUPLICATE (the backoff grows once per round).
     failed_in_round: usize,
+    /// RETRY answers since the last STORED/DUPLICATE.
+    retries_in_row: u32,
     backoff: Backoff,
     retry_backoff: Backoff,
     retry_at: Instant,
@@ -137,6 +143,7 @@ impl Worker {
             reachable: true,
             connector,
             failed_in_round: 0,
+            retries_in_row: 0,
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
             retry_backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max),
             retry_at: now,
@@ -457,7 +464,13 @@ impl Worker {
         };
         // An ack proves the stream works: later failures start the backoff afresh.
         self.backoff.reset();
-        self.failed_in_round = 0;
+        match AckStatus::try_from(ack.status) {
+            Ok(AckStatus::Stored | AckStatus::Duplicate) => {
+                self.failed_in_round = 0;
+                self.retries_in_row = 0;
+            }
+            _ => {}
+        }
         match AckStatus::try_from(ack.status) {
             Ok(AckStatus::Stored) => {
                 add(&self.stats.acked_stored, 1);
@@ -494,6 +507,24 @@ impl Worker {
                         message = %ack.message,
                         "aggregator asked to retry"
                     );
+                }
+                // A replica that cannot store (its ClickHouse server is down) is left for the
+                // next one, which may reach storage through another server.
+                self.retries_in_row += 1;
+                if self.retries_in_row >= RETRIES_BEFORE_FAILOVER && self.connector.endpoints() > 1
+                {
+                    self.retries_in_row = 0;
+                    if let Some(slot) = self.pending.get_mut(&key) {
+                        slot.not_before = None;
+                    }
+                    self.disconnect(
+                        conn,
+                        format!(
+                            "{RETRIES_BEFORE_FAILOVER} RETRY answers in a row: {}",
+                            ack.message
+                        ),
+                    );
+                    return;
                 }
             }
         }
