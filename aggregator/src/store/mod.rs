@@ -123,6 +123,42 @@ impl Store {
         }
     }
 
+    /// Runs one migration's statements, then records it.
+    async fn apply(&self, db: &str, m: &schema::Migration) -> Result<(), StoreError> {
+        for s in &m.statements {
+            self.client.query(s).execute().await?;
+        }
+        self.insert_client()
+            .query(&format!(
+                "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES (?, ?, now())"
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `version` gets recorded within 60 s (by an aggregator migrating at the same time).
+    async fn recorded_by_another(&self, db: &str, version: u32) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let n: u64 = self
+                .client
+                .query(&format!(
+                    "SELECT count() FROM {db}.schema_migrations WHERE version = ?"
+                ))
+                .bind(version)
+                .fetch_one()
+                .await?;
+            if n > 0 {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(false)
+    }
+
     /// Refuses a cluster the server does not define, and says which servers and coordinator
     /// it has (ZooKeeper on 18.16, ClickHouse Keeper or ZooKeeper on current releases: both
     /// answer through `system.zookeeper`).
@@ -176,17 +212,19 @@ impl Store {
             if applied.contains(&m.version) {
                 continue;
             }
-            for s in &m.statements {
-                self.client.query(s).execute().await?;
+            if let Err(e) = self.apply(db, &m).await {
+                tracing::warn!(version = m.version, error = %e, "migration failed: waiting up to 60 s in case another aggregator is applying it");
+                // Replicas starting together race on the same migration (an ALTER that the
+                // other one ran already fails): wait for whoever got ahead to record it.
+                if !self.recorded_by_another(db, m.version).await? {
+                    return Err(e);
+                }
+                info!(
+                    version = m.version,
+                    "migration applied by another aggregator"
+                );
+                continue;
             }
-            self.insert_client()
-                .query(&format!(
-                    "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES (?, ?, now())"
-                ))
-                .bind(m.version)
-                .bind(m.name)
-                .execute()
-                .await?;
             info!(version = m.version, name = m.name, clickhouse = ?self.version, "applied migration");
         }
         for s in retention_statements(&opts) {
