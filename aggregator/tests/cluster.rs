@@ -85,7 +85,7 @@ fn varied_batch(seq: u64, n: usize, t0: u64) -> Batch {
             trace_id: trace.clone(),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
-            status: if k % 17 == 0 { 500 } else { 200 },
+            status: if k.is_multiple_of(17) { 500 } else { 200 },
             outcome: "complete".into(),
             model: if k % 3 == 0 { "m-large" } else { "m-small" }.into(),
             start_unix_ns: start,

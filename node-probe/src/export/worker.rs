@@ -464,12 +464,9 @@ impl Worker {
         };
         // An ack proves the stream works: later failures start the backoff afresh.
         self.backoff.reset();
-        match AckStatus::try_from(ack.status) {
-            Ok(AckStatus::Stored | AckStatus::Duplicate) => {
-                self.failed_in_round = 0;
-                self.retries_in_row = 0;
-            }
-            _ => {}
+        if let Ok(AckStatus::Stored | AckStatus::Duplicate) = AckStatus::try_from(ack.status) {
+            self.failed_in_round = 0;
+            self.retries_in_row = 0;
         }
         match AckStatus::try_from(ack.status) {
             Ok(AckStatus::Stored) => {
