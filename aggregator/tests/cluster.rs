@@ -87,7 +87,12 @@ fn varied_batch(seq: u64, n: usize, t0: u64) -> Batch {
             path: "/v1/chat/completions".into(),
             status: if k.is_multiple_of(17) { 500 } else { 200 },
             outcome: "complete".into(),
-            model: if k % 3 == 0 { "m-large" } else { "m-small" }.into(),
+            model: if k.is_multiple_of(3) {
+                "m-large"
+            } else {
+                "m-small"
+            }
+            .into(),
             start_unix_ns: start,
             end_unix_ns: start + e2e,
             e2e_ns: e2e,
