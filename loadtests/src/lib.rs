@@ -2,6 +2,7 @@
 
 pub mod fidelity;
 pub mod harness;
+pub mod ingest;
 pub mod openai;
 pub mod probe;
 pub mod stats;
