@@ -44,6 +44,13 @@ struct Cli {
     /// ones started later.
     #[arg(long = "cmdline", value_name = "REGEX")]
     patterns: Vec<String>,
+    /// Trace processes whose cgroup path matches this regular expression (repeatable),
+    /// including ones started later, whoever runs them: a pod or container
+    /// (`pod<UID>`, the container id) as the runtime names it, e.g. `^/kubepods.*pod1234abcd`.
+    /// Anchor it at the runtime's slice: paths under a systemd user manager (`user@UID.service`,
+    /// where users can create cgroups) never match.
+    #[arg(long = "cgroup", value_name = "REGEX")]
+    cgroups: Vec<String>,
     /// `--cmdline` selects processes of this user id too (repeatable; default: root's only, so
     /// that a local user cannot have their process traced). `--pid` is not restricted.
     #[arg(long = "cmdline-uid", value_name = "UID")]
@@ -250,8 +257,13 @@ fn real_main() -> anyhow::Result<()> {
                 .collect(),
         )
     };
-    let selector =
-        Selector::new(&cli.proc_root, &cli.pids, &cli.patterns, !cli.no_children)?.with_uids(uids);
+    let selector = Selector::new(
+        &cli.proc_root,
+        &cli.pids,
+        (&cli.patterns, &cli.cgroups),
+        !cli.no_children,
+    )?
+    .with_uids(uids);
     let ring_bytes = cli
         .ring_mib
         .checked_mul(1 << 20)

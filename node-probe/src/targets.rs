@@ -5,7 +5,7 @@
 //! scan computes the initial set; afterwards the kernel adds children at fork and removes
 //! processes at exit, and userspace matches every exec against the patterns.
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use inferscope_common::TargetReason;
 use regex::Regex;
@@ -25,7 +25,7 @@ pub enum SelectorError {
         pid: u32,
     },
     /// A pattern that is not a valid regular expression.
-    #[error("invalid --cmdline pattern {pattern:?}: {reason}")]
+    #[error("invalid --cmdline/--cgroup pattern {pattern:?}: {reason}")]
     BadPattern {
         /// The pattern.
         pattern: String,
@@ -33,7 +33,7 @@ pub enum SelectorError {
         reason: String,
     },
     /// Nothing to trace.
-    #[error("no targets: give at least one --pid or --cmdline")]
+    #[error("no targets: give at least one --pid, --cmdline or --cgroup")]
     Empty,
 }
 
@@ -84,6 +84,26 @@ pub fn read_proc(proc_root: &Path, pid: u32) -> Option<ProcInfo> {
         dead,
         uid,
     })
+}
+
+/// The cgroup paths of `pid` (`/proc/PID/cgroup`: the v2 path and each v1 hierarchy's), but
+/// those under a systemd user manager (`…/user@UID.service/…`), the one subtree an unprivileged
+/// user may create cgroups in: a user cannot name a cgroup so that `--cgroup` picks it up.
+/// A container's path names its pod and container (`/kubepods/…/pod<UID>/<container id>`,
+/// `…/docker-<id>.scope`).
+pub fn cgroup_paths(proc_root: &Path, pid: u32) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter(|p| !p.contains("/user@"))
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// The program of a command line, for logs: the file name of its first word. Arguments (which
@@ -144,6 +164,10 @@ pub struct Selector {
     patterns: Vec<Regex>,
     /// Whose processes patterns may select (named pids are traced whoever owns them).
     uids: UidRule,
+    /// `--cgroup` patterns, matched against the process's cgroup paths (any user's).
+    cgroups: Vec<Regex>,
+    /// Where `/proc` is (for the cgroup paths).
+    proc_root: PathBuf,
     /// Whether descendants of targets are traced.
     pub follow_children: bool,
     /// A pid never to trace (node-probe itself).
@@ -155,10 +179,10 @@ impl Selector {
     pub fn new(
         proc_root: &Path,
         pids: &[u32],
-        patterns: &[String],
+        (patterns, cgroups): (&[String], &[String]),
         follow_children: bool,
     ) -> Result<Self, SelectorError> {
-        if pids.is_empty() && patterns.is_empty() {
+        if pids.is_empty() && patterns.is_empty() && cgroups.is_empty() {
             return Err(SelectorError::Empty);
         }
         let mut named = Vec::with_capacity(pids.len());
@@ -172,19 +196,22 @@ impl Selector {
             }
             named.push((p, info.start_ticks));
         }
-        let patterns = patterns
-            .iter()
-            .map(|p| {
-                Regex::new(p).map_err(|e| SelectorError::BadPattern {
-                    pattern: p.clone(),
-                    reason: e.to_string(),
+        let compile = |v: &[String]| {
+            v.iter()
+                .map(|p| {
+                    Regex::new(p).map_err(|e| SelectorError::BadPattern {
+                        pattern: p.clone(),
+                        reason: e.to_string(),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Self {
             pids: named,
-            patterns,
+            patterns: compile(patterns)?,
             uids: UidRule::Only(vec![0]),
+            cgroups: compile(cgroups)?,
+            proc_root: proc_root.to_owned(),
             follow_children,
             exclude: std::process::id(),
         })
@@ -192,7 +219,7 @@ impl Selector {
 
     /// True when patterns are in use (so every exec must be checked).
     pub fn has_patterns(&self) -> bool {
-        !self.patterns.is_empty()
+        !self.patterns.is_empty() || !self.cgroups.is_empty()
     }
 
     /// Whose processes patterns select (default: root's only).
@@ -202,9 +229,13 @@ impl Selector {
     }
 
     /// Whether a process is selected by a pattern: its command line matches one and its user
-    /// is allowed.
+    /// is allowed, or one of its cgroup paths matches a `--cgroup` pattern.
     pub fn matches(&self, p: &ProcInfo) -> bool {
-        self.uids.allows(p.uid) && self.patterns.iter().any(|r| r.is_match(&p.cmdline))
+        (self.uids.allows(p.uid) && self.patterns.iter().any(|r| r.is_match(&p.cmdline)))
+            || (!self.cgroups.is_empty()
+                && cgroup_paths(&self.proc_root, p.pid)
+                    .iter()
+                    .any(|c| self.cgroups.iter().any(|r| r.is_match(c))))
     }
 
     /// The target set for a snapshot of processes: named pids, pattern matches, and (when
@@ -260,6 +291,8 @@ mod tests {
             pids: pids.iter().map(|&p| (p, u64::from(p) * 10)).collect(),
             patterns: pats.iter().map(|s| Regex::new(s).unwrap()).collect(),
             uids: UidRule::Only(vec![0]),
+            cgroups: Vec::new(),
+            proc_root: PathBuf::from("/proc"),
             follow_children: children,
             exclude: 999,
         }
@@ -319,24 +352,37 @@ mod tests {
     fn validation() {
         let root = Path::new("/proc");
         assert!(matches!(
-            Selector::new(root, &[], &[], true),
+            Selector::new(root, &[], (&[], &[]), true),
             Err(SelectorError::Empty)
         ));
-        let e = Selector::new(root, &[u32::MAX - 1], &[], true).unwrap_err();
+        let e = Selector::new(root, &[u32::MAX - 1], (&[], &[]), true).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("no such process: pid {}", u32::MAX - 1)
         );
-        let e = Selector::new(root, &[], &["(".into()], true).unwrap_err();
-        assert!(e.to_string().contains("invalid --cmdline pattern"), "{e}");
+        let e = Selector::new(root, &[], (&["(".into()], &[]), true).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid --cmdline/--cgroup pattern"),
+            "{e}"
+        );
+        let e = Selector::new(root, &[], (&[], &["[".into()]), true).unwrap_err();
+        assert!(e.to_string().contains("\"[\""), "{e}");
+        // Our own cgroup paths are readable, and a pattern on them selects us.
         let me = std::process::id();
-        let s = Selector::new(root, &[me], &[], true).unwrap();
+        let paths = cgroup_paths(root, me);
+        assert!(!paths.is_empty());
+        let exact = format!("^{}$", regex::escape(&paths[0]));
+        let s = Selector::new(root, &[], (&[], &[exact]), true).unwrap();
+        assert!(s.has_patterns());
+        assert!(s.matches(&read_proc(root, me).unwrap()));
+        let me = std::process::id();
+        let s = Selector::new(root, &[me], (&[], &[]), true).unwrap();
         assert_eq!(s.exclude, me);
         // A thread id (of a thread alive while it is checked) is refused, naming its process.
         let msg = std::thread::spawn(|| {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
-            Selector::new(Path::new("/proc"), &[tid], &[], true)
+            Selector::new(Path::new("/proc"), &[tid], (&[], &[]), true)
                 .unwrap_err()
                 .to_string()
         })
