@@ -289,13 +289,15 @@ async fn resends_are_recognised_across_replicas() {
         x
     };
     let status = |acks: &[Ack]| AckStatus::try_from(acks[0].status).unwrap();
+    // A resend is the same batch, byte for byte (node-probe resends what it kept).
+    let (b1, b2, b3) = (batch(1, 20, 1), batch(2, 30, 1), batch(3, 10, 1));
 
     // Stored through A; resent to B (its ack to the node was lost with A).
-    let acks = send(a.grpc, Some("s3cret"), vec![batch(1, 20, 1)])
+    let acks = send(a.grpc, Some("s3cret"), vec![b1.clone()])
         .await
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Stored);
-    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(1, 20, 1))])
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(b1.clone())])
         .await
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Duplicate, "{acks:?}");
@@ -303,12 +305,12 @@ async fn resends_are_recognised_across_replicas() {
 
     // A commits steps and spans of batch 2, then fails on requests; B gets the resend.
     sql(&format!("RENAME TABLE {db}.requests TO {db}.requests_away")).await;
-    let acks = send(a.grpc, Some("s3cret"), vec![batch(2, 30, 1)])
+    let acks = send(a.grpc, Some("s3cret"), vec![b2.clone()])
         .await
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Retry, "{acks:?}");
     sql(&format!("RENAME TABLE {db}.requests_away TO {db}.requests")).await;
-    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(2, 30, 1))])
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(b2.clone())])
         .await
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
@@ -320,7 +322,7 @@ async fn resends_are_recognised_across_replicas() {
         "RENAME TABLE {db}.ingested_batches TO {db}.batches_away"
     ))
     .await;
-    let acks = send(a.grpc, Some("s3cret"), vec![batch(3, 10, 1)])
+    let acks = send(a.grpc, Some("s3cret"), vec![b3.clone()])
         .await
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Retry, "{acks:?}");
@@ -328,7 +330,7 @@ async fn resends_are_recognised_across_replicas() {
         "RENAME TABLE {db}.batches_away TO {db}.ingested_batches"
     ))
     .await;
-    let acks = send(b.grpc, Some("s3cret"), vec![resent(batch(3, 10, 1))])
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(b3.clone())])
         .await
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
