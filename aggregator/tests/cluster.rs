@@ -17,9 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::ingest::*;
-use inferscope_proto::v1::{
-    ack::Status as AckStatus, Ack, Batch, EngineStep, Request, Resource, ResourceData, Span,
-};
+use inferscope_proto::v1::{ack::Status as AckStatus, Ack, Batch};
 use serde_json::Value;
 
 const CLUSTER: &str = "inferscope_cluster";
@@ -66,86 +64,6 @@ fn ch(n: u32, q: &str) -> String {
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Requests of two models on one node per batch, with latencies that differ per request, their
-/// server spans, and engine steps: enough variety for quantiles, groups and traces to differ
-/// when anything is lost, doubled or misread.
-fn varied_batch(seq: u64, n: usize, t0: u64) -> Batch {
-    let node = if seq % 2 == 1 { "node-a" } else { "node-b" };
-    let mut requests = Vec::new();
-    let mut spans = Vec::new();
-    for i in 0..n as u64 {
-        let k = seq * 1000 + i;
-        let mut trace = vec![0xc1; 16];
-        trace[8..].copy_from_slice(&k.to_be_bytes());
-        let e2e = 20_000_000 + (k * 7919 % 977) * 1_000_000;
-        let start = t0 + k * 3_000_000;
-        requests.push(Request {
-            trace_id: trace.clone(),
-            method: "POST".into(),
-            path: "/v1/chat/completions".into(),
-            status: if k.is_multiple_of(17) { 500 } else { 200 },
-            outcome: "complete".into(),
-            model: if k.is_multiple_of(3) {
-                "m-large"
-            } else {
-                "m-small"
-            }
-            .into(),
-            start_unix_ns: start,
-            end_unix_ns: start + e2e,
-            e2e_ns: e2e,
-            ttft_ns: e2e / 5,
-            tpot_ns: Some(e2e / 50),
-            queue_ns: Some(k % 11 * 1_000_000),
-            prefill_ns: Some(e2e / 10),
-            decode_ns: Some(e2e / 2),
-            stream: true,
-            chunks: 40,
-            engine_steps: 2,
-            step_ids: vec![k * 2, k * 2 + 1],
-            ..Default::default()
-        });
-        spans.push(Span {
-            trace_id: trace,
-            span_id: k.to_be_bytes().to_vec(),
-            name: "http.server".into(),
-            start_unix_ns: start,
-            end_unix_ns: start + e2e,
-            ..Default::default()
-        });
-    }
-    let steps = requests
-        .iter()
-        .flat_map(|r| {
-            r.step_ids.iter().map(|&id| EngineStep {
-                engine_instance: "inst-1".into(),
-                step_id: id,
-                start_unix_ns: r.start_unix_ns,
-                end_unix_ns: r.start_unix_ns + 1_000_000,
-                batch_size: 4,
-                ..Default::default()
-            })
-        })
-        .collect();
-    Batch {
-        node_id: node.into(),
-        boot_id: "boot-cluster".into(),
-        sequence: seq,
-        resend: false,
-        resources: vec![ResourceData {
-            resource: Some(Resource {
-                node: node.into(),
-                pid: 7,
-                engine: "vllm".into(),
-                ..Default::default()
-            }),
-            requests,
-            spans,
-            steps,
-        }],
-    }
 }
 
 async fn one(grpc: std::net::SocketAddr, b: Batch) -> AckStatus {
@@ -276,6 +194,13 @@ async fn cluster_answers_like_one_server_stores_once_and_survives_a_replica() {
         "{} queries: identical answers on the cluster and on one server",
         paths.len()
     );
+    // The rollups (a materialized view on every server over its local table) count each
+    // request once, as on one server.
+    let p = format!("/api/v1/breakdown?{w}&source=rollup");
+    let (on_cluster, on_one) = (api(a.http, &p), api(single.http, &p));
+    assert_eq!(on_cluster["count"], sent, "{on_cluster}");
+    assert_eq!(on_one["count"], sent, "{on_one}");
+    assert_eq!(on_cluster["samples"], on_one["samples"]);
 
     // Phase 2: a replica of shard 1 down: inserts go on, it catches up when back.
     cluster_script(&["stop", "2"]);
@@ -303,6 +228,10 @@ async fn cluster_answers_like_one_server_stores_once_and_survives_a_replica() {
     assert_eq!(ch(3, &q), format!("{sent}\t{sent}"));
     let l2 = ch(2, &format!("SELECT count() FROM {db}.requests_local"));
     wait_local(1, &format!("{db}.requests_local"), l2.parse().unwrap());
+    // Rolled up once each through the failures too (replicas fetch parts, they do not re-run
+    // the view).
+    let roll = api(b.http, &format!("/api/v1/breakdown?{w}&source=rollup"));
+    assert_eq!(roll["count"], sent, "{roll}");
     eprintln!(
         "cluster: {sent} requests stored once each through replica and server failures in {:?}",
         t_start.elapsed()

@@ -196,8 +196,19 @@ pub struct Breakdown {
     pub samples: MetricCounts,
     /// One row per requested level, in the order requested.
     pub quantiles: Vec<QuantileRow>,
-    /// Slow cohort vs median cohort; `null` when the window is empty.
+    /// Slow cohort vs median cohort; `null` when the window is empty (and from rollups).
     pub slow_vs_median: Option<SlowVsMedian>,
+    /// What answered: `raw` (every stored request, exact quantiles) or `rollup` (the
+    /// per-minute t-digest rollups: whole minutes, approximate quantiles).
+    #[serde(default = "raw")]
+    pub source: String,
+    /// How far a `rollup` answer may be from the exact one (`null` for `raw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approximation: Option<String>,
+}
+
+fn raw() -> String {
+    "raw".into()
 }
 
 /// `0.99` → `99`, `0.999` → `99.9`.

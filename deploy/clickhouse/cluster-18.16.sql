@@ -801,3 +801,51 @@ CREATE TABLE IF NOT EXISTS inferscope.requests ON CLUSTER inferscope_cluster (
     straggler_lag_ns Nullable(UInt64)
 ) ENGINE = Distributed(inferscope_cluster, inferscope, requests_local, cityHash64(trace_id));
 
+CREATE TABLE IF NOT EXISTS inferscope.requests_1m_local ON CLUSTER inferscope_cluster (
+    minute DateTime,
+    model String,
+    node String,
+    engine String,
+    requests AggregateFunction(count),
+    e2e AggregateFunction(quantilesTDigest(0.5), UInt64),
+    ttft AggregateFunction(quantilesTDigest(0.5), UInt64),
+    tpot AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    tpot_n AggregateFunction(countIf, UInt8),
+    frontend AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    frontend_n AggregateFunction(countIf, UInt8),
+    queue AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    queue_n AggregateFunction(countIf, UInt8),
+    prefill AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    prefill_n AggregateFunction(countIf, UInt8),
+    decode AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    decode_n AggregateFunction(countIf, UInt8),
+    delivery AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    delivery_n AggregateFunction(countIf, UInt8)
+) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/inferscope/requests_1m', '{replica}')
+PARTITION BY toYYYYMM(minute)
+ORDER BY (minute, model, node, engine);
+
+CREATE TABLE IF NOT EXISTS inferscope.requests_1m ON CLUSTER inferscope_cluster (
+    minute DateTime,
+    model String,
+    node String,
+    engine String,
+    requests AggregateFunction(count),
+    e2e AggregateFunction(quantilesTDigest(0.5), UInt64),
+    ttft AggregateFunction(quantilesTDigest(0.5), UInt64),
+    tpot AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    tpot_n AggregateFunction(countIf, UInt8),
+    frontend AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    frontend_n AggregateFunction(countIf, UInt8),
+    queue AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    queue_n AggregateFunction(countIf, UInt8),
+    prefill AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    prefill_n AggregateFunction(countIf, UInt8),
+    decode AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    decode_n AggregateFunction(countIf, UInt8),
+    delivery AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    delivery_n AggregateFunction(countIf, UInt8)
+) ENGINE = Distributed(inferscope_cluster, inferscope, requests_1m_local, cityHash64(model, node));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.requests_1m_mv ON CLUSTER inferscope_cluster TO inferscope.requests_1m_local AS SELECT toStartOfMinute(start) AS minute, model, node, engine, countState() AS requests, quantilesTDigestState(0.5)(e2e_ns) AS e2e, quantilesTDigestState(0.5)(ttft_ns) AS ttft, quantilesTDigestIfState(0.5)(ifNull(tpot_ns, 0), isNotNull(tpot_ns)) AS tpot, countIfState(isNotNull(tpot_ns)) AS tpot_n, quantilesTDigestIfState(0.5)(ifNull(frontend_ns, 0), isNotNull(frontend_ns)) AS frontend, countIfState(isNotNull(frontend_ns)) AS frontend_n, quantilesTDigestIfState(0.5)(ifNull(queue_ns, 0), isNotNull(queue_ns)) AS queue, countIfState(isNotNull(queue_ns)) AS queue_n, quantilesTDigestIfState(0.5)(ifNull(prefill_ns, 0), isNotNull(prefill_ns)) AS prefill, countIfState(isNotNull(prefill_ns)) AS prefill_n, quantilesTDigestIfState(0.5)(ifNull(decode_ns, 0), isNotNull(decode_ns)) AS decode, countIfState(isNotNull(decode_ns)) AS decode_n, quantilesTDigestIfState(0.5)(ifNull(delivery_ns, 0), isNotNull(delivery_ns)) AS delivery, countIfState(isNotNull(delivery_ns)) AS delivery_n FROM inferscope.requests_local GROUP BY minute, model, node, engine;
+

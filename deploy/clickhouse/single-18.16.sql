@@ -150,3 +150,29 @@ ALTER TABLE inferscope.engine_steps ADD COLUMN collectives Nullable(UInt32), ADD
 
 ALTER TABLE inferscope.requests ADD COLUMN collectives Nullable(UInt32), ADD COLUMN collective_wait_ns Nullable(UInt64), ADD COLUMN straggler_rank Nullable(UInt32), ADD COLUMN straggler_lag_ns Nullable(UInt64);
 
+CREATE TABLE IF NOT EXISTS inferscope.requests_1m (
+    minute DateTime,
+    model String,
+    node String,
+    engine String,
+    requests AggregateFunction(count),
+    e2e AggregateFunction(quantilesTDigest(0.5), UInt64),
+    ttft AggregateFunction(quantilesTDigest(0.5), UInt64),
+    tpot AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    tpot_n AggregateFunction(countIf, UInt8),
+    frontend AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    frontend_n AggregateFunction(countIf, UInt8),
+    queue AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    queue_n AggregateFunction(countIf, UInt8),
+    prefill AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    prefill_n AggregateFunction(countIf, UInt8),
+    decode AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    decode_n AggregateFunction(countIf, UInt8),
+    delivery AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8),
+    delivery_n AggregateFunction(countIf, UInt8)
+) ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(minute)
+ORDER BY (minute, model, node, engine);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.requests_1m_mv TO inferscope.requests_1m AS SELECT toStartOfMinute(start) AS minute, model, node, engine, countState() AS requests, quantilesTDigestState(0.5)(e2e_ns) AS e2e, quantilesTDigestState(0.5)(ttft_ns) AS ttft, quantilesTDigestIfState(0.5)(ifNull(tpot_ns, 0), isNotNull(tpot_ns)) AS tpot, countIfState(isNotNull(tpot_ns)) AS tpot_n, quantilesTDigestIfState(0.5)(ifNull(frontend_ns, 0), isNotNull(frontend_ns)) AS frontend, countIfState(isNotNull(frontend_ns)) AS frontend_n, quantilesTDigestIfState(0.5)(ifNull(queue_ns, 0), isNotNull(queue_ns)) AS queue, countIfState(isNotNull(queue_ns)) AS queue_n, quantilesTDigestIfState(0.5)(ifNull(prefill_ns, 0), isNotNull(prefill_ns)) AS prefill, countIfState(isNotNull(prefill_ns)) AS prefill_n, quantilesTDigestIfState(0.5)(ifNull(decode_ns, 0), isNotNull(decode_ns)) AS decode, countIfState(isNotNull(decode_ns)) AS decode_n, quantilesTDigestIfState(0.5)(ifNull(delivery_ns, 0), isNotNull(delivery_ns)) AS delivery, countIfState(isNotNull(delivery_ns)) AS delivery_n FROM inferscope.requests GROUP BY minute, model, node, engine;
+

@@ -25,8 +25,10 @@ pub enum SelectorError {
         pid: u32,
     },
     /// A pattern that is not a valid regular expression.
-    #[error("invalid --cmdline/--cgroup pattern {pattern:?}: {reason}")]
+    #[error("invalid {flag} pattern {pattern:?}: {reason}")]
     BadPattern {
+        /// `--cmdline` or `--cgroup`.
+        flag: &'static str,
         /// The pattern.
         pattern: String,
         /// Why.
@@ -196,10 +198,11 @@ impl Selector {
             }
             named.push((p, info.start_ticks));
         }
-        let compile = |v: &[String]| {
+        let compile = |v: &[String], flag: &'static str| {
             v.iter()
                 .map(|p| {
                     Regex::new(p).map_err(|e| SelectorError::BadPattern {
+                        flag,
                         pattern: p.clone(),
                         reason: e.to_string(),
                     })
@@ -208,9 +211,9 @@ impl Selector {
         };
         Ok(Self {
             pids: named,
-            patterns: compile(patterns)?,
+            patterns: compile(patterns, "--cmdline")?,
             uids: UidRule::Only(vec![0]),
-            cgroups: compile(cgroups)?,
+            cgroups: compile(cgroups, "--cgroup")?,
             proc_root: proc_root.to_owned(),
             follow_children,
             exclude: std::process::id(),
@@ -361,12 +364,12 @@ mod tests {
             format!("no such process: pid {}", u32::MAX - 1)
         );
         let e = Selector::new(root, &[], (&["(".into()], &[]), true).unwrap_err();
+        assert!(e.to_string().contains("invalid --cmdline pattern"), "{e}");
+        let e = Selector::new(root, &[], (&[], &["[".into()]), true).unwrap_err();
         assert!(
-            e.to_string().contains("invalid --cmdline/--cgroup pattern"),
+            e.to_string().contains("invalid --cgroup pattern \"[\""),
             "{e}"
         );
-        let e = Selector::new(root, &[], (&[], &["[".into()]), true).unwrap_err();
-        assert!(e.to_string().contains("\"[\""), "{e}");
         // Our own cgroup paths are readable, and a pattern on them selects us.
         let me = std::process::id();
         let paths = cgroup_paths(root, me);

@@ -54,6 +54,8 @@ pub struct BreakdownQuery {
     pub quantiles: Vec<f64>,
     /// Level above which a request is in the slow cohort.
     pub slow_quantile: f64,
+    /// `source=rollup`: answer from the per-minute rollups ([`super::rollup`]).
+    pub rollup: bool,
 }
 
 impl BreakdownQuery {
@@ -70,6 +72,7 @@ impl BreakdownQuery {
         "tenant",
         "quantiles",
         "slow_quantile",
+        "source",
     ];
 
     /// Validates.
@@ -87,6 +90,16 @@ impl BreakdownQuery {
             slow_quantile: p
                 .quantile("slow_quantile")?
                 .unwrap_or(DEFAULT_SLOW_QUANTILE),
+            rollup: match p.string("source")?.as_deref() {
+                None | Some("raw") => false,
+                Some("rollup") => true,
+                Some(_) => {
+                    return Err(invalid(
+                        "source",
+                        "want raw (exact) or rollup (approximate)",
+                    ))
+                }
+            },
         })
     }
 }
@@ -125,6 +138,9 @@ pub async fn handler(
 ) -> Result<Json<Breakdown>, ApiError> {
     let p = params_of(q, BreakdownQuery::PARAMS)?;
     let bq = BreakdownQuery::from_params(&p)?;
+    if bq.rollup {
+        return Ok(Json(super::rollup::breakdown(&s.store, &bq).await?));
+    }
     Ok(Json(breakdown(&s.store, &bq).await?))
 }
 
@@ -228,6 +244,8 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
         samples,
         quantiles,
         slow_vs_median,
+        source: "raw".into(),
+        approximation: None,
     })
 }
 

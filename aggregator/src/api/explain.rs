@@ -96,6 +96,7 @@ pub async fn explain(
         },
         quantiles: vec![0.5],
         slow_quantile: 0.99,
+        rollup: false,
     };
     let b = breakdown(store, &bq).await?;
     let ctx = Context {

@@ -40,6 +40,7 @@ pub mod histogram;
 pub mod limit;
 pub mod params;
 pub mod requests;
+pub mod rollup;
 pub mod samples;
 pub mod sql;
 pub mod time;

@@ -99,6 +99,15 @@ enum Ddl {
     View { name: &'static str, select: String },
     /// Drops a view.
     DropView { name: &'static str },
+    /// A materialized view writing `select` (over the rows inserted into table `from`) into
+    /// table `to`. On a cluster it is created on every server over the local tables, so each
+    /// insert is rolled up once, where it lands (replicas copy the target's parts).
+    MaterializedView {
+        name: &'static str,
+        to: &'static str,
+        from: &'static str,
+        select: String,
+    },
 }
 
 /// Renders [`Ddl`] for `o`, remembering each table's columns and sharding key: on a cluster a
@@ -161,6 +170,15 @@ impl<'a> Renderer<'a> {
                     format!("CREATE VIEW IF NOT EXISTS {db}.{name} AS {select}")
                 }
                 Ddl::DropView { name } => format!("DROP TABLE IF EXISTS {db}.{name}"),
+                Ddl::MaterializedView {
+                    name,
+                    to,
+                    from,
+                    select,
+                } => format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} TO {db}.{to} AS {select} FROM {db}.{from}{}",
+                    ROLLUP_GROUP_BY
+                ),
             }];
         };
         match d {
@@ -191,6 +209,15 @@ impl<'a> Renderer<'a> {
             Ddl::DropView { name } => {
                 vec![format!("DROP TABLE IF EXISTS {db}.{name} ON CLUSTER {c}")]
             }
+            Ddl::MaterializedView {
+                name,
+                to,
+                from,
+                select,
+            } => vec![format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {c} TO {db}.{to}_local AS {select} FROM {db}.{from}_local{}",
+                ROLLUP_GROUP_BY
+            )],
         }
     }
 
@@ -235,6 +262,52 @@ fn requests_ms(db: &str, first_text: bool) -> String {
     client, server, response_id, x_request_id
 FROM {db}.requests"
     )
+}
+
+/// The nullable metrics kept in the per-minute rollup besides e2e and ttft (each with its count).
+pub const ROLLUP_NULLABLE: [&str; 6] =
+    ["tpot", "frontend", "queue", "prefill", "decode", "delivery"];
+
+/// How the per-minute rollup groups.
+const ROLLUP_GROUP_BY: &str = " GROUP BY minute, model, node, engine";
+
+/// The rollup's aggregate columns: request count, t-digest states of e2e and ttft, and of each
+/// nullable metric with the count of requests that have it.
+fn rollup_columns(lc: &str) -> String {
+    let mut v = vec![
+        "minute DateTime".to_string(),
+        format!("model {lc}"),
+        format!("node {lc}"),
+        format!("engine {lc}"),
+        "requests AggregateFunction(count)".into(),
+        "e2e AggregateFunction(quantilesTDigest(0.5), UInt64)".into(),
+        "ttft AggregateFunction(quantilesTDigest(0.5), UInt64)".into(),
+    ];
+    for m in ROLLUP_NULLABLE {
+        v.push(format!(
+            "{m} AggregateFunction(quantilesTDigestIf(0.5), UInt64, UInt8)"
+        ));
+        v.push(format!("{m}_n AggregateFunction(countIf, UInt8)"));
+    }
+    v.iter()
+        .map(|c| format!("    {c}"))
+        .collect::<Vec<_>>()
+        .join(",\n")
+}
+
+/// The materialized view's SELECT list (its FROM and GROUP BY are added by [`Renderer`]).
+fn rollup_select() -> String {
+    let mut s = String::from(
+        "SELECT toStartOfMinute(start) AS minute, model, node, engine, countState() AS requests, \
+         quantilesTDigestState(0.5)(e2e_ns) AS e2e, quantilesTDigestState(0.5)(ttft_ns) AS ttft",
+    );
+    for m in ROLLUP_NULLABLE {
+        s.push_str(&format!(
+            ", quantilesTDigestIfState(0.5)(ifNull({m}_ns, 0), isNotNull({m}_ns)) AS {m}, \
+             countIfState(isNotNull({m}_ns)) AS {m}_n"
+        ));
+    }
+    s
 }
 
 /// All migrations, rendered for `o`.
@@ -527,6 +600,30 @@ FROM {db}.engine_steps"
                 ),
             ],
         ),
+        (
+            13,
+            "requests_1m: per-minute rollups (t-digest states) of the request metrics",
+            // Kept by a materialized view from every insert into requests from now on (rows
+            // stored before are not rolled up: the breakdown API answers from raw rows unless
+            // asked for source=rollup). Small: one row per minute, model, node and engine.
+            vec![
+                Ddl::Table {
+                    name: "requests_1m",
+                    columns: rollup_columns(lc),
+                    indexes: "",
+                    engine: "AggregatingMergeTree",
+                    tail: "PARTITION BY toYYYYMM(minute)\nORDER BY (minute, model, node, engine)"
+                        .into(),
+                    shard_key: "cityHash64(model, node)",
+                },
+                Ddl::MaterializedView {
+                    name: "requests_1m_mv",
+                    to: "requests_1m",
+                    from: "requests",
+                    select: rollup_select(),
+                },
+            ],
+        ),
     ];
     let mut r = Renderer::new(o);
     steps
@@ -714,6 +811,17 @@ mod tests {
                     .filter_map(|c| c.split_whitespace().next())
                     .map(str::to_owned);
                 columns.get_mut(table).unwrap().extend(added);
+            } else if let Some(rest) =
+                s.strip_prefix("CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.")
+            {
+                // Over the local tables, into the local target: each insert rolled up once.
+                let (name, rest) = rest.split_once(" TO inferscope.").unwrap();
+                let (to, select) = rest.split_once(" AS ").unwrap();
+                let (select, from) = select.split_once(" FROM inferscope.").unwrap();
+                let (from, group) = from.split_once(' ').unwrap();
+                find(&format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.{name} ON CLUSTER c1 TO inferscope.{to}_local AS {select} FROM inferscope.{from}_local {group}"
+                ));
             } else if let Some(rest) = s.strip_prefix("CREATE VIEW IF NOT EXISTS inferscope.") {
                 let (name, select) = rest.split_once(" AS ").unwrap();
                 find(&format!(

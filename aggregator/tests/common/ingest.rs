@@ -7,8 +7,8 @@ use inferscope_aggregator::ingest::writer::WriterConfig;
 use inferscope_aggregator::server::{serve, ServerConfig};
 use inferscope_aggregator::store::StoreConfig;
 use inferscope_proto::v1::{
-    ack::Status as AckStatus, ingest_client::IngestClient, Ack, Batch, Request, Resource,
-    ResourceData, Span,
+    ack::Status as AckStatus, ingest_client::IngestClient, Ack, Batch, EngineStep, Request,
+    Resource, ResourceData, Span,
 };
 use tokio_stream::StreamExt;
 
@@ -310,4 +310,84 @@ print(json.dumps(out))
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "prometheus_client refused /metrics");
     serde_json::from_slice(&out.stdout).expect("parser output")
+}
+
+/// Requests of two models on one node per batch, with latencies that differ per request, their
+/// server spans, and engine steps: enough variety for quantiles, groups and traces to differ
+/// when anything is lost, doubled or misread.
+pub fn varied_batch(seq: u64, n: usize, t0: u64) -> Batch {
+    let node = if seq % 2 == 1 { "node-a" } else { "node-b" };
+    let mut requests = Vec::new();
+    let mut spans = Vec::new();
+    for i in 0..n as u64 {
+        let k = seq * 1000 + i;
+        let mut trace = vec![0xc1; 16];
+        trace[8..].copy_from_slice(&k.to_be_bytes());
+        let e2e = 20_000_000 + (k * 7919 % 977) * 1_000_000;
+        let start = t0 + k * 3_000_000;
+        requests.push(Request {
+            trace_id: trace.clone(),
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            status: if k.is_multiple_of(17) { 500 } else { 200 },
+            outcome: "complete".into(),
+            model: if k.is_multiple_of(3) {
+                "m-large"
+            } else {
+                "m-small"
+            }
+            .into(),
+            start_unix_ns: start,
+            end_unix_ns: start + e2e,
+            e2e_ns: e2e,
+            ttft_ns: e2e / 5,
+            tpot_ns: Some(e2e / 50),
+            queue_ns: Some(k % 11 * 1_000_000),
+            prefill_ns: Some(e2e / 10),
+            decode_ns: Some(e2e / 2),
+            stream: true,
+            chunks: 40,
+            engine_steps: 2,
+            step_ids: vec![k * 2, k * 2 + 1],
+            ..Default::default()
+        });
+        spans.push(Span {
+            trace_id: trace,
+            span_id: k.to_be_bytes().to_vec(),
+            name: "http.server".into(),
+            start_unix_ns: start,
+            end_unix_ns: start + e2e,
+            ..Default::default()
+        });
+    }
+    let steps = requests
+        .iter()
+        .flat_map(|r| {
+            r.step_ids.iter().map(|&id| EngineStep {
+                engine_instance: "inst-1".into(),
+                step_id: id,
+                start_unix_ns: r.start_unix_ns,
+                end_unix_ns: r.start_unix_ns + 1_000_000,
+                batch_size: 4,
+                ..Default::default()
+            })
+        })
+        .collect();
+    Batch {
+        node_id: node.into(),
+        boot_id: "boot-cluster".into(),
+        sequence: seq,
+        resend: false,
+        resources: vec![ResourceData {
+            resource: Some(Resource {
+                node: node.into(),
+                pid: 7,
+                engine: "vllm".into(),
+                ..Default::default()
+            }),
+            requests,
+            spans,
+            steps,
+        }],
+    }
 }
