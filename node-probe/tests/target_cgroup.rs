@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 
 const MARKER: &str = "inferscope-cgroup-target-marker";
-const TALK: &str = "import socket,sys,time\na,b=socket.socketpair()\nfor _ in range(1000):\n    a.send(b'x'); b.recv(1); time.sleep(0.02)\n";
 
 /// The cgroup v2 mount, else a v1 hierarchy every kernel has (`pids`), from /proc/self/mounts.
 fn cgroup_root() -> Option<PathBuf> {
@@ -63,29 +62,7 @@ impl Drop for Cgroup {
 }
 
 fn talker(uid: Option<u32>) -> Child {
-    let mut c = match uid {
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={u}"),
-                &format!("--regid={u}"),
-                "--clear-groups",
-                "/usr/bin/python3",
-            ]);
-            c
-        }
-        None => Command::new("/usr/bin/python3"),
-    };
-    c.args(["-c", TALK, MARKER]).spawn().expect("spawn talker")
-}
-
-fn pids_seen(probe: &JsonChild) -> std::collections::HashSet<u64> {
-    probe
-        .seen
-        .iter()
-        .filter(|v| v["kind"] == "send" || v["kind"] == "recv")
-        .filter_map(|v| v["pid"].as_u64())
-        .collect()
+    socketpair_talker(uid, MARKER)
 }
 
 #[test]
@@ -114,7 +91,7 @@ fn processes_are_selected_by_cgroup_path() {
     let mut probe = start_probe(&["--cgroup", &pattern]);
     // One that enters the cgroup, then execs: the exec path.
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"{TALK}\" {MARKER}",
+        "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"{TALKER_CODE}\" {MARKER}",
         cg.dir.display()
     );
     let later = Command::new("sh")
@@ -123,7 +100,7 @@ fn processes_are_selected_by_cgroup_path() {
         .expect("sh");
     cg.kids.push(later);
     probe.drain_for(Duration::from_secs(3));
-    let seen = pids_seen(&probe);
+    let seen = pids_talking(&probe);
     let ids: Vec<u64> = cg.kids.iter().map(|c| u64::from(c.id())).collect();
     for c in &mut cg.kids {
         assert!(

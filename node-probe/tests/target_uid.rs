@@ -10,48 +10,20 @@ use common::*;
 
 const MARKER: &str = "inferscope-uid-target-marker";
 
-/// A Python process that sends on a unix socket pair every 20 ms for 20 s; as `uid` when given.
 fn talker(uid: Option<u32>) -> Child {
-    let code = "import socket,sys,time\na,b=socket.socketpair()\nfor _ in range(1000):\n    a.send(b'x'); b.recv(1); time.sleep(0.02)\n";
-    let mut cmd = match uid {
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={u}"),
-                &format!("--regid={u}"),
-                "--clear-groups",
-                // The system Python: a user's own (pyenv under /root) is not theirs to run.
-                "/usr/bin/python3",
-            ]);
-            c
-        }
-        None => Command::new("python3"),
-    };
-    cmd.args(["-c", code, MARKER])
-        .spawn()
-        .expect("spawn talker")
+    socketpair_talker(uid, MARKER)
 }
 
 /// Root's shell that matches the pattern, waits until node-probe has surely made it a target,
 /// then becomes nobody's talker through `setpriv` (exec without a fork: the same pid).
 fn talker_after_root_shell() -> Child {
-    let code = "import socket,sys,time\na,b=socket.socketpair()\nfor _ in range(1000):\n    a.send(b'x'); b.recv(1); time.sleep(0.02)\n";
     let script = format!(
-        "sleep 0.5; exec setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"{code}\" {MARKER}"
+        "sleep 0.5; exec setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"{TALKER_CODE}\" {MARKER}"
     );
     Command::new("sh")
         .args(["-c", &script, MARKER])
         .spawn()
         .expect("spawn shell talker")
-}
-
-fn pids_seen(probe: &JsonChild) -> std::collections::HashSet<u64> {
-    probe
-        .seen
-        .iter()
-        .filter(|v| v["kind"] == "send" || v["kind"] == "recv")
-        .filter_map(|v| v["pid"].as_u64())
-        .collect()
 }
 
 struct Kill(Vec<Child>);
@@ -78,7 +50,7 @@ fn other_users_processes_are_not_targeted_by_default() {
     // A pattern target that execs as another user is chosen again, and dropped.
     kids.0.push(talker_after_root_shell());
     probe.drain_for(Duration::from_secs(3));
-    let seen = pids_seen(&probe);
+    let seen = pids_talking(&probe);
     let ids: Vec<u64> = kids.0.iter().map(|c| u64::from(c.id())).collect();
     for c in &mut kids.0 {
         assert!(
@@ -107,7 +79,7 @@ fn other_users_processes_are_not_targeted_by_default() {
     // Opted in.
     let mut probe = start_probe(&["--cmdline", MARKER, "--cmdline-uid", "65534"]);
     probe.drain_for(Duration::from_secs(2));
-    let seen = pids_seen(&probe);
+    let seen = pids_talking(&probe);
     assert!(
         seen.contains(&ids[1]),
         "with --cmdline-uid 65534: {seen:?} {ids:?}"

@@ -153,6 +153,39 @@ fn quantiles_expr(sql: &mut Sql, levels: &[f64], func: &str, args: &str) {
         .push(")");
 }
 
+/// One [`QuantileRow`] per level from the quantile arrays: e2e and ttft (`count` requests
+/// have them), then per nullable metric (tpot, the phases, then any resources) its requests
+/// and its values; a metric no request has is `null`.
+pub(super) fn quantile_rows(
+    levels: &[f64],
+    (e2e, ttft, count): (&[u64], &[u64], u64),
+    present: &[u64],
+    values: &[Vec<u64>],
+) -> Vec<QuantileRow> {
+    let pick = |vals: &[u64], n: u64, i: usize| (n > 0).then(|| ns_to_ms(vals[i]));
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, &lv)| QuantileRow {
+            q: lv,
+            e2e_ms: pick(e2e, count, i),
+            ttft_ms: pick(ttft, count, i),
+            tpot_ms: pick(&values[0], present[0], i),
+            frontend_ms: pick(&values[1], present[1], i),
+            queue_ms: pick(&values[2], present[2], i),
+            prefill_ms: pick(&values[3], present[3], i),
+            decode_ms: pick(&values[4], present[4], i),
+            delivery_ms: pick(&values[5], present[5], i),
+            resources: Resources::from_vec(
+                (6..present.len())
+                    .map(|k| pick(&values[k], present[k], i))
+                    .collect(),
+            )
+            .unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// Runs the breakdown.
 pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, ApiError> {
     let table = store.table("requests");
@@ -203,28 +236,7 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
             "unexpected result shape from ClickHouse (quantiles)",
         ));
     }
-    let pick = |vals: &[u64], n: u64, i: usize| (n > 0).then(|| ns_to_ms(vals[i]));
-    let quantiles = levels
-        .iter()
-        .enumerate()
-        .map(|(i, &lv)| QuantileRow {
-            q: lv,
-            e2e_ms: pick(&r.e2e, r.count, i),
-            ttft_ms: pick(&r.ttft, r.count, i),
-            tpot_ms: pick(&r.values[0], r.present[0], i),
-            frontend_ms: pick(&r.values[1], r.present[1], i),
-            queue_ms: pick(&r.values[2], r.present[2], i),
-            prefill_ms: pick(&r.values[3], r.present[3], i),
-            decode_ms: pick(&r.values[4], r.present[4], i),
-            delivery_ms: pick(&r.values[5], r.present[5], i),
-            resources: Resources::from_vec(
-                (6..NULLABLE)
-                    .map(|k| pick(&r.values[k], r.present[k], i))
-                    .collect(),
-            )
-            .unwrap_or_default(),
-        })
-        .collect();
+    let quantiles = quantile_rows(levels, (&r.e2e, &r.ttft, r.count), &r.present, &r.values);
     let samples = MetricCounts {
         e2e: r.count,
         ttft: r.count,

@@ -8,8 +8,7 @@
 use clickhouse::Row;
 use serde::Deserialize;
 
-use super::breakdown::{BreakdownQuery, MetricCounts, Phases, QuantileRow, Resources};
-use super::ns_to_ms;
+use super::breakdown::{quantile_rows, BreakdownQuery, MetricCounts, Phases, Resources};
 use super::params::invalid;
 use super::sql::{Arg, Sql};
 use crate::error::ApiError;
@@ -121,23 +120,7 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
             "unexpected result shape from ClickHouse (rollups)",
         ));
     }
-    let pick = |vals: &[u64], have: u64, i: usize| (have > 0).then(|| ns_to_ms(vals[i]));
-    let quantiles = levels
-        .iter()
-        .enumerate()
-        .map(|(i, &lv)| QuantileRow {
-            q: lv,
-            e2e_ms: pick(&r.e2e, r.count, i),
-            ttft_ms: pick(&r.ttft, r.count, i),
-            tpot_ms: pick(&r.values[0], r.present[0], i),
-            frontend_ms: pick(&r.values[1], r.present[1], i),
-            queue_ms: pick(&r.values[2], r.present[2], i),
-            prefill_ms: pick(&r.values[3], r.present[3], i),
-            decode_ms: pick(&r.values[4], r.present[4], i),
-            delivery_ms: pick(&r.values[5], r.present[5], i),
-            resources: Resources::default(),
-        })
-        .collect();
+    let quantiles = quantile_rows(levels, (&r.e2e, &r.ttft, r.count), &r.present, &r.values);
     Ok(Breakdown {
         window: Window::new(from, to),
         count: r.count,

@@ -121,6 +121,25 @@ fn ch(a: &Args, q: &str, input: Option<&[u8]>) -> anyhow::Result<(String, Durati
     ))
 }
 
+/// Five timed calls of a breakdown URL (ms), each checked to count at least `rows` requests
+/// (`hint` is added to that error).
+fn time_breakdown(url: &str, rows: u64, hint: &str) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = Command::new("curl").args(["-sf", url]).output()?;
+        anyhow::ensure!(out.status.success(), "breakdown API failed ({url})");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        anyhow::ensure!(
+            v["count"].as_u64().unwrap_or(0) >= rows,
+            "breakdown counted {}{hint}",
+            v["count"]
+        );
+    }
+    Ok(times)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
@@ -244,19 +263,7 @@ async fn main() -> anyhow::Result<()> {
             now_s - 3700,
             now_s + 60
         );
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let t = Instant::now();
-            let out = Command::new("curl").args(["-sf", &url]).output()?;
-            anyhow::ensure!(out.status.success(), "breakdown API failed ({url})");
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            anyhow::ensure!(
-                v["count"].as_u64().unwrap_or(0) >= a.breakdown_rows,
-                "breakdown counted {}",
-                v["count"]
-            );
-        }
+        let times = time_breakdown(&url, a.breakdown_rows, "")?;
         println!(
             "  breakdown over {} stored requests (p50/p90/p99/p99.9 of 8 metrics + cohorts): median {:.0} ms (min {:.0}, max {:.0})",
             a.breakdown_rows,
@@ -267,19 +274,11 @@ async fn main() -> anyhow::Result<()> {
         // The same window from the per-minute rollups (filled by the materialized view as the
         // rows were inserted; a database created before the rollups has none for old rows).
         let url = format!("{url}&source=rollup");
-        let mut times = Vec::new();
-        for _ in 0..5 {
-            let t = Instant::now();
-            let out = Command::new("curl").args(["-sf", &url]).output()?;
-            anyhow::ensure!(out.status.success(), "rollup breakdown failed ({url})");
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            anyhow::ensure!(
-                v["count"].as_u64().unwrap_or(0) >= a.breakdown_rows,
-                "rollup breakdown counted {} (rows stored before the rollups existed are not in them: use a fresh --database)",
-                v["count"]
-            );
-        }
+        let times = time_breakdown(
+            &url,
+            a.breakdown_rows,
+            " (rows stored before the rollups existed are not in them: use a fresh --database)",
+        )?;
         println!(
             "  the same from the per-minute rollups (t-digest, p50/p90/p99/p99.9 of 8 metrics, no cohorts): median {:.1} ms (min {:.1}, max {:.1})",
             median(&times),

@@ -319,3 +319,38 @@ pub fn post(path: &str, body: &str, extra: &str) -> String {
         body.len()
     )
 }
+
+/// A Python process that sends on a unix socket pair every 20 ms for 20 s, with `marker` in its
+/// command line; as `uid` when given (through `setpriv`, the system Python: a user's own, e.g.
+/// pyenv under /root, is not theirs to run).
+pub fn socketpair_talker(uid: Option<u32>, marker: &str) -> Child {
+    let mut c = match uid {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={u}"),
+                &format!("--regid={u}"),
+                "--clear-groups",
+                "/usr/bin/python3",
+            ]);
+            c
+        }
+        None => Command::new("/usr/bin/python3"),
+    };
+    c.args(["-c", TALKER_CODE, marker])
+        .spawn()
+        .expect("spawn talker")
+}
+
+/// The program [`socketpair_talker`] runs.
+pub const TALKER_CODE: &str = "import socket,sys,time\na,b=socket.socketpair()\nfor _ in range(1000):\n    a.send(b'x'); b.recv(1); time.sleep(0.02)\n";
+
+/// The pids whose socket sends or receives the probe printed.
+pub fn pids_talking(probe: &JsonChild) -> std::collections::HashSet<u64> {
+    probe
+        .seen
+        .iter()
+        .filter(|v| v["kind"] == "send" || v["kind"] == "recv")
+        .filter_map(|v| v["pid"].as_u64())
+        .collect()
+}
