@@ -1,6 +1,7 @@
 //! ClickHouse storage: connection, version detection, migrations, and the row types written by
 //! the ingest pipeline (see [`crate::ingest`]).
 pub use inferscope_rows as rows;
+mod ddl;
 pub mod schema;
 
 use std::time::Duration;
