@@ -344,8 +344,38 @@ async fn resends_are_recognised_across_replicas() {
         .unwrap();
     assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
     assert_eq!(count(&db, "requests").await, 65);
+    // Steps carry no batch id and may repeat in a later batch: one of a never-stored batch's
+    // steps already stored (by another batch) does not make its other steps count as stored.
+    let b5 = varied_batch(5, 10, now_ns() - 60_000_000_000);
+    let mut b6 = b5.clone();
+    b6.sequence = 6;
+    // (A batch carries at least one request: one of its own.)
+    b6.resources[0].requests.truncate(1);
+    b6.resources[0].requests[0].trace_id[0] = 0xd6;
+    b6.resources[0].spans.clear();
+    b6.resources[0].steps.truncate(1);
+    let acks = send(a.grpc, Some("s3cret"), vec![b6]).await.unwrap();
+    assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
+    let acks = send(b.grpc, Some("s3cret"), vec![resent(b5.clone())])
+        .await
+        .unwrap();
+    assert_eq!(status(&acks), AckStatus::Stored, "{acks:?}");
+    let steps = b5.resources[0].steps.len();
+    let stored_steps = clickhouse::Client::default()
+        .with_url(ch_url())
+        .with_validation(false)
+        .query(&format!(
+            "SELECT uniqExact(engine_instance, step_id) FROM {db}.engine_steps"
+        ))
+        .fetch_one::<u64>()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_steps as usize, steps,
+        "every step of the resent batch stored"
+    );
     let m = ureq_get(&format!("http://{}/metrics", b.http));
-    assert!(m.contains("inferscope_resend_lookups_total 4\n"), "{m}");
+    assert!(m.contains("inferscope_resend_lookups_total 5\n"), "{m}");
     assert!(
         m.contains("inferscope_resend_partly_stored_total 2\n"),
         "{m}"

@@ -32,13 +32,19 @@ struct TableCount {
 
 /// Asks storage what it holds of `b` (`batch_id` is `node/boot/sequence`): one query, each
 /// table looked up by its sort key (marker by its key, requests by node and time, spans by
-/// trace id, steps by node and step id) and the batch id.
+/// trace id, steps by node, instance and id) and the batch id.
 pub async fn stored(store: &Store, b: &Batch, batch_id: &str) -> Result<Found, String> {
-    let rows: Vec<TableCount> = lookup_sql(store, b, batch_id)
+    let (sql, steps) = lookup_sql(store, b, batch_id);
+    let rows: Vec<TableCount> = sql
         .fetch_all(store.client(), "resent batch lookup")
         .await
         .map_err(|e| e.message)?;
-    let has = |t: &str| rows.iter().any(|r| r.t == t && r.n > 0);
+    // Steps carry no batch id and may repeat across batches: they count as stored only when
+    // every one of the batch's is there.
+    let has = |t: &str| {
+        rows.iter()
+            .any(|r| r.t == t && r.n > 0 && (t != "steps" || r.n >= steps))
+    };
     Ok(if has("batches") {
         Found::All
     } else if has("requests") {
@@ -52,8 +58,9 @@ pub async fn stored(store: &Store, b: &Batch, batch_id: &str) -> Result<Found, S
     })
 }
 
-/// The lookup: `SELECT table, count()` per table, `UNION ALL` (valid on 18.16 and current).
-fn lookup_sql(store: &Store, b: &Batch, batch_id: &str) -> Sql {
+/// The lookup: `SELECT table, count()` per table, `UNION ALL` (valid on 18.16 and current),
+/// and how many distinct steps the batch has.
+fn lookup_sql(store: &Store, b: &Batch, batch_id: &str) -> (Sql, u64) {
     let (mut requests, mut spans, mut steps) = (Vec::new(), Vec::new(), Vec::new());
     for rd in &b.resources {
         let Some(res) = &rd.resource else { continue };
@@ -100,23 +107,33 @@ fn lookup_sql(store: &Store, b: &Batch, batch_id: &str) -> Sql {
         q.push(") AND batch_id = ")
             .arg(Arg::Str(batch_id.to_owned()));
     }
-    if !steps.is_empty() {
-        // Steps carry no batch id: a step of this batch's node, instance and id is this one's.
-        q.push(" UNION ALL SELECT 'steps' AS t, count() AS n FROM ")
-            .push(&store.table("engine_steps"))
-            .push(" WHERE node IN (");
-        in_list(&mut q, steps.iter().map(|s| s.node.clone()), Arg::Str);
+    let keys: std::collections::BTreeSet<(String, String, u64)> = steps
+        .iter()
+        .map(|s| (s.node.clone(), s.engine_instance.clone(), s.step_id))
+        .collect();
+    if !keys.is_empty() {
+        // By node and step id (the sort key), then the exact (node, instance, id) triples.
+        q.push(
+            " UNION ALL SELECT 'steps' AS t, uniqExact(node, engine_instance, step_id) AS n FROM ",
+        )
+        .push(&store.table("engine_steps"))
+        .push(" WHERE node IN (");
+        in_list(&mut q, keys.iter().map(|k| k.0.clone()), Arg::Str);
         q.push(") AND step_id IN (");
-        in_list(&mut q, steps.iter().map(|s| s.step_id), Arg::U64);
-        q.push(") AND engine_instance IN (");
-        in_list(
-            &mut q,
-            steps.iter().map(|s| s.engine_instance.clone()),
-            Arg::Str,
-        );
+        in_list(&mut q, keys.iter().map(|k| k.2), Arg::U64);
+        q.push(") AND (node, engine_instance, step_id) IN (");
+        for (i, (node, inst, id)) in keys.iter().enumerate() {
+            q.push(if i > 0 { ", (" } else { "(" })
+                .arg(Arg::Str(node.clone()))
+                .push(", ")
+                .arg(Arg::Str(inst.clone()))
+                .push(", ")
+                .arg(Arg::U64(*id))
+                .push(")");
+        }
         q.push(")");
     }
-    q
+    (q, keys.len() as u64)
 }
 
 /// Appends `?, ?, …` bound to the distinct `values`.
