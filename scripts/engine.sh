@@ -88,7 +88,7 @@ start() {
   local extra=(); command -v g++ >/dev/null || extra+=(--enforce-eager)
   cd "$ROOT"
   nohup "$ROOT/venv/bin/vllm" serve "$MODEL" --served-model-name tiny-llm \
-    --host 127.0.0.1 --port "$PORT" --max-model-len 512 --max-num-seqs 16 --dtype bfloat16 \
+    --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --max-num-seqs 16 --dtype bfloat16 \
     "${extra[@]}" "$@" > "$ROOT/server-$PORT.log" 2>&1 &
   echo $! > "$ROOT/server-$PORT.pid"
   local t0; t0=$(date +%s)

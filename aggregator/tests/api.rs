@@ -483,7 +483,10 @@ async fn check_breakdown(
     )
     .await;
     let table = store.table("requests");
-    let metrics: [(&str, Pick); 11] = [
+    let metrics: [(&str, Pick); 14] = [
+        ("max_gap", (|q| q.gaps.max_gap)),
+        ("engine_tpot", (|q| q.gaps.engine_tpot)),
+        ("engine_max_gap", (|q| q.gaps.engine_max_gap)),
         ("gpu", (|q| q.resources.gpu)),
         ("gpu_host_bound", (|q| q.resources.gpu_host_bound)),
         ("collective_wait", (|q| q.resources.collective_wait)),
@@ -508,11 +511,16 @@ async fn check_breakdown(
     assert_eq!(b.count, total, "count ({api_filter})");
     assert!(total > 0);
     for (m, get_q) in &metrics {
+        // A wire gap needs a stream of two or more events (the column is not Nullable).
+        let has = match *m {
+            "max_gap" => "stream = 1 AND chunks >= 2".to_string(),
+            _ => format!("{m}_ns IS NOT NULL"),
+        };
         let direct: Direct = store
             .client()
             .query(&format!(
                 "SELECT count(), quantilesExact({levels})(assumeNotNull({m}_ns)) FROM {table} \
-                 WHERE {} {sql_filter} AND {m}_ns IS NOT NULL",
+                 WHERE {} {sql_filter} AND {has}",
                 window_sql(d)
             ))
             .fetch_one()
@@ -527,6 +535,7 @@ async fn check_breakdown(
         b.quantiles.iter().map(|q| q.q).collect::<Vec<_>>(),
         vec![0.5, 0.9, 0.99, 0.999]
     );
+    assert!(b.samples.gaps.engine_tpot > 0 && b.samples.gaps.max_gap > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::window::Window;
-use crate::{PHASES, RESOURCES};
+use crate::{GAPS, PHASES, RESOURCES};
 
 /// One value per phase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -74,6 +74,36 @@ impl<T> Resources<T> {
     }
 }
 
+/// One value per token-gap metric ([`GAPS`]): the client's view beside the engine's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TokenGaps<T> {
+    /// Longest gap between two SSE events of a stream, as the client saw it (streams with two
+    /// or more events).
+    pub max_gap: T,
+    /// The engine's TPOT: mean gap between its outputs after the first (compare `tpot`).
+    pub engine_tpot: T,
+    /// Longest gap between two engine outputs (compare `max_gap`).
+    pub engine_max_gap: T,
+}
+
+impl<T> TokenGaps<T> {
+    /// From values in [`GAPS`] order (`None`: fewer than three).
+    pub fn from_vec(v: Vec<T>) -> Option<Self> {
+        let mut it = v.into_iter();
+        Some(Self {
+            max_gap: it.next()?,
+            engine_tpot: it.next()?,
+            engine_max_gap: it.next()?,
+        })
+    }
+
+    /// `(name, value)` in [`GAPS`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &T)> {
+        GAPS.into_iter()
+            .zip([&self.max_gap, &self.engine_tpot, &self.engine_max_gap])
+    }
+}
+
 /// How many requests of the window have each metric (phases are unknown when the engine was
 /// not followed; `tpot` needs two or more content events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +120,9 @@ pub struct MetricCounts {
     /// Requests with each resource (GPU hooks, NCCL hooks).
     #[serde(default)]
     pub resources: Resources<u64>,
+    /// Requests with each token-gap metric (`null` counts as 0 from rollups, which keep none).
+    #[serde(default)]
+    pub gaps: TokenGaps<u64>,
 }
 
 /// The value of every metric at one quantile level, in milliseconds (`null`: no request in the
@@ -118,6 +151,10 @@ pub struct QuantileRow {
     /// request of the window has it).
     #[serde(default)]
     pub resources: Resources<Option<f64>>,
+    /// Token gaps ([`GAPS`]): the wire's longest gap, the engine's TPOT and longest gap
+    /// (`null`: no request of the window has it; always `null` from rollups).
+    #[serde(default)]
+    pub gaps: TokenGaps<Option<f64>>,
 }
 
 /// A phase in a cohort.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breakdown::{QuantileRow, SlowVsMedian};
 use crate::ids::TraceId;
+use crate::requests::RequestSummary;
 use crate::trace::{Neighbour, RequestDetail, StepOut};
 use crate::PHASES;
 
@@ -142,6 +143,89 @@ fn batch_words(s: &StepOut) -> String {
     }
 }
 
+/// From a neighbour's hand-off to the engine to its first output (absolute ns): its prefill,
+/// and the steps before that computed its prompt in chunks (vLLM's chunked prefill: a chunk
+/// that produces no output is not yet one of the request's steps, so its queue phase holds
+/// it). `None` when the engine was not followed.
+fn prefill_window(r: &RequestSummary) -> Option<(f64, f64)> {
+    let from = r.start_unix_ns as f64 + r.frontend_ms? * 1e6;
+    let to = match r.engine_ttft_ms {
+        Some(t) => from + t * 1e6,
+        None => from + (r.queue_ms? + r.prefill_ms?) * 1e6,
+    };
+    Some((from, to))
+}
+
+/// The neighbour with a long prompt (a request at least twice this one's bytes) whose
+/// [`prefill_window`] covered most of `window` (absolute ns), and how long it overlapped it
+/// (ms). Such a prefill holds the engine's step: requests that arrive during it queue, and
+/// those decoding wait for it.
+fn long_prefill_during(
+    window: (f64, f64),
+    mine_bytes: u64,
+    neighbours: &[Neighbour],
+) -> Option<(&Neighbour, f64)> {
+    let len = window.1 - window.0;
+    neighbours
+        .iter()
+        .filter(|n| n.request.req_bytes >= 2 * mine_bytes.max(1))
+        .filter_map(|n| {
+            let (a, b) = prefill_window(&n.request)?;
+            let overlap = b.min(window.1) - a.max(window.0);
+            (len > 0.0 && overlap >= 0.5 * len).then_some((n, overlap / 1e6))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// `<id> (its request 4170 bytes, 10.0× this one's 416)`.
+fn big_words(n: &Neighbour, mine: u64) -> String {
+    format!(
+        "{} (its request {} bytes, {:.1}× this one's {})",
+        n.request.trace_id,
+        n.request.req_bytes,
+        n.request.req_bytes as f64 / mine.max(1) as f64,
+        mine
+    )
+}
+
+/// The queue finding: behind a long prompt's prefill, or behind the requests in the engine.
+fn queue_finding(
+    v: f64,
+    t: f64,
+    r: &RequestDetail,
+    neighbours: &[Neighbour],
+    ctx: &Context,
+) -> (String, String) {
+    let s = &r.request;
+    let from = s.start_unix_ns as f64 + s.frontend_ms.unwrap_or(0.0) * 1e6;
+    if let Some((n, overlap)) = long_prefill_during((from, from + v * 1e6), s.req_bytes, neighbours)
+    {
+        return (
+            "long_prompt_in_batch".into(),
+            format!(
+                "It waited {} for the scheduler (typical {}), {} of it while the engine prefilled {}, \
+                 which then shared its batch: a long prompt in the same batch.",
+                ms(v),
+                ms(t),
+                ms(overlap),
+                big_words(n, s.req_bytes)
+            ),
+        );
+    }
+    let n = ctx.in_flight_at_arrival.map_or_else(String::new, |n| {
+        let verb = if n == 1 { "was" } else { "were" };
+        format!(": {} {verb} in the engine when it arrived", others(n))
+    });
+    (
+        "queueing".into(),
+        format!(
+            "It waited {} for the scheduler (typical {}){n}.",
+            ms(v),
+            ms(t)
+        ),
+    )
+}
+
 /// The cause and sentence of one phase's excess.
 fn phase_finding(
     p: &str,
@@ -154,15 +238,7 @@ fn phase_finding(
 ) -> (String, String) {
     let base = format!("{p} took {} (typical {})", ms(v), ms(t));
     match p {
-        "queue" => {
-            let n = ctx
-                .in_flight_at_arrival
-                .map_or_else(String::new, |n| {
-                    let verb = if n == 1 { "was" } else { "were" };
-                    format!(": {} {verb} in the engine when it arrived", others(n))
-                });
-            ("queueing".into(), format!("It waited {} for the scheduler (typical {}){n}.", ms(v), ms(t)))
-        }
+        "queue" => queue_finding(v, t, r, neighbours, ctx),
         "prefill" => {
             let Some(first) = steps.first() else {
                 return ("prefill".into(), format!("{base}."));
@@ -206,7 +282,27 @@ fn phase_finding(
             let slowest = steps.iter().max_by(|a, b| {
                 a.duration_ms.unwrap_or(0.0).total_cmp(&b.duration_ms.unwrap_or(0.0))
             });
+            let stalled = slowest.and_then(|s| {
+                let a = s.start_unix_ns? as f64;
+                long_prefill_during((a, a + s.duration_ms? * 1e6), r.request.req_bytes, neighbours)
+                    .map(|(n, _)| (s, n))
+            });
             match (slowest, median(durs.clone())) {
+                (Some(s), Some(m)) if s.duration_ms.unwrap_or(0.0) >= 3.0 * m && m > 0.0 && stalled.is_some() => (
+                    "long_prompt_in_batch".into(),
+                    format!(
+                        "Decode took {} (typical {}) over {} steps; its slowest step (step {}) took {}, {:.1}× \
+                         its median step of {}, while it carried the prefill of {}: a long prompt in the same batch.",
+                        ms(v),
+                        ms(t),
+                        durs.len(),
+                        s.step_id,
+                        ms(s.duration_ms.unwrap_or(0.0)),
+                        s.duration_ms.unwrap_or(0.0) / m,
+                        ms(m),
+                        stalled.map_or_else(String::new, |(_, n)| big_words(n, r.request.req_bytes))
+                    ),
+                ),
                 (Some(s), Some(m)) if s.duration_ms.unwrap_or(0.0) >= 3.0 * m && m > 0.0 => (
                     "slow_step".into(),
                     format!(
@@ -404,7 +500,6 @@ pub fn explain_cohort(svm: &SlowVsMedian) -> CohortExplanation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::requests::RequestSummary;
     use serde_json::json;
 
     fn summary(id: u8, phases: [f64; 5], req_bytes: u64) -> RequestSummary {
@@ -475,6 +570,7 @@ mod tests {
             decode_ms: Some(40.0),
             delivery_ms: Some(1.0),
             resources: Default::default(),
+            gaps: Default::default(),
         }
     }
 
@@ -515,6 +611,68 @@ mod tests {
         assert_eq!(x.dominant.as_deref(), Some("long_prompt_in_batch"));
         assert!(
             x.findings[0].sentence.contains("30.0× this one's"),
+            "{}",
+            x.findings[0].sentence
+        );
+    }
+
+    #[test]
+    fn queued_behind_a_long_prefill() {
+        // Arrived 2 ms in, waited 40 ms; the big request's prefill ran from 2 to 47 ms.
+        let r = detail(summary(1, [2.0, 40.0, 11.0, 41.0, 1.0], 400), vec![2, 3]);
+        let big = Neighbour {
+            request: summary(9, [1.0, 1.0, 45.0, 41.0, 1.0], 4000),
+            shared_steps: 2,
+        };
+        let steps = [step(2, 11.0, &[9]), step(3, 5.0, &[9])];
+        let x = explain_request(&r, &steps, std::slice::from_ref(&big), &ctx(1));
+        assert_eq!(x.dominant.as_deref(), Some("long_prompt_in_batch"), "{x:?}");
+        let f = &x.findings[0];
+        assert_eq!(f.phase, "queue");
+        assert!(f.sentence.contains("40.0 ms of it"), "{}", f.sentence);
+        assert!(
+            f.sentence.contains("10.0× this one's 400"),
+            "{}",
+            f.sentence
+        );
+        // A neighbour of the same size is not a long prompt: plain queueing.
+        let same = Neighbour {
+            request: summary(9, [1.0, 1.0, 45.0, 41.0, 1.0], 500),
+            shared_steps: 2,
+        };
+        let x = explain_request(&r, &steps, &[same], &ctx(1));
+        assert_eq!(x.dominant.as_deref(), Some("queueing"));
+    }
+
+    #[test]
+    fn decode_stalled_by_a_long_prefill() {
+        let r = detail(
+            summary(1, [2.0, 3.0, 10.0, 70.0, 1.0], 300),
+            vec![1, 2, 3, 4, 5],
+        );
+        // The big request's prefill ran from 20 to 50 ms, inside step 3.
+        let big = Neighbour {
+            request: summary(9, [10.0, 10.0, 30.0, 41.0, 1.0], 6000),
+            shared_steps: 3,
+        };
+        let mut slow = step(3, 30.0, &[9]);
+        slow.start_unix_ns = Some(1_000_000_000 + 20_000_000);
+        let steps = [
+            step(1, 10.0, &[]),
+            step(2, 5.0, &[]),
+            slow,
+            step(4, 5.0, &[9]),
+            step(5, 5.0, &[9]),
+        ];
+        let x = explain_request(&r, &steps, &[big], &ctx(1));
+        assert_eq!(x.dominant.as_deref(), Some("long_prompt_in_batch"), "{x:?}");
+        assert!(
+            x.findings[0].sentence.contains("step 3"),
+            "{}",
+            x.findings[0].sentence
+        );
+        assert!(
+            x.findings[0].sentence.contains("20.0× this one's"),
             "{}",
             x.findings[0].sentence
         );

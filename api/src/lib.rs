@@ -50,6 +50,13 @@ pub const PHASES: [&str; 5] = ["frontend", "queue", "prefill", "decode", "delive
 /// column `<name>_ns`; the breakdown reports them as `<name>_ms`.
 pub const RESOURCES: [&str; 3] = ["gpu", "gpu_host_bound", "collective_wait"];
 
+/// Token gaps beside the wire's TPOT (`tpot`): the longest gap the client saw between two SSE
+/// events of a stream, and the engine's own TPOT and longest gap between two outputs (vLLM: its
+/// output messages back in the API server; llama.cpp: `llama_decode` ends). Client-perceived
+/// and engine side by side: a wire gap the engine did not have is delivery, not generation.
+/// Each is the stored column `<name>_ns`; the breakdown reports them as `<name>_ms`.
+pub const GAPS: [&str; 3] = ["max_gap", "engine_tpot", "engine_max_gap"];
+
 /// The request filters every request endpoint takes besides its window (`from`, `to`), as
 /// query parameter names: exact `model`, `node`, `engine`, `outcome` and `tenant`; `status` a
 /// code or class (`5xx`); `tag` one run tag `key=value`.

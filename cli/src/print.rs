@@ -64,6 +64,7 @@ pub(crate) fn print_breakdown(b: &Breakdown, filters: &str) {
         b.count
     );
     print_resource_quantiles(b);
+    print_token_gaps(b);
     let Some(c) = &b.slow_vs_median else {
         return;
     };
@@ -174,6 +175,39 @@ fn print_resource_quantiles(b: &Breakdown) {
     println!(
         "(ms per request, overlapping the phases; known for: gpu {}, cpu-bound {}, collective wait {} of {} requests)",
         s.gpu, s.gpu_host_bound, s.collective_wait, b.count
+    );
+}
+
+/// Token gaps, the client's beside the engine's, when the window has any.
+fn print_token_gaps(b: &Breakdown) {
+    let s = &b.samples.gaps;
+    if s.iter().all(|(_, &n)| n == 0) {
+        return;
+    }
+    println!();
+    let mut t = Table::new(
+        &[
+            "quantile",
+            "tpot wire",
+            "tpot engine",
+            "max gap wire",
+            "max gap engine",
+        ],
+        &[0],
+    );
+    for q in &b.quantiles {
+        t.row(vec![
+            format!("p{}", level_name(q.q)),
+            ms_opt(q.tpot_ms),
+            ms_opt(q.gaps.engine_tpot),
+            ms_opt(q.gaps.max_gap),
+            ms_opt(q.gaps.engine_max_gap),
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "(ms; token gaps the client saw beside the engine's own; known for: wire tpot {}, engine tpot {}, wire gap {}, engine gap {} of {} requests)",
+        b.samples.tpot, s.engine_tpot, s.max_gap, s.engine_max_gap, b.count
     );
 }
 

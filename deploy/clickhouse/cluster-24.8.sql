@@ -853,6 +853,76 @@ CREATE TABLE IF NOT EXISTS inferscope.requests_1m ON CLUSTER inferscope_cluster 
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.requests_1m_mv ON CLUSTER inferscope_cluster TO inferscope.requests_1m_local AS SELECT toStartOfMinute(start) AS minute, model, node, engine, countState() AS requests, quantilesTDigestState(0.5)(e2e_ns) AS e2e, quantilesTDigestState(0.5)(ttft_ns) AS ttft, quantilesTDigestIfState(0.5)(ifNull(tpot_ns, 0), isNotNull(tpot_ns)) AS tpot, countIfState(isNotNull(tpot_ns)) AS tpot_n, quantilesTDigestIfState(0.5)(ifNull(frontend_ns, 0), isNotNull(frontend_ns)) AS frontend, countIfState(isNotNull(frontend_ns)) AS frontend_n, quantilesTDigestIfState(0.5)(ifNull(queue_ns, 0), isNotNull(queue_ns)) AS queue, countIfState(isNotNull(queue_ns)) AS queue_n, quantilesTDigestIfState(0.5)(ifNull(prefill_ns, 0), isNotNull(prefill_ns)) AS prefill, countIfState(isNotNull(prefill_ns)) AS prefill_n, quantilesTDigestIfState(0.5)(ifNull(decode_ns, 0), isNotNull(decode_ns)) AS decode, countIfState(isNotNull(decode_ns)) AS decode_n, quantilesTDigestIfState(0.5)(ifNull(delivery_ns, 0), isNotNull(delivery_ns)) AS delivery, countIfState(isNotNull(delivery_ns)) AS delivery_n FROM inferscope.requests_local GROUP BY minute, model, node, engine;
 
+ALTER TABLE inferscope.requests_local ON CLUSTER inferscope_cluster ADD COLUMN engine_tpot_ns Nullable(UInt64), ADD COLUMN engine_max_gap_ns Nullable(UInt64);
+
+DROP TABLE IF EXISTS inferscope.requests ON CLUSTER inferscope_cluster;
+
+CREATE TABLE IF NOT EXISTS inferscope.requests ON CLUSTER inferscope_cluster (
+    start DateTime,
+    start_unix_ns UInt64,
+    end_unix_ns UInt64,
+    trace_id String,
+    node LowCardinality(String),
+    pid UInt32,
+    engine LowCardinality(String),
+    model LowCardinality(String),
+    method LowCardinality(String),
+    path LowCardinality(String),
+    status UInt16,
+    outcome LowCardinality(String),
+    stream UInt8,
+    e2e_ns UInt64,
+    ttft_ns UInt64,
+    tpot_ns Nullable(UInt64),
+    frontend_ns Nullable(UInt64),
+    queue_ns Nullable(UInt64),
+    prefill_ns Nullable(UInt64),
+    decode_ns Nullable(UInt64),
+    delivery_ns Nullable(UInt64),
+    engine_ttft_ns Nullable(UInt64),
+    engine_e2e_ns Nullable(UInt64),
+    read_wait_ns UInt64,
+    req_bytes UInt64,
+    resp_bytes UInt64,
+    chunks UInt32,
+    engine_steps UInt32,
+    max_gap_ns UInt64,
+    client String,
+    server String,
+    response_id String,
+    x_request_id String,
+    engine_request_id String,
+    gave_up String,
+    step_ids Array(UInt64),
+    chunk_offsets_ns Array(UInt64),
+    batch_id String,
+    engine_instance String DEFAULT '',
+    netns UInt32 DEFAULT 0,
+    client_ip String DEFAULT '',
+    client_port UInt16 DEFAULT 0,
+    server_ip String DEFAULT '',
+    server_port UInt16 DEFAULT 0,
+    req_tcp_seq Nullable(UInt32),
+    resp_tcp_seq Nullable(UInt32),
+    first_text_ns Nullable(UInt64),
+    engine_output_offsets_ns Array(UInt64),
+    tags Array(String),
+    tenant LowCardinality(String) DEFAULT '',
+    prompt_tokens Nullable(UInt32),
+    completion_tokens Nullable(UInt32),
+    gpu_ns Nullable(UInt64),
+    gpu_cost_ns Nullable(UInt64),
+    gpu_host_bound_ns Nullable(UInt64),
+    gpu_upper_bound_steps Nullable(UInt32),
+    step_tokens Array(UInt32),
+    collectives Nullable(UInt32),
+    collective_wait_ns Nullable(UInt64),
+    straggler_rank Nullable(UInt32),
+    straggler_lag_ns Nullable(UInt64),
+    engine_tpot_ns Nullable(UInt64),
+    engine_max_gap_ns Nullable(UInt64)
+) ENGINE = Distributed(inferscope_cluster, inferscope, requests_local, cityHash64(trace_id));
+
 ALTER TABLE inferscope.requests_local ON CLUSTER inferscope_cluster MODIFY TTL start + INTERVAL 30 DAY;
 
 ALTER TABLE inferscope.spans_local ON CLUSTER inferscope_cluster MODIFY TTL start + INTERVAL 30 DAY;

@@ -180,6 +180,8 @@ ORDER BY (minute, model, node, engine);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.requests_1m_mv TO inferscope.requests_1m AS SELECT toStartOfMinute(start) AS minute, model, node, engine, countState() AS requests, quantilesTDigestState(0.5)(e2e_ns) AS e2e, quantilesTDigestState(0.5)(ttft_ns) AS ttft, quantilesTDigestIfState(0.5)(ifNull(tpot_ns, 0), isNotNull(tpot_ns)) AS tpot, countIfState(isNotNull(tpot_ns)) AS tpot_n, quantilesTDigestIfState(0.5)(ifNull(frontend_ns, 0), isNotNull(frontend_ns)) AS frontend, countIfState(isNotNull(frontend_ns)) AS frontend_n, quantilesTDigestIfState(0.5)(ifNull(queue_ns, 0), isNotNull(queue_ns)) AS queue, countIfState(isNotNull(queue_ns)) AS queue_n, quantilesTDigestIfState(0.5)(ifNull(prefill_ns, 0), isNotNull(prefill_ns)) AS prefill, countIfState(isNotNull(prefill_ns)) AS prefill_n, quantilesTDigestIfState(0.5)(ifNull(decode_ns, 0), isNotNull(decode_ns)) AS decode, countIfState(isNotNull(decode_ns)) AS decode_n, quantilesTDigestIfState(0.5)(ifNull(delivery_ns, 0), isNotNull(delivery_ns)) AS delivery, countIfState(isNotNull(delivery_ns)) AS delivery_n FROM inferscope.requests GROUP BY minute, model, node, engine;
 
+ALTER TABLE inferscope.requests ADD COLUMN engine_tpot_ns Nullable(UInt64), ADD COLUMN engine_max_gap_ns Nullable(UInt64);
+
 ALTER TABLE inferscope.requests MODIFY TTL start + INTERVAL 30 DAY;
 
 ALTER TABLE inferscope.spans MODIFY TTL start + INTERVAL 30 DAY;

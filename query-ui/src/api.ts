@@ -22,7 +22,14 @@ export interface QuantileRow {
   delivery_ms: number | null;
   /** GPU time, CPU-bound time, collective wait (absent from older aggregators). */
   resources?: Resources<number | null>;
+  /** Token gaps: the wire's longest, the engine's TPOT and longest (absent from older aggregators). */
+  gaps?: Gaps<number | null>;
 }
+
+/** Token gaps beside the wire's TPOT: the client's longest gap, the engine's TPOT and longest gap. */
+export const GAPS = ['max_gap', 'engine_tpot', 'engine_max_gap'] as const;
+export type Gap = (typeof GAPS)[number];
+export type Gaps<T> = Record<Gap, T>;
 
 /** What a request used on the GPUs, beside its phases (they overlap them). */
 export const RESOURCES = ['gpu', 'gpu_host_bound', 'collective_wait'] as const;

@@ -216,6 +216,12 @@ async function functional() {
     eq('overview: GPU side rows', await page.locator('[data-testid="resources-table"] tbody tr').count(), 3);
     eq('overview: p50 GPU time', await text('[data-testid="resources-table"] tr[data-resource="gpu"] td'), fmtMs(q(0.5).resources.gpu));
   }
+  // Token gaps, wire beside engine: the real engine's streams have both.
+  const gaps = bd.samples.gaps ?? {};
+  check('overview: engine gaps known', (gaps.engine_tpot ?? 0) > 0);
+  eq('overview: token gap rows', await page.locator('[data-testid="gaps-table"] tbody tr').count(), 4);
+  eq('overview: p50 engine TPOT', await text('[data-testid="gaps-table"] tr[data-gap="engine_tpot"] td'), fmtMs(q(0.5).gaps.engine_tpot));
+  eq('overview: p50 wire gap', await text('[data-testid="gaps-table"] tr[data-gap="max_gap"] td'), fmtMs(q(0.5).gaps.max_gap));
   // Tenants (here only the hostile request has one): a dropdown and a table of their own,
   // one row per group of /api/v1/groups, the markup shown as text.
   const fvals = await api('filters', { from, to });

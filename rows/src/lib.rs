@@ -74,6 +74,11 @@ pub struct RequestRow {
     pub resp_tcp_seq: Option<u32>,
     pub first_text_ns: Option<u64>,
     pub engine_output_offsets_ns: Vec<u64>,
+    /// Mean gap between the engine's outputs after the first (the engine-side TPOT, from
+    /// `engine_output_offsets_ns`; needs two or more).
+    pub engine_tpot_ns: Option<u64>,
+    /// Longest gap between two consecutive engine outputs.
+    pub engine_max_gap_ns: Option<u64>,
     pub tags: Vec<String>,
     pub tenant: String,
     pub prompt_tokens: Option<u32>,
@@ -184,11 +189,28 @@ fn endpoint_columns(e: &Option<Endpoint>) -> (String, u16) {
     (ip, u16::try_from(e.port).unwrap_or(0))
 }
 
+/// `(mean, longest)` gap between consecutive token times given as offsets in time order
+/// (`None`: fewer than two). The mean is `(last - first) / (n - 1)`, as for the wire's TPOT.
+pub fn token_gaps(offsets_ns: &[u64]) -> Option<(u64, u64)> {
+    let (first, last) = (offsets_ns.first()?, offsets_ns.last()?);
+    if offsets_ns.len() < 2 {
+        return None;
+    }
+    let mean = last.saturating_sub(*first) / (offsets_ns.len() as u64 - 1);
+    let longest = offsets_ns
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    Some((mean, longest))
+}
+
 impl RequestRow {
     /// From a validated request of `res`.
     pub fn from_proto(r: &Request, res: &Resource, batch_id: &str) -> Self {
         let (client_ip, client_port) = endpoint_columns(&r.client_endpoint);
         let (server_ip, server_port) = endpoint_columns(&r.server_endpoint);
+        let engine_gaps = token_gaps(&r.engine_output_offsets_ns);
         Self {
             client_ip,
             client_port,
@@ -198,6 +220,8 @@ impl RequestRow {
             resp_tcp_seq: r.resp_tcp_seq,
             first_text_ns: r.first_text_ns,
             engine_output_offsets_ns: r.engine_output_offsets_ns.clone(),
+            engine_tpot_ns: engine_gaps.map(|g| g.0),
+            engine_max_gap_ns: engine_gaps.map(|g| g.1),
             tags: resource_tags(res),
             tenant: escape_controls(&r.tenant),
             prompt_tokens: r.prompt_tokens,
@@ -354,5 +378,21 @@ mod tests {
         };
         let row = RequestRow::from_proto(&Request::default(), &res, "b");
         assert_eq!(row.tags, ["run=ci-42", "shard=3", "x=a\\u{1b}b"]);
+    }
+
+    #[test]
+    fn engine_token_gaps() {
+        assert_eq!(token_gaps(&[]), None);
+        assert_eq!(token_gaps(&[5]), None);
+        assert_eq!(token_gaps(&[10, 30, 90, 100]), Some((30, 60)));
+        let r = Request {
+            engine_output_offsets_ns: vec![1_000, 4_000, 5_000],
+            ..Default::default()
+        };
+        let row = RequestRow::from_proto(&r, &Resource::default(), "b");
+        assert_eq!(
+            (row.engine_tpot_ns, row.engine_max_gap_ns),
+            (Some(2_000), Some(3_000))
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! the slowest requests compared with typical ones.
 //!
 //! Two scans of the filtered window, both aggregated in ClickHouse: the first computes every
-//! quantile (`quantilesExact`, so results are exact and reproducible in SQL) plus the cohort
-//! thresholds (p40, p60 and the slow quantile of e2e); the second sums each phase over the slow
+//! quantile (`quantilesExact`, so results are exact and reproducible in SQL), the cohort
+//! thresholds (p40, p60 and the slow quantile of e2e) in the same pass over e2e; the second sums each phase over the slow
 //! cohort (`e2e >= p_slow`) and the median cohort (`p40 <= e2e <= p60`).
 use axum::extract::State;
 use axum::Json;
@@ -28,17 +28,35 @@ pub const MEDIAN_COHORT: (f64, f64) = (0.4, 0.6);
 /// The phase columns, in pipeline order (declared once, in the proto crate).
 pub use inferscope_api::breakdown::{
     level_name, Breakdown, Cohort, MetricCounts, PhaseDiff, PhaseMean, Phases, QuantileRow,
-    Resources, SlowVsMedian,
+    Resources, SlowVsMedian, TokenGaps,
 };
-pub use inferscope_api::{PHASES, RESOURCES};
+pub use inferscope_api::{GAPS, PHASES, RESOURCES};
 
-/// The nullable columns quantiled besides e2e and ttft: tpot, the phases, the resources.
-fn nullable_metrics() -> impl Iterator<Item = &'static str> + Clone {
-    ["tpot"].into_iter().chain(PHASES).chain(RESOURCES)
+/// The metrics quantiled besides e2e and ttft: tpot, the phases, the resources, the token
+/// gaps; each with its value and the condition for a request to have it.
+fn partial_metrics() -> impl Iterator<Item = (&'static str, String, String)> + Clone {
+    ["tpot"]
+        .into_iter()
+        .chain(PHASES)
+        .chain(RESOURCES)
+        .chain(GAPS)
+        .map(|m| match m {
+            // Not Nullable: a stream's gap needs two events (as `/api/v1/samples` decides).
+            "max_gap" => (m, "max_gap_ns".into(), "stream = 1 AND chunks >= 2".into()),
+            _ => (
+                m,
+                format!("ifNull({m}_ns, 0)"),
+                format!("isNotNull({m}_ns)"),
+            ),
+        })
 }
 
-/// tpot + phases + resources.
-const NULLABLE: usize = 1 + PHASES.len() + RESOURCES.len();
+/// tpot + phases + resources + gaps.
+const PARTIAL: usize = 1 + PHASES.len() + RESOURCES.len() + GAPS.len();
+/// Where the resources start in the partial metrics.
+const RESOURCES_AT: usize = 1 + PHASES.len();
+/// Where the gaps start.
+const GAPS_AT: usize = RESOURCES_AT + RESOURCES.len();
 
 /// The columns summed per cohort: the phases, then the resources.
 fn cohort_metrics() -> impl Iterator<Item = &'static str> + Clone {
@@ -109,10 +127,9 @@ struct QuantilesRow {
     count: u64,
     e2e: Vec<u64>,
     ttft: Vec<u64>,
-    /// tpot, then the phases.
+    /// tpot, the phases, the resources, the gaps ([`partial_metrics`]).
     present: Vec<u64>,
     values: Vec<Vec<u64>>,
-    thresholds: Vec<u64>,
 }
 
 #[derive(Row, Deserialize)]
@@ -154,8 +171,8 @@ fn quantiles_expr(sql: &mut Sql, levels: &[f64], func: &str, args: &str) {
 }
 
 /// One [`QuantileRow`] per level from the quantile arrays: e2e and ttft (`count` requests
-/// have them), then per nullable metric (tpot, the phases, then any resources) its requests
-/// and its values; a metric no request has is `null`.
+/// have them), then per partial metric (tpot, the phases, then any resources and gaps) its
+/// requests and its values; a metric no request has (or that is not given) is `null`.
 pub(super) fn quantile_rows(
     levels: &[f64],
     (e2e, ttft, count): (&[u64], &[u64], u64),
@@ -163,6 +180,11 @@ pub(super) fn quantile_rows(
     values: &[Vec<u64>],
 ) -> Vec<QuantileRow> {
     let pick = |vals: &[u64], n: u64, i: usize| (n > 0).then(|| ns_to_ms(vals[i]));
+    let range = |from: usize, len: usize, i: usize| -> Vec<Option<f64>> {
+        (from..(from + len).min(present.len()))
+            .map(|k| pick(&values[k], present[k], i))
+            .collect()
+    };
     levels
         .iter()
         .enumerate()
@@ -176,12 +198,9 @@ pub(super) fn quantile_rows(
             prefill_ms: pick(&values[3], present[3], i),
             decode_ms: pick(&values[4], present[4], i),
             delivery_ms: pick(&values[5], present[5], i),
-            resources: Resources::from_vec(
-                (6..present.len())
-                    .map(|k| pick(&values[k], present[k], i))
-                    .collect(),
-            )
-            .unwrap_or_default(),
+            resources: Resources::from_vec(range(RESOURCES_AT, RESOURCES.len(), i))
+                .unwrap_or_default(),
+            gaps: TokenGaps::from_vec(range(GAPS_AT, GAPS.len(), i)).unwrap_or_default(),
         })
         .collect()
 }
@@ -191,17 +210,23 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
     let table = store.table("requests");
     let levels = &q.quantiles;
     let mut sql = Sql::new("SELECT count(), ");
-    quantiles_expr(&mut sql, levels, "quantilesExact", "e2e_ns");
+    // e2e at the requested levels, then at the cohort thresholds: one pass over the column.
+    let e2e_levels: Vec<f64> = levels
+        .iter()
+        .copied()
+        .chain([MEDIAN_COHORT.0, MEDIAN_COHORT.1, q.slow_quantile])
+        .collect();
+    quantiles_expr(&mut sql, &e2e_levels, "quantilesExact", "e2e_ns");
     sql.push(", ");
     quantiles_expr(&mut sql, levels, "quantilesExact", "ttft_ns");
-    let nullable = nullable_metrics();
+    let partial = partial_metrics();
     sql.push(", [");
-    for (i, m) in nullable.clone().enumerate() {
+    for (i, (_, _, has)) in partial.clone().enumerate() {
         sql.push(if i > 0 { ", " } else { "" })
-            .push(&format!("count({m}_ns)"));
+            .push(&format!("countIf({has})"));
     }
     sql.push("], [");
-    for (i, m) in nullable.enumerate() {
+    for (i, (_, value, has)) in partial.enumerate() {
         sql.push(if i > 0 { ", " } else { "" });
         // ifNull + If: a non-Nullable argument, so the result is Array(UInt64) on every
         // server version; rows without the metric are skipped, as quantilesExact(x) would.
@@ -209,27 +234,20 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
             &mut sql,
             levels,
             "quantilesExactIf",
-            &format!("ifNull({m}_ns, 0), isNotNull({m}_ns)"),
+            &format!("{value}, {has}"),
         );
     }
-    sql.push("], ");
-    quantiles_expr(
-        &mut sql,
-        &[MEDIAN_COHORT.0, MEDIAN_COHORT.1, q.slow_quantile],
-        "quantilesExact",
-        "e2e_ns",
-    );
+    sql.push("]");
     sql.push(" FROM ").push(&table).push(" WHERE ");
     q.filters.push_where(&mut sql);
     let r: QuantilesRow = sql.fetch_one(store.client(), "breakdown quantiles").await?;
 
     let expect = levels.len();
-    if r.e2e.len() != expect
+    if r.e2e.len() != expect + 3
         || r.ttft.len() != expect
-        || r.present.len() != NULLABLE
-        || r.values.len() != NULLABLE
+        || r.present.len() != PARTIAL
+        || r.values.len() != PARTIAL
         || r.values.iter().any(|v| v.len() != expect)
-        || r.thresholds.len() != 3
     {
         return Err(ApiError::new(
             crate::error::ErrorCode::Internal,
@@ -241,13 +259,16 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
         e2e: r.count,
         ttft: r.count,
         tpot: r.present[0],
-        phases: Phases::from_vec(r.present[1..6].to_vec()).unwrap_or_default(),
-        resources: Resources::from_vec(r.present[6..].to_vec()).unwrap_or_default(),
+        phases: Phases::from_vec(r.present[1..RESOURCES_AT].to_vec()).unwrap_or_default(),
+        resources: Resources::from_vec(r.present[RESOURCES_AT..GAPS_AT].to_vec())
+            .unwrap_or_default(),
+        gaps: TokenGaps::from_vec(r.present[GAPS_AT..].to_vec()).unwrap_or_default(),
     };
     let slow_vs_median = if r.count == 0 {
         None
     } else {
-        let (p40, p60, p_slow) = (r.thresholds[0], r.thresholds[1], r.thresholds[2]);
+        let t = &r.e2e[expect..];
+        let (p40, p60, p_slow) = (t[0], t[1], t[2]);
         Some(cohorts(store, q, &table, p40, p60, p_slow).await?)
     };
     Ok(Breakdown {

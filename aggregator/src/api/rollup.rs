@@ -8,7 +8,7 @@
 use clickhouse::Row;
 use serde::Deserialize;
 
-use super::breakdown::{quantile_rows, BreakdownQuery, MetricCounts, Phases, Resources};
+use super::breakdown::{quantile_rows, BreakdownQuery, MetricCounts, Phases, Resources, TokenGaps};
 use super::params::invalid;
 use super::sql::{Arg, Sql};
 use crate::error::ApiError;
@@ -130,6 +130,7 @@ pub async fn breakdown(store: &Store, q: &BreakdownQuery) -> Result<Breakdown, A
             tpot: r.present[0],
             phases: Phases::from_vec(r.present[1..].to_vec()).unwrap_or_default(),
             resources: Resources::default(),
+            gaps: TokenGaps::default(),
         },
         quantiles,
         slow_vs_median: None,

@@ -463,6 +463,19 @@ FROM {db}.engine_steps"
                 },
             ],
         ),
+        (
+            14,
+            "requests: the engine's token gaps",
+            // From engine_output_offsets_ns at ingest: the engine-side TPOT and longest gap,
+            // beside the wire's tpot_ns and max_gap_ns; NULL with fewer than two engine
+            // outputs and for rows stored before.
+            vec![alter(
+                "requests",
+                "ADD COLUMN engine_tpot_ns Nullable(UInt64), \
+             ADD COLUMN engine_max_gap_ns Nullable(UInt64)"
+                    .into(),
+            )],
+        ),
     ];
     let mut r = Renderer::new(o);
     steps

@@ -244,6 +244,9 @@ pub fn request(
         // Streams: visible text one ms after the first token.
         first_text_ns: stream.then_some(ttft + MS),
         engine_output_offsets_ns: Vec::new(),
+        // Streams the engine was followed for: its own gaps, a little under the wire's.
+        engine_tpot_ns: (stream && decode.is_some()).then(|| decode.unwrap_or(0) * 9 / 640),
+        engine_max_gap_ns: (stream && decode.is_some()).then(|| decode.unwrap_or(0) / 16),
         tags: Vec::new(),
         tenant: String::new(),
         // Non-streamed bodies carry usage.

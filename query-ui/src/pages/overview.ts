@@ -1,6 +1,6 @@
 // Overview: the window's latency at a glance: percentiles over time, the distribution, the phase
 // breakdown per percentile and what is different about the slowest requests.
-import { type Breakdown, type FilterValues, get, type Groups, type Histogram, PHASES, RESOURCE_LABELS, RESOURCES, type Timeseries } from '../api';
+import { type Breakdown, type FilterValues, get, type Gap, type Groups, type Histogram, PHASES, RESOURCE_LABELS, RESOURCES, type Timeseries } from '../api';
 import { legend, stackedBar, type Segment } from '../bars';
 import { countChart, destroyChartsIn, histogramChart, LEVEL_COLORS, lineChart } from '../charts';
 import { scopeControls } from '../controls';
@@ -64,6 +64,7 @@ export async function overview(root: HTMLElement, ctx: Ctx): Promise<void> {
     fill(ctx, cohorts, () => breakdown, (b) => {
       renderCohorts(cohorts, b);
       renderResources(cohorts, b);
+      renderGaps(cohorts, b);
     }),
     fill(
       ctx,
@@ -383,5 +384,32 @@ function renderResources(el: HTMLElement, b: Breakdown): void {
     h('h3', null, 'GPU side'),
     h('p', { class: 'muted small' }, 'Per request, from the CUDA and NCCL hooks; these overlap the phases above (a step is both prefill or decode time and GPU time).'),
     h('div', { class: 'table-wrap' }, h('table', { class: 'num', 'data-testid': 'resources-table' }, h('thead', null, head), h('tbody', null, rows))),
+  );
+}
+
+/** Token gaps, what the client saw beside what the engine did, when the window has any: TPOT
+ * and the longest gap, wire and engine side by side. A wire gap the engine did not have was
+ * spent delivering, not generating. */
+function renderGaps(el: HTMLElement, b: Breakdown): void {
+  const counts = (b.samples as Record<string, unknown>).gaps as Record<Gap, number> | undefined;
+  if (!counts || (!counts.engine_tpot && !counts.max_gap)) return;
+  const head = h('tr', null, h('th', null, 'token gaps'), b.quantiles.map((q) => h('th', null, `p${levelName(q.q)}`)));
+  const row = (key: string, label: string, n: number, value: (q: Breakdown['quantiles'][number]) => number | null) =>
+    h(
+      'tr',
+      { 'data-gap': key },
+      h('th', null, label, h('span', { class: 'muted small' }, ` (${fmtCount(n)} requests)`)),
+      b.quantiles.map((q) => h('td', null, fmtMs(value(q)))),
+    );
+  const rows = [
+    row('tpot', 'TPOT, wire', b.samples.tpot ?? 0, (q) => q.tpot_ms),
+    row('engine_tpot', 'TPOT, engine', counts.engine_tpot ?? 0, (q) => q.gaps?.engine_tpot ?? null),
+    row('max_gap', 'longest gap, wire', counts.max_gap ?? 0, (q) => q.gaps?.max_gap ?? null),
+    row('engine_max_gap', 'longest gap, engine', counts.engine_max_gap ?? 0, (q) => q.gaps?.engine_max_gap ?? null),
+  ];
+  el.append(
+    h('h3', null, 'Token gaps: wire vs engine'),
+    h('p', { class: 'muted small' }, 'Per request: what the client saw between tokens beside what the engine took between its outputs. A wire gap larger than the engine’s was spent in delivery.'),
+    h('div', { class: 'table-wrap' }, h('table', { class: 'num', 'data-testid': 'gaps-table' }, h('thead', null, head), h('tbody', null, rows))),
   );
 }
