@@ -70,6 +70,10 @@ fn rich_batch(seq: u64, n: usize) -> Batch {
         r.e2e_ns = r.ttft_ns + i * 1_100_000;
         r.start_unix_ns = r.end_unix_ns - r.e2e_ns;
         r.tpot_ns = r.stream.then_some(5_000_000 + i * 900_000);
+        if r.stream {
+            r.engine_output_offsets_ns =
+                vec![r.ttft_ns, r.ttft_ns + 3_000_000 + i, r.ttft_ns + 9_000_000];
+        }
         r.queue_ns = (!i.is_multiple_of(4)).then_some(i * 2_000);
         r.req_bytes = 100 + i;
         r.resp_bytes = 1_000 + i;
@@ -214,6 +218,8 @@ fn expected_attributes(r: &RequestRow) -> BTreeMap<String, Value> {
         ("phase.delivery_ns", r.delivery_ns),
         ("engine.ttft_ns", r.engine_ttft_ns),
         ("engine.e2e_ns", r.engine_e2e_ns),
+        ("engine.tpot_ns", r.engine_tpot_ns),
+        ("engine.max_gap_ns", r.engine_max_gap_ns),
     ] {
         if let Some(v) = v {
             put(&format!("inferscope.{k}"), v.into());

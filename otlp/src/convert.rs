@@ -414,6 +414,8 @@ pub fn figures(r: &RequestRow) -> Vec<KeyValue> {
         ("phase.delivery_ns", r.delivery_ns),
         ("engine.ttft_ns", r.engine_ttft_ns),
         ("engine.e2e_ns", r.engine_e2e_ns),
+        ("engine.tpot_ns", r.engine_tpot_ns),
+        ("engine.max_gap_ns", r.engine_max_gap_ns),
         ("gpu.time_ns", r.gpu_ns),
         ("gpu.cost_ns", r.gpu_cost_ns),
         ("gpu.host_bound_ns", r.gpu_host_bound_ns),
