@@ -40,6 +40,19 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
+/// `bytes` as lowercase hex in `out` (twice as long), returned as text. Ids are written on
+/// every exported request and step, so this avoids the formatter's per-byte work.
+pub fn encode_hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    let out = &out[..2 * bytes.len()];
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
 /// `N` bytes from exactly `2 * N` hex characters (either case).
 pub fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();
@@ -91,10 +104,8 @@ macro_rules! id_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                for b in self.0 {
-                    write!(f, "{b:02x}")?;
-                }
-                Ok(())
+                let mut buf = [0u8; 2 * $n];
+                f.write_str(encode_hex(&self.0, &mut buf))
             }
         }
 
@@ -180,26 +191,51 @@ id_type!(
 /// node-probe, the aggregator and any exporter compute the same ids without coordination. This
 /// function is part of the wire contract: changing it breaks the links of stored data.
 pub fn step_context(scope: &str, instance: &str, step_id: u64) -> (TraceId, SpanId) {
-    let hash = |seed: u64| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
-        let bytes = scope
-            .bytes()
-            .chain([0])
-            .chain(instance.bytes())
-            .chain([0])
-            .chain(step_id.to_le_bytes());
-        for b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    StepScope::new(scope, instance).context(step_id)
+}
+
+/// [`step_context`] for many steps of one `(scope, instance)`: the FNV-1a states after
+/// `scope \0 instance \0` are computed once, each step then hashes only its 8 id bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepScope {
+    states: [u64; 3],
+}
+
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+impl StepScope {
+    /// The prefix states of `scope` and `instance`.
+    pub fn new(scope: &str, instance: &str) -> Self {
+        let prefix = |seed: u64| {
+            let bytes = scope.bytes().chain([0]).chain(instance.bytes()).chain([0]);
+            fnv(0xcbf2_9ce4_8422_2325 ^ seed, bytes)
+        };
+        Self {
+            states: [prefix(1), prefix(2), prefix(3)],
         }
-        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (h ^ (h >> 31)).max(1)
-    };
-    let mut t = [0u8; 16];
-    t[..8].copy_from_slice(&hash(1).to_be_bytes());
-    t[8..].copy_from_slice(&hash(2).to_be_bytes());
-    (TraceId(t), SpanId(hash(3).to_be_bytes()))
+    }
+
+    /// The trace and span id of step `step_id`.
+    pub fn context(&self, step_id: u64) -> (TraceId, SpanId) {
+        let hash = |k: usize| {
+            let mut h = fnv(self.states[k], step_id.to_le_bytes());
+            h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (h ^ (h >> 31)).max(1)
+        };
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&hash(0).to_be_bytes());
+        t[8..].copy_from_slice(&hash(1).to_be_bytes());
+        (TraceId(t), SpanId(hash(2).to_be_bytes()))
+    }
 }
 
 /// Serde for an optional span id written as `""` when absent (the API's `parent_span_id`).

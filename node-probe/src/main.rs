@@ -103,8 +103,9 @@ struct Cli {
     /// Ring buffer size in MiB (power of two).
     #[arg(long, default_value_t = 8)]
     ring_mib: u32,
-    /// Ring buffer poll interval in milliseconds.
-    #[arg(long, default_value_t = 10)]
+    /// Ring buffer poll interval in milliseconds (events carry kernel timestamps, so a longer
+    /// interval delays delivery, not accuracy; the loop does not sleep while the ring is busy).
+    #[arg(long, default_value_t = 20)]
     poll_ms: u64,
     /// How often /proc is rescanned to repair the target set (seconds).
     #[arg(long, default_value_t = 5.0)]

@@ -209,6 +209,13 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
         "Releases detached on the main loop because the detach queue was full.",
         u.detached_inline_total,
     );
+    single(
+        &mut o,
+        "inferscope_probe_maps_reads_total",
+        "counter",
+        "Periodic reads of a target's /proc/PID/maps (paced: the interval doubles up to 30 s while its libraries stay the same).",
+        u.maps_reads,
+    );
     let decode: Vec<(String, u64)> = stats
         .decode_errors
         .iter()

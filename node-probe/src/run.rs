@@ -198,7 +198,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     }
     discover_ports(&probe, &mut tracker, proc_root);
     watch_new_ports(&mut probe, &mut tracker);
-    sync_uprobes(&mut probe, &mut uprobes, proc_root);
+    sync_uprobes(&mut probe, &mut uprobes, proc_root, cfg.rescan_interval);
     let targets = probe.targets();
     info!(
         targets = ?targets.keys().collect::<Vec<_>>(),
@@ -264,6 +264,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                     }
                     EventKind::ProcExec | EventKind::ProcFork if is_target => {
                         uprobes.sync_pid(&mut probe, proc_root, p.tgid);
+                        uprobes.repace(p.tgid);
                     }
                     _ => {}
                 }
@@ -293,7 +294,7 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         if last_rescan.elapsed() >= cfg.rescan_interval {
             let t = Instant::now();
             sync_targets(&mut probe, &cfg.selector, proc_root);
-            sync_uprobes(&mut probe, &mut uprobes, proc_root);
+            sync_uprobes(&mut probe, &mut uprobes, proc_root, cfg.rescan_interval);
             // Listening sockets change rarely: look again when the target set changed, or
             // every 30 s (reading a busy engine's fd table is the costliest part of a rescan).
             let targets_now = probe.targets().len();
@@ -409,15 +410,16 @@ fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker, gpu: St
 }
 
 /// Attaches uprobes for what every target maps now, releases what no target maps any more.
-fn sync_uprobes(probe: &mut Probe, uprobes: &mut Uprobes, proc_root: &Path) {
+fn sync_uprobes(probe: &mut Probe, uprobes: &mut Uprobes, proc_root: &Path, base: Duration) {
     let targets = probe.targets();
     for pid in uprobes.pids() {
         if !targets.contains_key(&pid) {
             uprobes.forget_pid(pid);
         }
     }
+    let now = Instant::now();
     for &pid in targets.keys() {
-        uprobes.sync_pid(probe, proc_root, pid);
+        uprobes.sync_pid_paced(probe, proc_root, pid, (now, base));
     }
     uprobes.sweep(probe, Instant::now());
 }

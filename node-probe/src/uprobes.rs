@@ -42,6 +42,8 @@ pub struct UprobeStats {
     pub failures_total: u64,
     /// Releases detached on the main loop because the detach queue was full.
     pub detached_inline_total: u64,
+    /// Periodic maps reads ([`Uprobes::sync_pid_paced`]).
+    pub maps_reads: u64,
 }
 
 /// How long a file no target maps stays attached, by default.
@@ -71,6 +73,36 @@ pub struct Uprobes {
     stats: UprobeStats,
     linger: Duration,
     detacher: Detacher,
+    /// When the periodic rescan reads each target's maps again.
+    pace: HashMap<u32, Pace>,
+}
+
+/// The longest wait between two periodic reads of a process's maps whose libraries have not
+/// changed: a library it loads later (`dlopen` of the CUDA driver, NCCL) is found within this
+/// long, or at its next exec or fork.
+pub const MAPS_MAX_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Periodic maps reads of one process: reading a large engine's `/proc/PID/maps` is the
+/// costliest part of a rescan (the kernel formats every mapping), and it rarely changes once
+/// the engine has started, so the interval doubles while nothing changes.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    next: Instant,
+    every: Duration,
+}
+
+impl Pace {
+    /// The pace after a read at `now` that found the libraries `changed` (or not).
+    fn after(prev: Option<Pace>, changed: bool, now: Instant, base: Duration) -> Self {
+        let every = match prev {
+            Some(p) if !changed => (p.every * 2).min(MAPS_MAX_INTERVAL).max(base),
+            _ => base,
+        };
+        Self {
+            next: now + every,
+            every,
+        }
+    }
 }
 
 /// One mapped file of interest in a process.
@@ -132,7 +164,28 @@ impl Uprobes {
             stats: UprobeStats::default(),
             linger,
             detacher: Detacher::start(),
+            pace: HashMap::new(),
         }
+    }
+
+    /// The periodic rescan's [`Self::sync_pid`]: reads `pid`'s maps when due. The first read
+    /// and a read after a change come `base` apart; each read that finds the same libraries
+    /// doubles the wait, up to [`MAPS_MAX_INTERVAL`]. Returns whether it read them.
+    pub fn sync_pid_paced(
+        &mut self,
+        probe: &mut Probe,
+        proc_root: &Path,
+        pid: u32,
+        (now, base): (Instant, Duration),
+    ) -> bool {
+        let prev = self.pace.get(&pid).copied();
+        if prev.is_some_and(|p| now < p.next) {
+            return false;
+        }
+        let changed = self.sync_pid(probe, proc_root, pid);
+        self.pace.insert(pid, Pace::after(prev, changed, now, base));
+        self.stats.maps_reads += 1;
+        true
     }
 
     /// Counters.
@@ -153,10 +206,13 @@ impl Uprobes {
     /// in the middle of an exec, or gone) changes nothing: a gone target is forgotten at its
     /// exit or when it leaves the target set, and releasing a live one's files here would
     /// detach probes another target is about to need.
-    pub fn sync_pid(&mut self, probe: &mut Probe, proc_root: &Path, pid: u32) {
+    ///
+    /// Returns whether the set of hooked files it maps changed. Called at a target's exec and
+    /// fork, it also restarts the pace of the periodic reads ([`Self::sync_pid_paced`]).
+    pub fn sync_pid(&mut self, probe: &mut Probe, proc_root: &Path, pid: u32) -> bool {
         let maps_path = proc_root.join(pid.to_string()).join("maps");
         let Ok(maps) = std::fs::read_to_string(&maps_path) else {
-            return;
+            return false;
         };
         let libs = matching_libs(&maps);
         let now: HashSet<FileKey> = libs.iter().map(|l| l.key).collect();
@@ -184,6 +240,12 @@ impl Uprobes {
         if self.by_pid.get(&pid).is_some_and(HashSet::is_empty) {
             self.by_pid.remove(&pid);
         }
+        before != now
+    }
+
+    /// Restarts the pace of `pid`'s periodic maps reads (its exec or fork: new mappings).
+    pub fn repace(&mut self, pid: u32) {
+        self.pace.remove(&pid);
     }
 
     fn attach_file(&mut self, probe: &mut Probe, lib: &MappedLib, path: &Path) {
@@ -277,6 +339,7 @@ impl Uprobes {
 
     /// A target is gone: its files are released once no target has mapped them for `linger`.
     pub fn forget_pid(&mut self, pid: u32) {
+        self.pace.remove(&pid);
         let Some(keys) = self.by_pid.remove(&pid) else {
             return;
         };
@@ -288,14 +351,37 @@ impl Uprobes {
         self.failed.retain(|k| live.contains(k));
     }
 
-    /// Pids holding attachments.
+    /// Pids holding attachments or a maps-read pace.
     pub fn pids(&self) -> Vec<u32> {
-        self.by_pid.keys().copied().collect()
+        let mut v: Vec<u32> = self
+            .by_pid
+            .keys()
+            .chain(self.pace.keys())
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn maps_reads_back_off_while_nothing_changes() {
+        let (t0, base) = (Instant::now(), Duration::from_secs(5));
+        let mut p = Pace::after(None, false, t0, base);
+        let mut waits = vec![p.every.as_secs()];
+        for _ in 0..5 {
+            p = Pace::after(Some(p), false, p.next, base);
+            waits.push(p.every.as_secs());
+        }
+        assert_eq!(waits, [5, 10, 20, 30, 30, 30]);
+        // A change (a library loaded) brings the reads back to the base interval.
+        let p = Pace::after(Some(p), true, p.next, base);
+        assert_eq!(p.every, base);
+    }
+
     use super::*;
 
     #[test]

@@ -11,6 +11,10 @@
 //! engine's threads beyond the programs' run time).
 //!
 //!     sudo target/release/engine-overhead --url http://127.0.0.1:8765 --pid $(cat …/server-8765.pid)
+//!
+//! `--probe-b OTHER` measures a second node-probe binary in the same rounds (a third condition,
+//! its order rotated too), for the before/after of a change: both binaries' CPU and BPF time
+//! per request, and the per-round ratio B/A with its interval.
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
@@ -32,6 +36,9 @@ struct Args {
     /// node-probe binary.
     #[arg(long, default_value = "target/release/node-probe")]
     probe: String,
+    /// A second node-probe binary measured in the same rounds (A/B of a change).
+    #[arg(long)]
+    probe_b: Option<String>,
     /// Rounds (each runs both conditions).
     #[arg(long, default_value_t = 10)]
     rounds: u32,
@@ -153,13 +160,13 @@ fn without(cfg: &LoadConfig, engine: u32) -> anyhow::Result<Side> {
 /// The load with node-probe attached (started before, stopped after, not measured).
 fn with(
     cfg: &LoadConfig,
-    a: &Args,
+    (a, binary): (&Args, &str),
     stats: &BpfStats,
     programs: &mut BTreeMap<String, (u64, u64)>,
 ) -> anyhow::Result<Side> {
     let before = program_ids();
     let p = start_probe(
-        &a.probe,
+        binary,
         &["--pid".into(), a.pid.to_string(), "--requests".into()],
     )?;
     let (c0, e0, b0) = (
@@ -270,6 +277,42 @@ fn report(a: &Args, rounds: &[(Side, Side)]) {
     }
 }
 
+/// Binary A against binary B, measured in the same rounds.
+fn report_ab(ab: &[(Side, Side)]) {
+    let med = |f: &dyn Fn(&(Side, Side)) -> f64| median(&ab.iter().map(f).collect::<Vec<_>>());
+    let ratio = |f: &dyn Fn(&Side) -> f64| {
+        ci(
+            &ab.iter().map(|(a, b)| f(b) / f(a)).collect::<Vec<_>>(),
+            1.0,
+            3,
+        )
+    };
+    println!(
+        "  A/B: node-probe CPU/request A {:.3} ms, B {:.3} ms, ratio B/A {}",
+        med(&|r| r.0.probe_ms),
+        med(&|r| r.1.probe_ms),
+        ratio(&|s| s.probe_ms)
+    );
+    if ab
+        .iter()
+        .all(|(a, b)| a.bpf_ms.is_some() && b.bpf_ms.is_some())
+    {
+        let bpf = |s: &Side| s.bpf_ms.unwrap_or(0.0);
+        println!(
+            "  A/B: BPF programs/request A {:.3} ms, B {:.3} ms, ratio B/A {}",
+            med(&|r| bpf(&r.0)),
+            med(&|r| bpf(&r.1)),
+            ratio(&bpf)
+        );
+        println!(
+            "  A/B: probe cost/request A {:.3} ms, B {:.3} ms, ratio B/A {}",
+            med(&|r| r.0.probe_ms + bpf(&r.0)),
+            med(&|r| r.1.probe_ms + bpf(&r.1)),
+            ratio(&|s| s.probe_ms + bpf(s))
+        );
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let cfg = LoadConfig {
@@ -288,14 +331,44 @@ fn main() -> anyhow::Result<()> {
         ..cfg.clone()
     })?; // warm-up
     let mut rounds = Vec::new();
+    let mut ab: Vec<(Side, Side)> = Vec::new();
     for r in 0..a.rounds {
-        let (off, on) = if r % 2 == 0 {
-            let off = without(&cfg, a.pid)?;
-            (off, with(&cfg, &a, &stats, &mut programs)?)
-        } else {
-            let on = with(&cfg, &a, &stats, &mut programs)?;
-            (without(&cfg, a.pid)?, on)
+        // The B binary's programs are counted apart from A's (`programs` is A's table).
+        let mut b_programs = BTreeMap::new();
+        let (off, on, b) = match (&a.probe_b, r % 3) {
+            (None, _) if r % 2 == 0 => {
+                let off = without(&cfg, a.pid)?;
+                (
+                    off,
+                    with(&cfg, (&a, &a.probe), &stats, &mut programs)?,
+                    None,
+                )
+            }
+            (None, _) => {
+                let on = with(&cfg, (&a, &a.probe), &stats, &mut programs)?;
+                (without(&cfg, a.pid)?, on, None)
+            }
+            (Some(pb), k) => {
+                let mut sides: [Option<Side>; 3] = [None; 3];
+                for c in [k, (k + 1) % 3, (k + 2) % 3] {
+                    sides[c as usize] = Some(match c {
+                        0 => without(&cfg, a.pid)?,
+                        1 => with(&cfg, (&a, &a.probe), &stats, &mut programs)?,
+                        _ => with(&cfg, (&a, pb), &stats, &mut b_programs)?,
+                    });
+                }
+                let [off, on, b] = sides.map(Option::unwrap_or_default);
+                (off, on, Some(b))
+            }
         };
+        if let Some(b) = b {
+            eprintln!(
+                "round {r}: B probe {:.3} ms/request, BPF {:.3}",
+                b.probe_ms,
+                b.bpf_ms.unwrap_or(f64::NAN)
+            );
+            ab.push((on, b));
+        }
         eprintln!(
             "round {r}: tokens/s off {:.0} on {:.0}; p99 TTFT ms off {:.1} on {:.1}; engine CPU ms/request off {:.3} on {:.3}; probe {:.3} ms/request, BPF {:.3}",
             off.tokens_per_s,
@@ -310,6 +383,9 @@ fn main() -> anyhow::Result<()> {
         rounds.push((off, on));
     }
     report(&a, &rounds);
+    if !ab.is_empty() {
+        report_ab(&ab);
+    }
     if stats.on() {
         println!("  BPF programs (all rounds):");
         report_programs(&programs, (a.rounds as u64 * a.requests) as f64);

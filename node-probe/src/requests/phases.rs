@@ -192,11 +192,12 @@ pub(super) fn engine_phases(
         end.saturating_sub(lo)
     });
     let instance = er.instance.map(|i| i.to_string()).unwrap_or_default();
+    let scope = inferscope_api::StepScope::new(step_scope, &instance);
     let steps = er
         .steps
         .iter()
         .map(|s| {
-            let (trace_id, span_id) = inferscope_api::step_context(step_scope, &instance, s.id);
+            let (trace_id, span_id) = scope.context(s.id);
             StepJson {
                 step_id: s.id,
                 trace_id,
