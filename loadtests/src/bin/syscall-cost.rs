@@ -33,6 +33,10 @@ struct Args {
     /// Hooks to compare (node-probe's --syscall-hook values).
     #[arg(long, value_delimiter = ',', default_value = "raw,tracepoint")]
     hooks: Vec<String>,
+    /// A second node-probe binary measured in the same rounds with each hook (the before and
+    /// after of a change).
+    #[arg(long)]
+    probe_b: Option<String>,
     /// Extra node-probe arguments (space-separated), e.g. "--payload-cap 0".
     #[arg(long, default_value = "")]
     probe_args: String,
@@ -135,13 +139,26 @@ fn main() -> anyhow::Result<()> {
         w.measure(a.iters)?;
     }
     let mut base = Series::default();
-    let mut by_hook: Vec<Series> = a.hooks.iter().map(|_| Series::default()).collect();
+    // (label, binary, hook): each hook with the probe, then with the B probe if given.
+    let conds: Vec<(String, &str, &str)> = a
+        .hooks
+        .iter()
+        .flat_map(|h| {
+            let b = a
+                .probe_b
+                .as_deref()
+                .map(|pb| (format!("{h} (B)"), pb, h.as_str()));
+            [Some((h.clone(), a.probe.as_str(), h.as_str())), b]
+        })
+        .flatten()
+        .collect();
+    let mut by_hook: Vec<Series> = conds.iter().map(|_| Series::default()).collect();
     for r in 0..a.rounds {
         let b1 = wa.measure(a.iters)?;
         let b2 = wb.measure(a.iters)?;
         base.captured.push((b1 + b2) / 2.0);
         base.other.push(wc.measure(a.iters)?);
-        let mut order: Vec<usize> = (0..a.hooks.len()).collect();
+        let mut order: Vec<usize> = (0..conds.len()).collect();
         if r % 2 == 1 {
             order.reverse();
         }
@@ -152,10 +169,10 @@ fn main() -> anyhow::Result<()> {
                 "--poll-ms".into(),
                 "10".into(),
                 "--syscall-hook".into(),
-                a.hooks[i].clone(),
+                conds[i].2.to_string(),
             ];
             args.extend(a.probe_args.split_whitespace().map(str::to_string));
-            let p = start_probe(&a.probe, &args)?;
+            let p = start_probe(conds[i].1, &args)?;
             let cpu0 = proc_cpu_ns(p.id()).unwrap_or(0);
             let t = wa.measure(a.iters)?;
             // Let the probe drain what A produced before its CPU is read.
@@ -172,7 +189,7 @@ fn main() -> anyhow::Result<()> {
                 .push((cpu1.saturating_sub(cpu0)) as f64 / (2 * a.iters) as f64);
             eprintln!(
                 "round {r} {:>10}: baseline {:.0} / {:.0} ns, captured {t:.0}, non-target {f:.0}, other syscall {o:.0} ns",
-                a.hooks[i], base.captured[r as usize], base.other[r as usize]
+                conds[i].0, base.captured[r as usize], base.other[r as usize]
             );
         }
     }
@@ -183,7 +200,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("  baseline (no probe): socket syscall {mb:.0} ns, getppid {mo:.0} ns");
     let cell = |m: f64, b: f64| format!("{m:6.0} ns {:5.2}x (+{:.0} ns)", m / b, m - b);
-    for (h, s) in a.hooks.iter().zip(&by_hook) {
+    for ((h, _, _), s) in conds.iter().zip(&by_hook) {
         println!("  --syscall-hook {h}:");
         println!(
             "    target, captured          {}",
