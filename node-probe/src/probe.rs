@@ -38,6 +38,10 @@ pub enum SyscallHook {
     /// syscall number in the kernel: cheaper per traced syscall, but every syscall on the host
     /// runs both programs (see BENCHMARKS.md for the measured trade).
     Raw,
+    /// Benchmarks only: an empty program on every tracepoint `tracepoint` uses, so that
+    /// `syscall-cost` can measure what the hook itself costs a syscall. Traces nothing.
+    #[value(hide = true)]
+    Null,
 }
 
 /// This architecture's numbers of the traced syscalls.
@@ -284,10 +288,39 @@ impl Probe {
 
     /// Attaches the socket syscall programs the chosen way.
     pub fn attach_syscalls(&mut self, hook: SyscallHook) -> Result<(), ProbeError> {
-        self.attach_family(match hook {
-            SyscallHook::Raw => Family::SyscallsRaw,
-            SyscallHook::Tracepoint => Family::SyscallsTracepoint,
-        })
+        match hook {
+            SyscallHook::Raw => self.attach_family(Family::SyscallsRaw),
+            SyscallHook::Tracepoint => self.attach_family(Family::SyscallsTracepoint),
+            SyscallHook::Null => self.attach_null(),
+        }
+    }
+
+    /// The empty program on each tracepoint of [`Family::SyscallsTracepoint`].
+    fn attach_null(&mut self) -> Result<(), ProbeError> {
+        const PROG: &str = "sys_null";
+        let perr = |source| ProbeError::Program {
+            name: PROG.to_string(),
+            source,
+        };
+        let points: Vec<(&str, &str)> = hooks::family(Family::SyscallsTracepoint)
+            .filter_map(|h| match h.point {
+                Point::Tracepoint { category, name } => Some((category, name)),
+                _ => None,
+            })
+            .collect();
+        let p: &mut TracePoint = self
+            .ebpf
+            .program_mut(PROG)
+            .ok_or_else(|| ProbeError::Missing(PROG.into()))?
+            .try_into()
+            .map_err(perr)?;
+        p.load().map_err(perr)?;
+        for (category, name) in &points {
+            p.attach(category, name).map_err(perr)?;
+        }
+        self.attached
+            .extend(points.iter().map(|(c, n)| format!("{c}:{n} (null)")));
+        Ok(())
     }
 
     fn fill_syscall_table(&mut self) -> Result<(), ProbeError> {

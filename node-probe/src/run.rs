@@ -182,7 +182,9 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 "cannot attach the raw sys_enter/sys_exit tracepoints \
                  (on kernels without them, try --syscall-hook tracepoint)"
             }
-            SyscallHook::Tracepoint => "cannot attach the syscalls:* tracepoints",
+            SyscallHook::Tracepoint | SyscallHook::Null => {
+                "cannot attach the syscalls:* tracepoints"
+            }
         })?;
     let clock = WallClock::new();
     let timens = crate::clock::timens_monotonic_offset_ns();

@@ -50,10 +50,22 @@ struct Args {
     /// Spans per request.
     #[arg(long, default_value_t = 8)]
     spans_per_request: u64,
-    /// Fill `requests` with this many rows and time the breakdown query (0: skip).
+    /// Fill `requests` with this many rows and time the breakdown query (0: skip). The rows
+    /// are spread over the same 2500 s whatever their number, so the rollups hold the same
+    /// minutes: their cost against N.
     #[arg(long, default_value_t = 0)]
     breakdown_rows: u64,
+    /// Time only the breakdown from rollups (exact quantiles over 100 M rows need more memory
+    /// than the API lets one query use).
+    #[arg(long)]
+    rollup_only: bool,
+    /// Skip the ingest comparison (only the breakdown).
+    #[arg(long)]
+    breakdown_only: bool,
 }
+
+/// The window the generated rows fill: `[now - 3000 s, now - 500 s)`.
+const FILL_SECS: u64 = 2500;
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -143,6 +155,9 @@ fn time_breakdown(url: &str, rows: u64, hint: &str) -> anyhow::Result<Vec<f64>> 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if a.breakdown_only {
+        return breakdown_bench(&a);
+    }
     let boot = format!("bench-{}", now_ns());
     let batches = make_batches(&a, &boot);
     let spans_total: u64 = a.batches * a.requests_per_batch * a.spans_per_request;
@@ -229,62 +244,104 @@ async fn main() -> anyhow::Result<()> {
     );
 
     if a.breakdown_rows > 0 {
-        let (have, _, _) = ch(
-            &a,
-            &format!("SELECT count() FROM {db}.requests WHERE model = 'bench-10m'"),
-            None,
-        )?;
-        let have: u64 = have.trim().parse().unwrap_or(0);
-        if have < a.breakdown_rows {
-            let t = Instant::now();
-            let now_s = now_ns() / 1_000_000_000;
-            let q = format!(
-                "INSERT INTO {db}.requests (start, start_unix_ns, end_unix_ns, trace_id, node, pid, engine, model, method, path, status, outcome, stream, \
-                 e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, prefill_ns, decode_ns, delivery_ns, chunks, engine_steps) \
-                 SELECT toDateTime({now_s} - 3000 + intDiv(number, 4000)), ({now_s} - 3000) * 1000000000 + number * 250000, \
-                 ({now_s} - 3000) * 1000000000 + number * 250000 + 100000000, lower(hex(sipHash128(toString(number)))), \
-                 concat('node-', toString(number % 4)), 1, 'vllm', 'bench-10m', 'POST', '/v1/completions', if(number % 100 = 0, 500, 200), 'complete', 1, \
-                 50000000 + (number * 7919) % 400000000, 10000000 + (number * 104729) % 90000000, 5000000, 2000000 + number % 3000000, \
-                 (number * 31) % 50000000, 3000000 + number % 7000000, 30000000 + (number * 13) % 300000000, 1000000 + number % 2000000, 32, 32 \
-                 FROM system.numbers LIMIT {}",
-                a.breakdown_rows - have
-            );
-            ch(&a, &q, None)?;
-            eprintln!(
-                "filled {} requests in {:.1} s",
-                a.breakdown_rows - have,
-                t.elapsed().as_secs_f64()
-            );
-        }
-        let now_s = now_ns() / 1_000_000_000;
-        let url = format!(
-            "{}/api/v1/breakdown?from={}&to={}&model=bench-10m&quantiles=0.5,0.9,0.99,0.999",
-            a.http,
+        breakdown_bench(&a)?;
+    }
+    Ok(())
+}
+
+/// Fills `requests` with `--breakdown-rows` rows (server-side, spread evenly over
+/// [`FILL_SECS`]) and times the breakdown: exact, the floor under it (one exact quantile column
+/// on its own), and from the rollups.
+fn breakdown_bench(a: &Args) -> anyhow::Result<()> {
+    let db = &a.database;
+    let n = a.breakdown_rows;
+    let (have, _, _) = ch(
+        a,
+        &format!("SELECT count() FROM {db}.requests WHERE model = 'bench-10m'"),
+        None,
+    )?;
+    let have: u64 = have.trim().parse().unwrap_or(0);
+    let now_s = now_ns() / 1_000_000_000;
+    if have < n {
+        let t = Instant::now();
+        let spacing = FILL_SECS * 1_000_000_000 / n;
+        let from = now_s - 3000;
+        let q = format!(
+            "INSERT INTO {db}.requests (start, start_unix_ns, end_unix_ns, trace_id, node, pid, engine, model, method, path, status, outcome, stream, \
+             e2e_ns, ttft_ns, tpot_ns, frontend_ns, queue_ns, prefill_ns, decode_ns, delivery_ns, chunks, engine_steps) \
+             SELECT toDateTime({from} + intDiv(number * {spacing}, 1000000000)), {from} * 1000000000 + number * {spacing}, \
+             {from} * 1000000000 + number * {spacing} + 100000000, lower(hex(number)), \
+             concat('node-', toString(number % 4)), 1, 'vllm', 'bench-10m', 'POST', '/v1/completions', if(number % 100 = 0, 500, 200), 'complete', 1, \
+             50000000 + (number * 7919) % 400000000, 10000000 + (number * 104729) % 90000000, 5000000, 2000000 + number % 3000000, \
+             (number * 31) % 50000000, 3000000 + number % 7000000, 30000000 + (number * 13) % 300000000, 1000000 + number % 2000000, 32, 32 \
+             FROM system.numbers LIMIT {}",
+            n - have
+        );
+        ch(a, &q, None)?;
+        eprintln!(
+            "filled {} requests in {:.1} s",
+            n - have,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let url = format!(
+        "{}/api/v1/breakdown?from={}&to={}&model=bench-10m&quantiles=0.5,0.9,0.99,0.999",
+        a.http,
+        now_s - 3700,
+        now_s + 60
+    );
+    let span = |v: &[f64]| {
+        (
+            median(v),
+            v.iter().cloned().fold(f64::INFINITY, f64::min),
+            v.iter().cloned().fold(0.0, f64::max),
+        )
+    };
+    if !a.rollup_only {
+        let (m, lo, hi) = span(&time_breakdown(&url, n, "")?);
+        println!(
+            "  breakdown over {n} stored requests (p50/p90/p99/p99.9 of e2e, ttft, tpot, 5 phases, 3 gaps + cohorts): median {m:.0} ms (min {lo:.0}, max {hi:.0})"
+        );
+        // The floor: one exact quantile column alone, through the client (minus its start).
+        let window = format!(
+            "model = 'bench-10m' AND start >= toDateTime({}) AND start < toDateTime({})",
             now_s - 3700,
             now_s + 60
         );
-        let times = time_breakdown(&url, a.breakdown_rows, "")?;
+        let mut one = Vec::new();
+        let mut idle = Vec::new();
+        for _ in 0..5 {
+            idle.push(ch(a, "SELECT 1", None)?.1.as_secs_f64() * 1e3);
+            let q = format!(
+                "SELECT quantilesExact(0.5, 0.9, 0.99, 0.999)(e2e_ns) FROM {db}.requests WHERE {window}"
+            );
+            one.push(ch(a, &q, None)?.1.as_secs_f64() * 1e3);
+        }
+        let (o, olo, ohi) = span(&one);
         println!(
-            "  breakdown over {} stored requests (p50/p90/p99/p99.9 of 8 metrics + cohorts): median {:.0} ms (min {:.0}, max {:.0})",
-            a.breakdown_rows,
-            median(&times),
-            times.iter().cloned().fold(f64::INFINITY, f64::min),
-            times.iter().cloned().fold(0.0, f64::max)
-        );
-        // The same window from the per-minute rollups (filled by the materialized view as the
-        // rows were inserted; a database created before the rollups has none for old rows).
-        let url = format!("{url}&source=rollup");
-        let times = time_breakdown(
-            &url,
-            a.breakdown_rows,
-            " (rows stored before the rollups existed are not in them: use a fresh --database)",
-        )?;
-        println!(
-            "  the same from the per-minute rollups (t-digest, p50/p90/p99/p99.9 of 8 metrics, no cohorts): median {:.1} ms (min {:.1}, max {:.1})",
-            median(&times),
-            times.iter().cloned().fold(f64::INFINITY, f64::min),
-            times.iter().cloned().fold(0.0, f64::max)
+            "  one exact quantile column alone (e2e, same rows, clickhouse-client): median {:.0} ms (min {olo:.0}, max {ohi:.0}), of which the client's start {:.0} ms",
+            o,
+            median(&idle)
         );
     }
+    // The same window from the per-minute rollups (filled by the materialized view as the
+    // rows were inserted; a database created before the rollups has none for old rows).
+    let url = format!("{url}&source=rollup");
+    let (m, lo, hi) = span(&time_breakdown(
+        &url,
+        n,
+        " (rows stored before the rollups existed are not in them: use a fresh --database)",
+    )?);
+    let (rows, _, _) = ch(
+        a,
+        &format!(
+            "SELECT count() FROM (SELECT minute, model, node, engine FROM {db}.requests_1m WHERE model = 'bench-10m' GROUP BY minute, model, node, engine)"
+        ),
+        None,
+    )?;
+    println!(
+        "  the same from the per-minute rollups (t-digest, p50/p90/p99/p99.9 of 8 metrics, no cohorts): median {m:.1} ms (min {lo:.1}, max {hi:.1}) over {} rollup rows",
+        rows.trim()
+    );
     Ok(())
 }

@@ -345,6 +345,14 @@ enter_exit!(sys_enter_accept, sys_exit_accept, SyscallId::Accept);
 enter_exit!(sys_enter_accept4, sys_exit_accept4, SyscallId::Accept4);
 enter_exit!(sys_enter_connect, sys_exit_connect, SyscallId::Connect);
 
+/// Does nothing. Attached in place of the socket programs (`--syscall-hook null`, for
+/// benchmarks only), it measures what hooking the syscalls costs before any program work: the
+/// floor under the target filter.
+#[tracepoint]
+pub fn sys_null(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 /// `close` is reported at entry, while the fd still names the socket.
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
