@@ -107,7 +107,9 @@ struct Cli {
     /// interval delays delivery, not accuracy; the loop does not sleep while the ring is busy).
     #[arg(long, default_value_t = 20)]
     poll_ms: u64,
-    /// How often /proc is rescanned to repair the target set (seconds).
+    /// How often /proc is rescanned to repair the target set (seconds). Targets' maps (for
+    /// libraries loaded later) are read at this interval at first, then less often while they
+    /// do not change (doubling up to 30 s; again at once after an exec or fork).
     #[arg(long, default_value_t = 5.0)]
     rescan_s: f64,
     /// How long a library no target maps any more keeps its uprobes (seconds): a forked child
