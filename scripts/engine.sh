@@ -87,6 +87,8 @@ start() {
   if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then echo "already serving on $PORT"; return 0; fi
   local extra=(); command -v g++ >/dev/null || extra+=(--enforce-eager)
   cd "$ROOT"
+  # --max-model-len 2048 (the tiny model's positions): the explain test's long prompt (~1930
+  # tokens) must fit, so that its prefill is long enough to be a cause.
   nohup "$ROOT/venv/bin/vllm" serve "$MODEL" --served-model-name tiny-llm \
     --host 127.0.0.1 --port "$PORT" --max-model-len 2048 --max-num-seqs 16 --dtype bfloat16 \
     "${extra[@]}" "$@" > "$ROOT/server-$PORT.log" 2>&1 &
