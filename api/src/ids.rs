@@ -238,6 +238,28 @@ impl StepScope {
     }
 }
 
+/// The id of one HTTP exchange on one TCP connection (a *hop*), from the TCP sequence numbers of
+/// the request's first byte and of the response's first byte (`None`: no response byte).
+///
+/// Both ends of a connection see the same two numbers, and NAT rewrites addresses and ports but
+/// not sequence numbers, so the client's node and the server's node compute the same id without
+/// talking to each other: the client half uses it as its `http.client` span id, the server half
+/// stores it beside its request (`requests.hop_id`), and the aggregator joins the two on it.
+/// Part of the wire contract, like [`step_context`]: changing it breaks the joins of stored
+/// data. (SplitMix64 finaliser over both numbers and a domain constant; never zero.)
+pub fn hop_id(req_tcp_seq: u32, resp_tcp_seq: Option<u32>) -> SpanId {
+    // One domain constant with a response, another without; the finaliser is a bijection, so
+    // two exchanges of one domain never share an id.
+    let domain = match resp_tcp_seq {
+        Some(_) => 0x686f_7020_6964_2031,
+        None => 0x686f_7020_6964_2030,
+    };
+    let mut h = (u64::from(req_tcp_seq) << 32 | u64::from(resp_tcp_seq.unwrap_or(0))) ^ domain;
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    SpanId((h ^ (h >> 31)).max(1).to_be_bytes())
+}
+
 /// Serde for an optional span id written as `""` when absent (the API's `parent_span_id`).
 pub mod empty_is_none {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -292,6 +314,24 @@ mod tests {
             "01".repeat(8)
         );
         assert!(SpanId::from_slice(&[1; 7]).is_none());
+    }
+
+    const PINNED_HOP: &str = "6d22b5574c4b2b43";
+
+    #[test]
+    fn hop_id_is_fixed_and_tells_responses_apart() {
+        let h = hop_id(0x1234_5678, Some(0x9abc_def0));
+        assert_eq!(h, hop_id(0x1234_5678, Some(0x9abc_def0)));
+        assert_eq!(
+            h.to_string(),
+            hop_id(0x1234_5678, Some(0x9abc_def0)).to_string()
+        );
+        assert_ne!(h, hop_id(0x1234_5678, None));
+        assert_ne!(hop_id(0, None), hop_id(0, Some(0)));
+        assert_ne!(h, hop_id(0x9abc_def0, Some(0x1234_5678)));
+        assert!(hop_id(0, None).is_valid());
+        // Pinned: stored joins depend on it.
+        assert_eq!(hop_id(1, Some(2)).to_string(), PINNED_HOP);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod time;
 pub mod trace;
 pub mod window;
 
-pub use ids::{step_context, SpanId, StepScope, TraceId};
+pub use ids::{hop_id, step_context, SpanId, StepScope, TraceId};
 pub use window::Window;
 
 /// `s` with every control character (C0, DEL, C1) written as `\u{..}`: strings that clients of

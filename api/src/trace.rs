@@ -18,9 +18,17 @@ pub const MAX_NEIGHBOURS: u64 = 100;
 pub const NEIGHBOUR_LOOKBACK_S: u64 = 3600;
 /// Most concurrent requests examined for shared steps, per request row.
 pub const MAX_CANDIDATES: u64 = 5000;
+/// Most traces one `follow=hops` view gathers (the asked one included).
+pub const MAX_LINKED_TRACES: usize = 16;
+/// Most hops listed per trace.
+pub const MAX_HOPS: usize = 256;
+
 /// A span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpanOut {
+    /// Its trace (another trace than the asked one in a `follow=hops` view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
     /// 16 hex.
     pub span_id: SpanId,
     /// 16 hex, empty for a root without a caller.
@@ -79,6 +87,48 @@ pub struct RequestDetail {
     pub req_tcp_seq: Option<u32>,
     /// TCP sequence number of the response's first byte (the server's send sequence).
     pub resp_tcp_seq: Option<u32>,
+    /// The exchange's hop id: the span id of the caller's `http.client` span (`null`: no
+    /// sequence number, or stored before hops).
+    #[serde(default)]
+    pub hop_id: Option<SpanId>,
+}
+
+/// One half of a hop, as its node recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HopHalf {
+    /// Node.
+    pub node: String,
+    /// Process.
+    pub pid: u32,
+    /// The trace this half is in.
+    pub trace_id: Option<TraceId>,
+    /// Caller: first request byte sent; server: first request byte in (Unix ns, the node's
+    /// clock).
+    pub start_unix_ns: u64,
+    /// Caller: last response byte read; server: last response byte written.
+    pub end_unix_ns: u64,
+}
+
+/// One HTTP exchange between two processes (a hop): the caller's `http.client` span and the
+/// server's request, joined by hop id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HopOut {
+    /// The hop id (the caller's span id).
+    pub hop_id: SpanId,
+    /// `outbound`: this trace made the call; `inbound`: this trace served it.
+    pub direction: String,
+    /// How the caller's node linked the call to the request it served: `header`,
+    /// `response_id`, `body`, `timing`, `none` (`null`: the caller's half is not stored).
+    pub link: Option<String>,
+    /// The caller's half (`null`: its node does not trace it, or it is not stored yet).
+    pub client: Option<HopHalf>,
+    /// The server's half (`null`: likewise).
+    pub server: Option<HopHalf>,
+    /// Server start − caller start: the request's way there (network, accept wait), in ms of
+    /// the two nodes' clocks as stored (not corrected for their offset).
+    pub to_server_ms: Option<f64>,
+    /// Caller end − server end: the response's last bytes' way back, likewise.
+    pub from_server_ms: Option<f64>,
 }
 
 /// A connection endpoint as its host's network namespace sees it.
@@ -211,4 +261,13 @@ pub struct Trace {
     /// More than [`MAX_CANDIDATES`] concurrent requests were examined: `shared_with` and
     /// `batched_with` may be incomplete.
     pub batched_with_truncated: bool,
+    /// Hops of this trace: the calls it made and the call it served, each with both halves
+    /// where stored (at most [`MAX_HOPS`]).
+    #[serde(default)]
+    pub hops: Vec<HopOut>,
+    /// With `follow=hops`: the other traces gathered across hops (their spans and requests are
+    /// in `spans` and `requests`, a server's root span under the caller's `http.client` span;
+    /// at most [`MAX_LINKED_TRACES`] in all).
+    #[serde(default)]
+    pub linked_traces: Vec<TraceId>,
 }

@@ -919,3 +919,120 @@ CREATE TABLE IF NOT EXISTS inferscope.requests ON CLUSTER inferscope_cluster (
     engine_max_gap_ns Nullable(UInt64)
 ) ENGINE = Distributed(inferscope_cluster, inferscope, requests_local, cityHash64(trace_id));
 
+ALTER TABLE inferscope.requests_local ON CLUSTER inferscope_cluster ADD COLUMN hop_id String DEFAULT '';
+
+DROP TABLE IF EXISTS inferscope.requests ON CLUSTER inferscope_cluster;
+
+CREATE TABLE IF NOT EXISTS inferscope.requests ON CLUSTER inferscope_cluster (
+    start DateTime,
+    start_unix_ns UInt64,
+    end_unix_ns UInt64,
+    trace_id String,
+    node String,
+    pid UInt32,
+    engine String,
+    model String,
+    method String,
+    path String,
+    status UInt16,
+    outcome String,
+    stream UInt8,
+    e2e_ns UInt64,
+    ttft_ns UInt64,
+    tpot_ns Nullable(UInt64),
+    frontend_ns Nullable(UInt64),
+    queue_ns Nullable(UInt64),
+    prefill_ns Nullable(UInt64),
+    decode_ns Nullable(UInt64),
+    delivery_ns Nullable(UInt64),
+    engine_ttft_ns Nullable(UInt64),
+    engine_e2e_ns Nullable(UInt64),
+    read_wait_ns UInt64,
+    req_bytes UInt64,
+    resp_bytes UInt64,
+    chunks UInt32,
+    engine_steps UInt32,
+    max_gap_ns UInt64,
+    client String,
+    server String,
+    response_id String,
+    x_request_id String,
+    engine_request_id String,
+    gave_up String,
+    step_ids Array(UInt64),
+    chunk_offsets_ns Array(UInt64),
+    batch_id String,
+    engine_instance String DEFAULT '',
+    netns UInt32 DEFAULT 0,
+    client_ip String DEFAULT '',
+    client_port UInt16 DEFAULT 0,
+    server_ip String DEFAULT '',
+    server_port UInt16 DEFAULT 0,
+    req_tcp_seq Nullable(UInt32),
+    resp_tcp_seq Nullable(UInt32),
+    first_text_ns Nullable(UInt64),
+    engine_output_offsets_ns Array(UInt64),
+    tags Array(String),
+    tenant String DEFAULT '',
+    prompt_tokens Nullable(UInt32),
+    completion_tokens Nullable(UInt32),
+    gpu_ns Nullable(UInt64),
+    gpu_cost_ns Nullable(UInt64),
+    gpu_host_bound_ns Nullable(UInt64),
+    gpu_upper_bound_steps Nullable(UInt32),
+    step_tokens Array(UInt32),
+    collectives Nullable(UInt32),
+    collective_wait_ns Nullable(UInt64),
+    straggler_rank Nullable(UInt32),
+    straggler_lag_ns Nullable(UInt64),
+    engine_tpot_ns Nullable(UInt64),
+    engine_max_gap_ns Nullable(UInt64),
+    hop_id String DEFAULT ''
+) ENGINE = Distributed(inferscope_cluster, inferscope, requests_local, cityHash64(trace_id));
+
+CREATE TABLE IF NOT EXISTS inferscope.hops_local ON CLUSTER inferscope_cluster (
+    start DateTime,
+    hop_id String,
+    client_node AggregateFunction(anyIf, String, UInt8),
+    client_pid AggregateFunction(anyIf, UInt32, UInt8),
+    client_trace_id AggregateFunction(anyIf, String, UInt8),
+    client_parent_span_id AggregateFunction(anyIf, String, UInt8),
+    client_link AggregateFunction(anyIf, String, UInt8),
+    client_start_ns AggregateFunction(minIf, UInt64, UInt8),
+    client_end_ns AggregateFunction(maxIf, UInt64, UInt8),
+    server_node AggregateFunction(anyIf, String, UInt8),
+    server_pid AggregateFunction(anyIf, UInt32, UInt8),
+    server_trace_id AggregateFunction(anyIf, String, UInt8),
+    server_start_ns AggregateFunction(minIf, UInt64, UInt8),
+    server_end_ns AggregateFunction(maxIf, UInt64, UInt8),
+    server_status AggregateFunction(anyIf, UInt16, UInt8),
+    client_halves AggregateFunction(countIf, UInt8),
+    server_halves AggregateFunction(countIf, UInt8)
+) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/inferscope/hops', '{replica}')
+PARTITION BY toYYYYMM(start)
+ORDER BY hop_id;
+
+CREATE TABLE IF NOT EXISTS inferscope.hops ON CLUSTER inferscope_cluster (
+    start DateTime,
+    hop_id String,
+    client_node AggregateFunction(anyIf, String, UInt8),
+    client_pid AggregateFunction(anyIf, UInt32, UInt8),
+    client_trace_id AggregateFunction(anyIf, String, UInt8),
+    client_parent_span_id AggregateFunction(anyIf, String, UInt8),
+    client_link AggregateFunction(anyIf, String, UInt8),
+    client_start_ns AggregateFunction(minIf, UInt64, UInt8),
+    client_end_ns AggregateFunction(maxIf, UInt64, UInt8),
+    server_node AggregateFunction(anyIf, String, UInt8),
+    server_pid AggregateFunction(anyIf, UInt32, UInt8),
+    server_trace_id AggregateFunction(anyIf, String, UInt8),
+    server_start_ns AggregateFunction(minIf, UInt64, UInt8),
+    server_end_ns AggregateFunction(maxIf, UInt64, UInt8),
+    server_status AggregateFunction(anyIf, UInt16, UInt8),
+    client_halves AggregateFunction(countIf, UInt8),
+    server_halves AggregateFunction(countIf, UInt8)
+) ENGINE = Distributed(inferscope_cluster, inferscope, hops_local, cityHash64(hop_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.hops_client_mv ON CLUSTER inferscope_cluster TO inferscope.hops_local AS SELECT toStartOfDay(start) AS start, span_id AS hop_id, anyIfState(CAST(node AS String), toUInt8(1)) AS client_node, anyIfState(toUInt32(pid), toUInt8(1)) AS client_pid, anyIfState(CAST(trace_id AS String), toUInt8(1)) AS client_trace_id, anyIfState(CAST(parent_span_id AS String), toUInt8(1)) AS client_parent_span_id, anyIfState(CAST(attr_values[indexOf(attr_keys, 'inferscope.hop.link')] AS String), toUInt8(1)) AS client_link, minIfState(toUInt64(start_unix_ns), toUInt8(1)) AS client_start_ns, maxIfState(toUInt64(end_unix_ns), toUInt8(1)) AS client_end_ns, anyIfState('', toUInt8(0)) AS server_node, anyIfState(toUInt32(0), toUInt8(0)) AS server_pid, anyIfState('', toUInt8(0)) AS server_trace_id, minIfState(toUInt64(0), toUInt8(0)) AS server_start_ns, maxIfState(toUInt64(0), toUInt8(0)) AS server_end_ns, anyIfState(toUInt16(0), toUInt8(0)) AS server_status, countIfState(toUInt8(1)) AS client_halves, countIfState(toUInt8(0)) AS server_halves FROM inferscope.spans_local WHERE name = 'http.client' GROUP BY start, hop_id;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.hops_server_mv ON CLUSTER inferscope_cluster TO inferscope.hops_local AS SELECT toStartOfDay(start) AS start, hop_id AS hop_id, anyIfState('', toUInt8(0)) AS client_node, anyIfState(toUInt32(0), toUInt8(0)) AS client_pid, anyIfState('', toUInt8(0)) AS client_trace_id, anyIfState('', toUInt8(0)) AS client_parent_span_id, anyIfState('', toUInt8(0)) AS client_link, minIfState(toUInt64(0), toUInt8(0)) AS client_start_ns, maxIfState(toUInt64(0), toUInt8(0)) AS client_end_ns, anyIfState(CAST(node AS String), toUInt8(1)) AS server_node, anyIfState(toUInt32(pid), toUInt8(1)) AS server_pid, anyIfState(CAST(trace_id AS String), toUInt8(1)) AS server_trace_id, minIfState(toUInt64(start_unix_ns), toUInt8(1)) AS server_start_ns, maxIfState(toUInt64(end_unix_ns), toUInt8(1)) AS server_end_ns, anyIfState(toUInt16(status), toUInt8(1)) AS server_status, countIfState(toUInt8(0)) AS client_halves, countIfState(toUInt8(1)) AS server_halves FROM inferscope.requests_local WHERE hop_id != '' GROUP BY start, hop_id;
+

@@ -189,6 +189,20 @@ struct Cli {
     /// Distinct tenant labels kept; later new ones are stored as `_other` (counted).
     #[arg(long, default_value_t = 256)]
     tenant_max_values: usize,
+    /// Do not follow the targets' outbound HTTP calls (a gateway's upstream calls) as hops.
+    #[arg(long)]
+    no_client_hops: bool,
+    /// How an outbound call is linked to the inbound request it serves, tried in this order:
+    /// `header` (same x-request-id / traceparent), `response_id` (the upstream response id
+    /// relayed), `body` (same request-body digest), `timing` (the only call in the request's
+    /// window); `none` links nothing. An unlinked call stays a hop of its own.
+    #[arg(
+        long,
+        value_name = "METHODS",
+        default_value = "header,response_id,body,timing",
+        value_parser = node_probe::requests::hops::LinkMethods::parse
+    )]
+    hop_links: node_probe::requests::hops::LinkMethods,
     /// Sample every GPU through NVML this often, in milliseconds (0: never). Without NVML (no
     /// driver, a CPU node) one line says so and everything else works.
     #[arg(long, default_value_t = 1000)]
@@ -315,6 +329,7 @@ fn real_main() -> anyhow::Result<()> {
             max_conns: cli.max_connections.max(16),
             keep_query_strings: cli.keep_query_strings,
             tenant,
+            client_hops: (!cli.no_client_hops).then_some(cli.hop_links),
         },
         export,
         otlp,

@@ -257,6 +257,28 @@ pub fn render(stats: &Stats, gauges: Gauges, export: Option<&ExportSnapshot>) ->
         "Connections no longer followed, per reason.",
         t.gave_up.iter().map(|(k, n)| (*k, *n)),
     );
+    labelled(
+        &mut o,
+        "inferscope_probe_hops_total",
+        "link",
+        "Outbound calls of targets (hops) emitted, per method that linked each to its inbound \
+         request (none: unlinked, a hop of its own).",
+        t.hops.hops.iter().map(|(k, n)| (*k, *n)),
+    );
+    single(
+        &mut o,
+        "inferscope_probe_hops_pending_full_total",
+        "counter",
+        "Outbound calls emitted unlinked because too many waited for their inbound request.",
+        t.hops.pending_full,
+    );
+    single(
+        &mut o,
+        "inferscope_probe_hops_ambiguous_total",
+        "counter",
+        "Outbound calls left unlinked because timing could not tell which request made them.",
+        t.hops.ambiguous,
+    );
     single(
         &mut o,
         "inferscope_probe_arrivals_dropped_total",

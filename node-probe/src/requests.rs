@@ -1,6 +1,7 @@
 //! Per-request span trees from socket events.
 //!
-//! The [`Tracker`] owns one [`HttpConn`] per server-side TCP connection of a target process, the
+//! The [`Tracker`] owns one [`HttpConn`] per server-side TCP connection of a target process (and
+//! per outbound HTTP connection: [`hops`]), the
 //! wire-side arrival times of watched connections, and the engine follower. When an exchange
 //! completes it is joined with what the engine did for it (by response id) and becomes a
 //! [`RequestRecord`]: one trace, a root `http.server` span, phase spans and the engine steps.
@@ -14,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
-use inferscope_api::TraceId;
+use inferscope_api::{hop_id, TraceId};
 use inferscope_common::{EventKind, AF_INET, AF_INET6};
 use serde::Serialize;
 use serde_json::Value;
@@ -28,6 +29,7 @@ use crate::gpu::GpuOp;
 use crate::http::{Bytes, Exchange, HttpConn, Outcome};
 use phases::{engine_phases, span_id, step_link, Phases};
 
+pub mod hops;
 mod phases;
 mod record;
 pub mod tenant;
@@ -52,6 +54,9 @@ pub struct TrackerConfig {
     pub keep_query_strings: bool,
     /// Extract a tenant label from each request (off: `None`).
     pub tenant: Option<tenant::TenantConfig>,
+    /// Follow targets' outbound HTTP calls as hops, linked to inbound requests by these
+    /// methods (off: `None`).
+    pub client_hops: Option<hops::LinkMethods>,
 }
 
 impl Default for TrackerConfig {
@@ -61,6 +66,7 @@ impl Default for TrackerConfig {
             max_conns: 32_768,
             keep_query_strings: false,
             tenant: None,
+            client_hops: Some(hops::LinkMethods::default()),
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct TrackerStats {
     pub nccl_conns: u64,
     /// Bytes moved on them.
     pub nccl_bytes: u64,
+    /// Outbound calls (hops) and how they were linked.
+    pub hops: hops::HopStats,
 }
 
 /// Threads whose NCCL-ness is remembered; beyond it the cache is cleared.
@@ -120,6 +128,8 @@ fn conn_counters(h: &HttpConn) -> [u64; 4] {
 #[derive(Debug)]
 struct Conn {
     http: HttpConn,
+    /// An outbound connection of the target (it sends the requests).
+    client: bool,
     pid: u32,
     fd: i32,
     tuple: Option<Tuple>,
@@ -158,8 +168,48 @@ pub struct Tracker {
     /// Connections an NCCL thread used: NCCL traffic, never HTTP.
     nccl_conns: HashSet<(u32, u64)>,
     proc_root: std::path::PathBuf,
+    /// Outbound calls and the inbound requests they serve.
+    linker: hops::Linker,
     /// Counters.
     pub stats: TrackerStats,
+}
+
+/// Whether a server connection of `pid` has an exchange in flight (another inbound request the
+/// timing link method could confuse). Only asked when content methods found nothing.
+fn busy_server(conns: &HashMap<(u32, u64), Conn>, pid: u32) -> bool {
+    conns
+        .values()
+        .any(|c| c.pid == pid && !c.client && !c.http.idle())
+}
+
+/// An outbound connection's bytes: what the target sends is the request stream, what it reads
+/// the response stream (the server side's roles, swapped). Sends are timed at entry, reads at
+/// exit, as on the server side.
+fn on_client_tcp(c: &mut Conn, s: &SockRecord, exchanges: &mut Vec<Exchange>) {
+    let seq = (s.sock.tcp_seq != 0).then(|| s.sock.tcp_seq.wrapping_sub(s.ret as u32));
+    let bytes = |ts_ns| Bytes {
+        ts_ns,
+        total: s.ret as usize,
+        captured: &s.payload,
+        seq,
+    };
+    match s.kind {
+        EventKind::SockSend if s.ret > 0 => c.http.on_read(bytes(s.start_ns)),
+        EventKind::SockRecv if s.ret > 0 => c.http.on_write(bytes(s.end_ns), exchanges),
+        // The server closed or reset the connection.
+        EventKind::SockRecv if s.ret == 0 || s.ret == -ECONNRESET => {
+            c.http.on_close(s.end_ns, exchanges)
+        }
+        EventKind::SockSend if s.ret == -ECONNRESET || s.ret == -EPIPE => {
+            c.http.on_close(s.end_ns, exchanges)
+        }
+        // The target closed it: whatever is in flight was abandoned by the caller.
+        EventKind::SockClose => {
+            c.http.on_client_eof(s.end_ns);
+            c.http.on_close(s.end_ns, exchanges);
+        }
+        _ => {}
+    }
 }
 
 fn tuple_of(s: &SockRecord) -> Option<Tuple> {
@@ -194,6 +244,7 @@ impl Tracker {
     /// A tracker converting times with `clock`, reading roles from `proc_root`.
     pub fn new(cfg: TrackerConfig, clock: WallClock, proc_root: &std::path::Path) -> Self {
         let tenants = cfg.tenant.map(tenant::Tenants::new);
+        let cfg_hops = cfg.client_hops.unwrap_or_default();
         Self {
             cfg,
             conns: HashMap::new(),
@@ -214,6 +265,7 @@ impl Tracker {
             nccl_threads: HashMap::new(),
             nccl_conns: HashSet::new(),
             proc_root: proc_root.to_owned(),
+            linker: hops::Linker::new(cfg_hops),
             stats: TrackerStats::default(),
         }
     }
@@ -425,21 +477,37 @@ impl Tracker {
             if let Some((netns, (_, lport), _)) = tuple {
                 self.add_server_port(netns, lport);
             }
-            self.insert_conn(key, s.fd, tuple, s.end_ns, out);
+            self.insert_conn(key, s.fd, tuple, s.end_ns, false, out);
             return;
         }
         if !self.conns.contains_key(&key) {
             let is_server =
                 tuple.is_some_and(|(netns, (_, lport), _)| self.is_server_port(netns, lport));
-            if !is_server || s.kind == EventKind::SockClose {
+            let is_client = !is_server
+                && self.cfg.client_hops.is_some()
+                && s.kind == EventKind::SockSend
+                && tuple.is_some()
+                && crate::http::starts_request_line(&s.payload);
+            if !(is_server || is_client) || s.kind == EventKind::SockClose {
                 return;
             }
-            self.insert_conn(key, s.fd, tuple, s.end_ns, out);
+            self.insert_conn(key, s.fd, tuple, s.end_ns, is_client, out);
         }
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
         c.last_ns = s.end_ns;
+        if c.client {
+            on_client_tcp(c, s, &mut self.exchanges);
+            let (pid, tuple) = (c.pid, c.tuple);
+            if s.kind == EventKind::SockClose {
+                self.conns.remove(&key);
+            }
+            if !self.exchanges.is_empty() {
+                self.emit_hops(pid, tuple, s.end_ns, out);
+            }
+            return;
+        }
         let before = conn_counters(&c.http);
         match s.kind {
             EventKind::SockRecv => {
@@ -522,6 +590,7 @@ impl Tracker {
         fd: i32,
         tuple: Option<Tuple>,
         now: u64,
+        client: bool,
         out: &mut Vec<RequestRecord>,
     ) {
         if !self.conns.contains_key(&key) && self.conns.len() >= self.cfg.max_conns {
@@ -529,6 +598,7 @@ impl Tracker {
         }
         let c = self.conns.entry(key).or_insert_with(|| Conn {
             http: HttpConn::with_tenant(self.cfg.tenant.map(|t| t.from)),
+            client,
             pid: key.0,
             fd,
             tuple,
@@ -537,6 +607,9 @@ impl Tracker {
         });
         c.fd = fd;
         c.last_ns = now;
+        if client {
+            self.linker.note_caller(key.0);
+        }
     }
 
     /// Frees 1/16 of the connection table: least recently active idle ones first, then busy
@@ -588,6 +661,11 @@ impl Tracker {
                 self.drain(&c, out);
             }
         }
+        let mut unlinked = Vec::new();
+        self.linker.expire(now_ns, &mut unlinked);
+        for ob in unlinked {
+            self.push_hop(&ob, hops::LinkMethod::None, None, out);
+        }
         self.engines.expire(cutoff);
         self.engines.recheck_unclaimed();
         self.nccl.settle_expired(now_ns, &mut self.synced);
@@ -603,10 +681,97 @@ impl Tracker {
                 self.drain(&c, out);
             }
         }
+        let mut unlinked = Vec::new();
+        self.linker.drain(&mut unlinked);
+        for ob in unlinked {
+            self.push_hop(&ob, hops::LinkMethod::None, None, out);
+        }
     }
 
     fn drain(&mut self, c: &Conn, out: &mut Vec<RequestRecord>) {
-        self.emit(c.pid, c.fd, c.tuple, out);
+        if c.client {
+            self.emit_hops(c.pid, c.tuple, c.last_ns, out);
+        } else {
+            self.emit(c.pid, c.fd, c.tuple, out);
+        }
+    }
+
+    /// Finished outbound exchanges of `pid`: each waits for its inbound request, or goes out
+    /// now when that one already went.
+    fn emit_hops(
+        &mut self,
+        pid: u32,
+        tuple: Option<Tuple>,
+        now: u64,
+        out: &mut Vec<RequestRecord>,
+    ) {
+        let mut evicted = Vec::new();
+        for ex in std::mem::take(&mut self.exchanges) {
+            let ob = hops::Outbound {
+                pid,
+                tuple,
+                ex,
+                done_ns: now,
+            };
+            let conns = &self.conns;
+            let alone = |pid: u32| !busy_server(conns, pid);
+            if let Some((ob, ib, how)) = self.linker.on_outbound(ob, &alone, &mut evicted) {
+                self.push_hop(&ob, how, Some((ib.trace_id, ib.root)), out);
+            }
+        }
+        for ob in evicted {
+            self.push_hop(&ob, hops::LinkMethod::None, None, out);
+        }
+    }
+
+    /// An outbound call as a record of its own (`kind` `"hop"`): in its inbound request's trace
+    /// when `link` names it, else in a trace of its own.
+    fn push_hop(
+        &mut self,
+        ob: &hops::Outbound,
+        how: hops::LinkMethod,
+        link: Option<(TraceId, inferscope_api::SpanId)>,
+        out: &mut Vec<RequestRecord>,
+    ) {
+        self.linker.count(how);
+        let span = hops::client_span(ob, how, 0, link.map(|l| l.1), &self.clock);
+        out.push(RequestRecord {
+            kind: "hop",
+            trace_id: link.map_or_else(new_trace_id, |l| l.0),
+            parent_span_id: link.map(|l| l.1),
+            engine: "openai-compatible",
+            pid: ob.pid,
+            method: ob.ex.method.clone(),
+            path: redact_query(&ob.ex.path),
+            status: ob.ex.status.unwrap_or(0),
+            outcome: ob.ex.outcome.unwrap_or(Outcome::Complete).as_str(),
+            start_unix_ns: span.start_unix_ns,
+            end_unix_ns: span.end_unix_ns,
+            hop_id: Some(span.span_id),
+            spans: vec![span],
+            ..Default::default()
+        });
+    }
+
+    /// The outbound calls that `ib`, a finished inbound request, made: as `http.client` spans
+    /// under its root.
+    fn linked_hops(&mut self, ib: hops::Inbound, spans: &mut Vec<SpanJson>) {
+        if !self.linker.is_caller(ib.pid) {
+            return;
+        }
+        let (root, end) = (ib.root, ib.end_ns);
+        let conns = &self.conns;
+        let alone = |pid: u32| !busy_server(conns, pid);
+        let linked = self.linker.claim(ib, end, &alone);
+        for (i, (ob, how)) in linked.iter().enumerate() {
+            self.linker.count(*how);
+            spans.push(hops::client_span(ob, *how, i, Some(root), &self.clock));
+        }
+    }
+
+    /// Hop counters.
+    pub fn hop_stats(&self) -> &hops::HopStats {
+        &self.linker.stats
     }
 
     fn emit(&mut self, pid: u32, fd: i32, tuple: Option<Tuple>, out: &mut Vec<RequestRecord>) {
@@ -691,6 +856,20 @@ impl Tracker {
             None => Phases::default(),
         };
         spans[0].links = ph.steps.iter().map(step_link).collect();
+        if self.cfg.client_hops.is_some() {
+            let ib = hops::Inbound {
+                pid,
+                trace_id,
+                root: root_id,
+                x_request_id: ex.x_request_id.clone(),
+                trace_in_header: parent.map(|_| trace_id),
+                response_id: ex.response_id.clone(),
+                body: ex.body_digest,
+                start_ns: start,
+                end_ns: end,
+            };
+            self.linked_hops(ib, &mut spans);
+        }
         let engine_output_offsets_ns = engine
             .as_ref()
             .map(|e| {
@@ -725,6 +904,7 @@ impl Tracker {
             }),
             req_tcp_seq: ex.req_first_seq,
             resp_tcp_seq: ex.resp_first_seq,
+            hop_id: ex.req_first_seq.map(|s| hop_id(s, ex.resp_first_seq)),
             method: ex.method,
             path,
             status: ex.status.unwrap_or(0),

@@ -381,6 +381,7 @@ fn drain(ring: &mut RingBuf<MapData>, pending: &mut Vec<Event>, stats: &mut Stat
 /// Copies the tracker's counters and the kernel's loss counters into `stats`.
 fn collect_counters(stats: &mut Stats, probe: &Probe, tracker: &Tracker, gpu: StepStats) {
     stats.tracker = tracker.stats.clone();
+    stats.tracker.hops = tracker.hop_stats().clone();
     for (kind, n) in probe.kernel_losses() {
         if n > 0 {
             stats.kernel_lost.insert(kind_name(kind), n);

@@ -300,6 +300,7 @@ fn record(n: u64) -> RequestRecord {
         server_endpoint: None,
         req_tcp_seq: None,
         resp_tcp_seq: None,
+        hop_id: None,
         method: "POST".into(),
         path: "/v1/completions".into(),
         status: 200,

@@ -92,6 +92,9 @@ pub struct RequestRow {
     pub collective_wait_ns: Option<u64>,
     pub straggler_rank: Option<u32>,
     pub straggler_lag_ns: Option<u64>,
+    /// The exchange's hop id ([`inferscope_api::hop_id`] of `req_tcp_seq`, `resp_tcp_seq`):
+    /// the span id of the caller's `http.client` span; '' without a request sequence number.
+    pub hop_id: String,
 }
 
 /// A row of `spans`.
@@ -235,6 +238,10 @@ impl RequestRow {
             collective_wait_ns: r.collective_wait_ns,
             straggler_rank: r.straggler_rank,
             straggler_lag_ns: r.straggler_lag_ns,
+            hop_id: r
+                .req_tcp_seq
+                .map(|s| inferscope_api::hop_id(s, r.resp_tcp_seq).to_string())
+                .unwrap_or_default(),
             start: secs(r.start_unix_ns),
             start_unix_ns: r.start_unix_ns,
             end_unix_ns: r.end_unix_ns,

@@ -37,6 +37,7 @@ pub mod explain;
 pub mod filters;
 pub mod groups;
 pub mod histogram;
+pub mod hops;
 pub mod limit;
 pub mod params;
 pub mod requests;

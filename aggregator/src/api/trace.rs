@@ -63,6 +63,7 @@ struct DetailRow {
     server_port: u16,
     req_tcp_seq: Option<u32>,
     resp_tcp_seq: Option<u32>,
+    hop_id: String,
     engine_output_offsets_ns: Vec<u64>,
     step_tokens: Vec<u32>,
 }
@@ -161,9 +162,24 @@ pub async fn handler(
     q: QueryPairs,
 ) -> Result<Json<Trace>, ApiError> {
     let id = parse_trace_id(&id)?;
-    let p = params_of(q, &["from", "to"])?;
+    let p = params_of(q, &["from", "to", "follow"])?;
     let fallback = fallback_window(&p)?;
-    Ok(Json(trace(&s.store, &id, &fallback).await?))
+    let follow = match p.get("follow") {
+        None | Some("") => false,
+        Some("hops") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("invalid \"follow\": {other:?} (the one value is \"hops\")"),
+            ))
+        }
+    };
+    let mut t = trace(&s.store, &id, &fallback).await?;
+    super::hops::attach(&s.store, &mut t).await?;
+    if follow {
+        super::hops::follow(&s.store, &mut t, &fallback).await?;
+    }
+    Ok(Json(t))
 }
 
 /// The window that bounds the scan of `requests` for a trace without spans: `from`/`to`, or the
@@ -217,7 +233,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     sql.push(SUMMARY_COLUMNS)
         .push(
             ", step_ids, chunk_offsets_ns, batch_id, engine_instance, netns, client_ip, \
-             client_port, server_ip, server_port, req_tcp_seq, resp_tcp_seq, \
+             client_port, server_ip, server_port, req_tcp_seq, resp_tcp_seq, hop_id, \
              engine_output_offsets_ns, step_tokens FROM ",
         )
         .push(&store.table("requests"))
@@ -301,6 +317,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
     let mut spans: Vec<SpanOut> = span_rows
         .into_iter()
         .map(|s| SpanOut {
+            trace_id: Some(stored_trace_id(id)),
             offset_ms: ms_between(t0, s.start_unix_ns),
             duration_ms: ms_between(s.start_unix_ns, s.end_unix_ns),
             attributes: s.attr_keys.into_iter().zip(s.attr_values).collect(),
@@ -345,6 +362,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
                 server_endpoint: endpoint(&r.server_ip, r.server_port),
                 req_tcp_seq: r.req_tcp_seq,
                 resp_tcp_seq: r.resp_tcp_seq,
+                hop_id: stored_span_id(&r.hop_id),
                 step_ids: r.step_ids,
                 request: r.summary.into(),
             }
@@ -367,6 +385,8 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
         steps_truncated,
         batched_with: neighbours,
         batched_with_truncated: candidates_truncated,
+        hops: Vec::new(),
+        linked_traces: Vec::new(),
     })
 }
 
@@ -470,6 +490,7 @@ fn step_spans(spans: &mut Vec<SpanOut>, steps: &[StepOut], t0: u64) {
         }
         attributes.insert("shared".to_string(), "true".to_string());
         added.push(SpanOut {
+            trace_id: root.trace_id,
             span_id,
             parent_span_id: Some(root.span_id),
             name: "engine.step".to_string(),

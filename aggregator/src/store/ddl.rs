@@ -24,15 +24,15 @@ pub(crate) enum Ddl {
     View { name: &'static str, select: String },
     /// Drops a view.
     DropView { name: &'static str },
-    /// A materialized view writing `select` (over the rows inserted into table `from`) into
-    /// table `to`. On a cluster it is created on every server over the local tables, so each
+    /// A materialized view writing `select` (over the rows inserted into table `from`,
+    /// `after_from` holding its ` WHERE …` / ` GROUP BY …` clauses) into table `to`. On a cluster it is created on every server over the local tables, so each
     /// insert is rolled up once, where it lands (replicas copy the target's parts).
     MaterializedView {
         name: &'static str,
         to: &'static str,
         from: &'static str,
         select: String,
-        group_by: &'static str,
+        after_from: &'static str,
     },
 }
 
@@ -102,9 +102,9 @@ impl<'a> Renderer<'a> {
                     to,
                     from,
                     select,
-                    group_by,
+                    after_from,
                 } => format!(
-                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} TO {db}.{to} AS {select} FROM {db}.{from}{group_by}"
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} TO {db}.{to} AS {select} FROM {db}.{from}{after_from}"
                 ),
             }];
         };
@@ -141,9 +141,9 @@ impl<'a> Renderer<'a> {
                 to,
                 from,
                 select,
-                group_by,
+                after_from,
             } => vec![format!(
-                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {c} TO {db}.{to}_local AS {select} FROM {db}.{from}_local{group_by}"
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {c} TO {db}.{to}_local AS {select} FROM {db}.{from}_local{after_from}"
             )],
         }
     }

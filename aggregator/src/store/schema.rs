@@ -148,6 +148,149 @@ fn rollup_select() -> String {
     s
 }
 
+/// Which half of a hop a column of `hops` comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Half {
+    /// The caller's `http.client` span (from `spans`).
+    Client,
+    /// The server's request row (from `requests`).
+    Server,
+}
+
+/// The columns of `hops`, declared once: (half, column, aggregate, argument type, expression
+/// over the half's source table). Every column is an `-If` state so that both views write
+/// every column, the other half's as empty states (18.16 wants all columns from a view).
+const HOP_COLUMNS: [(Half, &str, &str, &str, &str); 13] = [
+    (
+        Half::Client,
+        "client_node",
+        "anyIf",
+        "String",
+        "CAST(node AS String)",
+    ),
+    (
+        Half::Client,
+        "client_pid",
+        "anyIf",
+        "UInt32",
+        "toUInt32(pid)",
+    ),
+    (
+        Half::Client,
+        "client_trace_id",
+        "anyIf",
+        "String",
+        "CAST(trace_id AS String)",
+    ),
+    (
+        Half::Client,
+        "client_parent_span_id",
+        "anyIf",
+        "String",
+        "CAST(parent_span_id AS String)",
+    ),
+    (
+        Half::Client,
+        "client_link",
+        "anyIf",
+        "String",
+        "CAST(attr_values[indexOf(attr_keys, 'inferscope.hop.link')] AS String)",
+    ),
+    (
+        Half::Client,
+        "client_start_ns",
+        "minIf",
+        "UInt64",
+        "toUInt64(start_unix_ns)",
+    ),
+    (
+        Half::Client,
+        "client_end_ns",
+        "maxIf",
+        "UInt64",
+        "toUInt64(end_unix_ns)",
+    ),
+    (
+        Half::Server,
+        "server_node",
+        "anyIf",
+        "String",
+        "CAST(node AS String)",
+    ),
+    (
+        Half::Server,
+        "server_pid",
+        "anyIf",
+        "UInt32",
+        "toUInt32(pid)",
+    ),
+    (
+        Half::Server,
+        "server_trace_id",
+        "anyIf",
+        "String",
+        "CAST(trace_id AS String)",
+    ),
+    (
+        Half::Server,
+        "server_start_ns",
+        "minIf",
+        "UInt64",
+        "toUInt64(start_unix_ns)",
+    ),
+    (
+        Half::Server,
+        "server_end_ns",
+        "maxIf",
+        "UInt64",
+        "toUInt64(end_unix_ns)",
+    ),
+    (
+        Half::Server,
+        "server_status",
+        "anyIf",
+        "UInt16",
+        "toUInt16(status)",
+    ),
+];
+
+/// The joined hops table: one row per hop and insert, merged by `hop_id`; read with
+/// `…IfMerge(col)` and `GROUP BY hop_id` (late halves and unmerged parts included).
+fn hop_columns() -> String {
+    let mut v = vec!["start DateTime".to_string(), "hop_id String".to_string()];
+    for (_, name, agg, ty, _) in HOP_COLUMNS {
+        v.push(format!("{name} AggregateFunction({agg}, {ty}, UInt8)"));
+    }
+    for half in ["client", "server"] {
+        v.push(format!("{half}_halves AggregateFunction(countIf, UInt8)"));
+    }
+    v.iter()
+        .map(|c| format!("    {c}"))
+        .collect::<Vec<_>>()
+        .join(",\n")
+}
+
+/// The view that writes `half`'s columns (and empty states for the other half's).
+fn hop_select(half: Half, id: &str) -> String {
+    let zero = |ty: &str| match ty {
+        "String" => "''".to_string(),
+        t => format!("to{t}(0)"),
+    };
+    let mut cols = vec![format!("toStartOfDay(start) AS start, {id} AS hop_id")];
+    for (h, name, agg, ty, expr) in HOP_COLUMNS {
+        cols.push(if h == half {
+            format!("{agg}State({expr}, toUInt8(1)) AS {name}")
+        } else {
+            format!("{agg}State({}, toUInt8(0)) AS {name}", zero(ty))
+        });
+    }
+    for (h, name) in [(Half::Client, "client"), (Half::Server, "server")] {
+        let on = u8::from(h == half);
+        cols.push(format!("countIfState(toUInt8({on})) AS {name}_halves"));
+    }
+    format!("SELECT {}", cols.join(", "))
+}
+
 /// All migrations, rendered for `o`.
 pub fn migrations(o: &SchemaOptions) -> Vec<Migration> {
     let db = &o.database;
@@ -459,7 +602,7 @@ FROM {db}.engine_steps"
                     to: "requests_1m",
                     from: "requests",
                     select: rollup_select(),
-                    group_by: ROLLUP_GROUP_BY,
+                    after_from: ROLLUP_GROUP_BY,
                 },
             ],
         ),
@@ -475,6 +618,40 @@ FROM {db}.engine_steps"
              ADD COLUMN engine_max_gap_ns Nullable(UInt64)"
                     .into(),
             )],
+        ),
+        (
+            15,
+            "hops: both halves of each cross-process HTTP exchange, joined by hop id",
+            // requests.hop_id: the server half's id (from its TCP sequence numbers, at ingest;
+            // '' for rows stored before). The caller's half is its `http.client` span, whose
+            // span id is the same hop id. Both stay where they are stored; `hops` is derived:
+            // two views write each half's columns as it arrives, and reads merge by hop id, so
+            // a half stored late (a spool replay, a restarted node) is joined when it lands.
+            vec![
+                alter("requests", "ADD COLUMN hop_id String DEFAULT ''".into()),
+                Ddl::Table {
+                    name: "hops",
+                    columns: hop_columns(),
+                    indexes: "",
+                    engine: "AggregatingMergeTree",
+                    tail: "PARTITION BY toYYYYMM(start)\nORDER BY hop_id".into(),
+                    shard_key: "cityHash64(hop_id)",
+                },
+                Ddl::MaterializedView {
+                    name: "hops_client_mv",
+                    to: "hops",
+                    from: "spans",
+                    select: hop_select(Half::Client, "span_id"),
+                    after_from: " WHERE name = 'http.client' GROUP BY start, hop_id",
+                },
+                Ddl::MaterializedView {
+                    name: "hops_server_mv",
+                    to: "hops",
+                    from: "requests",
+                    select: hop_select(Half::Server, "hop_id"),
+                    after_from: " WHERE hop_id != '' GROUP BY start, hop_id",
+                },
+            ],
         ),
     ];
     let mut r = Renderer::new(o);
@@ -507,7 +684,7 @@ pub fn retention_statements(o: &SchemaOptions) -> Vec<String> {
     };
     let mut v = Vec::new();
     if o.retention_days > 0 {
-        for t in ["requests", "spans", "engine_steps"] {
+        for t in ["requests", "spans", "engine_steps", "hops"] {
             v.push(format!(
                 "ALTER TABLE {db}.{t}{suffix}{on} MODIFY TTL start + INTERVAL {} DAY",
                 o.retention_days
@@ -567,6 +744,7 @@ mod tests {
                 "ALTER TABLE db.requests MODIFY TTL start + INTERVAL 30 DAY",
                 "ALTER TABLE db.spans MODIFY TTL start + INTERVAL 30 DAY",
                 "ALTER TABLE db.engine_steps MODIFY TTL start + INTERVAL 30 DAY",
+                "ALTER TABLE db.hops MODIFY TTL start + INTERVAL 30 DAY",
                 "ALTER TABLE db.ingested_batches MODIFY TTL received + INTERVAL 7 DAY",
             ]
         );

@@ -263,6 +263,7 @@ pub fn request(
         collective_wait_ns: decode.filter(|&d| d > 50 * MS).map(|d| d / 20),
         straggler_rank: decode.filter(|&d| d > 50 * MS).map(|_| 1),
         straggler_lag_ns: decode.filter(|&d| d > 50 * MS).map(|d| d / 40),
+        hop_id: String::new(),
     }
 }
 

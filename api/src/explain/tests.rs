@@ -30,6 +30,7 @@ fn detail(s: RequestSummary, steps: Vec<u64>) -> RequestDetail {
         server_endpoint: None,
         req_tcp_seq: None,
         resp_tcp_seq: None,
+        hop_id: None,
     }
 }
 

@@ -120,9 +120,12 @@ impl BatchBuilder {
             }
         };
         let g = &mut self.groups[gi];
-        self.bytes += c.request.encoded_len();
-        g.requests.push(c.request);
-        self.rows += 1 + c.spans.len();
+        if let Some(q) = c.request {
+            self.bytes += q.encoded_len();
+            self.rows += 1;
+            g.requests.push(q);
+        }
+        self.rows += c.spans.len();
         self.bytes += c.spans.iter().map(|s| s.encoded_len() + 3).sum::<usize>();
         g.spans.extend(c.spans);
         for s in c.steps {

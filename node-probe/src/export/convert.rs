@@ -52,8 +52,8 @@ pub enum ConvertError {
 /// One record, converted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Converted {
-    /// The summary row.
-    pub request: Request,
+    /// The summary row (`None` for a `"hop"` record: an outbound call is its span only).
+    pub request: Option<Request>,
     /// The span tree.
     pub spans: Vec<Span>,
     /// The engine steps the request took part in (one per `engine.step` span).
@@ -193,6 +193,13 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
             straggler_lag_ns: s.coll.map_or(0, |c| c.straggler_lag_ns),
         });
     }
+    if r.kind == "hop" {
+        return Ok(Converted {
+            request: None,
+            spans,
+            steps,
+        });
+    }
     let step_ids = r.steps.iter().map(|s| s.step_id).collect();
     let request = Request {
         trace_id: tid.to_vec(),
@@ -251,7 +258,7 @@ pub fn convert(r: &RequestRecord, fallback_instance: &str) -> Result<Converted, 
         straggler_lag_ns: r.straggler_lag_ns,
     };
     Ok(Converted {
-        request,
+        request: Some(request),
         spans,
         steps,
     })
@@ -385,6 +392,7 @@ pub(crate) mod tests {
             }),
             req_tcp_seq: Some(77),
             resp_tcp_seq: None,
+            hop_id: None,
             method: "POST".into(),
             path: "/v1/completions".into(),
             status: 200,
@@ -445,7 +453,7 @@ pub(crate) mod tests {
     fn converts_request_spans_and_steps() {
         let r = record(1, 42, 2, 10);
         let c = convert(&r, "boot").expect("valid");
-        let q = &c.request;
+        let q = c.request.as_ref().expect("a request");
         assert_eq!(q.trace_id.len(), 16);
         assert_eq!(q.trace_id[12..], [0xab, 0xc0, 0x00, 0x01]);
         assert_eq!(q.method, "POST");

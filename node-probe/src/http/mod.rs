@@ -115,6 +115,62 @@ pub struct Exchange {
     pub outcome: Option<Outcome>,
     /// Why content following stopped, if it did.
     pub gave_up: Option<&'static str>,
+    /// Digest of the request body's first bytes, when they were all captured: what links a
+    /// gateway's outbound call to the inbound request whose body it forwards verbatim.
+    pub body_digest: Option<BodyDigest>,
+}
+
+/// Request-body bytes a [`BodyDigest`] covers at most.
+pub const DIGEST_SPAN: usize = 1024;
+
+/// FNV-1a of the first `len` (≤ [`DIGEST_SPAN`]) bytes of a request body (de-chunked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BodyDigest {
+    /// Bytes hashed: the body's length when shorter than the span.
+    pub len: u16,
+    /// The hash.
+    pub hash: u64,
+}
+
+/// A [`BodyDigest`] being computed as the body streams by; a byte missed before the span is
+/// full spoils it.
+#[derive(Debug, Clone, Copy)]
+struct Digester {
+    hash: u64,
+    len: usize,
+    spoiled: bool,
+}
+
+impl Digester {
+    fn new() -> Self {
+        Self {
+            hash: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+            spoiled: false,
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        let take = data.len().min(DIGEST_SPAN - self.len);
+        for &b in &data[..take] {
+            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.len += take;
+    }
+
+    /// `n` body bytes went by uncaptured.
+    fn skip(&mut self, n: u64) {
+        if n > 0 && self.len < DIGEST_SPAN {
+            self.spoiled = true;
+        }
+    }
+
+    fn result(&self) -> Option<BodyDigest> {
+        (!self.spoiled && self.len > 0).then_some(BodyDigest {
+            len: self.len as u16,
+            hash: self.hash,
+        })
+    }
 }
 
 /// Where a request's tenant (application, user) label comes from; off unless configured.
@@ -132,6 +188,7 @@ struct BodyFields {
     model: FieldFinder,
     stream: FieldFinder,
     tenant: Option<FieldFinder>,
+    digest: Digester,
 }
 
 impl BodyFields {
@@ -143,10 +200,12 @@ impl BodyFields {
                 Some(TenantFrom::BodyField(k)) => Some(FieldFinder::new(k, BODY_SCAN)),
                 _ => None,
             },
+            digest: Digester::new(),
         }
     }
 
     fn feed(&mut self, data: &[u8]) {
+        self.digest.feed(data);
         self.model.feed(data);
         self.stream.feed(data);
         if let Some(t) = self.tenant.as_mut() {
@@ -162,6 +221,7 @@ impl BodyFields {
         if let Some(t) = &self.tenant {
             ex.tenant = t.value().filter(|_| t.is_string()).map(str::to_string);
         }
+        ex.body_digest = self.digest.result();
     }
 }
 
@@ -254,6 +314,13 @@ fn header_str(h: &[httparse::Header<'_>], name: &str) -> Option<String> {
 fn looks_like_request(b: &[u8]) -> bool {
     let method_len = b.iter().take(16).position(|&c| c == b' ').unwrap_or(0);
     method_len > 0 && b[..method_len].iter().all(u8::is_ascii_uppercase)
+}
+
+/// Whether `b` starts like an HTTP/1.x request line to a path or an absolute URL
+/// (`METHOD SP /…` or `METHOD SP http…`): what makes an outbound connection followed.
+pub fn starts_request_line(b: &[u8]) -> bool {
+    let method_len = b.iter().take(16).position(|&c| c == b' ').unwrap_or(0);
+    looks_like_request(b) && matches!(b.get(method_len + 1), Some(b'/' | b'h'))
 }
 
 fn is_chunked(h: &[httparse::Header<'_>]) -> bool {
@@ -421,6 +488,7 @@ impl HttpConn {
                     let total_n = (*left).min((data.len() + uncaptured) as u64);
                     if let Some(f) = self.req_finders.as_mut() {
                         f.feed(&data[..n]);
+                        f.digest.skip(total_n - n as u64);
                     }
                     *left -= total_n;
                     if let Some(r) = self.reading.as_mut() {
@@ -448,6 +516,9 @@ impl HttpConn {
                 }
                 ReqState::ChunkedBody(d) => {
                     let finders = &mut self.req_finders;
+                    if let (true, Some(f)) = (uncaptured > 0, finders.as_mut()) {
+                        f.digest.skip(uncaptured as u64);
+                    }
                     let used = d.feed(data, uncaptured, &mut |p| {
                         if let (Piece::Data(x), Some(f)) = (p, finders.as_mut()) {
                             f.feed(x);

@@ -126,9 +126,13 @@ pub struct Endpoint {
 }
 
 /// One finished request: the documented `--requests` output (one JSON object per line).
-#[derive(Debug, Clone, Serialize)]
+///
+/// `kind` `"hop"`: an outbound call that is not inside a request's record (not linked to any,
+/// or finished after its request's record went out). Only `trace_id`, `parent_span_id`, `pid`,
+/// the times and `spans` (its one `http.client` span) are filled; it is exported as that span.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RequestRecord {
-    /// Always `"request"`.
+    /// `"request"`, or `"hop"`.
     pub kind: &'static str,
     /// 32 lowercase hex chars in JSON: from the incoming `traceparent`, else generated.
     pub trace_id: TraceId,
@@ -179,6 +183,10 @@ pub struct RequestRecord {
     /// TCP sequence number of the response's first byte (the server's send sequence).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resp_tcp_seq: Option<u32>,
+    /// The exchange's hop id ([`inferscope_api::hop_id`] of the two sequence numbers): the span
+    /// id of the caller's `http.client` span when the caller's node traces it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hop_id: Option<SpanId>,
     /// HTTP method.
     pub method: String,
     /// HTTP path.

@@ -199,3 +199,166 @@ fn query_values_are_redacted_to_keys() {
     assert_eq!(redact_query("/v1/x?"), "/v1/x");
     assert_eq!(redact_query("/v1/x?a=1#frag=2"), "/v1/x?a");
 }
+
+/// A TCP event of process `tgid` on socket `inode` between `local` and `remote` (127.0.0.x).
+struct Sock {
+    tgid: u32,
+    inode: u64,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+}
+
+impl Sock {
+    fn ev(&self, kind: EventKind, ts: u64, payload: &[u8], seq_after: u32) -> Event {
+        Event::Sock(SockRecord {
+            kind,
+            syscall: SyscallId::Read,
+            tgid: self.tgid,
+            tid: self.tgid,
+            cpu: 0,
+            start_ns: ts,
+            end_ns: ts,
+            fd: 9,
+            aux_fd: if kind == EventKind::SockAccept { 3 } else { -1 },
+            ret: payload.len() as i64,
+            sock: SockInfo {
+                family: AF_INET,
+                sock_type: 1,
+                inode: self.inode,
+                tcp_seq: seq_after,
+                ..Default::default()
+            },
+            socket: SocketId::Inet {
+                local: self.local,
+                remote: self.remote,
+            },
+            payload: payload.to_vec(),
+        })
+    }
+}
+
+fn addr(last: u8, port: u16) -> (IpAddr, u16) {
+    (IpAddr::from([127, 0, 0, last]), port)
+}
+
+const UP_REQ: &[u8] = b"POST /v1/completions HTTP/1.1\r\nHost: up\r\nx-request-id: gt-1\r\nContent-Length: 16\r\n\r\n{\"model\":\"tiny\"}";
+const UP_RESP: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 17\r\n\r\n{\"id\":\"cmpl-up\"}\n";
+/// First sequence numbers of the upstream request and response.
+const UP_SEQ: (u32, u32) = (70_000, 90_000);
+
+#[test]
+fn gateway_call_is_a_child_hop_whose_id_the_upstream_node_computes_too() {
+    // The gateway's node: an inbound request, and the upstream call it makes.
+    let mut gw = tracker();
+    let mut out = Vec::new();
+    let inbound = Sock {
+        tgid: 100,
+        inode: 1,
+        local: addr(1, 8000),
+        remote: addr(1, 40000),
+    };
+    let upstream = Sock {
+        tgid: 100,
+        inode: 2,
+        local: addr(1, 50000),
+        remote: addr(2, 9000),
+    };
+    let req = b"POST /v1/completions HTTP/1.1\r\nx-request-id: gt-1\r\nContent-Length: 16\r\n\r\n{\"model\":\"tiny\"}";
+    let n = |b: &[u8]| b.len() as u32;
+    for (sock, kind, ts, payload, seq) in [
+        (&inbound, EventKind::SockAccept, 1_000, &b""[..], 0),
+        (
+            &inbound,
+            EventKind::SockRecv,
+            2_000,
+            &req[..],
+            10_000 + n(req),
+        ),
+        (
+            &upstream,
+            EventKind::SockSend,
+            3_000,
+            UP_REQ,
+            UP_SEQ.0 + n(UP_REQ),
+        ),
+        (
+            &upstream,
+            EventKind::SockRecv,
+            8_000,
+            UP_RESP,
+            UP_SEQ.1 + n(UP_RESP),
+        ),
+        (&inbound, EventKind::SockSend, 9_000, UP_RESP, 0),
+    ] {
+        gw.on_event(&sock.ev(kind, ts, payload, seq), &mut out);
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    let r = &out[0];
+    let root = r.spans[0].span_id;
+    let hop = r
+        .spans
+        .iter()
+        .find(|s| s.name == "http.client")
+        .expect("hop");
+    assert_eq!(hop.span_id, hop_id(UP_SEQ.0, Some(UP_SEQ.1)));
+    assert_eq!(hop.parent_span_id, Some(root));
+    assert_eq!(hop.attributes["inferscope.hop.link"], "header");
+    assert_eq!(hop.attributes["server.port"], 9000);
+    assert_eq!(gw.hop_stats().hops["header"], 1);
+
+    // The upstream's node sees the same bytes from the server side.
+    let mut up = tracker();
+    let mut out = Vec::new();
+    let served = Sock {
+        tgid: 200,
+        inode: 3,
+        local: addr(2, 9000),
+        remote: addr(1, 50000),
+    };
+    for (kind, ts, payload, seq) in [
+        (EventKind::SockAccept, 3_500, &b""[..], 0),
+        (EventKind::SockRecv, 4_000, UP_REQ, UP_SEQ.0 + n(UP_REQ)),
+        (EventKind::SockSend, 7_000, UP_RESP, UP_SEQ.1 + n(UP_RESP)),
+    ] {
+        up.on_event(&served.ev(kind, ts, payload, seq), &mut out);
+    }
+    assert_eq!(out[0].hop_id, Some(hop.span_id));
+}
+
+#[test]
+fn unlinked_call_becomes_a_hop_of_its_own() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    let upstream = Sock {
+        tgid: 100,
+        inode: 2,
+        local: addr(1, 50000),
+        remote: addr(2, 9000),
+    };
+    let n = |b: &[u8]| b.len() as u32;
+    t.on_event(
+        &upstream.ev(EventKind::SockSend, 3_000, UP_REQ, UP_SEQ.0 + n(UP_REQ)),
+        &mut out,
+    );
+    t.on_event(
+        &upstream.ev(EventKind::SockRecv, 8_000, UP_RESP, UP_SEQ.1 + n(UP_RESP)),
+        &mut out,
+    );
+    assert!(out.is_empty(), "waits for its inbound request");
+    t.tick(8_000 + hops::LINGER_NS + 1, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].kind, "hop");
+    assert_eq!(out[0].spans[0].attributes["inferscope.hop.link"], "none");
+    assert_eq!(out[0].spans[0].parent_span_id, None);
+    // A non-HTTP outbound connection is not followed.
+    let other = Sock {
+        inode: 4,
+        ..upstream
+    };
+    t.on_event(
+        &other.ev(EventKind::SockSend, 9_000, b"\x00\x01binary", 1),
+        &mut out,
+    );
+    assert_eq!(t.conns(), 1);
+}

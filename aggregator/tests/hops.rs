@@ -1,0 +1,184 @@
+//! Hops across nodes, through ingest: a gateway node's request with its `http.client` span and
+//! the upstream node's request with the same TCP sequence numbers are joined by hop id in
+//! `hops`, whichever half is stored first and through whichever aggregator replica; the trace
+//! API lists the hop on both traces and, with `follow=hops`, shows one waterfall across both
+//! nodes with the upstream's root under the caller's span.
+use inferscope_api::hop_id;
+use inferscope_proto::v1::ack::Status as AckStatus;
+use inferscope_proto::v1::{
+    any_value, AnyValue, Batch, KeyValue, Request, Resource, ResourceData, Span,
+};
+use serde_json::Value;
+
+mod common;
+use common::ingest::*;
+
+const SEQ: (u32, u32) = (70_000, 4_000_000_000);
+
+fn get(http: std::net::SocketAddr, path_and_query: &str) -> (u16, Value) {
+    let url = format!("http://{http}{path_and_query}");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+    }
+}
+
+/// One node's batch: a request of `trace` (root span `root`) served by `pid`, and the extra
+/// spans given.
+fn half(
+    node: &str,
+    seq: u64,
+    trace: [u8; 16],
+    root: [u8; 8],
+    start: u64,
+    req: Request,
+    extra: Vec<Span>,
+) -> Batch {
+    let mut spans = vec![Span {
+        trace_id: trace.to_vec(),
+        span_id: root.to_vec(),
+        name: "http.server".into(),
+        start_unix_ns: start,
+        end_unix_ns: start + 40_000_000,
+        ..Default::default()
+    }];
+    spans.extend(extra);
+    Batch {
+        node_id: node.into(),
+        boot_id: format!("boot-{node}"),
+        sequence: seq,
+        resend: false,
+        resources: vec![ResourceData {
+            resource: Some(Resource {
+                node: node.into(),
+                pid: if node == "gw" { 100 } else { 200 },
+                engine: "openai-compatible".into(),
+                ..Default::default()
+            }),
+            requests: vec![Request {
+                trace_id: trace.to_vec(),
+                method: "POST".into(),
+                path: "/v1/completions".into(),
+                status: 200,
+                outcome: "complete".into(),
+                start_unix_ns: start,
+                end_unix_ns: start + 40_000_000,
+                e2e_ns: 40_000_000,
+                ..req
+            }],
+            spans,
+            steps: vec![],
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
+    if !ch_available() {
+        return;
+    }
+    let agg = Agg::start("hops").await;
+    let t0 = now_ns() - 10_000_000_000;
+    let (gw_trace, up_trace) = ([0x11; 16], [0x22; 16]);
+    let hop = hop_id(SEQ.0, Some(SEQ.1));
+    let call = Span {
+        trace_id: gw_trace.to_vec(),
+        span_id: hop.to_bytes().to_vec(),
+        parent_span_id: vec![0x1a; 8],
+        name: "http.client".into(),
+        start_unix_ns: t0 + 2_000_000,
+        end_unix_ns: t0 + 38_000_000,
+        attributes: vec![kv("inferscope.hop.link", "header")],
+        ..Default::default()
+    };
+    // The gateway's half first.
+    let gw = half(
+        "gw",
+        1,
+        gw_trace,
+        [0x1a; 8],
+        t0,
+        Request::default(),
+        vec![call],
+    );
+    let acks = send(agg.grpc, Some("s3cret"), vec![gw]).await.unwrap();
+    assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
+    let (code, t) = get(agg.http, &format!("/api/v1/traces/{}", hex(&gw_trace)));
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["hops"][0]["hop_id"], hop.to_string(), "{t}");
+    assert_eq!(t["hops"][0]["direction"], "outbound");
+    assert_eq!(t["hops"][0]["link"], "header");
+    assert!(t["hops"][0]["server"].is_null(), "not stored yet: {t}");
+
+    // The upstream's half, late, through another aggregator replica.
+    let replica = agg.replica("hops_b").await;
+    let req = Request {
+        req_tcp_seq: Some(SEQ.0),
+        resp_tcp_seq: Some(SEQ.1),
+        ..Default::default()
+    };
+    let up = half("up", 1, up_trace, [0x2a; 8], t0 + 3_000_000, req, vec![]);
+    let acks = send(replica.grpc, Some("s3cret"), vec![up]).await.unwrap();
+    assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
+
+    let (_, t) = get(agg.http, &format!("/api/v1/traces/{}", hex(&gw_trace)));
+    let h = &t["hops"][0];
+    assert_eq!(h["server"]["node"], "up", "{t}");
+    assert_eq!(h["server"]["trace_id"], hex(&up_trace));
+    assert_eq!(h["client"]["node"], "gw");
+    assert_eq!(h["to_server_ms"], 1.0);
+    assert_eq!(h["from_server_ms"], -5.0);
+    assert!(t["linked_traces"].as_array().unwrap().is_empty());
+
+    let (_, u) = get(agg.http, &format!("/api/v1/traces/{}", hex(&up_trace)));
+    assert_eq!(u["requests"][0]["hop_id"], hop.to_string(), "{u}");
+    assert_eq!(u["hops"][0]["direction"], "inbound");
+    assert_eq!(u["hops"][0]["client"]["trace_id"], hex(&gw_trace));
+
+    let (_, f) = get(
+        agg.http,
+        &format!("/api/v1/traces/{}?follow=hops", hex(&gw_trace)),
+    );
+    assert_eq!(
+        f["linked_traces"],
+        serde_json::json!([hex(&up_trace)]),
+        "{f}"
+    );
+    assert_eq!(f["nodes"], serde_json::json!(["gw", "up"]));
+    let spans = f["spans"].as_array().unwrap();
+    let up_root = spans
+        .iter()
+        .find(|s| s["node"] == "up" && s["name"] == "http.server")
+        .expect("upstream root in the view");
+    assert_eq!(up_root["parent_span_id"], hop.to_string(), "{f}");
+    assert_eq!(up_root["trace_id"], hex(&up_trace));
+    assert_eq!(f["requests"].as_array().unwrap().len(), 2);
+
+    let (code, e) = get(
+        agg.http,
+        &format!("/api/v1/traces/{}?follow=all", hex(&gw_trace)),
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("hops"), "{e}");
+    replica.stop().await;
+    agg.stop().await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
