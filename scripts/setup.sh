@@ -73,7 +73,8 @@ setup_base() {
   # python3 runs the test fixtures; tcpdump/tshark give the wire truth; setpriv (util-linux)
   # drops privileges in the non-root test.
   # bpftool: the uprobe tests count the kernel's BPF links and programs.
-  apt_install python3 tcpdump curl ca-certificates util-linux bpftool
+  # nginx-light and iptables: the gateway fleet test (an nginx gateway between namespaces, DNAT).
+  apt_install python3 tcpdump curl ca-certificates util-linux bpftool nginx-light iptables
 }
 
 setup_clickhouse() {

@@ -174,7 +174,10 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
         &format!("/api/v1/traces/{}?follow=all", hex(&gw_trace)),
     );
     assert_eq!(code, 400, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("hops"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("hops"),
+        "{e}"
+    );
     replica.stop().await;
     agg.stop().await;
 }

@@ -213,7 +213,9 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if cfg.print == Some(PrintFormat::Json) {
+    // `--requests` and JSON events: one line once attached, so that a reader knows when what
+    // it does next is traced.
+    if cfg.print == Some(PrintFormat::Json) || cfg.print_requests {
         let ready = serde_json::json!({
             "kind": "ready",
             "targets": targets.keys().collect::<Vec<_>>(),
@@ -239,12 +241,12 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
         .as_ref()
         .and_then(|n| nvml::start(n.lib.as_ref(), n.period, crate::clock::monotonic_ns));
     let mut samples: Vec<DeviceSample> = Vec::new();
+    // At a stop, what the kernel already wrote is still read (until a turn finds nothing, for
+    // at most STOP_DRAIN), so that SIGTERM loses no finished exchange.
+    let mut stop_by: Option<Instant> = None;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if cfg.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
+        if stop.load(Ordering::Relaxed) || cfg.duration.is_some_and(|d| started.elapsed() >= d) {
+            stop_by.get_or_insert_with(|| Instant::now() + STOP_DRAIN);
         }
         // The main ring first, then the GPU ring (every GPU record written before the main
         // ring's last is then here), merged by time: a step's synchronize comes before the
@@ -341,6 +343,12 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 last_metrics = Some(Instant::now());
             }
         }
+        if let Some(by) = stop_by {
+            if drained == 0 || Instant::now() >= by {
+                break;
+            }
+            continue;
+        }
         if drained < 4096 {
             std::thread::sleep(cfg.poll_interval);
         }
@@ -361,6 +369,9 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     collect_counters(&mut stats, &probe, &tracker, tracker.gpu_stats());
     Ok(stats)
 }
+
+/// Longest a stop keeps reading what the kernel already wrote.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
 
 /// Decodes records of `ring` into `pending` until it holds `max` (the rest waits for the next
 /// turn); undecodable ones are counted per kind.

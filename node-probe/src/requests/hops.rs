@@ -118,9 +118,11 @@ impl LinkMethods {
                 "body" => m.body = true,
                 "timing" => m.timing = true,
                 "none" => {}
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown hop link method {other:?} (header, response_id, body, timing, none)"
-                )),
+                ))
+                }
             }
         }
         Ok(m)
