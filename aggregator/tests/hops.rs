@@ -42,10 +42,8 @@ fn kv(k: &str, v: &str) -> KeyValue {
 /// spans given.
 fn half(
     node: &str,
-    seq: u64,
-    trace: [u8; 16],
-    root: [u8; 8],
-    start: u64,
+    (trace, root): ([u8; 16], [u8; 8]),
+    (start, e2e): (u64, u64),
     req: Request,
     extra: Vec<Span>,
 ) -> Batch {
@@ -54,14 +52,14 @@ fn half(
         span_id: root.to_vec(),
         name: "http.server".into(),
         start_unix_ns: start,
-        end_unix_ns: start + 40_000_000,
+        end_unix_ns: start + e2e,
         ..Default::default()
     }];
     spans.extend(extra);
     Batch {
         node_id: node.into(),
         boot_id: format!("boot-{node}"),
-        sequence: seq,
+        sequence: 1,
         resend: false,
         resources: vec![ResourceData {
             resource: Some(Resource {
@@ -77,8 +75,8 @@ fn half(
                 status: 200,
                 outcome: "complete".into(),
                 start_unix_ns: start,
-                end_unix_ns: start + 40_000_000,
-                e2e_ns: 40_000_000,
+                end_unix_ns: start + e2e,
+                e2e_ns: e2e,
                 ..req
             }],
             spans,
@@ -109,10 +107,8 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
     // The gateway's half first.
     let gw = half(
         "gw",
-        1,
-        gw_trace,
-        [0x1a; 8],
-        t0,
+        (gw_trace, [0x1a; 8]),
+        (t0, 40_000_000),
         Request::default(),
         vec![call],
     );
@@ -132,7 +128,15 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
         resp_tcp_seq: Some(SEQ.1),
         ..Default::default()
     };
-    let up = half("up", 1, up_trace, [0x2a; 8], t0 + 3_000_000, req, vec![]);
+    // The upstream served it in 30 ms of the 36 ms the gateway waited: its clock is between
+    // 5 ms behind and 1 ms ahead of the gateway's.
+    let up = half(
+        "up",
+        (up_trace, [0x2a; 8]),
+        (t0 + 3_000_000, 30_000_000),
+        req,
+        vec![],
+    );
     let acks = send(replica.grpc, Some("s3cret"), vec![up]).await.unwrap();
     assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
 
@@ -142,7 +146,10 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
     assert_eq!(h["server"]["trace_id"], hex(&up_trace));
     assert_eq!(h["client"]["node"], "gw");
     assert_eq!(h["to_server_ms"], 1.0);
-    assert_eq!(h["from_server_ms"], -5.0);
+    assert_eq!(h["from_server_ms"], 5.0);
+    assert_eq!(h["offset_lo_ns"], -5_000_000);
+    assert_eq!(h["offset_hi_ns"], 1_000_000);
+    assert_eq!(h["offset_consistent"], true);
     assert!(t["linked_traces"].as_array().unwrap().is_empty());
 
     let (_, u) = get(agg.http, &format!("/api/v1/traces/{}", hex(&up_trace)));
@@ -166,6 +173,22 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
         .find(|s| s["node"] == "up" && s["name"] == "http.server")
         .expect("upstream root in the view");
     assert_eq!(up_root["parent_span_id"], hop.to_string(), "{f}");
+    // On the gateway's clock: 2 ms later, ± 3 ms, inside the call that waited for it.
+    assert_eq!(up_root["clock_offset_ns"], -2_000_000);
+    assert_eq!(up_root["clock_error_ns"], 3_000_000);
+    let call_span = spans.iter().find(|s| s["name"] == "http.client").unwrap();
+    let ms = |v: &Value| v.as_f64().unwrap();
+    assert!(
+        ms(&up_root["offset_ms"]) >= ms(&call_span["offset_ms"]),
+        "{f}"
+    );
+    assert!(
+        ms(&up_root["offset_ms"]) + ms(&up_root["duration_ms"])
+            <= ms(&call_span["offset_ms"]) + ms(&call_span["duration_ms"]),
+        "{f}"
+    );
+    assert_eq!(f["clocks"][1]["node"], "up");
+    assert_eq!(f["clocks"][1]["offset_lo_ns"], -5_000_000);
     assert_eq!(up_root["trace_id"], hex(&up_trace));
     assert_eq!(f["requests"].as_array().unwrap().len(), 2);
 

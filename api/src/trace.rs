@@ -22,6 +22,11 @@ pub const MAX_CANDIDATES: u64 = 5000;
 pub const MAX_LINKED_TRACES: usize = 16;
 /// Most hops listed per trace.
 pub const MAX_HOPS: usize = 256;
+/// Largest relative drift assumed between two nodes' clocks, parts per million: a bound taken
+/// Δt away from a hop widens by this much of Δt when it bounds that hop's offset.
+pub const MAX_DRIFT_PPM: u64 = 50;
+/// Other hops between the same two nodes within this distance (ns) bound a hop's offset too.
+pub const CLOCK_WINDOW_NS: u64 = 30_000_000_000;
 
 /// A span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,10 +49,19 @@ pub struct SpanOut {
     pub start_unix_ns: u64,
     /// End, Unix ns.
     pub end_unix_ns: u64,
-    /// Start relative to the trace's first span (ms).
+    /// Start relative to the trace's first span (ms); in a `follow=hops` view, on the asked
+    /// trace's node's clock (`clock_offset_ns` taken off).
     pub offset_ms: f64,
     /// Duration (ms).
     pub duration_ms: f64,
+    /// In a `follow=hops` view, for a span recorded on another node: that node's clock minus the
+    /// asked trace's node's clock, the middle of its bounds (`null`: the same node, or no
+    /// bound). `start_unix_ns`/`end_unix_ns` stay as recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ns: Option<i64>,
+    /// How far the true offset can be from `clock_offset_ns` (half the bounds' width).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_error_ns: Option<u64>,
     /// Attributes (values as strings).
     pub attributes: BTreeMap<String, String>,
     /// Links to spans of other traces.
@@ -129,6 +143,37 @@ pub struct HopOut {
     pub to_server_ms: Option<f64>,
     /// Caller end − server end: the response's last bytes' way back, likewise.
     pub from_server_ms: Option<f64>,
+    /// Bounds of the server node's clock minus the caller node's clock at this hop (ns), from
+    /// this hop and the other hops between the two nodes within [`CLOCK_WINDOW_NS`]: the
+    /// request's first byte cannot arrive before it was sent, nor the response's last byte
+    /// before it was written. 0 and 0 when both halves are on one node; `null` without both.
+    #[serde(default)]
+    pub offset_lo_ns: Option<i64>,
+    /// Upper bound, likewise.
+    #[serde(default)]
+    pub offset_hi_ns: Option<i64>,
+    /// Hops that bounded it.
+    #[serde(default)]
+    pub offset_samples: u64,
+    /// `false` when the hops disagreed beyond [`MAX_DRIFT_PPM`] (then only this hop's own bounds
+    /// are given): a clock stepped, or drift exceeds the assumption.
+    #[serde(default = "yes")]
+    pub offset_consistent: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A node's clock against the asked trace's node's, in a `follow=hops` view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeClock {
+    /// Node.
+    pub node: String,
+    /// Lower bound of its clock minus the reference's (ns).
+    pub offset_lo_ns: i64,
+    /// Upper bound.
+    pub offset_hi_ns: i64,
 }
 
 /// A connection endpoint as its host's network namespace sees it.
@@ -265,6 +310,10 @@ pub struct Trace {
     /// where stored (at most [`MAX_HOPS`]).
     #[serde(default)]
     pub hops: Vec<HopOut>,
+    /// With `follow=hops`: each node's clock against the asked trace's node's (first), composed
+    /// along the hops.
+    #[serde(default)]
+    pub clocks: Vec<NodeClock>,
     /// With `follow=hops`: the other traces gathered across hops (their spans and requests are
     /// in `spans` and `requests`, a server's root span under the caller's `http.client` span;
     /// at most [`MAX_LINKED_TRACES`] in all).

@@ -53,6 +53,21 @@ pub fn monotonic_ns() -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
     offset: i128,
+    /// A skew injected for tests (`--test-clock-offset-ns`, `--test-clock-drift-ppb`).
+    skew: Option<TestSkew>,
+}
+
+/// A clock error injected where host time enters node-probe, and nowhere else: converted times
+/// are off by `offset_ns + drift_ppb × (t − origin) / 10⁹`, as on a host whose clock is wrong.
+/// Tests of the cross-node clock bounds know the truth exactly this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TestSkew {
+    /// Constant offset.
+    pub offset_ns: i64,
+    /// Drift, parts per billion.
+    pub drift_ppb: i64,
+    /// Monotonic time the drift counts from.
+    pub origin_mono_ns: u64,
 }
 
 impl WallClock {
@@ -68,12 +83,34 @@ impl WallClock {
                 best = (width, r as i128 - ((m0 as i128 + m1 as i128) / 2));
             }
         }
-        Self { offset: best.1 }
+        Self {
+            offset: best.1,
+            skew: None,
+        }
+    }
+
+    /// This clock, wrong by `offset_ns` plus `drift_ppb` from now on (tests only).
+    pub fn with_test_skew(mut self, offset_ns: i64, drift_ppb: i64) -> Self {
+        self.skew = Some(TestSkew {
+            offset_ns,
+            drift_ppb,
+            origin_mono_ns: monotonic_ns(),
+        });
+        self
+    }
+
+    /// The injected skew, if any.
+    pub fn test_skew(&self) -> Option<TestSkew> {
+        self.skew
     }
 
     /// Unix-epoch ns for a monotonic timestamp.
     pub fn to_wall(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i128 + self.offset).max(0) as u64
+        let skew = self.skew.map_or(0, |k| {
+            let since = mono_ns as i128 - k.origin_mono_ns as i128;
+            k.offset_ns as i128 + since * k.drift_ppb as i128 / 1_000_000_000
+        });
+        (mono_ns as i128 + self.offset + skew).max(0) as u64
     }
 }
 
@@ -97,6 +134,19 @@ mod tests {
         assert_eq!(parse_timens_monotonic("garbage"), 0);
         // In this test's own (initial) namespace there is no offset.
         assert_eq!(timens_monotonic_offset_ns(), 0);
+    }
+
+    #[test]
+    fn test_skew_is_offset_plus_drift() {
+        let c = WallClock::new();
+        let k = c.with_test_skew(-50_000_000, 20_000);
+        let o = k.test_skew().unwrap().origin_mono_ns;
+        assert_eq!(k.to_wall(o) as i128 - c.to_wall(o) as i128, -50_000_000);
+        let later = o + 10_000_000_000;
+        assert_eq!(
+            k.to_wall(later) as i128 - c.to_wall(later) as i128,
+            -50_000_000 + 200_000
+        );
     }
 
     #[test]

@@ -189,6 +189,12 @@ struct Cli {
     /// Distinct tenant labels kept; later new ones are stored as `_other` (counted).
     #[arg(long, default_value_t = 256)]
     tenant_max_values: usize,
+    /// Tests only: converted times are off by this many ns (a host whose clock is wrong).
+    #[arg(long, hide = true, allow_negative_numbers = true, default_value_t = 0)]
+    test_clock_offset_ns: i64,
+    /// Tests only: and drift by this many parts per billion from start.
+    #[arg(long, hide = true, allow_negative_numbers = true, default_value_t = 0)]
+    test_clock_drift_ppb: i64,
     /// Do not follow the targets' outbound HTTP calls (a gateway's upstream calls) as hops.
     #[arg(long)]
     no_client_hops: bool,
@@ -323,6 +329,8 @@ fn real_main() -> anyhow::Result<()> {
         uprobe_linger: Duration::from_secs_f64(cli.uprobe_linger_s.clamp(0.0, 86_400.0)),
         duration,
         print_requests: cli.requests,
+        test_clock: (cli.test_clock_offset_ns != 0 || cli.test_clock_drift_ppb != 0)
+            .then_some((cli.test_clock_offset_ns, cli.test_clock_drift_ppb)),
         ports: cli.ports,
         tracker: node_probe::requests::TrackerConfig {
             timeout_ns: cli.request_timeout_s.max(1).saturating_mul(1_000_000_000),

@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub uprobe_linger: Duration,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// A clock error to inject (offset ns, drift ppb): tests of the cross-node clock bounds.
+    pub test_clock: Option<(i64, i64)>,
     /// Print finished requests ([`RequestRecord`]) to stdout as JSON lines.
     pub print_requests: bool,
     /// Server ports declared on the command line (others are discovered).
@@ -186,7 +188,10 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
                 "cannot attach the syscalls:* tracepoints"
             }
         })?;
-    let clock = WallClock::new();
+    let clock = match cfg.test_clock {
+        Some((offset, drift)) => WallClock::new().with_test_skew(offset, drift),
+        None => WallClock::new(),
+    };
     let timens = crate::clock::timens_monotonic_offset_ns();
     if timens != 0 {
         info!(
@@ -218,6 +223,11 @@ pub fn run(cfg: RunConfig, stop: Arc<AtomicBool>) -> anyhow::Result<Stats> {
     if cfg.print == Some(PrintFormat::Json) || cfg.print_requests {
         let ready = serde_json::json!({
             "kind": "ready",
+            "test_clock": clock.test_skew().map(|k| serde_json::json!({
+                "offset_ns": k.offset_ns,
+                "drift_ppb": k.drift_ppb,
+                "origin_unix_ns": clock.to_wall(k.origin_mono_ns) as i128 - k.offset_ns as i128,
+            })),
             "targets": targets.keys().collect::<Vec<_>>(),
             "attached": probe.attached,
         });

@@ -79,7 +79,12 @@ impl HopRow {
             self.server_end_ns,
         );
         let both = client.as_ref().zip(server.as_ref());
+        let same_node = both.is_some_and(|(c, s)| c.node == s.node);
         Some(HopOut {
+            offset_lo_ns: same_node.then_some(0),
+            offset_hi_ns: same_node.then_some(0),
+            offset_samples: 0,
+            offset_consistent: true,
             hop_id: stored_span_id(&self.hop_id)?,
             direction: if outbound { "outbound" } else { "inbound" }.to_string(),
             link: client.as_ref().map(|_| self.client_link),
@@ -131,10 +136,10 @@ async fn hops_of(store: &Store, t: &Trace) -> Result<Vec<HopOut>, ApiError> {
     Ok(out)
 }
 
-/// Fills `t.hops`.
+/// Fills `t.hops`, each cross-node hop with its clock bounds.
 pub async fn attach(store: &Store, t: &mut Trace) -> Result<(), ApiError> {
     t.hops = hops_of(store, t).await?;
-    Ok(())
+    super::clocks::bound_hops(store, &mut t.hops).await
 }
 
 /// The trace on the other side of `h`, seen from `from`.
@@ -189,11 +194,12 @@ pub async fn follow(store: &Store, t: &mut Trace, fallback: &Window) -> Result<(
     t.nodes.sort();
     t.nodes.dedup();
     hang_servers_under_callers(t);
+    t.clocks = super::clocks::node_clocks(t);
+    super::clocks::correct_spans(t);
     Ok(())
 }
 
-/// Re-parents each server root of a joined hop under the caller's span, and re-times the
-/// offsets from the view's first span.
+/// Re-parents each server root of a joined hop under the caller's span.
 fn hang_servers_under_callers(t: &mut Trace) {
     let in_view: HashSet<SpanId> = t.spans.iter().map(|s| s.span_id).collect();
     let callers: HashMap<(TraceId, &str, u32), SpanId> = t
@@ -219,13 +225,4 @@ fn hang_servers_under_callers(t: &mut Trace) {
     for (i, hop) in parents {
         t.spans[i].parent_span_id = Some(hop);
     }
-    let t0 = t.spans.iter().map(|s| s.start_unix_ns).min().unwrap_or(0);
-    for s in &mut t.spans {
-        s.offset_ms = s.start_unix_ns.saturating_sub(t0) as f64 / 1e6;
-    }
-    for st in &mut t.steps {
-        st.offset_ms = st.start_unix_ns.map(|s| s.saturating_sub(t0) as f64 / 1e6);
-    }
-    t.spans
-        .sort_by_key(|s| (s.start_unix_ns, std::cmp::Reverse(s.end_unix_ns)));
 }

@@ -33,6 +33,7 @@ use crate::store::Store;
 
 pub mod access;
 pub mod breakdown;
+pub mod clocks;
 pub mod explain;
 pub mod filters;
 pub mod groups;

@@ -320,6 +320,8 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
             trace_id: Some(stored_trace_id(id)),
             offset_ms: ms_between(t0, s.start_unix_ns),
             duration_ms: ms_between(s.start_unix_ns, s.end_unix_ns),
+            clock_offset_ns: None,
+            clock_error_ns: None,
             attributes: s.attr_keys.into_iter().zip(s.attr_values).collect(),
             links: s
                 .link_trace_ids
@@ -386,6 +388,7 @@ pub async fn trace(store: &Store, id: &str, fallback: &Window) -> Result<Trace, 
         batched_with: neighbours,
         batched_with_truncated: candidates_truncated,
         hops: Vec::new(),
+        clocks: Vec::new(),
         linked_traces: Vec::new(),
     })
 }
@@ -500,6 +503,8 @@ fn step_spans(spans: &mut Vec<SpanOut>, steps: &[StepOut], t0: u64) {
             end_unix_ns: end,
             offset_ms: ms_between(t0, start),
             duration_ms: ms_between(start, end),
+            clock_offset_ns: None,
+            clock_error_ns: None,
             attributes,
             links: Vec::new(),
         });

@@ -255,7 +255,8 @@ const HOP_COLUMNS: [(Half, &str, &str, &str, &str); 13] = [
 ];
 
 /// The joined hops table: one row per hop and insert, merged by `hop_id`; read with
-/// `…IfMerge(col)` and `GROUP BY hop_id` (late halves and unmerged parts included).
+/// `…IfMerge(col)` and `GROUP BY hop_id` (late halves and unmerged parts included). `start` is
+/// the minute a half started in (the two halves' may differ): a coarse filter before merging.
 fn hop_columns() -> String {
     let mut v = vec!["start DateTime".to_string(), "hop_id String".to_string()];
     for (_, name, agg, ty, _) in HOP_COLUMNS {
@@ -276,7 +277,7 @@ fn hop_select(half: Half, id: &str) -> String {
         "String" => "''".to_string(),
         t => format!("to{t}(0)"),
     };
-    let mut cols = vec![format!("toStartOfDay(start) AS start, {id} AS hop_id")];
+    let mut cols = vec![format!("toStartOfMinute(start) AS start, {id} AS hop_id")];
     for (h, name, agg, ty, expr) in HOP_COLUMNS {
         cols.push(if h == half {
             format!("{agg}State({expr}, toUInt8(1)) AS {name}")
