@@ -1,6 +1,7 @@
 //! Shared helpers for the benchmarks under `loadtests/src/bin`.
 
 pub mod fidelity;
+pub mod fleet;
 pub mod harness;
 pub mod ingest;
 pub mod openai;
