@@ -168,17 +168,23 @@ impl Lines {
         }
     }
 
-    /// Waits until nothing new came for a second (bounded by `t`), stops it with SIGTERM (a
-    /// node-probe then sends what it still holds), and returns every line.
-    pub fn finish(mut self, t: Duration) -> Vec<Value> {
+    /// Reads until nothing new came for a second (bounded by `t`).
+    pub fn settle(&mut self, t: Duration) {
         let deadline = Instant::now() + t;
         loop {
             let before = self.seen.len();
             self.drain_for(Duration::from_secs(1));
             if self.seen.len() == before || Instant::now() >= deadline {
-                break;
+                return;
             }
         }
+    }
+
+    /// [`Lines::settle`]s, stops it with SIGTERM (a node-probe then sends what it still holds),
+    /// and returns every line.
+    pub fn finish(mut self, t: Duration) -> Vec<Value> {
+        self.settle(t);
+        let deadline = Instant::now() + t;
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {

@@ -18,6 +18,9 @@
 //!   `response_id`, `body`) and for all together, direct and through DNAT;
 //! - the cross-node join (the call's span id equals the upstream node's `hop_id`) ≥ 99.9 %, in
 //!   the records and in ClickHouse's `hops`;
+//! - restarts lose no hop: between the two runs the gateway's exporting node-probe is
+//!   restarted, and the aggregator is killed and stays down for the whole second run (the
+//!   halves stored late are joined);
 //! - clock bounds on 100 % of the cross-node hops of the traces read back with
 //!   `follow=hops`, every bound holding the injected truth, and every upstream root, placed on
 //!   the gateway's clock, inside the gateway's call.
@@ -294,18 +297,17 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
         "response_id",
         "body",
     ];
-    let gw_probes: Vec<Lines> = methods
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let mut extra = vec!["--hop-links".to_string(), m.to_string()];
-            if i == 0 {
-                extra.extend(export_args(grpc, "gw", d));
-            }
-            probe(&[gw_pid], &extra, T)
-        })
+    let gw_args = |i: usize| {
+        let mut extra = vec!["--hop-links".to_string(), methods[i].to_string()];
+        if i == 0 {
+            extra.extend(export_args(grpc, "gw", d));
+        }
+        extra
+    };
+    let mut gw_probes: Vec<Lines> = (0..methods.len())
+        .map(|i| probe(&[gw_pid], &gw_args(i), T))
         .collect();
-    let up_probes: Vec<Lines> = UPSTREAMS
+    let mut up_probes: Vec<Lines> = UPSTREAMS
         .iter()
         .zip(&upstreams)
         .map(|((host, _, off, drift), (_, pid))| {
@@ -326,9 +328,29 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
 
     let client_log = d.join("client.log");
     load(&fleet, 8080, "lb", REQUESTS, &client_log);
+    // Restarts between the runs: the gateway's exporting node-probe (stopped, started again:
+    // a new boot), then the aggregator, killed and down for the whole second run (the
+    // node-probes spool and resend; the halves stored late must still join).
+    let first = std::mem::replace(&mut gw_probes[0], probe(&[gw_pid], &gw_args(0), T));
+    let mut gw_before = first.finish(T);
+    kill(&mut procs.0[0], libc::SIGKILL);
     load(&fleet, 8081, "nat", DNAT_REQUESTS, &client_log);
+    procs.0[0] = start_aggregator(&db, grpc, http, TOKEN, Some(&d.join("aggregator-2.log")));
+    // The exporting node-probes stay up until what they spooled meanwhile is stored.
+    let mut exporting = gw_before.iter().filter(|r| r["kind"] == "request").count();
+    for p in std::iter::once(&mut gw_probes[0]).chain(up_probes.iter_mut()) {
+        p.settle(T);
+        exporting += p.seen.iter().filter(|r| r["kind"] == "request").count();
+    }
+    let caught_up = wait_count(&db, exporting as u64, Duration::from_secs(180));
+    assert_eq!(
+        caught_up, exporting as u64,
+        "stored after the aggregator's restart"
+    );
 
-    let gw_records: Vec<Vec<Value>> = gw_probes.into_iter().map(|p| p.finish(T)).collect();
+    let mut gw_records: Vec<Vec<Value>> = gw_probes.into_iter().map(|p| p.finish(T)).collect();
+    gw_before.append(&mut gw_records[0]);
+    gw_records[0] = gw_before;
     let up_records: Vec<(Vec<Value>, Skew)> = up_probes
         .into_iter()
         .zip(UPSTREAMS)

@@ -45,6 +45,9 @@ const HOSTILE_TRACE: &str = "3c3c3c3c3c3c3c3c3e3e3e3e3e3e3e3e";
 /// A request on a (simulated) tensor-parallel GPU engine: three steps the CUDA hooks saw, two
 /// of them with collectives lined up across ranks.
 const GPU_TRACE: &str = "6770756770756770756770756770752a";
+/// A gateway's request and the upstream call it made, traced on two nodes (a hop).
+const HOPS_TRACE: &str = "686f7073686f7073686f7073686f7001";
+const UPSTREAM_TRACE: &str = "686f7073686f7073686f7073686f7002";
 
 fn now_s() -> u64 {
     SystemTime::now()
@@ -337,6 +340,85 @@ fn ingest_gpu(grpc: u16) {
     );
 }
 
+/// A gateway's request on node `gw-node` with its upstream call (`http.client`, linked by
+/// header) and the upstream's request on node `up-node`, whose clock reads 2 ms behind: the
+/// two halves of one hop, as two node-probes would send them.
+fn ingest_hops(grpc: u16) {
+    let ms = 1_000_000u64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let t0 = now - 2_000_000_000;
+    let (req_seq, resp_seq) = (1_000, 2_000);
+    let hop = inferscope_api::hop_id(req_seq, Some(resp_seq));
+    let one = |node: &str, trace: &str, root: u8, (start, e2e): (u64, u64), extra: Vec<Span>| {
+        let tid = hex_bytes(trace);
+        let mut spans = vec![Span {
+            trace_id: tid.clone(),
+            span_id: vec![root; 8],
+            name: "http.server".into(),
+            start_unix_ns: start,
+            end_unix_ns: start + e2e,
+            ..Default::default()
+        }];
+        spans.extend(extra);
+        let upstream = node == "up-node";
+        Batch {
+            node_id: node.into(),
+            boot_id: format!("{node}-{now}"),
+            sequence: 1,
+            resend: false,
+            resources: vec![ResourceData {
+                resource: Some(Resource {
+                    node: node.into(),
+                    pid: if upstream { 81 } else { 80 },
+                    engine: "openai-compatible".into(),
+                    ..Default::default()
+                }),
+                requests: vec![Request {
+                    trace_id: tid,
+                    method: "POST".into(),
+                    path: "/v1/completions".into(),
+                    status: 200,
+                    outcome: "complete".into(),
+                    model: "hop-model".into(),
+                    start_unix_ns: start,
+                    end_unix_ns: start + e2e,
+                    e2e_ns: e2e,
+                    ttft_ns: e2e / 2,
+                    req_tcp_seq: upstream.then_some(req_seq),
+                    resp_tcp_seq: upstream.then_some(resp_seq),
+                    ..Default::default()
+                }],
+                spans,
+                steps: vec![],
+            }],
+        }
+    };
+    let call = Span {
+        trace_id: hex_bytes(HOPS_TRACE),
+        span_id: hop.to_bytes().to_vec(),
+        parent_span_id: vec![0x61; 8],
+        name: "http.client".into(),
+        start_unix_ns: t0 + 2 * ms,
+        end_unix_ns: t0 + 38 * ms,
+        attributes: vec![
+            kv("inferscope.hop.link", "header"),
+            kv("server.port", "9000"),
+        ],
+        ..Default::default()
+    };
+    send_batch(
+        grpc,
+        one("gw-node", HOPS_TRACE, 0x61, (t0, 40 * ms), vec![call]),
+    );
+    send_batch(
+        grpc,
+        one("up-node", UPSTREAM_TRACE, 0x62, (t0 + ms, 30 * ms), vec![]),
+    );
+}
+
 /// Sends one batch over gRPC and waits for its ack (stored).
 fn send_batch(grpc: u16, batch: Batch) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -407,8 +489,9 @@ fn ui_on_the_real_engine() {
         }
         ingest_hostile(grpc);
         ingest_gpu(grpc);
-        if wait_count(&db, 42, Duration::from_secs(30)) < 42 {
-            return Err("the hostile or the GPU request was not stored".into());
+        ingest_hops(grpc);
+        if wait_count(&db, 44, Duration::from_secs(30)) < 44 {
+            return Err("the hostile, GPU or hop requests were not stored".into());
         }
         let from: u64 = sql(&format!(
             "SELECT toUnixTimestamp(min(start)) - 1 FROM {db}.requests"
@@ -431,6 +514,8 @@ fn ui_on_the_real_engine() {
                 HOSTILE_TRACE,
                 "--gpu",
                 GPU_TRACE,
+                "--hops",
+                HOPS_TRACE,
                 "--compare-model",
                 "tiny-llm",
             ],

@@ -166,9 +166,50 @@ export interface RequestDetail extends RequestSummary {
   /** TCP sequence numbers of the request's and the response's first bytes. */
   req_tcp_seq: number | null;
   resp_tcp_seq: number | null;
+  /** The exchange's hop id: the caller's `http.client` span id (absent from older aggregators). */
+  hop_id?: string | null;
+}
+
+/** One half of a hop, as its node recorded it. */
+export interface HopHalf {
+  node: string;
+  pid: number;
+  trace_id: string | null;
+  start_unix_ns: number;
+  end_unix_ns: number;
+}
+
+/** An HTTP exchange between two processes: the caller's span and the server's request. */
+export interface Hop {
+  hop_id: string;
+  /** `outbound`: this trace made the call; `inbound`: it served it. */
+  direction: string;
+  /** `header`, `response_id`, `body`, `timing`, `none`; null without the caller's half. */
+  link: string | null;
+  client: HopHalf | null;
+  server: HopHalf | null;
+  to_server_ms: number | null;
+  from_server_ms: number | null;
+  /** Bounds of the server node's clock minus the caller node's (ns). */
+  offset_lo_ns: number | null;
+  offset_hi_ns: number | null;
+  offset_samples: number;
+  offset_consistent: boolean;
+}
+
+/** A node's clock against the asked trace's node's (`follow=hops`). */
+export interface NodeClock {
+  node: string;
+  offset_lo_ns: number;
+  offset_hi_ns: number;
 }
 
 export interface Span {
+  /** Its trace (another one than the asked trace in a `follow=hops` view). */
+  trace_id?: string;
+  /** `follow=hops`: its node's clock minus the asked trace's node's, and the error of that. */
+  clock_offset_ns?: number;
+  clock_error_ns?: number;
   span_id: string;
   parent_span_id: string;
   name: string;
@@ -242,6 +283,12 @@ export interface Trace {
   steps: Step[];
   steps_truncated: boolean;
   batched_with: Neighbour[];
+  /** Calls this trace made and the call it served (absent from older aggregators). */
+  hops?: Hop[];
+  /** `follow=hops`: each node's clock against the first's. */
+  clocks?: NodeClock[];
+  /** `follow=hops`: the other traces in the view. */
+  linked_traces?: string[];
 }
 
 export interface FilterValues {

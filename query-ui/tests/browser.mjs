@@ -4,7 +4,8 @@
 // end, exit status 1 on any failure.
 //
 //   node query-ui/tests/browser.mjs --base http://127.0.0.1:7071 --out target/ui-artifacts \
-//        [--from UNIX_S --to UNIX_S] [--hostile TRACE_ID] [--compare-model MODEL]
+//        [--from UNIX_S --to UNIX_S] [--hostile TRACE_ID] [--gpu TRACE_ID] [--hops TRACE_ID]
+//        [--compare-model MODEL]
 //   node query-ui/tests/browser.mjs --base … --out … --perf --from … --to … [--bound-ms 5000]
 //
 // Functional mode walks overview → slowest requests → the slowest request's trace, checks the
@@ -366,6 +367,29 @@ async function functional() {
     eq('gpu trace: card straggler', await text('[data-testid="request-card"] dd[data-field="straggler"]'), `rank ${r.straggler_rank} (+${fmtMs(r.straggler_lag_ms)})`);
     await xssClean('gpu trace');
     await shot('trace-gpu');
+  }
+
+  // A gateway's trace: its hops, then one waterfall across both nodes with clock bounds.
+  if (args.hops) {
+    const id = String(args.hops);
+    const ht = await api(`traces/${id}`);
+    await load(`#/trace/${id}`, 'trace');
+    await noSectionErrors('hops trace');
+    eq('hops: one row per hop', await page.locator('[data-testid="hops-table"] tbody tr[data-hop-id]').count(), ht.hops.length);
+    const hop = ht.hops[0];
+    eq('hops: link method', await text(`[data-testid="hops-table"] tr[data-hop-id="${hop.hop_id}"] td[data-col="link"]`), hop.link);
+    check('hops: clock bounds shown', /…/.test(await text(`[data-testid="hops-table"] tr[data-hop-id="${hop.hop_id}"] td[data-col="clock"]`)));
+    await afterClick(page.locator('[data-testid="follow-hops"]'), 'trace');
+    await noSectionErrors('followed trace');
+    const ft = await api(`traces/${id}`, { follow: 'hops' });
+    eq('hops: followed waterfall has every span', await page.locator('.waterfall [data-testid="span-bar"]').count(), ft.spans.length);
+    const names = await page.locator('.waterfall .wf-row[data-span-id]').evaluateAll((rows) => rows.map((r) => r.dataset.name));
+    const call = names.indexOf('http.client');
+    check('hops: the server root is drawn under the call', call >= 0 && names.slice(call + 1).includes('http.server'), names.join(' '));
+    eq('hops: spans of the other node carry their clock error', await page.locator('[data-testid="clock-error"]').count(), ft.spans.filter((s) => s.clock_error_ns !== undefined).length);
+    check('hops: node clocks listed', (await text('[data-testid="node-clocks"]'))?.includes(ft.clocks[1].node));
+    await xssClean('hops trace');
+    await shot('trace-hops');
   }
 
   // Hostile strings render as text.

@@ -1,7 +1,7 @@
 // Trace: one request as a waterfall across processes and nodes (http.server root, frontend,
 // queue, prefill, decode, stream_out, the engine steps with their batches), token chunk ticks,
 // and every attribute of the clicked span.
-import { get, type Endpoint, type RequestDetail, type RequestExplanation, type Span, type Step, type Trace } from '../api';
+import { get, type Endpoint, type Hop, type RequestDetail, type RequestExplanation, type Span, type Step, type Trace } from '../api';
 import type { Ctx } from '../ctx';
 import { h, replace, section } from '../dom';
 import { fmtCount, fmtMs, fmtTimeMs, fmtTimeNs } from '../format';
@@ -16,6 +16,7 @@ const SPAN_COLORS: Record<string, string> = {
   decode: '#4c78a8',
   stream_out: '#b279a2',
   'engine.step': '#e45756',
+  'http.client': '#17becf',
 };
 
 function traceLink(id: string, text?: string): HTMLElement {
@@ -31,7 +32,7 @@ export async function trace(root: HTMLElement, ctx: Ctx): Promise<void> {
     return;
   }
   const q = new URLSearchParams();
-  for (const k of ['from', 'to']) {
+  for (const k of ['from', 'to', 'follow']) {
     const v = ctx.route.params.get(k);
     if (v) q.set(k, v);
   }
@@ -39,7 +40,7 @@ export async function trace(root: HTMLElement, ctx: Ctx): Promise<void> {
     ctx,
     body,
     () => get<Trace>(`traces/${id.toLowerCase()}`, q, ctx.signal),
-    (t) => renderTrace(body, t),
+    (t) => renderTrace(body, t, q),
   );
   // Why it was slow: a section of its own, so that a failure here leaves the trace shown.
   const why = h('div', { 'data-testid': 'explain' }, h('p', { class: 'muted loading' }, 'loading…'));
@@ -63,7 +64,7 @@ function renderExplanation(el: HTMLElement, x: RequestExplanation): void {
   el.append(list, h('p', { class: 'muted' }, `Typical: medians of ${fmtCount(x.reference_count)} requests of the same model in the hour around it.`));
 }
 
-function renderTrace(el: HTMLElement, t: Trace): void {
+function renderTrace(el: HTMLElement, t: Trace, q: URLSearchParams): void {
   const t0 = Math.min(...t.spans.map((s) => s.start_unix_ns), ...t.requests.map((r) => r.start_unix_ns));
   const rel = (ns: number) => (ns - t0) / 1e6;
   const end = Math.max(
@@ -90,6 +91,7 @@ function renderTrace(el: HTMLElement, t: Trace): void {
     ),
   );
   for (const r of t.requests) el.append(requestCard(r));
+  if (t.hops?.length) el.append(section('Hops', 'section-hops', hopsSection(t, q)));
   for (const r of t.requests) {
     const g = tokenGaps(r);
     if (g) el.append(section('Token gaps: wire vs engine', 'section-token-gaps', g));
@@ -341,7 +343,13 @@ function waterfall(t: Trace, total: number, rel: (ns: number) => number, onSelec
     }
     track.appendChild(text);
     if (s.name === 'stream_out' || (s.name === 'decode' && !hasStreamOut)) chunkTicks(track, s);
-    const label = h('div', { class: 'wf-label', title: `${s.name} on ${s.node} (pid ${s.pid})` }, h('span', { class: 'wf-name' }, s.name), h('span', { class: 'wf-node' }, ` ${s.node}`));
+    const clockNote = s.clock_error_ns !== undefined ? ` ±${fmtMs(s.clock_error_ns / 1e6)}` : '';
+    const label = h(
+      'div',
+      { class: 'wf-label', title: `${s.name} on ${s.node} (pid ${s.pid})${clockNote ? `, placed on the first node's clock${clockNote}` : ''}` },
+      h('span', { class: 'wf-name' }, s.name),
+      h('span', { class: 'wf-node', 'data-testid': clockNote ? 'clock-error' : null }, ` ${s.node}${clockNote}`),
+    );
     label.style.paddingLeft = `${4 + depth * 14}px`;
     wf.append(h('div', { class: 'wf-row', 'data-span-id': s.span_id, 'data-name': s.name }, label, track));
     const kids = (children.get(s.span_id) ?? []).sort(byStart);
@@ -401,6 +409,62 @@ function waterfall(t: Trace, total: number, rel: (ns: number) => number, onSelec
   };
   for (const r of roots.sort(byStart)) row(r, 0);
   return wf;
+}
+
+/** A clock offset in ms with its sign. */
+function fmtOffsetNs(ns: number): string {
+  return `${ns < 0 ? '−' : '+'}${fmtMs(Math.abs(ns) / 1e6)}`;
+}
+
+/** The calls this trace made and the call it served, with both halves, network times and the
+ * bounds of the two nodes' clock offset; a link to one waterfall across them. */
+function hopsSection(t: Trace, q: URLSearchParams): HTMLElement {
+  const following = q.get('follow') === 'hops';
+  const other = new URLSearchParams(q);
+  if (following) other.delete('follow');
+  else other.set('follow', 'hops');
+  const toggle = h(
+    'a',
+    { href: href(`trace/${encodeURIComponent(t.trace_id)}`, other), 'data-testid': 'follow-hops' },
+    following ? 'Show this trace only' : 'Follow the hops: one waterfall across nodes',
+  );
+  const half = (x: Hop['client']) => (x ? `${x.node} · pid ${x.pid}` : '— (not traced)');
+  const rows = (t.hops ?? []).map((hp) => {
+    const peer = hp.direction === 'outbound' ? hp.server : hp.client;
+    const peerTrace = peer?.trace_id && peer.trace_id !== t.trace_id ? traceLink(peer.trace_id, peer.trace_id.slice(0, 12) + '…') : '—';
+    const clock =
+      hp.offset_lo_ns === null || hp.offset_hi_ns === null
+        ? '—'
+        : hp.client?.node === hp.server?.node
+          ? 'same node'
+          : `${fmtOffsetNs(hp.offset_lo_ns)} … ${fmtOffsetNs(hp.offset_hi_ns)}${hp.offset_consistent ? '' : ' (inconsistent)'}`;
+    return h(
+      'tr',
+      { 'data-hop-id': hp.hop_id, 'data-direction': hp.direction },
+      h('td', null, hp.direction),
+      h('td', { 'data-col': 'link' }, hp.link ?? '—'),
+      h('td', null, half(hp.client)),
+      h('td', null, half(hp.server)),
+      h('td', null, peerTrace),
+      h('td', { class: 'num' }, hp.to_server_ms === null ? '—' : fmtMs(hp.to_server_ms)),
+      h('td', { class: 'num' }, hp.from_server_ms === null ? '—' : fmtMs(hp.from_server_ms)),
+      h('td', { 'data-col': 'clock', title: `from ${hp.offset_samples} exchanges between the two nodes` }, clock),
+    );
+  });
+  const table = h(
+    'table',
+    { class: 'data', 'data-testid': 'hops-table' },
+    h(
+      'thead',
+      null,
+      h('tr', null, ...['direction', 'linked by', 'caller', 'server', 'other trace', 'to server', 'back', 'server clock − caller clock'].map((c) => h('th', null, c))),
+    ),
+    h('tbody', null, ...rows),
+  );
+  const clocks = following && t.clocks?.length
+    ? h('p', { class: 'muted', 'data-testid': 'node-clocks' }, 'Clocks against ', t.clocks[0].node, ': ', t.clocks.slice(1).map((c) => `${c.node} ${fmtOffsetNs(c.offset_lo_ns)} … ${fmtOffsetNs(c.offset_hi_ns)}`).join(', ') || 'one node only', '. Spans of other nodes are placed on its clock (± half the bounds).')
+    : null;
+  return h('div', null, h('p', null, toggle), table, clocks);
 }
 
 function renderDetails(el: HTMLElement, s: Span, t: Trace): void {
