@@ -341,8 +341,9 @@ fn ingest_gpu(grpc: u16) {
 }
 
 /// A gateway's request on node `gw-node` with its upstream call (`http.client`, linked by
-/// header) and the upstream's request on node `up-node`, whose clock reads 2 ms behind: the
-/// two halves of one hop, as two node-probes would send them.
+/// header) and the upstream's request on node `up-node` (30 ms of the 36 ms call, starting 1 ms
+/// before the call on its own clock: that clock is between 7 and 1 ms behind): the two halves
+/// of one hop, as two node-probes would send them.
 fn ingest_hops(grpc: u16) {
     let ms = 1_000_000u64;
     let now = SystemTime::now()

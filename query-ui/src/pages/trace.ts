@@ -46,7 +46,9 @@ export async function trace(root: HTMLElement, ctx: Ctx): Promise<void> {
   const why = h('div', { 'data-testid': 'explain' }, h('p', { class: 'muted loading' }, 'loading…'));
   body.insertBefore(section('Why was it slow', 'section-explain', why), body.children[1] ?? null);
   try {
-    const x = await get<RequestExplanation>(`explain/${id.toLowerCase()}`, q, ctx.signal);
+    const window = new URLSearchParams(q);
+    window.delete('follow');
+    const x = await get<RequestExplanation>(`explain/${id.toLowerCase()}`, window, ctx.signal);
     replace(why);
     renderExplanation(why, x);
   } catch (e) {
