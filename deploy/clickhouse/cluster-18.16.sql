@@ -993,46 +993,34 @@ CREATE TABLE IF NOT EXISTS inferscope.requests ON CLUSTER inferscope_cluster (
 CREATE TABLE IF NOT EXISTS inferscope.hops_local ON CLUSTER inferscope_cluster (
     start DateTime,
     hop_id String,
-    client_node AggregateFunction(anyIf, String, UInt8),
-    client_pid AggregateFunction(anyIf, UInt32, UInt8),
-    client_trace_id AggregateFunction(anyIf, String, UInt8),
-    client_parent_span_id AggregateFunction(anyIf, String, UInt8),
-    client_link AggregateFunction(anyIf, String, UInt8),
-    client_start_ns AggregateFunction(minIf, UInt64, UInt8),
-    client_end_ns AggregateFunction(maxIf, UInt64, UInt8),
-    server_node AggregateFunction(anyIf, String, UInt8),
-    server_pid AggregateFunction(anyIf, UInt32, UInt8),
-    server_trace_id AggregateFunction(anyIf, String, UInt8),
-    server_start_ns AggregateFunction(minIf, UInt64, UInt8),
-    server_end_ns AggregateFunction(maxIf, UInt64, UInt8),
-    server_status AggregateFunction(anyIf, UInt16, UInt8),
-    client_halves AggregateFunction(countIf, UInt8),
-    server_halves AggregateFunction(countIf, UInt8)
-) ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/inferscope/hops', '{replica}')
+    side String,
+    node String,
+    pid UInt32,
+    trace_id String,
+    parent_span_id String,
+    link String,
+    start_ns UInt64,
+    end_ns UInt64,
+    status UInt16
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/inferscope/hops', '{replica}')
 PARTITION BY toYYYYMM(start)
 ORDER BY hop_id;
 
 CREATE TABLE IF NOT EXISTS inferscope.hops ON CLUSTER inferscope_cluster (
     start DateTime,
     hop_id String,
-    client_node AggregateFunction(anyIf, String, UInt8),
-    client_pid AggregateFunction(anyIf, UInt32, UInt8),
-    client_trace_id AggregateFunction(anyIf, String, UInt8),
-    client_parent_span_id AggregateFunction(anyIf, String, UInt8),
-    client_link AggregateFunction(anyIf, String, UInt8),
-    client_start_ns AggregateFunction(minIf, UInt64, UInt8),
-    client_end_ns AggregateFunction(maxIf, UInt64, UInt8),
-    server_node AggregateFunction(anyIf, String, UInt8),
-    server_pid AggregateFunction(anyIf, UInt32, UInt8),
-    server_trace_id AggregateFunction(anyIf, String, UInt8),
-    server_start_ns AggregateFunction(minIf, UInt64, UInt8),
-    server_end_ns AggregateFunction(maxIf, UInt64, UInt8),
-    server_status AggregateFunction(anyIf, UInt16, UInt8),
-    client_halves AggregateFunction(countIf, UInt8),
-    server_halves AggregateFunction(countIf, UInt8)
+    side String,
+    node String,
+    pid UInt32,
+    trace_id String,
+    parent_span_id String,
+    link String,
+    start_ns UInt64,
+    end_ns UInt64,
+    status UInt16
 ) ENGINE = Distributed(inferscope_cluster, inferscope, hops_local, cityHash64(hop_id));
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.hops_client_mv ON CLUSTER inferscope_cluster TO inferscope.hops_local AS SELECT toStartOfMinute(start) AS start, span_id AS hop_id, anyIfState(CAST(node AS String), toUInt8(1)) AS client_node, anyIfState(toUInt32(pid), toUInt8(1)) AS client_pid, anyIfState(CAST(trace_id AS String), toUInt8(1)) AS client_trace_id, anyIfState(CAST(parent_span_id AS String), toUInt8(1)) AS client_parent_span_id, anyIfState(CAST(attr_values[indexOf(attr_keys, 'inferscope.hop.link')] AS String), toUInt8(1)) AS client_link, minIfState(toUInt64(start_unix_ns), toUInt8(1)) AS client_start_ns, maxIfState(toUInt64(end_unix_ns), toUInt8(1)) AS client_end_ns, anyIfState('', toUInt8(0)) AS server_node, anyIfState(toUInt32(0), toUInt8(0)) AS server_pid, anyIfState('', toUInt8(0)) AS server_trace_id, minIfState(toUInt64(0), toUInt8(0)) AS server_start_ns, maxIfState(toUInt64(0), toUInt8(0)) AS server_end_ns, anyIfState(toUInt16(0), toUInt8(0)) AS server_status, countIfState(toUInt8(1)) AS client_halves, countIfState(toUInt8(0)) AS server_halves FROM inferscope.spans_local WHERE name = 'http.client' GROUP BY start, hop_id;
+CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.hops_client_mv ON CLUSTER inferscope_cluster TO inferscope.hops_local AS SELECT toStartOfMinute(start) AS start, span_id AS hop_id, 'client' AS side, node, toUInt32(pid) AS pid, trace_id, parent_span_id AS parent_span_id, attr_values[indexOf(attr_keys, 'inferscope.hop.link')] AS link, start_unix_ns AS start_ns, end_unix_ns AS end_ns, toUInt16(0) AS status FROM inferscope.spans_local WHERE name = 'http.client';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.hops_server_mv ON CLUSTER inferscope_cluster TO inferscope.hops_local AS SELECT toStartOfMinute(start) AS start, hop_id AS hop_id, anyIfState('', toUInt8(0)) AS client_node, anyIfState(toUInt32(0), toUInt8(0)) AS client_pid, anyIfState('', toUInt8(0)) AS client_trace_id, anyIfState('', toUInt8(0)) AS client_parent_span_id, anyIfState('', toUInt8(0)) AS client_link, minIfState(toUInt64(0), toUInt8(0)) AS client_start_ns, maxIfState(toUInt64(0), toUInt8(0)) AS client_end_ns, anyIfState(CAST(node AS String), toUInt8(1)) AS server_node, anyIfState(toUInt32(pid), toUInt8(1)) AS server_pid, anyIfState(CAST(trace_id AS String), toUInt8(1)) AS server_trace_id, minIfState(toUInt64(start_unix_ns), toUInt8(1)) AS server_start_ns, maxIfState(toUInt64(end_unix_ns), toUInt8(1)) AS server_end_ns, anyIfState(toUInt16(status), toUInt8(1)) AS server_status, countIfState(toUInt8(0)) AS client_halves, countIfState(toUInt8(1)) AS server_halves FROM inferscope.requests_local WHERE hop_id != '' GROUP BY start, hop_id;
+CREATE MATERIALIZED VIEW IF NOT EXISTS inferscope.hops_server_mv ON CLUSTER inferscope_cluster TO inferscope.hops_local AS SELECT toStartOfMinute(start) AS start, hop_id AS hop_id, 'server' AS side, node, toUInt32(pid) AS pid, trace_id, '' AS parent_span_id, '' AS link, start_unix_ns AS start_ns, end_unix_ns AS end_ns, toUInt16(status) AS status FROM inferscope.requests_local WHERE hop_id != '';
 

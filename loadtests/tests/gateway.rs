@@ -411,8 +411,8 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
     let stored = wait_count(&db, stored_want, Duration::from_secs(120));
     assert_eq!(stored, stored_want, "requests stored");
     let joined: usize = sql(&format!(
-        "SELECT count() FROM (SELECT hop_id, countIfMerge(client_halves) AS c, \
-         countIfMerge(server_halves) AS s FROM {db}.hops GROUP BY hop_id) WHERE c > 0 AND s > 0"
+        "SELECT count() FROM (SELECT hop_id, countIf(side = 'client') AS c, \
+         countIf(side = 'server') AS s FROM {db}.hops GROUP BY hop_id) WHERE c > 0 AND s > 0"
     ))
     .parse()
     .unwrap_or(0);

@@ -70,11 +70,11 @@ async fn samples(
     (from, to): (u64, u64),
 ) -> Result<Vec<(u64, i64, i64)>, ApiError> {
     let mut sql = Sql::new(
-        "SELECT t, lo, hi FROM (SELECT hop_id, anyIfMerge(client_node) AS cn, \
-         anyIfMerge(server_node) AS sn, minIfMerge(client_start_ns) AS t, \
-         toInt64(maxIfMerge(server_end_ns)) - toInt64(maxIfMerge(client_end_ns)) AS lo, \
-         toInt64(minIfMerge(server_start_ns)) - toInt64(minIfMerge(client_start_ns)) AS hi, \
-         countIfMerge(client_halves) AS ch, countIfMerge(server_halves) AS sh FROM ",
+        "SELECT t, lo, hi FROM (SELECT hop_id, anyIf(node, side = 'client') AS cn, \
+         anyIf(node, side = 'server') AS sn, minIf(start_ns, side = 'client') AS t, \
+         toInt64(maxIf(end_ns, side = 'server')) - toInt64(maxIf(end_ns, side = 'client')) AS lo, \
+         toInt64(minIf(start_ns, side = 'server')) - toInt64(minIf(start_ns, side = 'client')) AS hi, \
+         countIf(side = 'client') AS ch, countIf(side = 'server') AS sh FROM ",
     );
     // `start` is each half's minute: two minutes of slack on each side covers both halves.
     sql.push(&store.table("hops"))

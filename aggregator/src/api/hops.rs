@@ -37,14 +37,16 @@ struct HopRow {
     server_halves: u64,
 }
 
-const HOP_SELECT: &str = "SELECT hop_id, anyIfMerge(client_node) AS client_node, \
-     anyIfMerge(client_pid) AS client_pid, anyIfMerge(client_trace_id) AS client_trace_id, \
-     anyIfMerge(client_link) AS client_link, minIfMerge(client_start_ns) AS client_start_ns, \
-     maxIfMerge(client_end_ns) AS client_end_ns, countIfMerge(client_halves) AS client_halves, \
-     anyIfMerge(server_node) AS server_node, anyIfMerge(server_pid) AS server_pid, \
-     anyIfMerge(server_trace_id) AS server_trace_id, \
-     minIfMerge(server_start_ns) AS server_start_ns, maxIfMerge(server_end_ns) AS server_end_ns, \
-     countIfMerge(server_halves) AS server_halves FROM ";
+/// Both halves of each hop, merged by hop id (one row per half in `hops`).
+const HOP_SELECT: &str = "SELECT hop_id, \
+     anyIf(node, side = 'client') AS client_node, anyIf(pid, side = 'client') AS client_pid, \
+     anyIf(trace_id, side = 'client') AS client_trace_id, anyIf(link, side = 'client') AS client_link, \
+     minIf(start_ns, side = 'client') AS client_start_ns, maxIf(end_ns, side = 'client') AS client_end_ns, \
+     countIf(side = 'client') AS client_halves, \
+     anyIf(node, side = 'server') AS server_node, anyIf(pid, side = 'server') AS server_pid, \
+     anyIf(trace_id, side = 'server') AS server_trace_id, \
+     minIf(start_ns, side = 'server') AS server_start_ns, maxIf(end_ns, side = 'server') AS server_end_ns, \
+     countIf(side = 'server') AS server_halves FROM ";
 
 /// Signed difference `to − from` in ms (two nodes' clocks may put it below zero).
 fn signed_ms(from: u64, to: u64) -> f64 {
