@@ -307,7 +307,7 @@ impl<'a> Gateway<'a> {
     }
 }
 
-/// Records by an address field, each with its start, for [`nearest`].
+/// Records by an address field, each with its start, for [`latest`].
 type ByAddr<'a> = HashMap<&'a str, Vec<(u64, &'a Value)>>;
 
 fn by_addr<'a>(items: impl Iterator<Item = (&'a str, &'a Value)>) -> ByAddr<'a> {
@@ -318,12 +318,13 @@ fn by_addr<'a>(items: impl Iterator<Item = (&'a str, &'a Value)>) -> ByAddr<'a> 
     m
 }
 
-/// The record of `addr` whose start is closest to `at` (and not after `before`, when given).
-fn nearest<'a>(m: &ByAddr<'a>, addr: &str, at: u64, before: Option<u64>) -> Option<&'a Value> {
+/// The last record of `addr` that started by `by` (on one connection, exchanges follow each
+/// other: the one in progress at `by`).
+fn latest<'a>(m: &ByAddr<'a>, addr: &str, by: u64) -> Option<&'a Value> {
     m.get(addr)?
         .iter()
-        .filter(|(start, _)| before.is_none_or(|b| *start <= b))
-        .min_by_key(|(start, _)| start.abs_diff(at))
+        .filter(|(start, _)| *start <= by)
+        .max_by_key(|(start, _)| *start)
         .map(|(_, v)| *v)
 }
 
@@ -337,7 +338,7 @@ pub struct Score {
     pub join: f64,
     /// True upstream calls.
     pub calls: usize,
-    /// Why some were not joined (for the failure message).
+    /// Why some were not joined or linked wrongly (for the failure message).
     pub unjoined: Vec<String>,
 }
 
@@ -387,13 +388,13 @@ pub fn score(gw: &Gateway, up: &Upstreams, client: &HashMap<String, Value>, run:
     let mut used = HashSet::new();
     for u in &truth {
         let (peer, t) = (u["peer"].as_str().unwrap_or(""), n(&u["t_ns"]));
-        let Some(span) = nearest(&calls, peer, t, Some(t + slack)) else {
+        let Some(span) = latest(&calls, peer, t + slack) else {
             unjoined.push(format!("{u}: no call recorded"));
             continue;
         };
         used.insert(span as *const Value);
         // The upstream's half of the same request: same gateway address, read at about `t`.
-        let q = nearest(&served, peer, t, Some(t + slack));
+        let q = latest(&served, peer, t + slack);
         if q.is_some_and(|q| q["hop_id"] == span["span_id"]) {
             joined += 1;
         } else {
@@ -404,8 +405,17 @@ pub fn score(gw: &Gateway, up: &Upstreams, client: &HashMap<String, Value>, run:
             wrong += 1;
             continue;
         };
+        // On a keep-alive connection the request is the one that arrived while the client was
+        // in this exchange (its first byte cannot come before the client started sending;
+        // 1 ms for the two clocks' conversions).
         let local = c["local"].as_str().unwrap_or("");
-        let r = nearest(&inbound, local, n(&c["t0_ns"]), None);
+        let (t0, t1) = (n(&c["t0_ns"]), n(&c["t1_ns"]));
+        let r = inbound.get(local).and_then(|v| {
+            v.iter()
+                .filter(|(start, _)| (t0.saturating_sub(1_000_000)..=t1).contains(start))
+                .min_by_key(|(start, _)| *start)
+                .map(|(_, r)| *r)
+        });
         let root = r.and_then(|r| r["spans"][0]["span_id"].as_str());
         let right = r.is_some_and(|r| r["trace_id"] == trace_of[&(span as *const Value)])
             && root.is_some()
@@ -416,7 +426,15 @@ pub fn score(gw: &Gateway, up: &Upstreams, client: &HashMap<String, Value>, run:
         match (link, right) {
             ("none", _) => {}
             (_, true) => correct += 1,
-            (_, false) => wrong += 1,
+            (_, false) => {
+                wrong += 1;
+                let got = r.map(|r| (&r["trace_id"], &r["start_unix_ns"], &r["outcome"]));
+                unjoined.push(format!(
+                    "wrong link: {u}: call in trace {} parent {}, by {link}; the request: {got:?} ({c})",
+                    trace_of[&(span as *const Value)],
+                    span["parent_span_id"]
+                ));
+            }
         }
     }
     // Links emitted on this run's upstream calls that no upstream request accounts for are
