@@ -15,20 +15,6 @@ use common::ingest::*;
 
 const SEQ: (u32, u32) = (70_000, 4_000_000_000);
 
-fn get(http: std::net::SocketAddr, path_and_query: &str) -> (u16, Value) {
-    let url = format!("http://{http}{path_and_query}");
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
 fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {
         key: k.into(),
@@ -114,7 +100,7 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
     );
     let acks = send(agg.grpc, Some("s3cret"), vec![gw]).await.unwrap();
     assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
-    let (code, t) = get(agg.http, &format!("/api/v1/traces/{}", hex(&gw_trace)));
+    let (code, t) = agg.get(&format!("/api/v1/traces/{}", hex(&gw_trace)));
     assert_eq!(code, 200, "{t}");
     assert_eq!(t["hops"][0]["hop_id"], hop.to_string(), "{t}");
     assert_eq!(t["hops"][0]["direction"], "outbound");
@@ -140,7 +126,7 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
     let acks = send(replica.grpc, Some("s3cret"), vec![up]).await.unwrap();
     assert_eq!(acks[0].status, AckStatus::Stored as i32, "{acks:?}");
 
-    let (_, t) = get(agg.http, &format!("/api/v1/traces/{}", hex(&gw_trace)));
+    let (_, t) = agg.get(&format!("/api/v1/traces/{}", hex(&gw_trace)));
     let h = &t["hops"][0];
     assert_eq!(h["server"]["node"], "up", "{t}");
     assert_eq!(h["server"]["trace_id"], hex(&up_trace));
@@ -152,15 +138,12 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
     assert_eq!(h["offset_consistent"], true);
     assert!(t["linked_traces"].as_array().unwrap().is_empty());
 
-    let (_, u) = get(agg.http, &format!("/api/v1/traces/{}", hex(&up_trace)));
+    let (_, u) = agg.get(&format!("/api/v1/traces/{}", hex(&up_trace)));
     assert_eq!(u["requests"][0]["hop_id"], hop.to_string(), "{u}");
     assert_eq!(u["hops"][0]["direction"], "inbound");
     assert_eq!(u["hops"][0]["client"]["trace_id"], hex(&gw_trace));
 
-    let (_, f) = get(
-        agg.http,
-        &format!("/api/v1/traces/{}?follow=hops", hex(&gw_trace)),
-    );
+    let (_, f) = agg.get(&format!("/api/v1/traces/{}?follow=hops", hex(&gw_trace)));
     assert_eq!(
         f["linked_traces"],
         serde_json::json!([hex(&up_trace)]),
@@ -192,10 +175,7 @@ async fn halves_join_late_and_across_replicas_and_the_trace_follows_them() {
     assert_eq!(up_root["trace_id"], hex(&up_trace));
     assert_eq!(f["requests"].as_array().unwrap().len(), 2);
 
-    let (code, e) = get(
-        agg.http,
-        &format!("/api/v1/traces/{}?follow=all", hex(&gw_trace)),
-    );
+    let (code, e) = agg.get(&format!("/api/v1/traces/{}?follow=all", hex(&gw_trace)));
     assert_eq!(code, 400, "{e}");
     assert!(
         e["error"]["message"].as_str().unwrap().contains("hops"),

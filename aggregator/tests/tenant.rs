@@ -2,25 +2,10 @@
 //! `/api/v1/filters`, a filter of the breakdown, the request list and the samples (what the gate
 //! reads), and a dimension of `/api/v1/groups`; a bad `by` is a clear 400.
 use inferscope_proto::v1::ack::Status as AckStatus;
-use serde_json::Value;
 
 mod common;
 use common::cli;
 use common::ingest::*;
-
-fn get(agg: &Agg, path_and_query: &str) -> (u16, Value) {
-    let url = format!("http://{}{path_and_query}", agg.http);
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_is_a_filter_and_a_dimension() {
@@ -50,18 +35,18 @@ async fn tenant_is_a_filter_and_a_dimension() {
     let now = now_ns() / 1_000_000_000;
     let w = format!("from={}&to={}", now - 3600, now + 60);
 
-    let (code, f) = get(&agg, &format!("/api/v1/filters?{w}"));
+    let (code, f) = agg.get(&format!("/api/v1/filters?{w}"));
     assert_eq!(code, 200, "{f}");
     assert_eq!(f["tenants"], serde_json::json!(["acme", "beta"]));
 
-    let (_, bd) = get(&agg, &format!("/api/v1/breakdown?{w}&tenant=acme"));
+    let (_, bd) = agg.get(&format!("/api/v1/breakdown?{w}&tenant=acme"));
     assert_eq!(bd["samples"]["e2e"], 15, "{bd}");
-    let (_, rq) = get(&agg, &format!("/api/v1/requests?{w}&tenant=beta&limit=100"));
+    let (_, rq) = agg.get(&format!("/api/v1/requests?{w}&tenant=beta&limit=100"));
     assert_eq!(rq["requests"].as_array().map(Vec::len), Some(10), "{rq}");
-    let (_, sm) = get(&agg, &format!("/api/v1/samples?{w}&tenant=beta"));
+    let (_, sm) = agg.get(&format!("/api/v1/samples?{w}&tenant=beta"));
     assert_eq!(sm["count"], 10, "{sm}");
 
-    let (code, g) = get(&agg, &format!("/api/v1/groups?{w}&by=tenant"));
+    let (code, g) = agg.get(&format!("/api/v1/groups?{w}&by=tenant"));
     assert_eq!(code, 200, "{g}");
     assert_eq!(
         (g["by"].as_str(), g["count"].as_u64()),
@@ -83,17 +68,14 @@ async fn tenant_is_a_filter_and_a_dimension() {
         serde_json::json!([null, null, null])
     );
     // Filters and a limit apply to groups too.
-    let (_, g) = get(&agg, &format!("/api/v1/groups?{w}&by=tenant&status=5xx"));
+    let (_, g) = agg.get(&format!("/api/v1/groups?{w}&by=tenant&status=5xx"));
     assert_eq!(g["groups"].as_array().unwrap().len(), 1, "{g}");
-    let (_, g) = get(
-        &agg,
-        &format!("/api/v1/groups?{w}&by=model&limit=1&tenant=acme"),
-    );
+    let (_, g) = agg.get(&format!("/api/v1/groups?{w}&by=model&limit=1&tenant=acme"));
     assert_eq!(
         (g["groups"][0]["count"].as_u64(), g["truncated"].as_bool()),
         (Some(15), Some(false))
     );
-    let (_, g) = get(&agg, &format!("/api/v1/groups?{w}&by=tenant&limit=1"));
+    let (_, g) = agg.get(&format!("/api/v1/groups?{w}&by=tenant&limit=1"));
     assert_eq!(
         (g["count"].as_u64(), g["truncated"].as_bool()),
         (Some(30), Some(true))
@@ -123,7 +105,7 @@ async fn tenant_is_a_filter_and_a_dimension() {
     let (rc, out, _) = cli(args(&["breakdown", "--tenant", "beta"])).await;
     assert_eq!(rc, 0, "{out}");
 
-    let (code, e) = get(&agg, &format!("/api/v1/groups?{w}&by=path"));
+    let (code, e) = agg.get(&format!("/api/v1/groups?{w}&by=path"));
     assert_eq!(code, 400);
     assert!(
         e["error"]["message"].as_str().unwrap().contains("tenant"),

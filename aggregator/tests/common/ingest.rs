@@ -391,3 +391,21 @@ pub fn varied_batch(seq: u64, n: usize, t0: u64) -> Batch {
         }],
     }
 }
+
+impl Agg {
+    /// GET on this aggregator's HTTP port (curl, from a blocking context) → (status, JSON body
+    /// or null).
+    pub fn get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let url = format!("http://{}{path_and_query}", self.http);
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (
+            code.trim().parse().unwrap(),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
