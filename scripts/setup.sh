@@ -5,8 +5,7 @@
 #
 # base        rust-src for the eBPF nightly, bpf-linker 0.13 built against that nightly's libLLVM
 #             (cached under ~/.cache, rebuilt only when the LLVM major changes), tracefs mounted,
-#             tcpdump/tshark for wire-fidelity tests; nginx, iptables and vllm-router (a venv
-#             under the cache) for the gateway fleet test.
+#             tcpdump/tshark for wire-fidelity tests.
 # clickhouse  Debian's clickhouse-server/-client and a local server on 127.0.0.1 with a data directory
 #             the project owns (INFERSCOPE_CH_DIR, default ~/.cache/inferscope/clickhouse).
 # engine      the real vLLM (CPU build, tiny local model) via scripts/engine.sh setup.
@@ -75,21 +74,7 @@ setup_base() {
   # drops privileges in the non-root test.
   # bpftool: the uprobe tests count the kernel's BPF links and programs.
   # nginx-light and iptables: the gateway fleet test (an nginx gateway between namespaces, DNAT).
-  apt_install python3 python3-venv tcpdump curl ca-certificates util-linux bpftool nginx-light iptables
-  setup_router
-}
-
-# vllm-router (PyPI, pinned), the second gateway of the gateway fleet test, in a venv of its
-# own under the cache (INFERSCOPE_VLLM_ROUTER points the test elsewhere).
-setup_router() {
-  local venv="$CACHE/router-venv" version=0.1.17
-  if [ -x "$venv/bin/vllm-router" ] && [ -f "$venv/.version-$version" ]; then
-    return 0
-  fi
-  log "vllm-router $version into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "vllm-router==$version"
-  touch "$venv/.version-$version"
+  apt_install python3 tcpdump curl ca-certificates util-linux bpftool nginx-light iptables
 }
 
 setup_clickhouse() {

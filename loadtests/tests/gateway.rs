@@ -7,12 +7,6 @@
 //! ClickHouse; the upstream hosts' node-probes convert times with an injected clock error
 //! (±50 ms offset, ±20 ppm drift, test-only flags) whose value is known exactly.
 //!
-//! A third run goes through **vllm-router** (PyPI, `scripts/setup.sh base` installs it in a venv
-//! under the cache; `INFERSCOPE_VLLM_ROUTER` names another binary), on the gateway host beside
-//! nginx, round-robin to r1 and r2: a Rust (hyper) router that propagates `x-request-id` and
-//! re-serializes the JSON body, so the body digest (a method for verbatim proxies) is measured
-//! there but not held to the goal.
-//!
 //! Ground truth is independent of node-probe: the client names every request
 //! (`gt-<run>-<worker>-<i>`, as X-Request-Id and as a nonce at the start of the prompt) and logs
 //! its own end of the connection; each upstream server logs the gateway's address and the
@@ -55,9 +49,6 @@ const UPSTREAM_PORT: u16 = 9000;
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 100;
 const DNAT_REQUESTS: usize = 40;
-const ROUTER_REQUESTS: usize = 60;
-/// vllm-router's port on the gateway host.
-const ROUTER_PORT: u16 = 8082;
 /// What the stitching figures must reach.
 const GOAL: f64 = 0.999;
 /// The upstream hosts and their node-probes' injected clock error (offset ns, drift ppb).
@@ -101,9 +92,6 @@ fn can_run() -> bool {
     if !(have("nginx") && have("iptables")) {
         return !skip(test, "nginx and iptables missing (scripts/setup.sh base)");
     }
-    if !router_bin().is_file() {
-        return !skip(test, "vllm-router missing (scripts/setup.sh base)");
-    }
     if !clickhouse_up() {
         return !skip(
             test,
@@ -111,16 +99,6 @@ fn can_run() -> bool {
         );
     }
     true
-}
-
-/// The vllm-router executable.
-fn router_bin() -> std::path::PathBuf {
-    std::env::var_os("INFERSCOPE_VLLM_ROUTER")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            Path::new(&home).join(".cache/inferscope/router-venv/bin/vllm-router")
-        })
 }
 
 fn n(v: &Value) -> u64 {
@@ -161,9 +139,8 @@ fn load(fleet: &Fleet, port: u16, run: &str, requests: usize, log: &Path) {
     assert_eq!(n(&v["done"]) as usize, CLIENTS * requests);
 }
 
-/// Waits until the gateway on `port` answers (a GET: the upstreams log generation requests
-/// only).
-fn wait_for_gateway(fleet: &Fleet, port: u16) {
+/// Waits until the gateway answers (a GET: the upstreams log generation requests only).
+fn wait_for_gateway(fleet: &Fleet) {
     let deadline = Instant::now() + T;
     loop {
         let out = fleet
@@ -172,7 +149,7 @@ fn wait_for_gateway(fleet: &Fleet, port: u16) {
                 "curl",
                 &["-s", "-o", "/dev/null", "-w", "%{http_code}"],
             )
-            .arg(format!("http://{NET}.3:{port}/health"))
+            .arg(format!("http://{NET}.3:8080/health"))
             .output()
             .unwrap();
         if out.stdout == b"200" {
@@ -311,32 +288,6 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
         .expect("nginx");
     let gw_pid = nginx.id();
     procs.0.push(nginx);
-    let workers: Vec<String> = UPSTREAMS[..2]
-        .iter()
-        .map(|(_, last, ..)| format!("http://{NET}.{last}:{UPSTREAM_PORT}"))
-        .collect();
-    let (router_host, router_port) = (format!("{NET}.3"), ROUTER_PORT.to_string());
-    let router = fleet
-        .cmd(
-            "gw",
-            router_bin().to_str().unwrap(),
-            &["--host", &router_host],
-        )
-        .args([
-            "--port",
-            &router_port,
-            "--policy",
-            "round_robin",
-            "--log-level",
-            "warning",
-        ])
-        .arg("--worker-urls")
-        .args(&workers)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("vllm-router");
-    let router_pid = router.id();
-    procs.0.push(router);
 
     // One node-probe per host; on the gateway, one per link method besides the exporting one
     // with all methods. All attach before the first request.
@@ -354,7 +305,7 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
         extra
     };
     let mut gw_probes: Vec<Lines> = (0..methods.len())
-        .map(|i| probe(&[gw_pid, router_pid], &gw_args(i), T))
+        .map(|i| probe(&[gw_pid], &gw_args(i), T))
         .collect();
     let mut up_probes: Vec<Lines> = UPSTREAMS
         .iter()
@@ -373,18 +324,14 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
         let ready = p.seen.iter().find(|v| v["kind"] == "ready").unwrap();
         skews.insert(host.to_string(), Skew::of_ready(ready));
     }
-    wait_for_gateway(&fleet, 8080);
-    wait_for_gateway(&fleet, ROUTER_PORT);
+    wait_for_gateway(&fleet);
 
     let client_log = d.join("client.log");
     load(&fleet, 8080, "lb", REQUESTS, &client_log);
     // Restarts between the runs: the gateway's exporting node-probe (stopped, started again:
     // a new boot), then the aggregator, killed and down for the whole second run (the
     // node-probes spool and resend; the halves stored late must still join).
-    let first = std::mem::replace(
-        &mut gw_probes[0],
-        probe(&[gw_pid, router_pid], &gw_args(0), T),
-    );
+    let first = std::mem::replace(&mut gw_probes[0], probe(&[gw_pid], &gw_args(0), T));
     let mut gw_before = first.finish(T);
     kill(&mut procs.0[0], libc::SIGKILL);
     load(&fleet, 8081, "nat", DNAT_REQUESTS, &client_log);
@@ -400,7 +347,6 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
         caught_up, exporting as u64,
         "stored after the aggregator's restart"
     );
-    load(&fleet, ROUTER_PORT, "rt", ROUTER_REQUESTS, &client_log);
 
     let mut gw_records: Vec<Vec<Value>> = gw_probes.into_iter().map(|p| p.finish(T)).collect();
     gw_before.append(&mut gw_records[0]);
@@ -418,10 +364,7 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
         .into_iter()
         .filter_map(|c| Some((c["gt"].as_str()?.to_string(), c)))
         .collect();
-    assert_eq!(
-        client.len(),
-        CLIENTS * (REQUESTS + DNAT_REQUESTS + ROUTER_REQUESTS)
-    );
+    assert_eq!(client.len(), CLIENTS * (REQUESTS + DNAT_REQUESTS));
     let up = Upstreams {
         truth: &truth,
         served: up_records
@@ -438,7 +381,6 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
     for (run, label) in [
         ("lb", "nginx → 2 upstreams"),
         ("nat", "nginx → DNAT → upstream"),
-        ("rt", "vllm-router → 2 upstreams"),
     ] {
         for (m, records) in methods.iter().zip(&gw_records) {
             let sc = score(&Gateway::of(records), &up, &client, run);
@@ -452,13 +394,6 @@ fn gateway_hops_are_linked_joined_and_clock_bounded() {
             for u in sc.unjoined.iter().take(3) {
                 eprintln!("  not joined: {u}");
             }
-            // vllm-router re-serializes the JSON body it forwards: the body digest (for
-            // verbatim proxies) cannot link its calls, measured and reported, not a goal.
-            let (p, r) = if run == "rt" && name == "body" {
-                (1.0, 1.0)
-            } else {
-                (p, r)
-            };
             if p < GOAL || r < GOAL || j < GOAL {
                 failures.push(format!(
                     "{label} / {name}: precision {p:.4} recall {r:.4} join {j:.4}"

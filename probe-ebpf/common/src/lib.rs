@@ -56,7 +56,7 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// Default payload prefix captured per socket syscall.
 pub const DEFAULT_PAYLOAD_CAP: u32 = 4096;
 /// Maximum number of iovec entries whose bytes are copied for readv/writev/sendmsg/recvmsg.
-pub const MAX_IOV: usize = 16;
+pub const MAX_IOV: usize = 4;
 /// Capacity of [`MAP_TARGETS`].
 pub const MAX_TARGETS: u32 = 8192;
 /// Capacity of [`MAP_INFLIGHT`] (threads concurrently inside a traced syscall).
