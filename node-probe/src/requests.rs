@@ -706,7 +706,9 @@ impl Tracker {
         out: &mut Vec<RequestRecord>,
     ) {
         let mut evicted = Vec::new();
-        for ex in std::mem::take(&mut self.exchanges) {
+        for mut ex in std::mem::take(&mut self.exchanges) {
+            // A call's span needs no token times: its wait must not hold 32 KiB each.
+            ex.chunk_ns = Vec::new();
             let ob = hops::Outbound {
                 pid,
                 tuple,
